@@ -1,0 +1,169 @@
+#!/usr/bin/python
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: tenement_instance
+short_description: Keep a tenement instance running, stopped or restarted
+version_added: 0.1.0
+description:
+  - Brings the instance O(name) of a tenement server to O(state), and waits until it answers its health check.
+  - Asks the server which instances run (C(GET /api/instances)) and acts with the C(ten) CLI only when the
+    state differs, so running it twice changes nothing the second time.
+  - Speaks whichever C(spawn) syntax the installed C(ten) accepts (C(svc:id), or C(svc --id id) of older versions).
+  - The API token reaches C(ten) in its environment, never on its command line.
+author:
+  - selfhost.dr developers
+attributes:
+  check_mode:
+    support: full
+    description: Reports what would change; spawns, stops and restarts nothing.
+  diff_mode:
+    support: none
+  idempotent:
+    support: partial
+    description: V(running) and V(stopped) are idempotent; V(restarted) always restarts.
+options:
+  name:
+    description:
+      - The instance, written C(service:id).
+      - Both parts are lowercase DNS labels (letters, digits, C(-)); tenement 0.2.2 itself accepts names
+        such as C(x:../../etc) and then writes outside its data dir, so they are refused here.
+    type: str
+    required: true
+  state:
+    description:
+      - V(running) spawns the instance when it does not run.
+      - V(stopped) stops it when it runs. Careful, tenement deletes the data dir of an instance whose
+        service has C(storage_persist = false) when it stops.
+      - V(restarted) restarts it when it runs and spawns it when it does not.
+    type: str
+    choices: [running, stopped, restarted]
+    default: running
+  server:
+    description: URL of the tenement server.
+    type: str
+    default: http://localhost:8080
+  data_dir:
+    description: The tenement data dir; the API token is read from C(api_token) in it when O(token) is not given.
+    type: path
+    default: /var/lib/tenement
+  token:
+    description: The admin API token. Defaults to the content of C({data_dir}/api_token).
+    type: str
+  ten_bin:
+    description: The C(ten) executable. Found on E(PATH) or in C(/usr/local/bin) when not given.
+    type: path
+  wait:
+    description: Wait until a running instance answers its health check.
+    type: bool
+    default: true
+  timeout:
+    description: Seconds to wait for health before failing.
+    type: int
+    default: 60
+notes:
+  - Tenement does not respawn instances when its server restarts; the roles of this collection record
+    and respawn them with this module.
+"""
+
+EXAMPLES = r"""
+- name: Spawn the demo instance and wait for its health check
+  selfhost.dr.tenement_instance:
+    name: demo:alpha
+    state: running
+
+- name: Stop an instance on a server that listens elsewhere
+  selfhost.dr.tenement_instance:
+    name: api:prod
+    state: stopped
+    server: http://127.0.0.1:9090
+    data_dir: /srv/tenement
+"""
+
+RETURN = r"""
+instance:
+  description: The instance as the server reports it after the change (empty when stopped).
+  returned: always
+  type: dict
+  sample: {"name": "demo:alpha", "listen": "127.0.0.1:30000", "uptime_secs": 3, "health": "healthy", "restarts": 0}
+previous_state:
+  description: V(running) or V(stopped), before the module acted.
+  returned: always
+  type: str
+  sample: stopped
+health:
+  description: The health the instance answered, when it runs and O(wait) is set.
+  returned: when the instance runs
+  type: str
+  sample: healthy
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.dr.plugins.module_utils.tenement import (
+    TenementClient,
+    TenementError,
+    parse_instance,
+    read_token,
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            state=dict(type="str", default="running", choices=["running", "stopped", "restarted"]),
+            server=dict(type="str", default="http://localhost:8080"),
+            data_dir=dict(type="path", default="/var/lib/tenement"),
+            token=dict(type="str", no_log=True),
+            ten_bin=dict(type="path"),
+            wait=dict(type="bool", default=True),
+            timeout=dict(type="int", default=60),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        name = ":".join(parse_instance(p["name"]))
+        ten_bin = p["ten_bin"] or module.get_bin_path("ten", opt_dirs=["/usr/local/bin"])
+        if not ten_bin or not os.path.exists(ten_bin):
+            raise TenementError("the tenement command 'ten' is not installed on this host (set ten_bin)")
+        token = p["token"] or read_token(p["data_dir"])
+        client = TenementClient(ten_bin, server=p["server"], token=token, data_dir=p["data_dir"])
+        before = client.instances().get(name)
+        previous = "running" if before else "stopped"
+        want = p["state"]
+        changed = (want == "running" and not before) or (want == "stopped" and before) or want == "restarted"
+        result: dict[str, object] = dict(changed=bool(changed), previous_state=previous, instance={})
+        if module.check_mode:
+            result["instance"] = before.to_dict() if before else {}
+            module.exit_json(**result)
+        if want == "stopped":
+            if before:
+                client.stop(name)
+            module.exit_json(**result)
+        if want == "running" and not before:
+            client.spawn(name)
+        elif want == "restarted":
+            if before:
+                client.restart(name)
+            else:
+                client.spawn(name)
+        if p["wait"]:
+            now = client.wait_healthy(name, timeout=p["timeout"])
+            result["health"] = now.health
+        else:
+            now = client.instances().get(name) or before
+        result["instance"] = now.to_dict() if now else {}
+        module.exit_json(**result)
+    except TenementError as exc:
+        module.fail_json(msg=str(exc))
+
+
+if __name__ == "__main__":
+    main()

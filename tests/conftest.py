@@ -1,0 +1,43 @@
+"""Shared fixtures: the repository root, free ports, and the collection on sys.path."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# `ansible_collections.selfhost.dr` resolves to this checkout through the link
+# that scripts/bootstrap makes under .cache/collections.
+COLLECTIONS = ROOT / ".cache" / "collections"
+if str(COLLECTIONS) not in sys.path:
+    sys.path.insert(0, str(COLLECTIONS))
+
+
+@pytest.fixture
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def ten_bin() -> str:
+    path = Path(sys.executable).parent / "ten"
+    if not path.exists():
+        pytest.fail(
+            "tenement is not installed in the test virtualenv: run scripts/test (it installs tests/requirements.txt)"
+        )
+    return str(path)
+
+
+def env_without(*names: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in names}

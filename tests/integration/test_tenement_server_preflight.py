@@ -1,0 +1,84 @@
+"""Bad input to the tenement_server role fails naming the variable, before the host changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAYBOOK = ROOT / "tests" / "integration" / "playbooks" / "tenement_server.yml"
+
+
+def run_role(tmp_path: Path, **overrides: object) -> subprocess.CompletedProcess[str]:
+    variables: dict[str, object] = {
+        "ansible_python_interpreter": sys.executable,
+        "tenement_server_service_manager": "process",
+        "tenement_server_venv": str(tmp_path / "venv"),
+        "tenement_server_bin": str(tmp_path / "bin" / "ten"),
+        "tenement_server_config_dir": str(tmp_path / "etc"),
+        "tenement_server_data_dir": str(tmp_path / "data"),
+        "tenement_server_pidfile": str(tmp_path / "ten.pid"),
+        "tenement_server_log_file": str(tmp_path / "ten.log"),
+        "tenement_server_services": {"web": {"command": "/bin/true"}},
+        "tenement_server_instances": ["web:one"],
+    }
+    variables.update(overrides)
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
+    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache" / "collections")
+    env["ANSIBLE_NOCOLOR"] = "1"
+    ansible = Path(sys.executable).parent / "ansible-playbook"
+    return subprocess.run(
+        [str(ansible), "-i", "localhost,", str(PLAYBOOK), "-e", json.dumps(variables)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def assert_untouched(tmp_path: Path) -> None:
+    for name in ("venv", "bin", "etc", "data", "ten.pid", "ten.log"):
+        assert not (tmp_path / name).exists(), f"{name} was created although the input was refused"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"tenement_server_data_dir": "var/lib/tenement"}, "tenement_server_data_dir must be an absolute path"),
+        ({"tenement_server_data_dir": "/"}, "tenement_server_data_dir must be an absolute path other than '/'"),
+        ({"tenement_server_data_dir": "/var/lib/../etc"}, "tenement_server_data_dir must be an absolute path"),
+        (
+            {"tenement_server_services": {"My_Svc": {"command": "/bin/true"}}, "tenement_server_instances": []},
+            'tenement_server_services: service "My_Svc" needs a lowercase DNS-label name',
+        ),
+        ({"tenement_server_services": {"web": {}}}, 'tenement_server_services: service "web" needs'),
+        ({"tenement_server_instances": ["web:../../etc"]}, 'tenement_server_instances: "web:../../etc" must be'),
+        ({"tenement_server_instances": ["api:one"]}, 'tenement_server_instances: "api:one" must be'),
+        ({"tenement_server_wheel": "/nonexistent/tenement-0.2.2-py3-none-any.whl"}, "tenement_server_wheel"),
+        ({"tenement_server_version": "latest"}, "tenement_server_version must be a version"),
+    ],
+)
+def test_bad_input_fails_before_anything_changes(tmp_path: Path, overrides: dict[str, object], message: str) -> None:
+    result = run_role(tmp_path, **overrides)
+    assert result.returncode != 0, result.stdout
+    assert message in " ".join(result.stdout.split()), result.stdout[-3000:]
+    assert_untouched(tmp_path)
+
+
+def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("not a directory")
+    result = run_role(tmp_path, tenement_server_data_dir=str(target))
+    assert result.returncode != 0
+    assert f"tenement_server_data_dir {target} exists on the host and is not a directory" in " ".join(
+        result.stdout.split()
+    )
+    assert_untouched(tmp_path)
