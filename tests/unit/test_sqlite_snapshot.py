@@ -1,0 +1,152 @@
+"""Snapshots of live SQLite databases: consistent under a writer, journal mode kept, clean failures."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import (
+    SnapshotError,
+    is_sqlite,
+    journal_mode_of_file,
+    sha256_file,
+    snapshot,
+)
+
+
+def make_db(path: Path, mode: str = "wal", rows: int = 2000) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA journal_mode = {mode}")
+    # Two tables moved together in every transaction: a torn copy breaks the invariant.
+    conn.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL, blob BLOB)")
+    conn.execute("CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER, total INTEGER)")
+    conn.execute("INSERT INTO totals VALUES (1, 0, 0)")
+    conn.execute("BEGIN")
+    for i in range(rows):
+        conn.execute("INSERT INTO ledger(amount, blob) VALUES (?, randomblob(200))", (i % 7,))
+    conn.execute("UPDATE totals SET n = (SELECT count(*) FROM ledger), total = (SELECT sum(amount) FROM ledger)")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def writer(path: str, stop: multiprocessing.synchronize.Event, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    ready.set()
+    i = 0
+    while not stop.is_set():
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO ledger(amount, blob) VALUES (?, randomblob(200))", (i % 5,))
+        conn.execute("UPDATE totals SET n = n + 1, total = total + ?", (i % 5,))
+        conn.execute("COMMIT")
+        i += 1
+    conn.close()
+
+
+def consistent(path: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("BEGIN")  # both reads in one read transaction
+    n, total = conn.execute("SELECT n, total FROM totals").fetchone()
+    count, summed = conn.execute("SELECT count(*), sum(amount) FROM ledger").fetchone()
+    conn.execute("COMMIT")
+    conn.close()
+    assert (n, total) == (count, summed), "the snapshot is not one point in time"
+    return count, summed
+
+
+@pytest.mark.parametrize("method", ["backup", "vacuum"])
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_snapshot_under_a_continuous_writer_is_one_point_in_time(tmp_path: Path, method: str, mode: str) -> None:
+    src = tmp_path / "live.db"
+    make_db(src, mode=mode, rows=20000)
+    ready, stop = multiprocessing.Event(), multiprocessing.Event()
+    proc = multiprocessing.Process(target=writer, args=(str(src), stop, ready))
+    proc.start()
+    try:
+        assert ready.wait(10)
+        time.sleep(0.3)  # the writer is committing now
+        before = consistent(src)[0]
+        snap = snapshot(str(src), str(tmp_path / "copy.db"), method=method, lock_timeout=10)
+        time.sleep(0.3)  # and goes on after the snapshot
+    finally:
+        stop.set()
+        proc.join(20)
+    after_count = consistent(src)[0]
+    count, _ = consistent(tmp_path / "copy.db")
+    assert before <= count <= after_count
+    assert after_count > before, "the writer did not commit during the test"
+    assert snap.integrity == "ok"
+    assert snap.sha256 == sha256_file(str(tmp_path / "copy.db"))
+    assert snap.size == os.path.getsize(tmp_path / "copy.db") == snap.pages * snap.page_size
+    assert snap.journal_mode == ("wal" if mode == "wal" else "rollback")
+    assert not (tmp_path / "copy.db-wal").exists()
+    assert not list(tmp_path.glob("*.tmp-snapshot*"))
+
+
+def test_wal_database_stays_wal_when_opened(tmp_path: Path) -> None:
+    src = tmp_path / "live.db"
+    make_db(src, mode="wal", rows=10)
+    snapshot(str(src), str(tmp_path / "copy.db"))
+    assert journal_mode_of_file(str(tmp_path / "copy.db")) == "wal"
+    conn = sqlite3.connect(tmp_path / "copy.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+def test_rows_only_in_the_wal_are_in_the_snapshot(tmp_path: Path) -> None:
+    src = tmp_path / "live.db"
+    make_db(src, mode="wal", rows=10)
+    holder = sqlite3.connect(src, isolation_level=None)
+    holder.execute("PRAGMA wal_autocheckpoint = 0")
+    holder.execute("INSERT INTO ledger(amount) VALUES (1)")
+    holder.execute("UPDATE totals SET n = n + 1, total = total + 1")
+    assert (tmp_path / "live.db-wal").stat().st_size > 0
+    snapshot(str(src), str(tmp_path / "copy.db"))
+    holder.close()
+    assert consistent(tmp_path / "copy.db")[0] == 11
+
+
+def test_lock_held_longer_than_the_timeout_fails_cleanly(tmp_path: Path) -> None:
+    src = tmp_path / "live.db"
+    make_db(src, mode="delete", rows=10)
+    locker = sqlite3.connect(src, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(SnapshotError, match=r"stayed locked by another process for longer than 0.5 s"):
+            snapshot(str(src), str(tmp_path / "copy.db"), lock_timeout=0.5)
+        assert time.monotonic() - started < 10
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert not (tmp_path / "copy.db").exists()
+    assert not list(tmp_path.glob("copy.db*"))
+
+
+def test_not_a_database_and_missing_file(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("hello")
+    assert not is_sqlite(str(text))
+    with pytest.raises(SnapshotError, match=r"is not a SQLite database"):
+        snapshot(str(text), str(tmp_path / "copy.db"))
+    with pytest.raises(SnapshotError, match=r"database .*/missing.db does not exist"):
+        snapshot(str(tmp_path / "missing.db"), str(tmp_path / "copy.db"))
+    assert not (tmp_path / "copy.db").exists()
+
+
+def test_sqlite_detected_by_header_not_name(tmp_path: Path) -> None:
+    odd = tmp_path / "state.bin"
+    make_db(odd, rows=1)
+    assert is_sqlite(str(odd))
+    assert not is_sqlite(str(tmp_path))
+
+
+def test_unwritable_destination_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "live.db"
+    make_db(src, rows=10)
+    with pytest.raises(SnapshotError, match=r"could not"):
+        snapshot(str(src), str(tmp_path / "no" / "such" / "dir" / "copy.db"))
