@@ -98,7 +98,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import (
     SnapshotError,
-    is_sqlite,
+    check_source,
     snapshot,
 )
 
@@ -118,14 +118,11 @@ def main() -> None:
     p = module.params
     if not os.path.isdir(os.path.dirname(os.path.abspath(p["dest"]))):
         module.fail_json(msg=f"the directory of dest {p['dest']} does not exist")
-    if module.check_mode:
-        if not os.path.exists(p["src"]):
-            module.fail_json(msg=f"database {p['src']} does not exist")
-        if not is_sqlite(p["src"]):
-            module.fail_json(msg=f"{p['src']} is not a SQLite database (its header is not 'SQLite format 3')")
-        module.exit_json(changed=True)
     old_umask = os.umask(0o077)
     try:
+        if module.check_mode:
+            check_source(p["src"])
+            module.exit_json(changed=True)
         snap = snapshot(
             p["src"],
             p["dest"],

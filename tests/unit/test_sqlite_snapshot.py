@@ -145,7 +145,7 @@ def test_sqlite_detected_by_header_not_name(tmp_path: Path) -> None:
     assert not is_sqlite(str(tmp_path))
 
 
-def test_unwritable_destination_leaves_nothing(tmp_path: Path) -> None:
+def test_missing_destination_directory_fails_cleanly(tmp_path: Path) -> None:
     src = tmp_path / "live.db"
     make_db(src, rows=10)
     with pytest.raises(SnapshotError, match=r"could not"):
