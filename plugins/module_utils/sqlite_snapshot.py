@@ -98,6 +98,14 @@ def check_source(source: str) -> None:
         raise SnapshotError(f"{source} is not a SQLite database (its header is not 'SQLite format 3')")
 
 
+def _open_source(source: str, lock_timeout: float) -> sqlite3.Connection:
+    # The connection's timeout is SQLite's busy timeout for each statement. Reading
+    # through mmap saves a copy per page; it changes nothing on disk.
+    conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None)
+    conn.execute("PRAGMA mmap_size = 1073741824")
+    return conn
+
+
 def _is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
@@ -114,6 +122,8 @@ def snapshot(
     lock_timeout: float = 30.0,
     check_integrity: bool = True,
     clock: Callable[[], float] = time.monotonic,
+    durable: bool = True,
+    digest: bool = True,
 ) -> Snapshot:
     """Copy the live database ``source`` to ``dest`` consistently; return what was made.
 
@@ -121,6 +131,8 @@ def snapshot(
     the copy is complete, fsynced and (optionally) checked: a failure leaves no
     file at ``dest``. ``lock_timeout`` bounds how long a writer holding an
     exclusive lock (rollback journal mode) may keep the copy waiting.
+    ``durable=False`` skips the fsyncs and ``digest=False`` the sha256, for a
+    temporary copy that a caller streams (and hashes) right away.
     """
     if method not in ("backup", "vacuum"):
         raise SnapshotError(f"method must be 'backup' or 'vacuum', got {method!r}")
@@ -134,8 +146,7 @@ def snapshot(
     source_mode = journal_mode_of_file(source)
     attempts = 0
     try:
-        # The connection's timeout is SQLite's busy timeout for each statement.
-        with contextlib.closing(sqlite3.connect(source, timeout=lock_timeout, isolation_level=None)) as src:
+        with contextlib.closing(_open_source(source, lock_timeout)) as src:
             while True:
                 attempts += 1
                 try:
@@ -151,28 +162,22 @@ def snapshot(
         pages, page_size, integrity = _finish(tmp, source_mode == "wal", check_integrity)
         if check_integrity and integrity != "ok":
             raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, dest)
-        _fsync_dir(dest)
+        if durable:
+            _fsync_dir(dest)
     except BaseException as exc:
         _remove(tmp)
-        if isinstance(exc, _LockTimeoutError):
-            raise SnapshotError(
-                f"database {source} stayed locked by another process for longer than {lock_timeout:g} s"
-            ) from exc
-        if isinstance(exc, sqlite3.DatabaseError):
-            raise SnapshotError(f"could not copy database {source}: {exc}") from exc
-        if isinstance(exc, OSError):
-            raise SnapshotError(f"could not write the copy of {source} to {dest}: {exc.strerror}") from exc
-        raise
+        raise _translate(exc, source, dest, lock_timeout) from exc
     return Snapshot(
         source=source,
         path=dest,
         size=os.path.getsize(dest),
         pages=pages,
         page_size=page_size,
-        sha256=sha256_file(dest),
+        sha256=sha256_file(dest) if digest else "",
         journal_mode=journal_mode_of_file(dest),
         method=method,
         duration=round(clock() - started, 6),
@@ -185,28 +190,110 @@ def _copy(src: sqlite3.Connection, tmp: str, method: str, deadline: float, clock
     if method == "vacuum":
         src.execute("VACUUM INTO ?", (tmp,))
         return
+    dst = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        _backup_one_step(src, dst, deadline, clock)
+    finally:
+        dst.close()
 
+
+def _backup_one_step(
+    src: sqlite3.Connection, dst: sqlite3.Connection, deadline: float, clock: Callable[[], float]
+) -> None:
     def give_up_when_late(status: int, remaining: int, total: int) -> None:
         # CPython retries a busy backup step forever; this bounds it.
         if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and clock() >= deadline:
             raise _LockTimeoutError()
 
-    dst = sqlite3.connect(tmp, isolation_level=None)
+    # One step: the whole database under one read transaction (see module doc).
+    src.backup(dst, pages=-1, progress=give_up_when_late, sleep=0.05)
+
+
+def snapshot_bytes(
+    source: str,
+    lock_timeout: float = 30.0,
+    check_integrity: bool = True,
+    clock: Callable[[], float] = time.monotonic,
+    digest: bool = True,
+) -> tuple[bytes, Snapshot]:
+    """Copy the live database ``source`` into memory consistently; return its bytes and what was made.
+
+    The same one-step online backup as :func:`snapshot`, into an in-memory
+    database, then serialized: nothing touches the disk, which is what
+    ``backup_create`` wants for the many small databases of a tree. The bytes
+    are a complete database file with the source's journal mode in its header.
+    ``digest=False`` leaves ``sha256`` empty for a caller that hashes the bytes as it writes them.
+    """
+    started = clock()
+    deadline = started + lock_timeout
+    check_source(source)
+    source_mode = journal_mode_of_file(source)
+    attempts = 0
     try:
-        # One step: the whole database under one read transaction (see module doc).
-        src.backup(dst, pages=-1, progress=give_up_when_late, sleep=0.05)
-    finally:
-        dst.close()
+        with contextlib.closing(_open_source(source, lock_timeout)) as src:
+            while True:
+                attempts += 1
+                dst = sqlite3.connect(":memory:", isolation_level=None)
+                try:
+                    _backup_one_step(src, dst, deadline, clock)
+                except sqlite3.OperationalError as exc:
+                    dst.close()
+                    if not _is_busy(exc):
+                        raise
+                    if clock() >= deadline:
+                        raise _LockTimeoutError() from exc
+                    time.sleep(0.05)
+                    continue
+                break
+        with contextlib.closing(dst):
+            integrity = _integrity(dst) if check_integrity else "not checked"
+            pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+            page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
+            data = dst.serialize()
+    except BaseException as exc:
+        raise _translate(exc, source, "memory", lock_timeout) from exc
+    if check_integrity and integrity != "ok":
+        raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
+    # The header's bytes 18 and 19 say WAL (2) or rollback (1); the backup copies them from the source.
+    version = b"\x02\x02" if source_mode == "wal" else b"\x01\x01"
+    if data[18:20] != version:
+        data = data[:18] + version + data[20:]
+    return data, Snapshot(
+        source=source,
+        path="",
+        size=len(data),
+        pages=pages,
+        page_size=page_size,
+        sha256=hashlib.sha256(data).hexdigest() if digest else "",
+        journal_mode=source_mode,
+        method="backup",
+        duration=round(clock() - started, 6),
+        attempts=attempts,
+        integrity=integrity,
+    )
+
+
+def _integrity(conn: sqlite3.Connection) -> str:
+    rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
+    return "ok" if rows == ["ok"] else "; ".join(rows[:5])
+
+
+def _translate(exc: BaseException, source: str, dest: str, lock_timeout: float) -> BaseException:
+    """One sentence for every way a copy fails; other exceptions pass unchanged."""
+    if isinstance(exc, _LockTimeoutError):
+        return SnapshotError(f"database {source} stayed locked by another process for longer than {lock_timeout:g} s")
+    if isinstance(exc, sqlite3.DatabaseError):
+        return SnapshotError(f"could not copy database {source}: {exc}")
+    if isinstance(exc, OSError):
+        return SnapshotError(f"could not write the copy of {source} to {dest}: {exc.strerror}")
+    return exc
 
 
 def _finish(tmp: str, wal: bool, check_integrity: bool) -> tuple[int, int, str]:
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
-        integrity = "ok"
-        if check_integrity:
-            rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
-            integrity = "ok" if rows == ["ok"] else "; ".join(rows[:5])
+        integrity = _integrity(conn) if check_integrity else "ok"
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         if wal:

@@ -2,41 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
 import sqlite3
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from .ansible_run import run_module as run_ansible_module
 
 
 def run_module(args: dict[str, object], check: bool = False) -> dict[str, object]:
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"),
-        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-    )
-    cmd = [
-        str(Path(sys.executable).parent / "ansible"),
-        "localhost",
-        "-c",
-        "local",
-        "-e",
-        f"ansible_python_interpreter={sys.executable}",
-        "-m",
-        "selfhost.dr.sqlite_snapshot",
-        "-a",
-        json.dumps(args),
-    ]
-    if check:
-        cmd.append("--check")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, check=False)
-    return json.loads(out.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+    return run_ansible_module("sqlite_snapshot", args, check=check)
 
 
 def test_check_mode_then_real_copy(tmp_path: Path) -> None:

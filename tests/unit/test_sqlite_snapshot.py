@@ -16,46 +16,10 @@ from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import
     journal_mode_of_file,
     sha256_file,
     snapshot,
+    snapshot_bytes,
 )
 
-
-def make_db(path: Path, mode: str = "wal", rows: int = 2000) -> None:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute(f"PRAGMA journal_mode = {mode}")
-    # Two tables moved together in every transaction: a torn copy breaks the invariant.
-    conn.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL, blob BLOB)")
-    conn.execute("CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER, total INTEGER)")
-    conn.execute("INSERT INTO totals VALUES (1, 0, 0)")
-    conn.execute("BEGIN")
-    for i in range(rows):
-        conn.execute("INSERT INTO ledger(amount, blob) VALUES (?, randomblob(200))", (i % 7,))
-    conn.execute("UPDATE totals SET n = (SELECT count(*) FROM ledger), total = (SELECT sum(amount) FROM ledger)")
-    conn.execute("COMMIT")
-    conn.close()
-
-
-def writer(path: str, stop: multiprocessing.synchronize.Event, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    ready.set()
-    i = 0
-    while not stop.is_set():
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("INSERT INTO ledger(amount, blob) VALUES (?, randomblob(200))", (i % 5,))
-        conn.execute("UPDATE totals SET n = n + 1, total = total + ?", (i % 5,))
-        conn.execute("COMMIT")
-        i += 1
-    conn.close()
-
-
-def consistent(path: Path) -> tuple[int, int]:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    conn.execute("BEGIN")  # both reads in one read transaction
-    n, total = conn.execute("SELECT n, total FROM totals").fetchone()
-    count, summed = conn.execute("SELECT count(*), sum(amount) FROM ledger").fetchone()
-    conn.execute("COMMIT")
-    conn.close()
-    assert (n, total) == (count, summed), "the snapshot is not one point in time"
-    return count, summed
+from .sqlite_helpers import consistent, make_db, writer
 
 
 @pytest.mark.parametrize("method", ["backup", "vacuum"])
@@ -150,3 +114,42 @@ def test_missing_destination_directory_fails_cleanly(tmp_path: Path) -> None:
     make_db(src, rows=10)
     with pytest.raises(SnapshotError, match=r"could not"):
         snapshot(str(src), str(tmp_path / "no" / "such" / "dir" / "copy.db"))
+
+
+@pytest.mark.parametrize("mode", ["wal", "delete"])
+def test_snapshot_in_memory_under_a_continuous_writer(tmp_path: Path, mode: str) -> None:
+    src = tmp_path / "live.db"
+    make_db(src, mode=mode, rows=20000)
+    ready, stop = multiprocessing.Event(), multiprocessing.Event()
+    proc = multiprocessing.Process(target=writer, args=(str(src), stop, ready))
+    proc.start()
+    try:
+        assert ready.wait(10)
+        time.sleep(0.3)
+        before = consistent(src)[0]
+        data, snap = snapshot_bytes(str(src), lock_timeout=10)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        proc.join(20)
+    after = consistent(src)[0]
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(data)
+    assert before <= consistent(copy)[0] <= after
+    assert after > before, "the writer did not commit during the test"
+    assert snap.integrity == "ok" and snap.size == len(data) == snap.pages * snap.page_size
+    assert journal_mode_of_file(str(copy)) == snap.journal_mode == ("wal" if mode == "wal" else "rollback")
+    assert snap.sha256 == sha256_file(str(copy))
+
+
+def test_snapshot_in_memory_gives_up_on_a_long_lock(tmp_path: Path) -> None:
+    src = tmp_path / "live.db"
+    make_db(src, mode="delete", rows=10)
+    locker = sqlite3.connect(src, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(SnapshotError, match=r"stayed locked by another process for longer than 0.5 s"):
+            snapshot_bytes(str(src), lock_timeout=0.5)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()

@@ -1,0 +1,118 @@
+#!/usr/bin/python
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: backup_info
+short_description: List the backup sets in a directory, newest first
+version_added: 0.1.0
+description:
+  - Lists the sets written by M(selfhost.dr.backup_create) in O(path), newest first, with their application, host,
+    time, label, size and verification state.
+  - Reads only the small sidecar manifests (C(SET.manifest.json)), never the archives, so it is fast however large the
+    sets are. A set whose sidecar manifest is missing or damaged is still listed, from its file name, and says so.
+  - Hidden files (sets being written) and sidecars whose archive is gone are not listed.
+author:
+  - selfhost.dr developers
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  idempotent:
+    support: full
+options:
+  path:
+    description: The backup directory.
+    type: path
+    required: true
+  app:
+    description: Only sets of this application.
+    type: str
+  host:
+    description: Only sets of this host.
+    type: str
+  label:
+    description: Only sets with this label.
+    type: str
+seealso:
+  - module: selfhost.dr.backup_create
+  - module: selfhost.dr.backup_verify
+  - module: selfhost.dr.backup_prune
+"""
+
+EXAMPLES = r"""
+- name: What backups does this host have?
+  selfhost.dr.backup_info:
+    path: /var/backups/selfhost-dr
+    app: tenement
+  register: catalog
+
+- name: Restore the newest one
+  ansible.builtin.debug:
+    msg: "newest: {{ catalog.latest.name }} ({{ catalog.latest.verification.state }})"
+  when: catalog.count > 0
+"""
+
+RETURN = r"""
+sets:
+  description: The sets, newest first.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: The archive's file name., type: str, sample: tenement-web1-20261122T035100Z-hot.tar.zst}
+    path: {description: The archive., type: str, sample: /var/backups/dr/tenement-web1-20261122T035100Z-hot.tar.zst}
+    size: {description: Bytes of the archive., type: int, sample: 600238142}
+    app: {description: Application., type: str, sample: tenement}
+    app_version: {description: Application version recorded at backup time., type: str, sample: 0.2.2}
+    host: {description: Host the set was made on., type: str, sample: web1}
+    label: {description: Label., type: str, sample: hot}
+    time: {description: When the backup started (UTC, ISO 8601)., type: str, sample: "2026-11-22T03:51:00.123456Z"}
+    files: {description: Files in the set., type: int, sample: 1004}
+    databases: {description: SQLite snapshots in the set., type: int, sample: 201}
+    bytes: {description: Bytes of file content before compression., type: int, sample: 1079981582}
+    metadata: {description: What the caller recorded (for tenement, the running instances)., type: dict, sample: {}}
+    manifest: {description: V(ok), or why the sidecar manifest could not be read., type: str, sample: ok}
+    verification:
+      description: V(verified), V(failed), V(changed) (the file changed since it was verified) or V(unverified).
+      type: dict
+      sample: {state: verified, verified_at: "2026-11-22T03:52:00.000000Z"}
+latest:
+  description: The newest set, or an empty dict when there is none.
+  returned: always
+  type: dict
+count:
+  description: How many sets were listed.
+  returned: always
+  type: int
+  sample: 7
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, catalog
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            app=dict(type="str"),
+            host=dict(type="str"),
+            label=dict(type="str"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        sets = catalog(p["path"], app=p["app"], host=p["host"], label=p["label"])
+    except BackupError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, sets=sets, latest=sets[0] if sets else {}, count=len(sets))
+
+
+if __name__ == "__main__":
+    main()

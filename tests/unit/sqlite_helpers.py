@@ -1,0 +1,46 @@
+"""Databases for the tests: two tables that every transaction moves together, and a writer that never stops."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+from pathlib import Path
+
+
+def make_db(path: Path, mode: str = "wal", rows: int = 2000) -> None:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA journal_mode = {mode}")
+    # Two tables moved together in every transaction: a torn copy breaks the invariant.
+    conn.execute("CREATE TABLE ledger (id INTEGER PRIMARY KEY, amount INTEGER NOT NULL, blob BLOB)")
+    conn.execute("CREATE TABLE totals (id INTEGER PRIMARY KEY CHECK (id = 1), n INTEGER, total INTEGER)")
+    conn.execute("INSERT INTO totals VALUES (1, 0, 0)")
+    conn.execute("BEGIN")
+    for i in range(rows):
+        conn.execute("INSERT INTO ledger(amount, blob) VALUES (?, randomblob(200))", (i % 7,))
+    conn.execute("UPDATE totals SET n = (SELECT count(*) FROM ledger), total = (SELECT sum(amount) FROM ledger)")
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def writer(path: str, stop: multiprocessing.synchronize.Event, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    ready.set()
+    i = 0
+    while not stop.is_set():
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO ledger(amount, blob) VALUES (?, randomblob(200))", (i % 5,))
+        conn.execute("UPDATE totals SET n = n + 1, total = total + ?", (i % 5,))
+        conn.execute("COMMIT")
+        i += 1
+    conn.close()
+
+
+def consistent(path: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("BEGIN")  # both reads in one read transaction
+    n, total = conn.execute("SELECT n, total FROM totals").fetchone()
+    count, summed = conn.execute("SELECT count(*), sum(amount) FROM ledger").fetchone()
+    conn.execute("COMMIT")
+    conn.close()
+    assert (n, total) == (count, summed), "the snapshot is not one point in time"
+    return count, summed
