@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -44,3 +48,33 @@ def consistent(path: Path) -> tuple[int, int]:
     conn.close()
     assert (n, total) == (count, summed), "the snapshot is not one point in time"
     return count, summed
+
+
+@dataclass
+class WriterRun:
+    before: int = 0
+    after: int = 0
+
+
+@contextlib.contextmanager
+def writer_running(path: Path) -> Iterator[WriterRun]:
+    """A separate process commits to ``path`` continuously for the whole ``with`` block (and a little either side).
+
+    ``before`` and ``after`` are the row counts just before and after the block: a snapshot made inside it
+    must hold a count between them. Fails if the writer did not commit meanwhile.
+    """
+    ready, stop = multiprocessing.Event(), multiprocessing.Event()
+    proc = multiprocessing.Process(target=writer, args=(str(path), stop, ready))
+    proc.start()
+    run = WriterRun()
+    try:
+        assert ready.wait(10), "the writer did not start"
+        time.sleep(0.3)  # the writer is committing now
+        run.before = consistent(path)[0]
+        yield run
+        time.sleep(0.3)  # and goes on after the block
+    finally:
+        stop.set()
+        proc.join(20)
+    run.after = consistent(path)[0]
+    assert run.after > run.before, "the writer did not commit during the test"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import multiprocessing
 import os
 import re
 import socket
@@ -15,7 +14,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,7 +31,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
     verify,
 )
 
-from .sqlite_helpers import consistent, make_db, writer
+from .sqlite_helpers import consistent, make_db, writer_running
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 22, 3, 51, 0, tzinfo=UTC)
@@ -124,23 +122,11 @@ def test_a_writer_committing_during_the_backup_gets_a_consistent_snapshot(tmp_pa
     tree = tmp_path / "app"
     tree.mkdir()
     make_db(tree / "live.db", mode="wal", rows=20000)
-    ready, stop = multiprocessing.Event(), multiprocessing.Event()
-    proc = multiprocessing.Process(target=writer, args=(str(tree / "live.db"), stop, ready))
-    proc.start()
-    try:
-        assert ready.wait(10)
-        time.sleep(0.3)
-        before = consistent(tree / "live.db")[0]
+    with writer_running(tree / "live.db") as run:
         made = create([str(tree)], str(tmp_path), lock_timeout=10)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        proc.join(20)
-    after = consistent(tree / "live.db")[0]
-    assert after > before, "the writer did not commit during the test"
     out = tmp_path / "out"
     extract_by_hand(Path(made.path), out)
-    assert before <= consistent(out / str(tree).lstrip("/") / "live.db")[0] <= after
+    assert run.before <= consistent(out / str(tree).lstrip("/") / "live.db")[0] <= run.after
     assert verify(made.path).ok
 
 

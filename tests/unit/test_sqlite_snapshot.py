@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import sqlite3
 import time
@@ -19,7 +18,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import
     snapshot_bytes,
 )
 
-from .sqlite_helpers import consistent, make_db, writer
+from .sqlite_helpers import consistent, make_db, writer_running
 
 
 @pytest.mark.parametrize("method", ["backup", "vacuum"])
@@ -27,22 +26,9 @@ from .sqlite_helpers import consistent, make_db, writer
 def test_snapshot_under_a_continuous_writer_is_one_point_in_time(tmp_path: Path, method: str, mode: str) -> None:
     src = tmp_path / "live.db"
     make_db(src, mode=mode, rows=20000)
-    ready, stop = multiprocessing.Event(), multiprocessing.Event()
-    proc = multiprocessing.Process(target=writer, args=(str(src), stop, ready))
-    proc.start()
-    try:
-        assert ready.wait(10)
-        time.sleep(0.3)  # the writer is committing now
-        before = consistent(src)[0]
+    with writer_running(src) as run:
         snap = snapshot(str(src), str(tmp_path / "copy.db"), method=method, lock_timeout=10)
-        time.sleep(0.3)  # and goes on after the snapshot
-    finally:
-        stop.set()
-        proc.join(20)
-    after_count = consistent(src)[0]
-    count, _ = consistent(tmp_path / "copy.db")
-    assert before <= count <= after_count
-    assert after_count > before, "the writer did not commit during the test"
+    assert run.before <= consistent(tmp_path / "copy.db")[0] <= run.after
     assert snap.integrity == "ok"
     assert snap.sha256 == sha256_file(str(tmp_path / "copy.db"))
     assert snap.size == os.path.getsize(tmp_path / "copy.db") == snap.pages * snap.page_size
@@ -120,23 +106,11 @@ def test_missing_destination_directory_fails_cleanly(tmp_path: Path) -> None:
 def test_snapshot_in_memory_under_a_continuous_writer(tmp_path: Path, mode: str) -> None:
     src = tmp_path / "live.db"
     make_db(src, mode=mode, rows=20000)
-    ready, stop = multiprocessing.Event(), multiprocessing.Event()
-    proc = multiprocessing.Process(target=writer, args=(str(src), stop, ready))
-    proc.start()
-    try:
-        assert ready.wait(10)
-        time.sleep(0.3)
-        before = consistent(src)[0]
+    with writer_running(src) as run:
         data, snap = snapshot_bytes(str(src), lock_timeout=10)
-        time.sleep(0.3)
-    finally:
-        stop.set()
-        proc.join(20)
-    after = consistent(src)[0]
     copy = tmp_path / "copy.db"
     copy.write_bytes(data)
-    assert before <= consistent(copy)[0] <= after
-    assert after > before, "the writer did not commit during the test"
+    assert run.before <= consistent(copy)[0] <= run.after
     assert snap.integrity == "ok" and snap.size == len(data) == snap.pages * snap.page_size
     assert journal_mode_of_file(str(copy)) == snap.journal_mode == ("wal" if mode == "wal" else "rollback")
     assert snap.sha256 == sha256_file(str(copy))
