@@ -863,6 +863,18 @@ def compression_of(path: str) -> str:
     raise BackupError(f"{path} is neither zstd nor gzip compressed")
 
 
+def decompressor(archive: str) -> subprocess.Popen[bytes]:
+    """``zstd -d`` (or ``gzip -d``) reading ``archive``, its output on a pipe."""
+    kind = compression_of(archive)
+    argv = ["zstd", "-d", "-q", "-c", "--", archive] if kind == "zstd" else ["gzip", "-d", "-c", "--", archive]
+    if not shutil.which(argv[0]):
+        raise BackupError(f"the {argv[0]} command is needed to read {archive} and is not installed")
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None  # noqa: S101 - Popen contract
+    _grow_pipe(proc.stdout.fileno())
+    return proc
+
+
 def read_manifest(path: str) -> dict[str, object]:
     """A manifest (sidecar) file, checked for format; raises BackupError with one sentence."""
     try:
@@ -923,6 +935,7 @@ class Verification:
     checks: list[dict[str, object]]
     problems: list[str]
     stats: dict[str, object]
+    manifest: dict[str, object] | None = None
 
     @property
     def summary(self) -> str:
@@ -988,13 +1001,8 @@ def verify(
         if "newer than" in str(exc):
             raise
         sidecar_manifest = None
-    kind = compression_of(archive)
-    argv = ["zstd", "-d", "-q", "-c", "--", archive] if kind == "zstd" else ["gzip", "-d", "-c", "--", archive]
-    if not shutil.which(argv[0]):
-        raise BackupError(f"the {argv[0]} command is needed to read {archive} and is not installed")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = decompressor(archive)
     assert proc.stdout is not None  # noqa: S101
-    _grow_pipe(proc.stdout.fileno())
     hasher = _Hasher(archive)
     hasher.start()
     log(f"verify: reading {archive}")
@@ -1059,7 +1067,7 @@ def verify(
         "databases": len(databases),
         "seconds": round(time.monotonic() - t0, 3),
     }
-    result = Verification(archive, ok, checks, problems, stats)
+    result = Verification(archive, ok, checks, problems, stats, manifest)
     if record:
         st = os.stat(archive)
         marker = {

@@ -335,10 +335,10 @@ def test_an_unreadable_directory_fails_in_one_sentence(tmp_path: Path) -> None:
         pytest.skip("needs root to run the backup as another user")
     base = Path(tempfile.mkdtemp(prefix="selfhost-dr-perm-"))
     try:
-        os.chmod(base, 0o755)  # noqa: S103 - the unprivileged user must reach the tree
+        os.chmod(base, 0o755)  # the unprivileged user must reach the tree
         (base / "app" / "secret").mkdir(parents=True)
         (base / "app" / "ok.txt").write_text("ok")
-        os.chmod(base / "app", 0o755)  # noqa: S103
+        os.chmod(base / "app", 0o755)
         os.chmod(base / "app" / "secret", 0o700)
         dest = base / "backups"
         dest.mkdir()

@@ -1,0 +1,120 @@
+"""Restoring sets: verified first, swapped in with a safety copy, undoable, and refusing what is unsafe."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create
+from ansible_collections.selfhost.dr.plugins.module_utils.restore import RestoreError, commit, restore, rollback
+
+from .sqlite_helpers import consistent, make_db
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Path:
+    root = tmp_path / "srv" / "app"
+    (root / "one" / "uploads").mkdir(parents=True)
+    (root / "two").mkdir()
+    (root / "empty").mkdir()
+    (root / "one" / "notes.txt").write_text("one\n")
+    (root / "one" / "uploads" / "f.bin").write_bytes(os.urandom(100_000))
+    (root / "two" / "notes.txt").write_text("two\n")
+    os.chmod(root / "one" / "notes.txt", 0o640)
+    os.chmod(root / "two", 0o750)
+    (root / "one" / "latest").symlink_to("notes.txt")
+    make_db(root / "one" / "app.db", rows=300)
+    return root
+
+
+def snapshot_of(root: Path) -> dict[str, object]:
+    """What a user would compare: every path with its type, mode and content (databases by their rows)."""
+    seen: dict[str, object] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if path.is_symlink():
+            seen[rel] = ("link", os.readlink(path))
+        elif path.is_dir():
+            seen[rel] = ("dir", mode)
+        elif path.suffix == ".db":
+            seen[rel] = ("db", mode, consistent(path))
+        else:
+            seen[rel] = ("file", mode, path.read_bytes())
+    return seen
+
+
+def test_full_restore_into_another_root_reproduces_the_tree(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    drill = tmp_path / "drill"
+    done = restore(made.path, dest_root=str(drill))
+    restored = drill / str(app).lstrip("/")
+    assert snapshot_of(restored) == snapshot_of(app)
+    assert [s.target for s in done.swaps] == [str(restored)] and done.swaps[0].safety == ""
+    assert done.files == 4 and not [p for p in restored.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_restore_in_place_keeps_a_safety_copy_until_commit_and_rolls_back(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    before = snapshot_of(app)
+    (app / "one" / "notes.txt").write_text("damaged\n")
+    (app / "two" / "stray.txt").write_text("new\n")
+    damaged = snapshot_of(app)
+
+    done = restore(made.path, stamp="T1")
+    assert snapshot_of(app) == before
+    safety = Path(done.swaps[0].safety)
+    assert safety.name == ".app.selfhost-dr-safety-T1" and snapshot_of(safety) == damaged
+
+    rollback(done.swaps)
+    assert snapshot_of(app) == damaged and not safety.exists()
+
+    done = restore(made.path)
+    commit(done.swaps)
+    assert snapshot_of(app) == before
+    assert [p.name for p in app.parent.iterdir()] == ["app"]
+
+
+def test_restore_of_one_part_leaves_the_rest_alone(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    before = snapshot_of(app / "one")
+    (app / "one" / "app.db").write_bytes(b"garbage")
+    (app / "two" / "notes.txt").write_text("changed since the backup\n")
+    done = restore(made.path, only=[str(app / "one")])
+    commit(done.swaps)
+    assert snapshot_of(app / "one") == before
+    assert (app / "two" / "notes.txt").read_text() == "changed since the backup\n"
+    with pytest.raises(RestoreError, match=r"/elsewhere is not in this backup set"):
+        restore(made.path, only=["/elsewhere"])
+
+
+def test_a_damaged_or_newer_set_is_refused_before_anything_changes(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    (app / "two" / "notes.txt").write_text("current\n")
+    current = snapshot_of(app)
+    data = bytearray(Path(made.path).read_bytes())
+    data[len(data) // 2] ^= 1
+    Path(made.path).write_bytes(bytes(data))
+    with pytest.raises(RestoreError, match=r"^refusing to restore: backup set .* failed verification: the sha256"):
+        restore(made.path)
+    assert snapshot_of(app) == current
+
+    newer = create([str(app)], str(tmp_path), label="newer")
+    manifest = json.loads(Path(newer.manifest_path).read_text())
+    manifest["format_version"] = 2
+    Path(newer.manifest_path).write_text(json.dumps(manifest))
+    with pytest.raises(RestoreError, match=r"format version 2, newer than the 1 this collection reads"):
+        restore(newer.path)
+    assert snapshot_of(app) == current
+
+
+def test_a_link_pointing_outside_the_tree_is_refused(app: Path, tmp_path: Path) -> None:
+    (app / "one" / "passwd").symlink_to("/etc/passwd")
+    made = create([str(app)], str(tmp_path))
+    with pytest.raises(RestoreError, match=r"link .*/one/passwd -> /etc/passwd that points outside"):
+        restore(made.path, dest_root=str(tmp_path / "drill"))
+    assert not (tmp_path / "drill").exists() or not list((tmp_path / "drill").rglob("passwd"))
