@@ -38,7 +38,7 @@ options:
   paths:
     description:
       - Absolute paths of the files and directories to archive. Directories are archived whole, recursively.
-      - Symbolic links are archived as links, not followed. Sockets, fifos and devices are skipped and reported.
+      - Symbolic links are archived as links, not followed. Sockets, fifos and devices are left out and reported in RV(left_out).
     type: list
     elements: path
     required: true
@@ -188,7 +188,7 @@ snapshots:
   elements: dict
   sample:
     - {path: var/lib/tenement/tenement.db, size: 220319744, pages: 53789, journal_mode: wal, duration: 0.49}
-skipped:
+left_out:
   description: Paths left out, each with the reason (excluded, socket, SQLite -wal file, ...).
   returned: always
   type: list
@@ -255,7 +255,7 @@ def main() -> None:
                 files=found.count("file") + found.count("sqlite"),
                 databases=found.count("sqlite"),
                 bytes_in=found.bytes,
-                skipped=found.skipped,
+                left_out=found.skipped,
             )
         if not os.path.exists(p["dest"]):
             os.makedirs(p["dest"], mode=0o700)
@@ -293,7 +293,7 @@ def main() -> None:
         databases=totals["databases"],
         bytes_in=totals["bytes"],
         snapshots=manifest["snapshots"],
-        skipped=manifest["skipped"],
+        left_out=manifest["skipped"],
         changed_during_backup=manifest["changed_during_backup"],
         stats=made.stats,
     )
