@@ -51,10 +51,11 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Union
+from typing import Protocol, Union
 
 from .sqlite_snapshot import SQLITE_HEADER, SnapshotError, snapshot, snapshot_bytes
 from .tar_stream import Member, TarReader, TarStreamError
@@ -944,6 +945,18 @@ class Verification:
         return f"backup set {os.path.basename(self.path)} failed verification: {self.problems[0]}"
 
 
+class Unpacker(Protocol):
+    """Receives each member while verify() streams the archive."""
+
+    current_path: str  # where the file member given by the last begin() is written
+
+    def begin(self, member: Member) -> Callable[[memoryview], None] | None:
+        """Make a directory or link, or return where a file member's data goes (None: nowhere)."""
+
+    def end(self, member: Member) -> None:
+        """The member's data is complete."""
+
+
 class _Hasher(threading.Thread):
     """Hashes the archive file while the decompressor reads it (the second read comes from the page cache)."""
 
@@ -972,10 +985,13 @@ def verify(
     record: bool = True,
     log: Log = _no_log,
     now: Callable[[], datetime] = utc_now,
+    unpack: Unpacker | None = None,
 ) -> Verification:
     """Check a set: whole-file sha256, every member against the manifest, integrity_check of every database.
 
-    Decompression, member checks and integrity checks run alongside the whole-file hash.
+    Decompression, member checks and integrity checks run alongside the whole-file hash. With
+    ``unpack``, every member is also handed to it as it streams by (a restore unpacks into staging
+    in the same pass, and uses the result only when the verification passed).
     """
     t0 = time.monotonic()
     if not os.path.isfile(archive):
@@ -1022,7 +1038,11 @@ def verify(
                 if member.name == MANIFEST_MEMBER and member.kind == "file":
                     embedded = b"".join(bytes(c) for c in reader.chunks())
                     continue
-                members[member.name] = _member_record(reader, member, check_sqlite, memory_limit, checker)
+                sink = unpack.begin(member) if unpack is not None else None
+                staged = unpack.current_path if sink is not None and unpack is not None else ""
+                members[member.name] = _member_record(reader, member, check_sqlite, memory_limit, checker, sink, staged)
+                if unpack is not None:
+                    unpack.end(member)
     except (TarStreamError, OSError) as exc:
         stream_error = str(exc) or type(exc).__name__
     finally:
@@ -1089,6 +1109,8 @@ def _member_record(
     check_sqlite: bool,
     memory_limit: int,
     checker: _Checker,
+    sink: Callable[[memoryview], None] | None = None,
+    staged: str = "",
 ) -> dict[str, object]:
     rec: dict[str, object] = {"type": member.kind, "mode": f"{member.mode:04o}"}
     if member.kind == "symlink":
@@ -1103,23 +1125,29 @@ def _member_record(
     spill_dir = ""
     for chunk in reader.chunks():
         digest.update(chunk)
+        if sink is not None:
+            sink(chunk)
         if is_db is None:
             is_db = check_sqlite and bytes(chunk[: len(SQLITE_HEADER)]) == SQLITE_HEADER
-            if is_db and (member.size > memory_limit or not IN_MEMORY):
+            if is_db and staged:
+                pass  # checked from the copy being written
+            elif is_db and (member.size > memory_limit or not IN_MEMORY):
                 spill_dir = tempfile.mkdtemp(prefix="selfhost-dr-verify-")
                 spill = open(os.path.join(spill_dir, "db"), "wb")  # noqa: SIM115 - closed below
             elif is_db:
                 held = bytearray(member.size)
         if spill is not None:
             spill.write(chunk)
-        elif is_db:
+        elif is_db and not staged:
             held[size : size + len(chunk)] = chunk
         size += len(chunk)
     rec["size"] = size
     rec["sha256"] = digest.hexdigest()
     if spill is not None:
         spill.close()
-        checker.submit(member.name, spill_dir)
+        checker.submit(member.name, os.path.join(spill_dir, "db"), remove=True)
+    elif is_db and staged:
+        checker.submit(member.name, staged)
     elif is_db:
         checker.submit(member.name, held)
     return rec
@@ -1131,17 +1159,19 @@ class _Checker(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.results: list[tuple[str, str]] = []
-        self._queue: queue.Queue[tuple[str, bytearray | str] | None] = queue.Queue(maxsize=2)
+        self._queue: queue.Queue[tuple[str, bytearray | str, bool] | None] = queue.Queue(maxsize=2)
 
-    def submit(self, name: str, data: bytearray | str) -> None:
-        self._queue.put((name, data))
+    def submit(self, name: str, data: bytearray | str, remove: bool = False) -> None:
+        """Check ``data`` (the bytes, or the path of a copy on disk, removed afterwards when ``remove``)."""
+        self._queue.put((name, data, remove))
 
     def run(self) -> None:
         while (item := self._queue.get()) is not None:
-            name, data = item
-            if isinstance(data, str):  # a directory holding the spilled database
-                self.results.append((name, _integrity_of_file(os.path.join(data, "db"))))
-                shutil.rmtree(data, ignore_errors=True)
+            name, data, remove = item
+            if isinstance(data, str):
+                self.results.append((name, _integrity_of_file(data)))
+                if remove:
+                    shutil.rmtree(os.path.dirname(data), ignore_errors=True)
             else:
                 self.results.append((name, _integrity_of_bytes(data)))
 
@@ -1165,7 +1195,8 @@ def _integrity_of_bytes(data: bytearray) -> str:
 
 def _integrity_of_file(path: str) -> str:
     try:
-        conn = sqlite3.connect(path)  # a private temporary copy
+        # immutable: no locks and no -wal/-shm files beside a copy nothing else writes
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?immutable=1", uri=True)
     except sqlite3.DatabaseError as exc:
         return str(exc)
     try:

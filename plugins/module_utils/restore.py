@@ -26,15 +26,17 @@ import contextlib
 import os
 import posixpath
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from .backup_set import BackupError, decompressor, verify
-from .tar_stream import Member, TarReader, TarStreamError
+from .backup_set import BackupError, Sidecars, Verification, read_manifest, verify
+from .tar_stream import Member
 
 Log = Callable[[str], None]
+_FLUSH_EVERY = 128 * 1024 * 1024
 
 
 class RestoreError(Exception):
@@ -109,54 +111,68 @@ def restore(
     log: Log = _no_log,
     stamp: str | None = None,
 ) -> Restored:
-    """Verify ``archive`` and put its trees (or the ``only`` parts) in place under ``dest_root``."""
+    """Verify ``archive`` and put its trees (or the ``only`` parts) in place under ``dest_root``.
+
+    With the sidecar manifest at hand, the archive is verified and unpacked into staging in one
+    pass; the staged trees are swapped in only when every check passed. Without it, the set is
+    verified first and unpacked in a second pass.
+    """
     started = time.monotonic()
-    try:
-        checked = verify(archive, record=False, log=log)
-    except BackupError as exc:
-        raise RestoreError(str(exc)) from exc
-    if not checked.ok or checked.manifest is None:
-        raise RestoreError(f"refusing to restore: {checked.summary}")
-    manifest = checked.manifest
-    units = units_for(manifest, only)
-    check_links(manifest, units)
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     root = os.path.abspath(dest_root)
-    targets = {u: os.path.join(root, u.lstrip("/")) for u in units}
-    staging = {u: _sibling(t, f"restore-{stamp}") for u, t in targets.items()}
-    expected = {
-        "/" + str(e["path"])
-        for e in manifest["files"]  # type: ignore[attr-defined]
-        if any(_under("/" + str(e["path"]), u) for u in units)
-    }
-    if not expected:
-        raise RestoreError("nothing in this backup set lies under the chosen paths")
-    result = Restored(archive, [], manifest=manifest)
     try:
-        for target in targets.values():
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-        log(f"restore: unpacking {len(expected)} members of {os.path.basename(archive)}")
-        written = _unpack(archive, units, staging, result)
-        missing = sorted(expected - written)
+        manifest: dict[str, object] | None = read_manifest(Sidecars.of(archive).manifest)
+    except BackupError as exc:
+        if "newer than" in str(exc):
+            raise RestoreError(str(exc)) from exc
+        manifest = None
+    result = Restored(archive, [])
+    unpacker: _Unpacker | None = None
+    try:
+        if manifest is not None:
+            units = _plan(manifest, only)
+            unpacker = _Unpacker(units, {u: _staging(root, u, stamp) for u in units})
+            log(f"restore: verifying {os.path.basename(archive)} and unpacking it beside the targets")
+            checked = _verify(archive, log, unpacker)
+        else:
+            checked = _verify(archive, log, None)
+            manifest = checked.manifest or {}
+            units = _plan(manifest, only)
+        manifest = checked.manifest or manifest
+        if unpacker is None:
+            unpacker = _Unpacker(units, {u: _staging(root, u, stamp) for u in units})
+            log(f"restore: unpacking {os.path.basename(archive)} beside the targets")
+            _verify(archive, log, unpacker)
+        result.manifest = manifest
+        expected = {
+            "/" + str(e["path"])
+            for e in manifest["files"]  # type: ignore[attr-defined]
+            if any(_under("/" + str(e["path"]), u) for u in units)
+        }
+        missing = sorted(expected - unpacker.written)
         if missing:
             raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
+        unpacker.apply_directory_metadata()
         os.sync()
         for unit in units:
-            target = targets[unit]
+            target = os.path.join(root, unit.lstrip("/"))
             safety = ""
             if os.path.lexists(target):
                 safety = _sibling(target, f"safety-{stamp}")
                 os.rename(target, safety)
             result.swaps.append(Swap(target, safety))
-            os.rename(staging[unit], target)
+            os.rename(unpacker.staging[unit], target)
+        result.files, result.bytes = unpacker.files, unpacker.bytes
     except BaseException as exc:
         rollback(result.swaps)
-        for path in staging.values():
-            _remove(path)
+        if unpacker is not None:
+            unpacker.close()
+            for path in unpacker.staging.values():
+                _remove(path)
         if isinstance(exc, (RestoreError, KeyboardInterrupt)):
             raise
-        if isinstance(exc, TarStreamError):
-            raise RestoreError(f"the archive cannot be read: {exc}") from exc
+        if isinstance(exc, BackupError):
+            raise RestoreError(str(exc)) from exc
         if isinstance(exc, OSError):
             raise RestoreError(f"could not restore {exc.filename or ''}: {exc.strerror}".replace(" :", ":")) from exc
         raise
@@ -165,71 +181,128 @@ def restore(
     return result
 
 
+def _plan(manifest: dict[str, object], only: Iterable[str] | None) -> list[str]:
+    units = units_for(manifest, only)
+    check_links(manifest, units)
+    if not any(
+        any(_under("/" + str(e["path"]), u) for u in units)
+        for e in manifest["files"]  # type: ignore[attr-defined]
+    ):
+        raise RestoreError("nothing in this backup set lies under the chosen paths")
+    return units
+
+
+def _verify(archive: str, log: Log, unpacker: _Unpacker | None) -> Verification:
+    checked = verify(archive, record=False, log=log, unpack=unpacker)
+    if not checked.ok or checked.manifest is None:
+        raise RestoreError(f"refusing to restore: {checked.summary}")
+    return checked
+
+
+def _staging(root: str, unit: str, stamp: str) -> str:
+    target = os.path.join(root, unit.lstrip("/"))
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    return _sibling(target, f"restore-{stamp}")
+
+
 def _sibling(target: str, what: str) -> str:
     return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.selfhost-dr-{what}")
 
 
-def _unpack(archive: str, units: list[str], staging: dict[str, str], result: Restored) -> set[str]:
-    proc = decompressor(archive)
-    assert proc.stdout is not None  # noqa: S101
-    written: set[str] = set()
-    links: set[str] = set()
-    dirs: list[tuple[str, Member]] = []
-    euid = os.geteuid()
-    try:
-        with open(proc.stdout.fileno(), "rb", buffering=1024 * 1024, closefd=False) as stream:
-            reader = TarReader(stream)
-            for member in reader.members():
-                path = "/" + member.name
-                unit = next((u for u in units if _under(path, u)), None)
-                if unit is None:
-                    continue
-                if member.kind not in ("file", "dir", "symlink") or ".." in member.name.split("/"):
-                    raise RestoreError(f"member {member.name!r} is not a file, directory or link; refusing it")
-                rel = os.path.relpath(path, unit) if path != unit else ""
-                parts = rel.split("/") if rel else []
-                for n in range(1, len(parts)):
-                    if "/".join(parts[:n]) in links:
-                        raise RestoreError(f"member {member.name!r} would be written through a link; refusing it")
-                dest = os.path.join(staging[unit], rel) if rel else staging[unit]
-                if parts:
-                    os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
-                if member.kind == "dir":
+class _Unpacker:
+    """Writes the members under the restored trees into their staging directories, refusing what is unsafe."""
+
+    def __init__(self, units: list[str], staging: dict[str, str]) -> None:
+        self.units = units
+        self.staging = staging
+        self.written: set[str] = set()
+        self.files = 0
+        self.bytes = 0
+        self._links: set[str] = set()
+        self._dirs: list[tuple[str, Member]] = []
+        self._fd = -1
+        self.current_path = ""
+        self._made: set[str] = set()
+        self._flushed = 0
+        self._flusher: threading.Thread | None = None
+        self._root = os.geteuid() == 0
+
+    def begin(self, member: Member) -> Callable[[memoryview], None] | None:
+        path = "/" + member.name
+        unit = next((u for u in self.units if _under(path, u)), None)
+        if unit is None:
+            return None
+        if member.kind not in ("file", "dir", "symlink") or ".." in member.name.split("/"):
+            raise RestoreError(f"member {member.name!r} is not a file, directory or link; refusing it")
+        rel = os.path.relpath(path, unit) if path != unit else ""
+        parts = rel.split("/") if rel else []
+        for n in range(1, len(parts)):
+            if unit + "/" + "/".join(parts[:n]) in self._links:
+                raise RestoreError(f"member {member.name!r} would be written through a link; refusing it")
+        dest = os.path.join(self.staging[unit], rel) if rel else self.staging[unit]
+        try:
+            parent = os.path.dirname(dest)
+            if parts and parent not in self._made:
+                os.makedirs(parent, mode=0o700, exist_ok=True)
+                self._made.add(parent)
+            self.written.add(path)
+            if member.kind == "dir":
+                if dest not in self._made:
                     os.makedirs(dest, mode=0o700, exist_ok=True)
-                    dirs.append((dest, member))
-                elif member.kind == "symlink":
-                    os.symlink(member.linkname, dest)
-                    links.add(rel)
-                    if euid == 0:
-                        os.lchown(dest, member.uid, member.gid)
-                else:
-                    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                    try:
-                        for chunk in reader.chunks():
-                            view = memoryview(chunk)
-                            while view:
-                                view = view[os.write(fd, view) :]
-                            result.bytes += len(chunk)
-                        if euid == 0:
-                            os.fchown(fd, member.uid, member.gid)
-                        os.fchmod(fd, member.mode & 0o7777)
-                    finally:
-                        os.close(fd)
-                    os.utime(dest, (member.mtime, member.mtime))
-                    result.files += 1
-                written.add(path)
-        # Directories last, deepest first: their modes may forbid writing, and writing changes their times.
-        for dest, member in sorted(dirs, key=lambda d: d[0].count("/"), reverse=True):
-            if euid == 0:
+                    self._made.add(dest)
+                self._dirs.append((dest, member))
+                return None
+            if member.kind == "symlink":
+                os.symlink(member.linkname, dest)
+                self._links.add(path)
+                if self._root:
+                    os.lchown(dest, member.uid, member.gid)
+                return None
+            self._fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise RestoreError(f"could not write {dest}: {exc.strerror}") from exc
+        self.current_path = dest
+        return self._write
+
+    def _write(self, chunk: memoryview) -> None:
+        view = chunk
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            raise RestoreError(f"could not write {self.current_path}: {exc.strerror}") from exc
+        self.bytes += len(chunk)
+        if self.bytes - self._flushed >= _FLUSH_EVERY and not (self._flusher and self._flusher.is_alive()):
+            # Write back what is staged while unpacking goes on: the sync before the swap stays short.
+            self._flushed = self.bytes
+            self._flusher = threading.Thread(target=os.sync, daemon=True)
+            self._flusher.start()
+
+    def end(self, member: Member) -> None:
+        if self._fd < 0:
+            return
+        try:
+            if self._root:
+                os.fchown(self._fd, member.uid, member.gid)
+            os.fchmod(self._fd, member.mode & 0o7777)
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+        os.utime(self.current_path, (member.mtime, member.mtime))
+        self.files += 1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def apply_directory_metadata(self) -> None:
+        # Deepest first: a directory's mode may forbid writing, and writing into it changes its times.
+        for dest, member in sorted(self._dirs, key=lambda d: d[0].count("/"), reverse=True):
+            if self._root:
                 os.chown(dest, member.uid, member.gid)
             os.chmod(dest, member.mode & 0o7777)
             os.utime(dest, (member.mtime, member.mtime))
-    finally:
-        with contextlib.suppress(OSError):
-            proc.stdout.close()
-        proc.kill()
-        proc.wait()
-    return written
 
 
 def rollback(swaps: Iterable[Swap]) -> None:

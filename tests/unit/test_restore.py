@@ -118,3 +118,11 @@ def test_a_link_pointing_outside_the_tree_is_refused(app: Path, tmp_path: Path) 
     with pytest.raises(RestoreError, match=r"link .*/one/passwd -> /etc/passwd that points outside"):
         restore(made.path, dest_root=str(tmp_path / "drill"))
     assert not (tmp_path / "drill").exists() or not list((tmp_path / "drill").rglob("passwd"))
+
+
+def test_a_set_without_its_sidecar_manifest_is_verified_then_unpacked(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    Path(made.manifest_path).unlink()
+    done = restore(made.path, dest_root=str(tmp_path / "drill"))
+    assert snapshot_of(tmp_path / "drill" / str(app).lstrip("/")) == snapshot_of(app)
+    assert done.files == 4
