@@ -203,11 +203,14 @@ def _is_sqlite_file(path: str, size: int) -> bool:
         return False
 
 
-def scan(paths: Iterable[str], excludes: Iterable[str] = ()) -> Scan:
+def scan(paths: Iterable[str], excludes: Iterable[str] = (), stored_as: dict[str, str] | None = None) -> Scan:
     """Everything under ``paths`` that a set would hold, in archive order, without reading file contents.
 
-    Fails with one sentence when a path does not exist or a directory or file cannot be read.
+    ``stored_as`` maps a path to the path its members are named after in the archive (a copy taken
+    while an instance was stopped is stored under the instance's own data dir). Fails with one
+    sentence when a path does not exist or a directory or file cannot be read.
     """
+    stored_as = {os.path.normpath(k): os.path.normpath(v) for k, v in (stored_as or {}).items()}
     patterns = list(excludes)
     roots: list[str] = []
     for raw in paths:
@@ -224,7 +227,7 @@ def scan(paths: Iterable[str], excludes: Iterable[str] = ()) -> Scan:
     for root in sorted(set(roots)):
         if any(root.startswith(other.rstrip("/") + "/") for other in roots if other != root):
             continue  # already inside another path
-        _walk(root, patterns, result, seen)
+        _walk(root, patterns, result, seen, root, stored_as.get(root, root))
     databases = {e.path for e in result.entries if e.kind == "sqlite"}
     kept: list[Entry] = []
     for entry in result.entries:
@@ -237,7 +240,7 @@ def scan(paths: Iterable[str], excludes: Iterable[str] = ()) -> Scan:
     return result
 
 
-def _walk(path: str, patterns: list[str], result: Scan, seen: set[str]) -> None:
+def _walk(path: str, patterns: list[str], result: Scan, seen: set[str], root: str, stored: str) -> None:
     pattern = _excluded(path, patterns)
     if pattern:
         result.skipped.append({"path": path, "reason": f"excluded by {pattern}"})
@@ -247,7 +250,7 @@ def _walk(path: str, patterns: list[str], result: Scan, seen: set[str]) -> None:
     except FileNotFoundError:
         result.skipped.append({"path": path, "reason": "vanished while scanning"})
         return
-    member = path.lstrip("/")
+    member = (stored + path[len(root) :]).lstrip("/")
     if member == MANIFEST_MEMBER:
         raise BackupError(f"{path} has the name this collection gives its manifest; it cannot be backed up")
     if member in seen:
@@ -262,7 +265,7 @@ def _walk(path: str, patterns: list[str], result: Scan, seen: set[str]) -> None:
             raise BackupError(f"directory {path} cannot be read: permission denied") from exc
         result.entries.append(Entry(path, member, "dir", st))
         for name in names:
-            _walk(os.path.join(path, name), patterns, result, seen)
+            _walk(os.path.join(path, name), patterns, result, seen, root, stored)
     elif stat.S_ISREG(mode):
         if not os.access(path, os.R_OK):
             raise BackupError(f"file {path} cannot be read: permission denied")
@@ -526,8 +529,12 @@ def create(
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     log: Log = _no_log,
     now: Callable[[], datetime] = utc_now,
+    stored_as: dict[str, str] | None = None,
 ) -> Created:
-    """Write one backup set of ``paths`` into ``dest_dir`` and return what was made."""
+    """Write one backup set of ``paths`` into ``dest_dir`` and return what was made.
+
+    ``stored_as`` maps a path to the path it is recorded as (see :func:`scan`).
+    """
     clock = time.monotonic
     t0 = clock()
     started_at = now()
@@ -538,7 +545,8 @@ def create(
     if not os.access(dest_dir, os.W_OK | os.X_OK):
         raise BackupError(f"backup directory {dest_dir} is not writable")
     kind = compressor_for(compression)
-    found = scan(paths, excludes)
+    paths = list(paths)
+    found = scan(paths, excludes, stored_as)
     log(
         f"scan: {found.count('file') + found.count('sqlite')} files ({found.count('sqlite')} SQLite databases), "
         f"{found.bytes / MIB:.1f} MiB, {len(found.skipped)} skipped"
@@ -577,7 +585,7 @@ def create(
             "started_at": iso(started_at),
             "finished_at": iso(finished_at),
             "compression": kind,
-            "paths": sorted({os.path.normpath(p) for p in paths}),
+            "paths": sorted({os.path.normpath((stored_as or {}).get(p, p)) for p in paths}),
             "excludes": excludes,
             **archived,
             "metadata": metadata or {},

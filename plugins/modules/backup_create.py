@@ -39,9 +39,37 @@ options:
     description:
       - Absolute paths of the files and directories to archive. Directories are archived whole, recursively.
       - Symbolic links are archived as links, not followed. Sockets, fifos and devices are left out and reported in RV(left_out).
+      - Required unless O(instance) is set.
     type: list
     elements: path
-    required: true
+  instance:
+    description:
+      - Per-instance mode. Archives the data dir of this tenement instance (C(service:id)) by the per-instance
+        procedure: stop the instance, copy its data dir (C(cp -a)), spawn it again and wait for its health check,
+        then compress the copy. The instance is spawned again whatever happens to the copy; RV(downtime) is measured.
+      - An instance whose service does not persist its storage (O(storage_persist=false)) is never stopped, because
+        tenement deletes its data on C(ten stop); it is archived hot instead and RV(hot_reason) says why.
+    type: str
+  storage_persist:
+    description: Whether the instance's service sets C(storage_persist = true) (see M(selfhost.dr.tenement_info)).
+    type: bool
+    default: false
+  tenement_server:
+    description: URL of the tenement server, for O(instance).
+    type: str
+    default: http://127.0.0.1:8080
+  tenement_data_dir:
+    description: tenement's data dir, for O(instance); the API token is read from it.
+    type: path
+    default: /var/lib/tenement
+  tenement_ten_bin:
+    description: The C(ten) command, for O(instance).
+    type: path
+    default: /usr/local/bin/ten
+  health_timeout:
+    description: Seconds to wait for the instance's health check after it is spawned again.
+    type: float
+    default: 60
   dest:
     description: Directory the set is written to. Created with mode C(0700) when it does not exist.
     type: path
@@ -58,7 +86,9 @@ options:
     description: The host name used in the set's name and manifest. Defaults to the managed host's short name.
     type: str
   label:
-    description: The last part of the set's name, for example the backup mode (V(hot), V(cold)) or an instance.
+    description:
+      - The last part of the set's name, for example the backup mode (V(hot), V(cold)).
+      - With O(instance) and the default, C(instance-SERVICE-ID).
     type: str
     default: manual
   metadata:
@@ -200,6 +230,21 @@ changed_during_backup:
   type: list
   elements: str
   sample: []
+downtime:
+  description: With O(instance), seconds from the stop request until the instance answered its health check again.
+  returned: success, with O(instance)
+  type: float
+  sample: 0.9
+copy_seconds:
+  description: With O(instance), the part of RV(downtime) spent copying the data dir.
+  returned: success, with O(instance)
+  type: float
+  sample: 0.05
+hot_reason:
+  description: With O(instance), why the instance was archived without stopping it, or empty.
+  returned: success, with O(instance)
+  type: str
+  sample: ""
 stats:
   description: Bytes and seconds, for measuring.
   returned: success, not in check mode
@@ -220,12 +265,25 @@ from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
     set_name,
     utc_now,
 )
+from ansible_collections.selfhost.dr.plugins.module_utils.instance_backup import backup_instance
+from ansible_collections.selfhost.dr.plugins.module_utils.tenement import (
+    TenementClient,
+    TenementError,
+    parse_instance,
+    read_token,
+)
 
 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            paths=dict(type="list", elements="path", required=True),
+            paths=dict(type="list", elements="path"),
+            instance=dict(type="str"),
+            storage_persist=dict(type="bool", default=False),
+            tenement_server=dict(type="str", default="http://127.0.0.1:8080"),
+            tenement_data_dir=dict(type="path", default="/var/lib/tenement"),
+            tenement_ten_bin=dict(type="path", default="/usr/local/bin/ten"),
+            health_timeout=dict(type="float", default=60.0),
             dest=dict(type="path", required=True),
             app=dict(type="str", default="files"),
             app_version=dict(type="str", default=""),
@@ -240,10 +298,18 @@ def main() -> None:
             integrity_check=dict(type="bool", default=False),
             memory_limit=dict(type="int", default=64 * 1024 * 1024),
         ),
+        required_one_of=[("paths", "instance")],
+        mutually_exclusive=[("paths", "instance")],
         supports_check_mode=True,
     )
     p = module.params
+    extra: dict[str, object] = {}
     try:
+        if p["instance"]:
+            service, ident = parse_instance(p["instance"])
+            p["paths"] = [os.path.join(p["tenement_data_dir"], service, ident)]
+            if p["label"] == "manual":
+                p["label"] = f"instance-{service}-{ident}"
         if module.check_mode:
             found = scan(p["paths"], p["exclude"])
             kind = compressor_for(p["compression"])
@@ -259,9 +325,7 @@ def main() -> None:
             )
         if not os.path.exists(p["dest"]):
             os.makedirs(p["dest"], mode=0o700)
-        made = create(
-            p["paths"],
-            p["dest"],
+        args: dict[str, object] = dict(
             app=p["app"],
             app_version=p["app_version"],
             host=p["host"],
@@ -274,9 +338,29 @@ def main() -> None:
             lock_timeout=p["lock_timeout"],
             integrity_check=p["integrity_check"],
             memory_limit=p["memory_limit"],
-            log=module.log,
         )
-    except BackupError as exc:
+        if p["instance"]:
+            client = TenementClient(
+                p["tenement_ten_bin"],
+                server=p["tenement_server"],
+                token=read_token(p["tenement_data_dir"]),
+                data_dir=p["tenement_data_dir"],
+            )
+            done = backup_instance(
+                client,
+                p["instance"],
+                p["tenement_data_dir"],
+                p["dest"],
+                storage_persist=p["storage_persist"],
+                health_timeout=p["health_timeout"],
+                log=module.log,
+                **args,
+            )
+            made = done.created
+            extra = dict(downtime=done.downtime, copy_seconds=done.copy_seconds, hot_reason=done.hot_reason)
+        else:
+            made = create(p["paths"], p["dest"], log=module.log, **args)  # type: ignore[arg-type]
+    except (BackupError, TenementError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"could not create backup directory {p['dest']}: {exc.strerror}")
@@ -296,6 +380,7 @@ def main() -> None:
         left_out=manifest["skipped"],
         changed_during_backup=manifest["changed_during_backup"],
         stats=made.stats,
+        **extra,
     )
 
 

@@ -1,0 +1,113 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The per-instance procedure: stop the instance, copy its data dir, spawn it again, then archive the copy.
+
+Standard library only. The instance is down only while its data dir is copied
+(``cp -a``, with reflinks where the file system has them); compression,
+hashing and the manifest come after it runs again. It is spawned again
+whatever happens to the copy, and the downtime (stop requested until the
+instance answers its health check again) is measured and returned.
+
+An instance of a service without ``storage_persist`` is never stopped:
+tenement 0.2.2 deletes its data dir on ``ten stop``. It is archived hot
+(databases as consistent snapshots, other files as they are) and the result
+says so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .backup_set import BackupError, Created, create
+from .tenement import TenementClient, TenementError, parse_instance
+
+Log = Callable[[str], None]
+
+
+def _no_log(_line: str) -> None:
+    return None
+
+
+@dataclass
+class InstanceBackup:
+    created: Created
+    instance: str
+    stopped: bool
+    downtime: float  # seconds from the stop request until the instance was healthy again
+    copy_seconds: float  # of which copying the data dir
+    hot_reason: str
+
+
+def backup_instance(
+    client: TenementClient,
+    instance: str,
+    data_dir: str,
+    dest_dir: str,
+    *,
+    storage_persist: bool,
+    health_timeout: float = 60.0,
+    log: Log = _no_log,
+    **create_args: object,
+) -> InstanceBackup:
+    service, ident = parse_instance(instance)
+    tree = os.path.join(data_dir, service, ident)
+    if not os.path.isdir(tree):
+        raise BackupError(f"instance {instance} has no data dir at {tree}")
+    label = str(create_args.pop("label", "") or f"instance-{service}-{ident}")
+    metadata = dict(create_args.pop("metadata", {}) or {})  # type: ignore[call-overload]
+    metadata["instance"] = instance
+    running = instance in client.instances()
+    if not storage_persist or not running:
+        reason = (
+            f"service {service} does not set storage_persist, and ten stop would delete the data"
+            if not storage_persist
+            else "the instance was not running"
+        )
+        log(f"instance {instance}: archived without stopping it ({reason})")
+        metadata.update(running=[instance] if running else [], stopped=False)
+        made = create([tree], dest_dir, label=label, metadata=metadata, log=log, **create_args)  # type: ignore[arg-type]
+        return InstanceBackup(made, instance, False, 0.0, 0.0, reason)
+
+    if not os.path.isdir(dest_dir):
+        raise BackupError(f"backup directory {dest_dir} does not exist")
+    copy = os.path.join(dest_dir, f".{service}-{ident}.copy-{os.getpid()}")
+    shutil.rmtree(copy, ignore_errors=True)
+    started = time.monotonic()
+    copy_seconds = 0.0
+    failure: BaseException | None = None
+    client.stop(instance)
+    try:
+        t_copy = time.monotonic()
+        done = subprocess.run(
+            ["cp", "-a", "--reflink=auto", "--", tree, copy], capture_output=True, text=True, check=False
+        )
+        copy_seconds = time.monotonic() - t_copy
+        if done.returncode != 0:
+            failure = BackupError(
+                f"copying {tree} failed: {done.stderr.strip() or 'cp exited ' + str(done.returncode)}"
+            )
+    except OSError as exc:
+        failure = BackupError(f"copying {tree} failed: {exc.strerror}")
+    finally:
+        # Whatever happened to the copy, the instance runs again.
+        try:
+            client.spawn(instance)
+            client.wait_healthy(instance, timeout=health_timeout, interval=0.1)
+        except TenementError as exc:
+            shutil.rmtree(copy, ignore_errors=True)
+            raise BackupError(f"instance {instance} did not come back after its backup: {exc}") from exc
+    downtime = time.monotonic() - started
+    log(f"instance {instance}: down {downtime:.2f} s, of which {copy_seconds:.2f} s copying")
+    try:
+        if failure is not None:
+            raise failure
+        metadata.update(running=[instance], stopped=True, downtime_seconds=round(downtime, 3))
+        made = create([copy], dest_dir, label=label, metadata=metadata, log=log, stored_as={copy: tree}, **create_args)  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return InstanceBackup(made, instance, True, round(downtime, 3), round(copy_seconds, 3), "")
