@@ -45,8 +45,9 @@ options:
   instance:
     description:
       - Per-instance mode. Archives the data dir of this tenement instance (C(service:id)) by the per-instance
-        procedure: stop the instance, copy its data dir (C(cp -a)), spawn it again and wait for its health check,
-        then compress the copy. The instance is spawned again whatever happens to the copy; RV(downtime) is measured.
+        procedure, which stops the instance, copies its data dir (C(cp -a)), spawns it again and waits for its health
+        check, and only then compresses the copy. The instance is spawned again whatever happens to the copy;
+        RV(downtime) is measured.
       - An instance whose service does not persist its storage (O(storage_persist=false)) is never stopped, because
         tenement deletes its data on C(ten stop); it is archived hot instead and RV(hot_reason) says why.
     type: str

@@ -62,3 +62,23 @@ def test_module_documentation_is_complete(module: str) -> None:
     assert doc["examples"].strip(), "no examples"
     assert doc["return"], "no return values"
     assert doc["doc"]["attributes"]["check_mode"]["support"] in {"full", "partial"}
+
+
+ROLES = sorted(p.parent.parent.name for p in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_documentation_is_complete(role: str) -> None:
+    out = subprocess.run(
+        [str(BIN / "ansible-doc"), "--json", "-t", "role", f"selfhost.dr.{role}"],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=ansible_env(),
+    )
+    entry_points = json.loads(out.stdout)[f"selfhost.dr.{role}"]["entry_points"]
+    assert "main" in entry_points
+    for name, spec in entry_points.items():
+        assert spec.get("short_description"), f"{name} has no short description"
+        for option, doc in (spec.get("options") or {}).items():
+            assert doc.get("description"), f"{name}: {option} has no description"
