@@ -994,13 +994,17 @@ def verify(
     log: Log = _no_log,
     now: Callable[[], datetime] = utc_now,
     unpack: Unpacker | None = None,
+    deep: bool = True,
 ) -> Verification:
     """Check a set: whole-file sha256, every member against the manifest, integrity_check of every database.
 
     Decompression, member checks and integrity checks run alongside the whole-file hash. With
     ``unpack``, every member is also handed to it as it streams by (a restore unpacks into staging
-    in the same pass, and uses the result only when the verification passed).
+    in the same pass, and uses the result only when the verification passed). ``deep=False`` checks
+    the whole-file sha256 and the member list but not each member's sha256 nor the databases: enough
+    when this very content (same sha256) already passed a deep verification.
     """
+    check_sqlite = check_sqlite and deep
     t0 = time.monotonic()
     if not os.path.isfile(archive):
         raise BackupError(f"backup set {archive} does not exist")
@@ -1078,7 +1082,7 @@ def verify(
         check("archive", False, f"the archive cannot be read to its end ({reason})")
     manifest = _pick_manifest(embedded, sidecar_manifest, sidecars.manifest, check)
     if manifest is not None:
-        _compare(manifest, members, check)
+        _compare(manifest, members, check, deep)
     if check_sqlite:
         bad = [f"{path}: {result}" for path, result in databases if result != "ok"]
         check(
@@ -1119,6 +1123,7 @@ def _member_record(
     checker: _Checker,
     sink: Callable[[memoryview], None] | None = None,
     staged: str = "",
+    deep: bool = True,
 ) -> dict[str, object]:
     rec: dict[str, object] = {"type": member.kind, "mode": f"{member.mode:04o}"}
     if member.kind == "symlink":
@@ -1131,6 +1136,13 @@ def _member_record(
     held = bytearray()
     spill: io.BufferedWriter | None = None
     spill_dir = ""
+    if not deep:
+        for chunk in reader.chunks():
+            if sink is not None:
+                sink(chunk)
+            size += len(chunk)
+        rec["size"] = size
+        return rec
     for chunk in reader.chunks():
         digest.update(chunk)
         if sink is not None:
@@ -1254,6 +1266,7 @@ def _compare(
     manifest: dict[str, object],
     members: dict[str, dict[str, object]],
     check: Callable[[str, bool, str], None],
+    deep: bool = True,
 ) -> None:
     listed = {str(f["path"]): f for f in manifest["files"] if isinstance(f, dict)}  # type: ignore[attr-defined]
     missing = sorted(set(listed) - set(members))
@@ -1261,7 +1274,7 @@ def _compare(
     differ = []
     for path in sorted(set(listed) & set(members)):
         want, got = listed[path], members[path]
-        for key in ("type", "size", "sha256", "target"):
+        for key in ("type", "size", "sha256", "target") if deep else ("type", "size", "target"):
             if want.get(key) != got.get(key):
                 differ.append(f"{path} ({key})")
                 break
@@ -1272,7 +1285,8 @@ def _compare(
     if differ:
         check("members", False, f"{len(differ)} member(s) differ from the manifest, first {differ[0]}")
     if not (missing or extra or differ):
-        check("members", True, f"{len(members)} members match the manifest")
+        what = "match the manifest" if deep else "match the manifest's list (sha256s verified earlier)"
+        check("members", True, f"{len(members)} members {what}")
 
 
 # -- catalog ---------------------------------------------------------------------------------------------------------
@@ -1292,6 +1306,21 @@ def verification_state(archive: str) -> dict[str, object]:
     if marker.get("size") != st.st_size or marker.get("mtime_ns") != st.st_mtime_ns:
         return {"state": "changed", "verified_at": marker.get("verified_at")}
     return {"state": "verified" if marker.get("ok") else "failed", "verified_at": marker.get("verified_at")}
+
+
+def verified_earlier(archive: str) -> bool:
+    """True when this exact content passed a deep verification: the record's sha256 is the checksum file's
+    and the file's size and mtime are unchanged since. Checking the whole-file sha256 again then covers every
+    member and database."""
+    sidecars = Sidecars.of(archive)
+    try:
+        with open(sidecars.verified, "rb") as handle:
+            marker = json.loads(handle.read())
+        expected = read_checksum(sidecars.checksum)
+    except (OSError, ValueError, BackupError):
+        return False
+    state = verification_state(archive)
+    return state.get("state") == "verified" and isinstance(marker, dict) and marker.get("sha256") == expected
 
 
 def describe(archive: str) -> dict[str, object]:

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from .backup_set import BackupError, Sidecars, Verification, read_manifest, verify
+from .backup_set import BackupError, Sidecars, Verification, read_manifest, verified_earlier, verify
 from .tar_stream import Member
 
 Log = Callable[[str], None]
@@ -193,7 +193,11 @@ def _plan(manifest: dict[str, object], only: Iterable[str] | None) -> list[str]:
 
 
 def _verify(archive: str, log: Log, unpacker: _Unpacker | None) -> Verification:
-    checked = verify(archive, record=False, log=log, unpack=unpacker)
+    # A set whose exact content was verified before needs its whole-file sha256 checked, not every member again.
+    deep = not verified_earlier(archive)
+    if not deep:
+        log("restore: this content passed verification before; checking its whole-file sha256 and member list")
+    checked = verify(archive, record=False, log=log, unpack=unpacker, deep=deep)
     if not checked.ok or checked.manifest is None:
         raise RestoreError(f"refusing to restore: {checked.summary}")
     return checked

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create
+from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, verify
 from ansible_collections.selfhost.dr.plugins.module_utils.restore import RestoreError, commit, restore, rollback
 
 from .sqlite_helpers import consistent, make_db
@@ -126,3 +126,23 @@ def test_a_set_without_its_sidecar_manifest_is_verified_then_unpacked(app: Path,
     done = restore(made.path, dest_root=str(tmp_path / "drill"))
     assert snapshot_of(tmp_path / "drill" / str(app).lstrip("/")) == snapshot_of(app)
     assert done.files == 4
+
+
+def test_a_set_verified_before_is_checked_by_its_whole_file_sha256(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    assert verify(made.path).ok  # as the backup role does right after writing
+    lines: list[str] = []
+    done = restore(made.path, dest_root=str(tmp_path / "drill"), log=lines.append)
+    assert snapshot_of(tmp_path / "drill" / str(app).lstrip("/")) == snapshot_of(app)
+    assert done.files == 4
+    assert any("passed verification before" in line for line in lines), lines
+
+    # Bit rot that keeps size and mtime: the record still says "verified", the whole-file sha256 does not.
+    st = os.stat(made.path)
+    data = bytearray(Path(made.path).read_bytes())
+    data[len(data) // 3] ^= 0x10
+    Path(made.path).write_bytes(bytes(data))
+    os.utime(made.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(RestoreError, match=r"^refusing to restore: .*the sha256 of the file does not match"):
+        restore(made.path, dest_root=str(tmp_path / "drill2"))
+    assert not (tmp_path / "drill2").exists() or not any((tmp_path / "drill2").rglob("*.txt"))
