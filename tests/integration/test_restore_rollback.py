@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .ansible_run import ROOT, local_tenement, run_playbook
+
 PLAYBOOK = ROOT / "tests" / "integration" / "playbooks" / "restore_rollback.yml"
 
 
@@ -23,40 +22,12 @@ def test_a_failed_restore_puts_the_previous_state_back(tmp_path: Path, free_port
         if sock.connect_ex(("127.0.0.1", 30000)) == 0:
             pytest.fail("port 30000 is in use: tenement 0.2.2 hands out instance ports from there without checking")
     variables = {
-        "ansible_python_interpreter": sys.executable,
+        **local_tenement(tmp_path),
         "work": str(tmp_path),
         "tenement_server_wheel": wheel,
-        "tenement_server_service_manager": "process",
-        "tenement_server_venv": str(tmp_path / "venv"),
-        "tenement_server_bin": str(tmp_path / "bin" / "ten"),
-        "tenement_server_config_dir": str(tmp_path / "etc"),
-        "tenement_server_data_dir": str(tmp_path / "data"),
-        "tenement_server_pidfile": str(tmp_path / "ten.pid"),
-        "tenement_server_log_file": str(tmp_path / "ten.log"),
         "tenement_server_port": free_port,
     }
-    env = dict(os.environ)
-    env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".cache" / "collections"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            str(PLAYBOOK),
-            "-e",
-            json.dumps(variables),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+    done = run_playbook(PLAYBOOK, variables)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert "the previous config and data are back and tenement runs them again" in result["failure"], result

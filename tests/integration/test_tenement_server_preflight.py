@@ -2,46 +2,24 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from .ansible_run import ROOT, local_tenement, run_playbook
+
 PLAYBOOK = ROOT / "tests" / "integration" / "playbooks" / "tenement_server.yml"
 
 
 def run_role(tmp_path: Path, **overrides: object) -> subprocess.CompletedProcess[str]:
     variables: dict[str, object] = {
-        "ansible_python_interpreter": sys.executable,
-        "tenement_server_service_manager": "process",
-        "tenement_server_venv": str(tmp_path / "venv"),
-        "tenement_server_bin": str(tmp_path / "bin" / "ten"),
-        "tenement_server_config_dir": str(tmp_path / "etc"),
-        "tenement_server_data_dir": str(tmp_path / "data"),
-        "tenement_server_pidfile": str(tmp_path / "ten.pid"),
-        "tenement_server_log_file": str(tmp_path / "ten.log"),
+        **local_tenement(tmp_path),
         "tenement_server_services": {"web": {"command": "/bin/true"}},
         "tenement_server_instances": ["web:one"],
     }
     variables.update(overrides)
-    env = dict(os.environ)
-    env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
-    env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".cache" / "collections")
-    env["ANSIBLE_NOCOLOR"] = "1"
-    ansible = Path(sys.executable).parent / "ansible-playbook"
-    return subprocess.run(
-        [str(ansible), "-i", "localhost,", str(PLAYBOOK), "-e", json.dumps(variables)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-        timeout=300,
-        check=False,
-    )
+    return run_playbook(PLAYBOOK, variables, timeout=300)
 
 
 def assert_untouched(tmp_path: Path) -> None:
