@@ -1052,9 +1052,17 @@ def verify(
                     continue
                 sink = unpack.begin(member) if unpack is not None else None
                 staged = unpack.current_path if sink is not None and unpack is not None else ""
-                members[member.name] = _member_record(reader, member, check_sqlite, memory_limit, checker, sink, staged)
+                members[member.name] = _member_record(
+                    reader, member, check_sqlite, memory_limit, checker, sink, staged, deep
+                )
                 if unpack is not None:
                     unpack.end(member)
+            # Read what follows the end-of-archive marker (tar's padding), so the decompressor can finish
+            # instead of dying of a closed pipe; anything but zeros there was not written by create().
+            while rest := stream.read(_CHUNK):
+                if rest.count(0) != len(rest):
+                    check("archive", False, "there is data after the end of the tar archive")
+                    break
     except (TarStreamError, OSError) as exc:
         stream_error = str(exc) or type(exc).__name__
     finally:
