@@ -22,7 +22,6 @@ Usage: benchmarks/backup_speed.py [--work DIR] [--scale 1.0] [--repeat 3]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import statistics
@@ -35,9 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".cache" / "collections"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_dataset import make
+from make_dataset import dataset
 
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, verify
+from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import sha256_file
 
 
 def timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -67,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     work = Path(args.work)
-    tree = work / f"tree-{args.scale:g}"
-    if not tree.exists():
-        print(f"making the dataset in {tree} ...", flush=True)
-        totals = make(str(tree), scale=args.scale)
-        print(f"  {totals['bytes'] / 2**20:.0f} MiB, {totals['random_bytes'] / totals['bytes']:.0%} random", flush=True)
+    tree = Path(dataset(str(work), args.scale))
     out = work / "out"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -99,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         times["create"].append(time.perf_counter() - start)
         path = made.path
         times["sha256sum"].append(timed(lambda p=path: sh(f"sha256sum {p} > /dev/null")))
-        times["hashlib"].append(timed(lambda p=path: _hashlib_sha256(p)))
+        times["hashlib"].append(timed(lambda p=path: sha256_file(p)))
         os.sync()
         start = time.perf_counter()
         result = verify(path, record=False)
@@ -126,14 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     for label, value, target, met in rows:
         print(f"  {label:42s} {value:6.2f}   target {target:8s} {'met' if met else 'MISSED'}")
     return 0
-
-
-def _hashlib_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _runs(values: list[float]) -> str:

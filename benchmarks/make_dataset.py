@@ -135,6 +135,17 @@ def make(root: str, scale: float = 1.0, instances: int = 200, seed: int = 1) -> 
     return totals
 
 
+def dataset(work: str, scale: float = 1.0) -> str:
+    """The benchmarks' tree ``{work}/tree-{scale}``, made on first use and reused after."""
+    root = os.path.join(work, f"tree-{scale:g}")
+    if not os.path.exists(root):
+        print(f"making the dataset in {root} ...", flush=True)
+        totals = make(root, scale=scale)
+        share = totals["random_bytes"] / max(totals["bytes"], 1)
+        print(f"  {totals['bytes'] / MIB:.0f} MiB, {share:.0%} random bytes", flush=True)
+    return root
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="directory to create (must not exist)")

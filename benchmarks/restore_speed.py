@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / ".cache" / "collections"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from make_dataset import make
+from make_dataset import dataset
 
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import Sidecars, create, verify
 from ansible_collections.selfhost.dr.plugins.module_utils.restore import restore
@@ -45,10 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     work = Path(args.work)
-    tree = work / f"tree-{args.scale:g}"
-    if not tree.exists():
-        print(f"making the dataset in {tree} ...", flush=True)
-        make(str(tree), scale=args.scale)
+    tree = Path(dataset(str(work), args.scale))
     sets = work / "restore-sets"
     shutil.rmtree(sets, ignore_errors=True)
     sets.mkdir(parents=True)

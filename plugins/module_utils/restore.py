@@ -32,7 +32,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from .backup_set import BackupError, Sidecars, Verification, read_manifest, verified_earlier, verify
+from .backup_set import (
+    BackupError,
+    NewerFormatError,
+    Sidecars,
+    Verification,
+    read_manifest,
+    verified_earlier,
+    verify,
+    write_all,
+)
 from .tar_stream import Member
 
 Log = Callable[[str], None]
@@ -122,33 +131,22 @@ def restore(
     root = os.path.abspath(dest_root)
     try:
         manifest: dict[str, object] | None = read_manifest(Sidecars.of(archive).manifest)
-    except BackupError as exc:
-        if "newer than" in str(exc):
-            raise RestoreError(str(exc)) from exc
+    except NewerFormatError as exc:
+        raise RestoreError(str(exc)) from exc
+    except BackupError:
         manifest = None
     result = Restored(archive, [])
     unpacker: _Unpacker | None = None
     try:
-        if manifest is not None:
-            units = _plan(manifest, only)
-            unpacker = _Unpacker(units, {u: _staging(root, u, stamp) for u in units})
-            log(f"restore: verifying {os.path.basename(archive)} and unpacking it beside the targets")
-            checked = _verify(archive, log, unpacker)
-        else:
-            checked = _verify(archive, log, None)
-            manifest = checked.manifest or {}
-            units = _plan(manifest, only)
-        manifest = checked.manifest or manifest
-        if unpacker is None:
-            unpacker = _Unpacker(units, {u: _staging(root, u, stamp) for u in units})
-            log(f"restore: unpacking {os.path.basename(archive)} beside the targets")
-            _verify(archive, log, unpacker)
+        verified_now = False
+        if manifest is None:  # a first pass learns what the set holds (and verifies it)
+            manifest = _verify(archive, log, None, verified_now).manifest or {}
+            verified_now = True
+        units, expected = _plan(manifest, only)
+        unpacker = _Unpacker(units, {u: _staging(root, u, stamp) for u in units})
+        log(f"restore: verifying {os.path.basename(archive)} and unpacking it beside the targets")
+        manifest = _verify(archive, log, unpacker, verified_now).manifest or manifest
         result.manifest = manifest
-        expected = {
-            "/" + str(e["path"])
-            for e in manifest["files"]  # type: ignore[attr-defined]
-            if any(_under("/" + str(e["path"]), u) for u in units)
-        }
         missing = sorted(expected - unpacker.written)
         if missing:
             raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
@@ -181,20 +179,24 @@ def restore(
     return result
 
 
-def _plan(manifest: dict[str, object], only: Iterable[str] | None) -> list[str]:
+def _plan(manifest: dict[str, object], only: Iterable[str] | None) -> tuple[list[str], set[str]]:
+    """The trees to restore and every member path expected under them."""
     units = units_for(manifest, only)
     check_links(manifest, units)
-    if not any(
-        any(_under("/" + str(e["path"]), u) for u in units)
+    expected = {
+        "/" + str(e["path"])
         for e in manifest["files"]  # type: ignore[attr-defined]
-    ):
+        if any(_under("/" + str(e["path"]), u) for u in units)
+    }
+    if not expected:
         raise RestoreError("nothing in this backup set lies under the chosen paths")
-    return units
+    return units, expected
 
 
-def _verify(archive: str, log: Log, unpacker: _Unpacker | None) -> Verification:
-    # A set whose exact content was verified before needs its whole-file sha256 checked, not every member again.
-    deep = not verified_earlier(archive)
+def _verify(archive: str, log: Log, unpacker: _Unpacker | None, verified_now: bool) -> Verification:
+    # Content that passed a deep verification (earlier, or in this restore's first pass) needs its
+    # whole-file sha256 checked, not every member again.
+    deep = not (verified_now or verified_earlier(archive))
     if not deep:
         log("restore: this content passed verification before; checking its whole-file sha256 and member list")
     checked = verify(archive, record=False, log=log, unpack=unpacker, deep=deep)
@@ -269,10 +271,8 @@ class _Unpacker:
         return self._write
 
     def _write(self, chunk: memoryview) -> None:
-        view = chunk
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            write_all(self._fd, chunk)
         except OSError as exc:
             raise RestoreError(f"could not write {self.current_path}: {exc.strerror}") from exc
         self.bytes += len(chunk)

@@ -80,8 +80,9 @@ class Snapshot:
         return asdict(self)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+def fsync_dir(directory: str) -> None:
+    """Make the entries of ``directory`` (a rename into it) durable."""
+    fd = os.open(directory or ".", os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -115,6 +116,26 @@ class _LockTimeoutError(Exception):
     pass
 
 
+def _retry_while_busy(
+    attempt: Callable[[], None], discard: Callable[[], None], deadline: float, clock: Callable[[], float]
+) -> int:
+    """Run ``attempt`` until it is not refused by a lock (``discard`` drops its partial copy), or the deadline
+    passes; return how many attempts it took."""
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            attempt()
+            return attempts
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc):
+                raise
+            discard()
+            if clock() >= deadline:
+                raise _LockTimeoutError() from exc
+            time.sleep(0.05)
+
+
 def snapshot(
     source: str,
     dest: str,
@@ -144,21 +165,11 @@ def snapshot(
     check_source(source)
     # From the header: asking the connection would need a lock a writer may hold.
     source_mode = journal_mode_of_file(source)
-    attempts = 0
     try:
         with contextlib.closing(_open_source(source, lock_timeout)) as src:
-            while True:
-                attempts += 1
-                try:
-                    _copy(src, tmp, method, deadline, clock)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                    _remove(tmp)
-                    if clock() >= deadline:
-                        raise _LockTimeoutError() from exc
-                    time.sleep(0.05)
+            attempts = _retry_while_busy(
+                lambda: _copy(src, tmp, method, deadline, clock), lambda: _remove(tmp), deadline, clock
+            )
         pages, page_size, integrity = _finish(tmp, source_mode == "wal", check_integrity)
         if check_integrity and integrity != "ok":
             raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
@@ -167,7 +178,7 @@ def snapshot(
                 os.fsync(handle.fileno())
         os.replace(tmp, dest)
         if durable:
-            _fsync_dir(dest)
+            fsync_dir(os.path.dirname(os.path.abspath(dest)))
     except BaseException as exc:
         _remove(tmp)
         raise _translate(exc, source, dest, lock_timeout) from exc
@@ -228,29 +239,25 @@ def snapshot_bytes(
     deadline = started + lock_timeout
     check_source(source)
     source_mode = journal_mode_of_file(source)
-    attempts = 0
+    dst = sqlite3.connect(":memory:", isolation_level=None)
+
+    def fresh_copy() -> None:
+        nonlocal dst
+        dst.close()
+        dst = sqlite3.connect(":memory:", isolation_level=None)
+
     try:
         with contextlib.closing(_open_source(source, lock_timeout)) as src:
-            while True:
-                attempts += 1
-                dst = sqlite3.connect(":memory:", isolation_level=None)
-                try:
-                    _backup_one_step(src, dst, deadline, clock)
-                except sqlite3.OperationalError as exc:
-                    dst.close()
-                    if not _is_busy(exc):
-                        raise
-                    if clock() >= deadline:
-                        raise _LockTimeoutError() from exc
-                    time.sleep(0.05)
-                    continue
-                break
+            attempts = _retry_while_busy(
+                lambda: _backup_one_step(src, dst, deadline, clock), fresh_copy, deadline, clock
+            )
         with contextlib.closing(dst):
-            integrity = _integrity(dst) if check_integrity else "not checked"
+            integrity = integrity_of(dst) if check_integrity else "not checked"
             pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
             page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
             data = dst.serialize()
     except BaseException as exc:
+        dst.close()
         raise _translate(exc, source, "memory", lock_timeout) from exc
     if check_integrity and integrity != "ok":
         raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
@@ -273,7 +280,8 @@ def snapshot_bytes(
     )
 
 
-def _integrity(conn: sqlite3.Connection) -> str:
+def integrity_of(conn: sqlite3.Connection) -> str:
+    """``ok``, or the first problems ``PRAGMA integrity_check`` reports."""
     rows = [str(r[0]) for r in conn.execute("PRAGMA integrity_check").fetchall()]
     return "ok" if rows == ["ok"] else "; ".join(rows[:5])
 
@@ -293,7 +301,7 @@ def _finish(tmp: str, wal: bool, check_integrity: bool) -> tuple[int, int, str]:
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         conn.execute(f"PRAGMA journal_mode = {'WAL' if wal else 'DELETE'}")
-        integrity = _integrity(conn) if check_integrity else "ok"
+        integrity = integrity_of(conn) if check_integrity else "ok"
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         if wal:

@@ -255,15 +255,18 @@ class TenementClient:
 # -- what is on a host --------------------------------------------------------
 
 
-def read_config(path: str) -> dict[str, object]:
-    """``tenement.toml`` parsed (needs Python 3.11's tomllib on the host)."""
+def read_config(path: str) -> tuple[dict[str, object], str]:
+    """``tenement.toml`` parsed, and the sha256 of its bytes (needs Python 3.11's tomllib on the host)."""
     try:
         import tomllib
     except ImportError as exc:  # Python < 3.11
         raise TenementError("reading tenement.toml needs Python 3.11 or newer (tomllib) on the host") from exc
     try:
         with open(path, "rb") as handle:
-            return tomllib.load(handle)
+            data = handle.read()
+        return tomllib.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
+    except UnicodeDecodeError as exc:
+        raise TenementError(f"tenement config {path} is not valid TOML: it is not UTF-8") from exc
     except FileNotFoundError as exc:
         raise TenementError(f"tenement config {path} does not exist") from exc
     except PermissionError as exc:
@@ -328,7 +331,7 @@ def describe_host(
 ) -> dict[str, object]:
     """What ``tenement_info`` reports: config, data dir, services, instances (running and on disk),
     version and whether the server answers. Works when the server is down."""
-    config = read_config(config_path)
+    config, config_sha256 = read_config(config_path)
     resolved = resolve_data_dir(config, config_path, data_dir)
     services = services_of(config)
     token = read_token(resolved)
@@ -346,8 +349,6 @@ def describe_host(
     except TenementError:
         version = None
     on_disk = instances_on_disk(resolved, list(services))
-    with open(config_path, "rb") as handle:
-        config_sha256 = hashlib.sha256(handle.read()).hexdigest()
     return {
         "config_path": os.path.abspath(config_path),
         "config_dir": os.path.dirname(os.path.abspath(config_path)),

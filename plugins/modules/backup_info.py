@@ -77,9 +77,11 @@ sets:
     metadata: {description: What the caller recorded (for tenement, the running instances)., type: dict, sample: {}}
     manifest: {description: V(ok), or why the sidecar manifest could not be read., type: str, sample: ok}
     verification:
-      description: V(verified), V(failed), V(changed) (the file changed since it was verified) or V(unverified).
+      description:
+        - V(verified), V(failed), V(changed) (the file changed since it was verified) or V(unverified).
+        - With the time of the verification and the whole-file sha256 it saw.
       type: dict
-      sample: {state: verified, verified_at: "2026-11-22T03:52:00.000000Z"}
+      sample: {state: verified, verified_at: "2026-11-22T03:52:00.000000Z", sha256: 67324f01e9a1f4df3197bf2f61b3d88a44e3f12085d9a321dffce997a068c207}
 latest:
   description: The newest set, or an empty dict when there is none.
   returned: always
