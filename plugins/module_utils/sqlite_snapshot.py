@@ -220,6 +220,34 @@ def _backup_one_step(
     src.backup(dst, pages=-1, progress=give_up_when_late, sleep=0.05)
 
 
+def snapshot_connection(
+    source: str, lock_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic
+) -> tuple[sqlite3.Connection, int]:
+    """Copy the live database ``source`` into an in-memory database; return the connection and the attempts it took.
+
+    The same one-step online backup as :func:`snapshot`: one point in time of
+    the source, however busy its writers are. The caller closes the connection.
+    """
+    deadline = clock() + lock_timeout
+    check_source(source)
+    dst = sqlite3.connect(":memory:", isolation_level=None)
+
+    def fresh_copy() -> None:
+        nonlocal dst
+        dst.close()
+        dst = sqlite3.connect(":memory:", isolation_level=None)
+
+    try:
+        with contextlib.closing(_open_source(source, lock_timeout)) as src:
+            attempts = _retry_while_busy(
+                lambda: _backup_one_step(src, dst, deadline, clock), fresh_copy, deadline, clock
+            )
+    except BaseException as exc:
+        dst.close()
+        raise _translate(exc, source, "memory", lock_timeout) from exc
+    return dst, attempts
+
+
 def snapshot_bytes(
     source: str,
     lock_timeout: float = 30.0,
@@ -236,28 +264,16 @@ def snapshot_bytes(
     ``digest=False`` leaves ``sha256`` empty for a caller that hashes the bytes as it writes them.
     """
     started = clock()
-    deadline = started + lock_timeout
     check_source(source)
     source_mode = journal_mode_of_file(source)
-    dst = sqlite3.connect(":memory:", isolation_level=None)
-
-    def fresh_copy() -> None:
-        nonlocal dst
-        dst.close()
-        dst = sqlite3.connect(":memory:", isolation_level=None)
-
+    dst, attempts = snapshot_connection(source, lock_timeout, clock)
     try:
-        with contextlib.closing(_open_source(source, lock_timeout)) as src:
-            attempts = _retry_while_busy(
-                lambda: _backup_one_step(src, dst, deadline, clock), fresh_copy, deadline, clock
-            )
         with contextlib.closing(dst):
             integrity = integrity_of(dst) if check_integrity else "not checked"
             pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
             page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
             data = dst.serialize()
     except BaseException as exc:
-        dst.close()
         raise _translate(exc, source, "memory", lock_timeout) from exc
     if check_integrity and integrity != "ok":
         raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")

@@ -1,0 +1,515 @@
+"""Tomo's JSON backup document: export from a live database, import by category and mode.
+
+The databases are built by tests/fixtures/tomo/tomo_fixture.py, a stand-in for
+the database Tomo creates (Tomo itself is not installable here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import sqlite3
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils import tomo
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "tomo"))
+import tomo_fixture
+
+CATEGORIES = list(tomo.CATEGORIES)
+
+
+def db(tmp_path: Path, variant: str, name: str = "", **kwargs: object) -> str:
+    path = str(tmp_path / (name or f"{variant}.db"))
+    tomo_fixture.create(path, variant, **kwargs)  # type: ignore[arg-type]
+    return path
+
+
+def sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def rows(path: str, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+SERVERS = """SELECT s.name, s.host, s.port, s.username, s.auth_type, c.encrypted_data, a.id
+             FROM servers s LEFT JOIN server_credentials c ON c.server_id = s.id
+             LEFT JOIN agents a ON a.server_id = s.id ORDER BY s.host, s.port"""
+PREFS = """SELECT u.username, us.setting_key, us.setting_value FROM user_settings us
+           JOIN users u ON u.id = us.user_id ORDER BY 1, 2"""
+APPS = """SELECT s.name, a.app_id, a.config FROM installed_apps a JOIN servers s ON s.id = a.server_id ORDER BY 1, 2"""
+USERS = "SELECT id, username, email, password_hash FROM users ORDER BY username"
+
+
+@pytest.fixture
+def exported(tmp_path: Path) -> str:
+    out = tmp_path / "backups"
+    out.mkdir()
+    return str(tomo.export(db(tmp_path, "source"), str(out))["path"])
+
+
+# --- export ------------------------------------------------------------------------------------
+
+
+def test_export_writes_the_guides_document(tmp_path: Path) -> None:
+    source = db(tmp_path, "source")
+    (tmp_path / "out").mkdir()
+    result = tomo.export(source, str(tmp_path / "out"))
+
+    path = Path(result["path"])
+    assert tomo.NAME_PATTERN.match(path.name)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert os.listdir(tmp_path / "out") == [path.name]  # no temporary file left
+    doc = json.loads(path.read_text())
+    assert doc["version"] == "1.0"
+    assert doc["application_version"] == "1.2.0"
+    assert doc["created_at"] == result["created_at"]
+    assert set(doc["data"]) == set(CATEGORIES)
+    assert result["counts"] == {
+        "servers": 3,
+        "applications": 3,
+        "settings": 5,
+        "users": 3,
+        "preferences": 4,
+        "repositories": 2,
+    }
+    web1 = next(s for s in doc["data"]["servers"] if s["name"] == "web1")
+    assert web1["credentials"]["encrypted_data"] == "gAAAAABsrc-web1-key"  # still encrypted, as stored
+    assert web1["agent"]["id"] == "agent-web1-src"
+    assert {u["username"]: u["password_hash"] for u in doc["data"]["users"]}["alice"].startswith("$2b$12$srcAlice")
+    # References are natural keys, not ids.
+    nginx = next(a for a in doc["data"]["applications"] if a["app_id"] == "nginx")
+    assert nginx["server"] == {"host": "10.0.0.11", "port": 22, "username": "root"}
+    assert "server_id" not in nginx
+    assert {(p["username"], p["setting_key"]) for p in doc["data"]["preferences"]} == {
+        ("admin", "ui.theme"),
+        ("alice", "ui.language"),
+        ("alice", "ui.theme"),
+        ("carol", "ui.theme"),
+    }
+    text = path.read_text()
+    for secret in ("secret-token", "sess-source", "C-agent-web1-src"):  # sessions, registration codes
+        assert secret not in text
+    for table in tomo.EXCLUDED_TABLES:
+        assert f'"{table}"' not in text
+
+
+def test_export_records_absent_tables_instead_of_failing(tmp_path: Path) -> None:
+    source = db(tmp_path, "source")
+    with sqlite3.connect(source) as conn:
+        conn.execute("DROP TABLE agent_registration_codes")
+        conn.execute("DROP TABLE agents")
+        conn.execute("DROP TABLE marketplace_repos")
+    result = tomo.export(source, str(tmp_path))
+    doc = json.loads(Path(result["path"]).read_text())
+    assert doc["absent_tables"] == ["agents", "marketplace_repos"]
+    assert doc["data"]["repositories"] == []
+    assert all("agent" not in s for s in doc["data"]["servers"])
+    assert result["counts"]["servers"] == 3
+
+
+def test_export_check_mode_writes_nothing(tmp_path: Path) -> None:
+    source = db(tmp_path, "source")
+    (tmp_path / "out").mkdir()
+    result = tomo.export(source, str(tmp_path / "out"), write=False)
+    assert result["counts"]["users"] == 3
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_two_exports_in_one_second_never_replace_each_other(tmp_path: Path) -> None:
+    import datetime
+
+    source = db(tmp_path, "source")
+    now = datetime.datetime(2026, 11, 22, 3, 51, 0, tzinfo=datetime.UTC)
+    first = tomo.export(source, str(tmp_path), now=now)
+    second = tomo.export(source, str(tmp_path), now=now)
+    assert Path(first["path"]).name == "tomo-backup-2026-11-22T03-51-00.json"
+    assert Path(second["path"]).name == "tomo-backup-2026-11-22T03-51-01.json"
+    assert json.loads(Path(second["path"]).read_text())["created_at"] == "2026-11-22T03:51:01Z"
+
+
+def _busy_admin(path: str, stop: multiprocessing.synchronize.Event, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+    """Adds users, each with exactly one preference, in one transaction each."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    ready.set()
+    i = 0
+    while not stop.is_set():
+        conn.execute("BEGIN IMMEDIATE")
+        cur = conn.execute("INSERT INTO users (username, password_hash) VALUES (?, 'x')", (f"user{i}",))
+        conn.execute(
+            "INSERT INTO user_settings (user_id, setting_key, setting_value, category)"
+            " VALUES (?, 'ui.theme', '1', 'ui')",
+            (cur.lastrowid,),
+        )
+        conn.execute("COMMIT")
+        i += 1
+    conn.close()
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback", "wal"])
+def test_export_of_a_busy_database_is_one_point_in_time(tmp_path: Path, wal: bool) -> None:
+    source = db(tmp_path, "source", wal=wal)
+    ctx = multiprocessing.get_context("fork")
+    stop, ready = ctx.Event(), ctx.Event()
+    proc = ctx.Process(target=_busy_admin, args=(source, stop, ready))
+    proc.start()
+    try:
+        ready.wait(10)
+        results = [tomo.export(source, str(tmp_path), now=None) for _ in range(3)]
+    finally:
+        stop.set()
+        proc.join(10)
+    for result in results:
+        doc = json.loads(Path(result["path"]).read_text())
+        users = {u["username"] for u in doc["data"]["users"] if u["username"].startswith("user")}
+        prefs = {p["username"] for p in doc["data"]["preferences"] if p["username"].startswith("user")}
+        assert users == prefs, "a user without its preference, or the reverse: the export saw two points in time"
+    assert len(users) > 0
+
+
+def test_export_of_a_missing_database_says_so(tmp_path: Path) -> None:
+    with pytest.raises(tomo.TomoError, match=r"^Tomo's database .*/nope.db cannot be read: No such file or directory$"):
+        tomo.export(str(tmp_path / "nope.db"), str(tmp_path))
+
+
+# --- import: the three modes ---------------------------------------------------------------------
+
+
+def test_merge_adds_and_updates_and_keeps_the_rest(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    result = tomo.import_document(exported, target, ["servers", "preferences"], "merge")
+
+    assert rows(target, SERVERS) == [
+        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
+        ("db1", "10.0.0.12", 22, "admin", "password", "gAAAAABsrc-db1-password", None),  # updated from the backup
+        ("old-nas", "10.0.0.30", 22, "root", "password", "gAAAAABtgt-nas-password", "agent-nas-tgt"),  # kept
+        ("media", "10.0.0.40", 2222, "media", "key", "gAAAAABsrc-media-key", None),
+    ]
+    # alice is user 2 in the source and user 3 here: her preferences follow her name.
+    assert rows(target, PREFS) == [
+        ("admin", "ui.theme", '"dark"'),
+        ("alice", "ui.language", '"fr"'),
+        ("alice", "ui.theme", '"light"'),
+        ("bob", "ui.theme", '"dark"'),
+    ]
+    prefs = result["changes"]["preferences"]["user_settings"]
+    assert prefs["keys"]["orphaned"] == ["carol, ui.theme"]  # carol is not a user here
+    assert result["changes"]["servers"]["servers"]["keys"] == {
+        "added": ["10.0.0.11, 22, root", "10.0.0.40, 2222, media"],
+        "updated": ["10.0.0.12, 22, admin"],
+    }
+    # The categories not chosen are untouched; the matched server kept its id, so its apps stay.
+    assert rows(target, APPS) == [
+        ("db1", "pgadmin", "{}"),
+        ("db1", "postgres", '{"env": {"POSTGRES_DB": "old"}}'),
+        ("old-nas", "jellyfin", "{}"),
+    ]
+    assert result["changed"] is True
+
+
+def test_skip_duplicates_adds_only_what_has_no_match(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    result = tomo.import_document(exported, target, ["servers", "preferences"], "skip_duplicates")
+
+    assert rows(target, SERVERS) == [
+        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
+        ("database", "10.0.0.12", 22, "admin", "key", "gAAAAABtgt-database-key", None),  # as it was
+        ("old-nas", "10.0.0.30", 22, "root", "password", "gAAAAABtgt-nas-password", "agent-nas-tgt"),
+        ("media", "10.0.0.40", 2222, "media", "key", "gAAAAABsrc-media-key", None),
+    ]
+    assert rows(target, PREFS) == [
+        ("admin", "ui.theme", '"system"'),
+        ("alice", "ui.language", '"fr"'),
+        ("alice", "ui.theme", '"dark"'),
+        ("bob", "ui.theme", '"dark"'),
+    ]
+    assert result["changes"]["servers"]["servers"]["keys"]["skipped"] == ["10.0.0.12, 22, admin"]
+
+
+def test_replace_makes_the_category_the_backups(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    (db1_id,) = rows(target, "SELECT id FROM servers WHERE name = 'database'")[0]
+    result = tomo.import_document(exported, target, ["servers", "preferences"], "replace")
+
+    assert rows(target, SERVERS) == [
+        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
+        ("db1", "10.0.0.12", 22, "admin", "password", "gAAAAABsrc-db1-password", None),
+        ("media", "10.0.0.40", 2222, "media", "key", "gAAAAABsrc-media-key", None),
+    ]
+    assert rows(target, PREFS) == [
+        ("admin", "ui.theme", '"dark"'),
+        ("alice", "ui.language", '"fr"'),
+        ("alice", "ui.theme", '"light"'),
+    ]
+    # The matched server was updated in place: its id, and what refers to it, stay.
+    assert rows(target, "SELECT id FROM servers WHERE name = 'db1'") == [(db1_id,)]
+    assert rows(target, APPS) == [("db1", "pgadmin", "{}"), ("db1", "postgres", '{"env": {"POSTGRES_DB": "old"}}')]
+    # old-nas went, and Tomo's own foreign keys took its app with it: reported, not hidden.
+    assert result["cascaded"] == {"installed_apps": 1}
+    assert result["changes"]["servers"]["servers"]["keys"]["removed"] == ["10.0.0.30, 22, root"]
+    assert rows(target, "SELECT count(*) FROM users") == [(3,)]  # users not chosen: untouched
+
+
+def test_full_restore_into_an_empty_tomo_reproduces_every_row(tmp_path: Path, exported: str) -> None:
+    source = str(tmp_path / "source.db")
+    empty = str(tmp_path / "empty.db")
+    with sqlite3.connect(empty) as conn:
+        conn.executescript((Path(tomo_fixture.HERE) / "schema.sql").read_text())
+        conn.execute("INSERT INTO component_versions (component, version) VALUES ('backend', '1.2.0')")
+    tomo.import_document(exported, empty, CATEGORIES, "replace")
+    for table in tomo.TABLES:
+        sql = f"SELECT * FROM {table.name} ORDER BY 1, 2"  # noqa: S608 - names from tomo.TABLES
+        assert rows(empty, sql) == rows(source, sql), table.name
+
+
+def test_full_restore_over_another_install_matches_the_source_by_natural_keys(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    result = tomo.import_document(exported, target, CATEGORIES, "replace")
+    again = tomo.export(target, str(tmp_path / "backups"))
+    a = json.loads(Path(exported).read_text())["data"]
+    b = json.loads(Path(again["path"]).read_text())["data"]
+
+    def without_ids(value: object) -> object:
+        if isinstance(value, dict):
+            return {k: without_ids(v) for k, v in value.items() if k != "id"}
+        if isinstance(value, list):
+            return [without_ids(v) for v in value]
+        return value
+
+    # Ids differ between installs (matched rows keep theirs); everything else is the source's.
+    for category in ("servers", "applications", "settings", "users", "preferences"):
+        assert without_ids(b[category]) == without_ids(a[category]), category
+    assert b["repositories"] == a["repositories"]  # keyed by their id: the very same rows
+    assert result["changed"] is True
+
+
+def test_importing_twice_changes_nothing_the_second_time(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    tomo.import_document(exported, target, CATEGORIES, "merge")
+    before = sha(target)
+    result = tomo.import_document(exported, target, CATEGORIES, "merge")
+    assert result["changed"] is False
+    assert sha(target) == before
+
+
+def test_check_mode_reports_the_same_and_changes_nothing(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    before = sha(target)
+    checked = tomo.import_document(exported, target, ["servers", "preferences"], "replace", check=True)
+    assert sha(target) == before
+    assert not Path(target + "-journal").exists()
+    real = tomo.import_document(exported, target, ["servers", "preferences"], "replace")
+    assert checked["changes"] == real["changes"]
+    assert checked["cascaded"] == real["cascaded"]
+
+
+# --- all or nothing, and bad input ---------------------------------------------------------------
+
+
+def _write(tmp_path: Path, doc: object, name: str = "tomo-backup-2026-11-22T03-51-00.json") -> str:
+    path = tmp_path / name
+    path.write_text(json.dumps(doc) if not isinstance(doc, str) else doc)
+    return str(path)
+
+
+def test_a_failing_row_rolls_back_everything(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    doc = json.loads(Path(exported).read_text())
+    doc["data"]["users"][-1]["role"] = "superuser"  # Tomo's CHECK constraint refuses it
+    bad = _write(tmp_path, doc)
+    before = sha(target)
+    with pytest.raises(tomo.TomoError) as err:
+        tomo.import_document(bad, target, CATEGORIES, "replace")
+    assert str(err.value) == (
+        "could not add users row carol: CHECK constraint failed: role IN ('admin', 'user', 'readonly'); "
+        "nothing was changed"
+    )
+    assert sha(target) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", r"is not a complete JSON document: it is empty$"),
+        (
+            '{"version": "1.0", "data": {"servers": [{"host": ',
+            r"is not a complete JSON document: it is truncated or corrupt at line 1 column \d+$",
+        ),
+        (b"\x89PNG\r\n\x1a\n\xff\xfe", r"is not a backup document: it is not UTF-8 text$"),
+        ("[1, 2]", r"is not a valid Tomo backup: it holds a JSON list, not an object$"),
+        ('{"version": "1.0"}', r"is not a valid Tomo backup: it has no data$"),
+        ('{"data": {}}', r"is not a valid Tomo backup: it has no version$"),
+        (
+            '{"version": 1, "data": {}}',
+            r"is not a valid Tomo backup: the document's version must be text like \"1.0\", not 1$",
+        ),
+        ('{"version": "1.0", "data": []}', r"is not a valid Tomo backup: data must be an object, not list$"),
+        ('{"version": "1.0", "data": {"servers": {}}}', r"data.servers must be a list of rows, not dict$"),
+        ('{"version": "1.0", "data": {"gadgets": []}}', r"data has an unknown category 'gadgets'$"),
+        (
+            '{"version": "1.0", "data": {"servers": [{"host": "a", "port": [22], "username": "u"}]}}',
+            r"data.servers\[0\].port must be text or a number: it is this row's key$",
+        ),
+        (
+            '{"version": "1.0", "data": {"users": [{"username": "a", "email": {"x": 1}}]}}',
+            r"data.users\[0\].email must be text, a number or null, not dict$",
+        ),
+        (
+            '{"version": "1.0", "data": {"preferences": [{"setting_key": "ui.theme", "setting_value": "1"}]}}',
+            r"data.preferences\[0\].username must name the username it belongs to$",
+        ),
+    ],
+)
+def test_bad_documents_get_one_sentence_and_change_nothing(tmp_path: Path, content: str | bytes, message: str) -> None:
+    target = db(tmp_path, "target")
+    path = tmp_path / "tomo-backup-2026-11-22T03-51-00.json"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = sha(target)
+    with pytest.raises(tomo.TomoError, match=message) as err:
+        tomo.import_document(str(path), target, CATEGORIES, "merge")
+    assert str(err.value).startswith(str(path))
+    assert "\n" not in str(err.value)
+    assert sha(target) == before
+
+
+def test_duplicate_natural_keys_are_refused(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    doc = json.loads(Path(exported).read_text())
+    doc["data"]["users"].append(dict(doc["data"]["users"][0], id=99))
+    with pytest.raises(tomo.TomoError, match=r"^data.users holds two rows for admin; nothing was changed$"):
+        tomo.import_document(_write(tmp_path, doc), target, ["users"], "merge")
+
+
+def test_a_newer_document_format_is_refused(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    doc = json.loads(Path(exported).read_text())
+    doc["version"] = "1.1"
+    path = _write(tmp_path, doc)
+    with pytest.raises(tomo.NewerError) as err:
+        tomo.import_document(path, target, CATEGORIES, "merge")
+    assert str(err.value) == (
+        f"{path}: the document's format 1.1 is newer than this selfhost.dr understands (1.0): upgrade selfhost.dr"
+    )
+
+
+def test_a_backup_from_a_newer_tomo_is_refused(tmp_path: Path) -> None:
+    source = db(tmp_path, "source", version="1.3.0")
+    path = tomo.export(source, str(tmp_path))["path"]
+    target = db(tmp_path, "target")  # Tomo 1.2.1
+    before = sha(target)
+    with pytest.raises(tomo.NewerError) as err:
+        tomo.import_document(path, target, CATEGORIES, "merge")
+    assert str(err.value) == (
+        f"{path} comes from Tomo 1.3.0, newer than this Tomo (1.2.1): upgrade Tomo first, "
+        "a backup is never imported into an older version"
+    )
+    assert sha(target) == before
+
+
+def test_an_older_tomos_backup_is_migrated_forward(tmp_path: Path, exported: str) -> None:
+    """A 1.1 Tomo had no email column and a column 1.2 dropped; the target's defaults fill in."""
+    doc = json.loads(Path(exported).read_text())
+    doc["application_version"] = "1.1.4"
+    for user in doc["data"]["users"]:
+        del user["email"]
+        user["legacy_flag"] = 1
+    target = db(tmp_path, "target")
+    result = tomo.import_document(_write(tmp_path, doc), target, ["users"], "replace")
+    assert rows(target, "SELECT username, email FROM users ORDER BY 1") == [
+        ("admin", "root@example.net"),  # matched: the column the backup lacks is left as it was
+        ("alice", "alice@old.example"),
+        ("carol", ""),  # added: Tomo's default
+    ]
+    assert result["changes"]["users"]["users"]["note"] == "column(s) this Tomo does not have were left out: legacy_flag"
+
+
+def test_a_pre_1_0_document_is_migrated(tmp_path: Path, exported: str) -> None:
+    """Tomo's first exports kept the categories at the top level and said timestamp."""
+    doc = json.loads(Path(exported).read_text())
+    old = {"version": "0.9", "timestamp": "2025-01-02T03:04:05Z", **doc["data"]}
+    target = db(tmp_path, "target")
+    result = tomo.import_document(_write(tmp_path, old), target, ["users"], "merge")
+    assert result["migrated_from"] == "0.9"
+    assert result["created_at"] == "2025-01-02T03:04:05Z"
+    assert rows(target, "SELECT username FROM users ORDER BY 1") == [("admin",), ("alice",), ("bob",), ("carol",)]
+
+
+def test_tables_this_tomo_lacks_are_reported_not_fatal(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    with sqlite3.connect(target) as conn:
+        conn.execute("DROP TABLE marketplace_repos")
+    result = tomo.import_document(exported, target, ["repositories", "users"], "merge")
+    repos = result["changes"]["repositories"]["marketplace_repos"]
+    assert repos["note"] == "this Tomo has no table marketplace_repos: its 2 row(s) were not imported"
+    assert repos["skipped"] == 2
+    assert result["changes"]["users"]["users"]["added"] == 1
+
+
+def test_tables_the_backup_lacks_are_left_alone_even_by_replace(tmp_path: Path) -> None:
+    source = db(tmp_path, "source")
+    with sqlite3.connect(source) as conn:
+        conn.execute("DROP TABLE agent_registration_codes")
+        conn.execute("DROP TABLE agents")
+    path = tomo.export(source, str(tmp_path))["path"]
+    target = db(tmp_path, "target")
+    result = tomo.import_document(path, target, ["servers"], "replace")
+    assert result["changes"]["servers"]["agents"]["note"] == "not in the backup: left as it is"
+    # old-nas (and with it its agent) went because the servers were replaced; db1 kept no agent before either.
+    assert rows(target, "SELECT count(*) FROM agents") == [(0,)]
+
+
+def test_a_locked_database_times_out_with_a_sentence(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    holder = sqlite3.connect(target, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(tomo.TomoError) as err:
+            tomo.import_document(exported, target, ["users"], "merge", lock_timeout=0.3)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert str(err.value) == (
+        f"Tomo's database {target} stayed locked by another process for longer than 0.3 s; nothing was changed"
+    )
+
+
+def test_unknown_version_of_the_target_is_refused_unless_given(tmp_path: Path, exported: str) -> None:
+    target = db(tmp_path, "target")
+    with sqlite3.connect(target) as conn:
+        conn.execute("DELETE FROM component_versions")
+    with pytest.raises(tomo.TomoError, match=r"set application_version to the installed Tomo's version"):
+        tomo.import_document(exported, target, ["users"], "merge")
+    result = tomo.import_document(exported, target, ["users"], "merge", application_version="1.2.0")
+    assert result["target_application_version"] == "1.2.0"
+
+
+def test_version_numbers_compare_as_numbers() -> None:
+    assert tomo.parse_app_version("1.10.0") > tomo.parse_app_version("1.9.9")
+    assert tomo.parse_app_version("v1.2") == tomo.parse_app_version("1.2.0")
+    assert tomo.parse_app_version("1.2.3-beta1") == (1, 2, 3)
+    with pytest.raises(tomo.TomoError, match="is not a version number"):
+        tomo.parse_app_version("latest")
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+def test_catalog_lists_documents_newest_first_and_explains_bad_ones(tmp_path: Path, exported: str) -> None:
+    backups = Path(exported).parent
+    (backups / "tomo-backup-2030-01-01T00-00-00.json").write_text('{"version": "1.0", "data": ')
+    (backups / "notes.json").write_text("{}")
+    listed = tomo.catalog(str(backups))
+    assert [d["name"] for d in listed] == ["tomo-backup-2030-01-01T00-00-00.json", Path(exported).name]
+    assert listed[0]["valid"] is False
+    assert "truncated or corrupt" in listed[0]["error"]
+    assert listed[1]["valid"] is True
+    assert listed[1]["application_version"] == "1.2.0"
+    assert listed[1]["counts"]["servers"] == 3
