@@ -253,6 +253,35 @@ def _from_json(value: Any, where: str) -> Any:
     raise TomoError(f"{where} must be text, a number or null, not {type(value).__name__}")
 
 
+# --- where the database is ------------------------------------------------------------------
+
+
+def database_candidates() -> list[str]:
+    """Where Tomo keeps ``tomo.db``: the packaged path, then ``~/.tomo`` of the tomo user and of ours (older docs)."""
+    candidates = ["/var/lib/tomo/tomo.db"]
+    try:
+        import pwd
+
+        candidates.append(os.path.join(pwd.getpwnam("tomo").pw_dir, ".tomo", "tomo.db"))
+    except (ImportError, KeyError):
+        pass
+    candidates.append(os.path.join(os.path.expanduser("~"), ".tomo", "tomo.db"))
+    return list(dict.fromkeys(candidates))
+
+
+def locate_database(database: str | None = None, candidates: Sequence[str] | None = None) -> str:
+    """``database`` when given (it must exist), else the first of the usual places that holds one."""
+    if database:
+        if not os.path.isfile(database):
+            raise TomoError(f"Tomo's database {database} does not exist")
+        return database
+    places = list(candidates if candidates is not None else database_candidates())
+    for place in places:
+        if os.path.isfile(place):
+            return place
+    raise TomoError(f"no Tomo database was found at {' or '.join(places)}: set database to where tomo.db is")
+
+
 # --- export -----------------------------------------------------------------------------------
 
 

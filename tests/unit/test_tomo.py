@@ -513,3 +513,17 @@ def test_catalog_lists_documents_newest_first_and_explains_bad_ones(tmp_path: Pa
     assert listed[1]["valid"] is True
     assert listed[1]["application_version"] == "1.2.0"
     assert listed[1]["counts"]["servers"] == 3
+
+
+def test_the_database_is_found_where_tomo_keeps_it(tmp_path: Path) -> None:
+    packaged, older = tmp_path / "var-lib-tomo" / "tomo.db", tmp_path / "home" / ".tomo" / "tomo.db"
+    older.parent.mkdir(parents=True)
+    tomo_fixture.create(str(older))
+    assert tomo.locate_database(None, [str(packaged), str(older)]) == str(older)
+    packaged.parent.mkdir()
+    tomo_fixture.create(str(packaged))
+    assert tomo.locate_database(None, [str(packaged), str(older)]) == str(packaged)
+    with pytest.raises(tomo.TomoError, match=r"^no Tomo database was found at /a/tomo.db or /b/tomo.db: set database"):
+        tomo.locate_database(None, ["/a/tomo.db", "/b/tomo.db"])
+    with pytest.raises(tomo.TomoError, match=r"^Tomo's database /a/tomo.db does not exist$"):
+        tomo.locate_database("/a/tomo.db")

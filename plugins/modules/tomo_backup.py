@@ -1,0 +1,301 @@
+#!/usr/bin/python
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: tomo_backup
+short_description: Export or import Tomo's JSON backup document, by category, with a conflict mode
+version_added: 0.1.0
+description:
+  - The backup guide of Tomo, as a module. O(state=exported) reads a live C(tomo.db) and writes the guide's document
+    C(tomo-backup-YYYY-MM-DDTHH-MM-SS.json) (C(version), C(created_at), C(application_version) and C(data) with one
+    entry per category). O(state=imported) puts a document's categories back into a Tomo database.
+  - "The categories and their tables: C(servers) (C(servers), C(server_credentials), C(agents)), C(applications)
+    (C(installed_apps)), C(settings) (C(system_settings), C(retention_settings), C(system_info)), C(users) (C(users),
+    with their password hashes), C(preferences) (C(user_settings)), C(repositories) (C(marketplace_repos))."
+  - Sessions, CSRF tokens, account locks, rate limits, logs, metrics, notifications, the settings audit and agent
+    registration codes are never exported.
+  - Server credentials stay encrypted as Tomo stored them. They can only be decrypted with the C(TOMO_MASTER_PASSWORD)
+    of C(/etc/tomo/environment), which the document does not hold. Keep that file with the document (the
+    M(selfhost.dr.backup_create) set made by the C(selfhost.dr.backup) role holds both).
+  - The export reads a consistent snapshot of the database (SQLite's online backup), never rows that change while
+    they are read, so Tomo can keep running.
+  - The document is written under a temporary name, fsynced and linked into place with mode C(0600); an existing
+    document is never replaced.
+  - Rows are matched by their natural keys, never by their ids, which differ between two installs. Servers by
+    C(host), C(port) and C(username); applications by server and C(app_id); settings by C(setting_key) (or C(id));
+    users by C(username); preferences by user name and C(setting_key); repositories by C(id). References
+    (C(installed_apps.server_id), C(server_credentials.server_id), C(user_settings.user_id)) are written as the natural
+    key of the row they point to and mapped to this install's ids on import.
+  - An import is one SQLite transaction with Tomo's foreign keys enforced; it is applied whole or not at all.
+  - A document whose format is newer than this module knows, or that comes from a newer Tomo than the one imported
+    into, is refused. Older documents are migrated forward; columns an older Tomo did not have take this Tomo's
+    defaults, and columns this Tomo no longer has are left out (and reported).
+  - Tables that one of the two Tomo versions does not have are reported, not an error.
+author:
+  - selfhost.dr developers
+attributes:
+  check_mode:
+    support: full
+    details:
+      - An import in check mode runs the very same import on a private in-memory copy of the database and reports
+        what it would add, update, remove and skip. The database is not touched.
+  diff_mode:
+    support: full
+    details:
+      - Lists the rows (by natural key) that are added, updated, removed or skipped, per table.
+  idempotent:
+    support: partial
+    details:
+      - An import is idempotent. Every export writes a new document.
+options:
+  state:
+    description:
+      - V(exported) writes a new document into O(dest).
+      - V(imported) imports O(src) into the database.
+    type: str
+    required: true
+    choices: [exported, imported]
+  database:
+    description:
+      - Tomo's database.
+      - When not set, the first that exists of C(/var/lib/tomo/tomo.db) (packaged installs), C(~tomo/.tomo/tomo.db) and
+        C(~/.tomo/tomo.db) (older docs).
+    type: path
+  dest:
+    description: Directory the document is written into (O(state=exported)); it must exist.
+    type: path
+  src:
+    description: The document to import (O(state=imported)).
+    type: path
+  categories:
+    description:
+      - The categories to export or import. All of them by default; a list of some is a selective restore.
+    type: list
+    elements: str
+    choices: [servers, applications, settings, users, preferences, repositories]
+    default: [servers, applications, settings, users, preferences, repositories]
+  mode:
+    description:
+      - How an import treats rows that already exist (matched by natural key).
+      - V(merge) adds the backup's rows and updates matching rows from the backup; rows the backup lacks stay.
+      - V(skip_duplicates) adds only the backup's rows that match nothing; matching rows stay as they are.
+      - V(replace) makes each chosen category exactly the backup's. Matching rows are updated in place (they keep their
+        ids, so rows elsewhere that refer to them stay valid), the rest are added, and rows the backup lacks are
+        removed. Rows that Tomo's own foreign keys remove with them (an application on a removed server) are reported
+        in RV(cascaded).
+      - A full restore is all categories with V(replace).
+    type: str
+    choices: [merge, replace, skip_duplicates]
+    default: merge
+  application_version:
+    description:
+      - The version of the Tomo the database belongs to.
+      - Read from the database's C(component_versions) table when not set. An import refuses a document from a newer
+        Tomo; when the version cannot be read, it must be set.
+    type: str
+  lock_timeout:
+    description: Seconds to wait for a lock that Tomo holds on the database before giving up.
+    type: float
+    default: 30
+notes:
+  - Stop C(tomo.service) around an import (the C(selfhost.dr.restore) role does), so that Tomo does not keep
+    stale rows in memory. The import itself waits for Tomo's locks and is safe while Tomo runs.
+  - The document holds password hashes and encrypted credentials. It is written with mode C(0600); keep it as you
+    keep the database.
+seealso:
+  - module: selfhost.dr.tomo_backup_info
+  - module: selfhost.dr.backup_create
+  - module: selfhost.dr.sqlite_snapshot
+"""
+
+EXAMPLES = r"""
+- name: Export everything (tomo backup export)
+  selfhost.dr.tomo_backup:
+    state: exported
+    dest: /var/backups/tomo
+  register: export
+
+- name: Export only the servers and the users, from a database in an older place
+  selfhost.dr.tomo_backup:
+    state: exported
+    database: /home/tomo/.tomo/tomo.db
+    dest: /var/backups/tomo
+    categories: [servers, users]
+
+- name: What would a selective restore of the servers change?
+  selfhost.dr.tomo_backup:
+    state: imported
+    src: /var/backups/tomo/tomo-backup-2026-11-22T03-51-00.json
+    categories: [servers]
+    mode: skip_duplicates
+  check_mode: true
+  diff: true
+
+- name: Full restore (every category replaced by the backup's)
+  selfhost.dr.tomo_backup:
+    state: imported
+    src: "{{ export.path }}"
+    mode: replace
+
+- name: Merge the preferences of another install; users are matched by name
+  selfhost.dr.tomo_backup:
+    state: imported
+    src: /srv/from-old-server/tomo-backup-2026-11-01T02-00-00.json
+    categories: [users, preferences]
+    mode: merge
+"""
+
+RETURN = r"""
+path:
+  description: The document written (O(state=exported); in check mode, the name it would have) or read.
+  returned: always
+  type: str
+  sample: /var/backups/tomo/tomo-backup-2026-11-22T03-51-00.json
+created_at:
+  description: When the document was made (UTC).
+  returned: always
+  type: str
+  sample: "2026-11-22T03:51:00Z"
+version:
+  description: The document's format version.
+  returned: always
+  type: str
+  sample: "1.0"
+application_version:
+  description: The version of the Tomo the document comes from.
+  returned: always
+  type: str
+  sample: 1.2.0
+database:
+  description: The database exported or imported into.
+  returned: always
+  type: str
+  sample: /var/lib/tomo/tomo.db
+counts:
+  description: Rows per category in the document written.
+  returned: when O(state=exported)
+  type: dict
+  sample: {servers: 3, applications: 3, settings: 5, users: 3, preferences: 4, repositories: 2}
+absent_tables:
+  description: Tables of the chosen categories that this Tomo does not have.
+  returned: when O(state=exported)
+  type: list
+  elements: str
+  sample: []
+size:
+  description: Bytes of the document (0 in check mode).
+  returned: when O(state=exported)
+  type: int
+  sample: 7317
+changes:
+  description:
+    - Per category and table, how many rows were added, updated, removed, skipped (matched in V(skip_duplicates),
+      or belonging to a server or user this Tomo does not have) and unchanged, with their natural keys.
+    - A C(note) says why a table was left as it is (not in the backup, or not in this Tomo) or which columns were left
+      out.
+  returned: when O(state=imported)
+  type: dict
+  sample:
+    servers:
+      servers: {added: 1, updated: 1, removed: 0, skipped: 0, unchanged: 1, keys: {added: ["10.0.0.11, 22, root"], updated: ["10.0.0.12, 22, admin"]}}
+cascaded:
+  description: Rows that Tomo's foreign keys removed along with removed rows, per table.
+  returned: when O(state=imported)
+  type: dict
+  sample: {installed_apps: 1}
+migrated_from:
+  description: The document's format version when it was older and migrated, else null.
+  returned: when O(state=imported)
+  type: str
+  sample: null
+target_application_version:
+  description: The version of the Tomo imported into.
+  returned: when O(state=imported)
+  type: str
+  sample: 1.2.1
+rows_before:
+  description: Rows per table before the import.
+  returned: when O(state=imported)
+  type: dict
+rows_after:
+  description: Rows per table after the import (what it would be, in check mode).
+  returned: when O(state=imported)
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.dr.plugins.module_utils.tomo import (
+    CATEGORIES,
+    MODES,
+    TomoError,
+    export,
+    import_document,
+    locate_database,
+)
+
+
+def _diff(changes: dict) -> str:
+    signs = (("added", "+"), ("updated", "~"), ("removed", "-"), ("skipped", "="), ("orphaned", "="))
+    lines = []
+    for category, tables in changes.items():
+        for table, change in tables.items():
+            for kind, sign in signs:
+                for key in change.get("keys", {}).get(kind, []):
+                    why = {"orphaned": " (its server or user is not in this Tomo)", "skipped": " (kept as it is)"}
+                    lines.append(f"{sign} {category}/{table}: {key}{why.get(kind, '')}")
+            if change.get("note"):
+                lines.append(f"! {category}/{table}: {change['note']}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            state=dict(type="str", required=True, choices=["exported", "imported"]),
+            database=dict(type="path"),
+            dest=dict(type="path"),
+            src=dict(type="path"),
+            categories=dict(type="list", elements="str", choices=list(CATEGORIES), default=list(CATEGORIES)),
+            mode=dict(type="str", choices=list(MODES), default="merge"),
+            application_version=dict(type="str"),
+            lock_timeout=dict(type="float", default=30),
+        ),
+        required_if=[("state", "exported", ["dest"]), ("state", "imported", ["src"])],
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        database = locate_database(p["database"])
+        if p["state"] == "exported":
+            result = export(
+                database,
+                p["dest"],
+                categories=p["categories"],
+                application_version=p["application_version"],
+                lock_timeout=p["lock_timeout"],
+                write=not module.check_mode,
+            )
+            module.exit_json(changed=True, database=database, **result)
+        result = import_document(
+            p["src"],
+            database,
+            categories=p["categories"],
+            mode=p["mode"],
+            application_version=p["application_version"],
+            lock_timeout=p["lock_timeout"],
+            check=module.check_mode,
+        )
+    except TomoError as exc:
+        module.fail_json(msg=str(exc))
+    result["changed"] = result.pop("changed")
+    if module._diff:
+        result["diff"] = {"prepared": _diff(result["changes"])}
+    module.exit_json(database=database, **result)
+
+
+if __name__ == "__main__":
+    main()
