@@ -903,7 +903,7 @@ def import_document(
             raise TomoError(f"{exc}; nothing was changed") from None
     result.update(
         {
-            "path": path,
+            "src": path,
             "version": doc["version"],
             "migrated_from": doc.get("_migrated_from"),
             "created_at": doc.get("created_at"),

@@ -150,10 +150,26 @@ EXAMPLES = r"""
 
 RETURN = r"""
 path:
-  description: The document written (O(state=exported); in check mode, the name it would have) or read.
-  returned: always
+  description: The document written (in check mode, the name it would have).
+  returned: when O(state=exported)
   type: str
   sample: /var/backups/tomo/tomo-backup-2026-11-22T03-51-00.json
+src:
+  description: The document imported.
+  returned: when O(state=imported)
+  type: str
+  sample: /var/backups/tomo/tomo-backup-2026-11-22T03-51-00.json
+mode:
+  description: The mode of the import.
+  returned: when O(state=imported)
+  type: str
+  sample: merge
+categories:
+  description: The categories imported.
+  returned: when O(state=imported)
+  type: list
+  elements: str
+  sample: [servers, preferences]
 created_at:
   description: When the document was made (UTC).
   returned: always

@@ -62,6 +62,7 @@ def test_export_list_check_diff_import(tmp_path: Path) -> None:
 
     done = run_module("tomo_backup", args)
     assert done["changed"] is True and done["changes"] == checked["changes"], done
+    assert (done["mode"], done["src"], done["categories"]) == ("replace", str(doc), ["servers"])
     with sqlite3.connect(target) as conn:
         assert [r[0] for r in conn.execute("SELECT name FROM servers ORDER BY host")] == ["web1", "db1", "media"]
     again = run_module("tomo_backup", args)
