@@ -430,11 +430,10 @@ def write_document(document: dict[str, Any], dest_dir: str, created_at: datetime
     """
     if not os.path.isdir(dest_dir):
         raise TomoError(f"the backup directory {dest_dir} does not exist")
-    payload = json.dumps(document, indent=2, sort_keys=False, ensure_ascii=False).encode("utf-8") + b"\n"
     fd, tmp = _temp_file(dest_dir)
     try:
         try:
-            write_all(fd, payload)
+            write_all(fd, _encode(document))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -446,9 +445,8 @@ def write_document(document: dict[str, Any], dest_dir: str, created_at: datetime
             except FileExistsError:
                 created_at += datetime.timedelta(seconds=1)
                 document["created_at"] = created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-                payload = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
                 with open(tmp, "wb") as handle:
-                    handle.write(payload)
+                    handle.write(_encode(document))
                     handle.flush()
                     os.fsync(handle.fileno())
         fsync_dir(dest_dir)
@@ -458,6 +456,10 @@ def write_document(document: dict[str, Any], dest_dir: str, created_at: datetime
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     return path
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
 
 
 def _temp_file(directory: str) -> tuple[int, str]:
@@ -676,10 +678,9 @@ def _split(category: str, value: Any) -> dict[str, list[Row]]:
 
 
 class _Importer:
-    def __init__(self, conn: sqlite3.Connection, mode: str, absent_in_backup: set[str]) -> None:
+    def __init__(self, conn: sqlite3.Connection, mode: str) -> None:
         self.conn = conn
         self.mode = mode
-        self.absent_in_backup = absent_in_backup
 
     def parent_ids(self, link: Link) -> dict[Key, Any]:
         """Parent natural key → id, in the target."""
@@ -812,7 +813,7 @@ def apply(conn: sqlite3.Connection, doc: dict[str, Any], categories: Sequence[st
     data = doc["data"]
     conn.execute("PRAGMA foreign_keys = ON")
     violations_before = _fk_violations(conn)
-    importer = _Importer(conn, mode, absent_in_backup)
+    importer = _Importer(conn, mode)
     changes: dict[str, dict[str, TableChange]] = {}
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -882,9 +883,6 @@ def import_document(
     database and throws the copy away: it reports what would change and
     changes nothing.
     """
-    if mode not in MODES:
-        raise TomoError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    _check_categories(categories)
     doc = load(path)
     if not os.path.exists(database):
         raise TomoError(f"Tomo's database {database} does not exist")

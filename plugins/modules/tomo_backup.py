@@ -253,16 +253,17 @@ from ansible_collections.selfhost.dr.plugins.module_utils.tomo import (
     locate_database,
 )
 
+SIGNS = (("added", "+"), ("updated", "~"), ("removed", "-"), ("skipped", "="), ("orphaned", "="))
+WHY = {"orphaned": " (its server or user is not in this Tomo)", "skipped": " (kept as it is)"}
+
 
 def _diff(changes: dict) -> str:
-    signs = (("added", "+"), ("updated", "~"), ("removed", "-"), ("skipped", "="), ("orphaned", "="))
     lines = []
     for category, tables in changes.items():
         for table, change in tables.items():
-            for kind, sign in signs:
+            for kind, sign in SIGNS:
                 for key in change.get("keys", {}).get(kind, []):
-                    why = {"orphaned": " (its server or user is not in this Tomo)", "skipped": " (kept as it is)"}
-                    lines.append(f"{sign} {category}/{table}: {key}{why.get(kind, '')}")
+                    lines.append(f"{sign} {category}/{table}: {key}{WHY.get(kind, '')}")
             if change.get("note"):
                 lines.append(f"! {category}/{table}: {change['note']}")
     return "\n".join(lines) + ("\n" if lines else "")
