@@ -17,6 +17,14 @@ if str(COLLECTIONS) not in sys.path:
     sys.path.insert(0, str(COLLECTIONS))
 
 
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test has its own selfhost.dr state (the restore journal), never the host's /var/lib/selfhost-dr."""
+    path = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("SELFHOST_DR_STATE_DIR", str(path))
+    return path
+
+
 @pytest.fixture
 def free_port() -> int:
     with socket.socket() as sock:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import errno
 import fcntl
 import fnmatch
@@ -43,6 +44,7 @@ import pwd
 import queue
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import stat
@@ -55,9 +57,19 @@ import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Protocol, Union
+from typing import Protocol
 
-from .sqlite_snapshot import SQLITE_HEADER, SnapshotError, fsync_dir, integrity_of, snapshot, snapshot_bytes
+from . import safe_fs
+from .sqlite_snapshot import (
+    SQLITE_HEADER,
+    NotADatabaseError,
+    ReplacedError,
+    SnapshotError,
+    fsync_dir,
+    integrity_of,
+    snapshot,
+    snapshot_bytes,
+)
 from .tar_stream import Member, TarReader, TarStreamError
 
 FORMAT = "selfhost.dr/backup-set"
@@ -67,6 +79,9 @@ EXTENSIONS = {"zstd": ".tar.zst", "gzip": ".tar.gz"}
 MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip"}
 MIB = 1024 * 1024
 DEFAULT_MEMORY_LIMIT = 64 * MIB
+# A manifest lists every member in about 250 bytes: 256 MiB is a million files with room to spare, and a bound
+# on what a hostile set can make this process read into memory.
+MAX_MANIFEST = 256 * MIB
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 # Connection.serialize/deserialize (Python 3.11+) keep snapshots in memory; older hosts use a staging file.
 IN_MEMORY = hasattr(sqlite3.Connection, "serialize")
@@ -94,6 +109,20 @@ class NewerFormatError(BackupError):
 
 def _no_log(_line: str) -> None:
     return None
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: be killed when this process dies (Linux), so a killed backup never
+    leaves a compressor running."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def default_host() -> str:
@@ -156,20 +185,42 @@ def is_set_file(name: str) -> bool:
 
 
 @dataclass
+class Root:
+    """One path to back up, opened as: its parent directory (resolved normally: the host's own layout), then
+    ``name`` in it and everything below without following a link. ``link`` is set when the path given was a
+    symbolic link, followed to ``real``."""
+
+    path: str
+    stored: str  # the path its members are named after
+    parent: str
+    name: str
+    link: str = ""
+    parent_st: os.stat_result | None = None
+
+
+@dataclass
 class Entry:
-    """One path to archive. ``kind`` is dir, file, sqlite or symlink."""
+    """One path to archive. ``kind`` is dir, file, sqlite or symlink.
+
+    ``rel`` is its place below its root's parent directory (the root's name first), which is how it is opened
+    again: one directory at a time, each relative to the one before, never through a link.
+    """
 
     path: str
     member: str
     kind: str
     st: os.stat_result
     target: str = ""
+    root: int = 0
+    rel: tuple[str, ...] = ()
 
 
 @dataclass
 class Scan:
     entries: list[Entry] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
+    roots: list[Root] = field(default_factory=list)
+    dirs: dict[tuple[int, tuple[str, ...]], os.stat_result] = field(default_factory=dict)
 
     @property
     def bytes(self) -> int:
@@ -177,6 +228,11 @@ class Scan:
 
     def count(self, kind: str) -> int:
         return sum(1 for e in self.entries if e.kind == kind)
+
+    @property
+    def links(self) -> list[dict[str, str]]:
+        """The paths given that were symbolic links, and what they led to."""
+        return [{"path": r.stored, "target": r.link} for r in self.roots if r.link]
 
 
 def _excluded(path: str, patterns: Iterable[str]) -> str:
@@ -197,41 +253,79 @@ def _special(mode: int) -> str:
     return "special file"
 
 
-def _is_sqlite_file(path: str, size: int) -> bool:
-    if size < 100:  # smaller than a SQLite header: not a database
-        return False
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-    except OSError:
-        return False
+class _Dirs:
+    """Directories below the roots, opened one level at a time relative to the level above.
+
+    Holds the open directories of the current path only (a stack), so walking a tree in order opens each
+    directory once. A directory that is now a link, or not the one the scan saw (device and inode), raises
+    ``UnsafePathError``: nothing below it is read.
+    """
+
+    def __init__(self, roots: list[Root], known: dict[tuple[int, tuple[str, ...]], os.stat_result]) -> None:
+        self._roots = roots
+        self._known = known
+        self._stack: list[tuple[int, tuple[str, ...], int]] = []
+
+    def fd(self, root: int, rel: tuple[str, ...]) -> int:
+        while self._stack and not (self._stack[-1][0] == root and rel[: len(self._stack[-1][1])] == self._stack[-1][1]):
+            os.close(self._stack.pop()[2])
+        if not self._stack:
+            spec = self._roots[root]
+            fd = os.open(spec.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if spec.parent_st is not None and not safe_fs.same(os.fstat(fd), spec.parent_st):
+                os.close(fd)
+                raise safe_fs.UnsafePathError(errno.ESTALE, "was replaced", spec.parent)
+            self._stack.append((root, (), fd))
+        while len(self._stack[-1][1]) < len(rel):
+            top = self._stack[-1]
+            sub = rel[: len(top[1]) + 1]
+            fd = safe_fs.open_dir(sub[-1], top[2], self._known.get((root, sub)))
+            self._stack.append((root, sub, fd))
+        return self._stack[-1][2]
+
+    def close(self) -> None:
+        while self._stack:
+            os.close(self._stack.pop()[2])
+
+
+def _root_of(raw: str, stored: str) -> Root:
+    if not os.path.isabs(raw):
+        raise BackupError(f"paths to back up must be absolute, got {raw!r}")
+    path = os.path.normpath(raw)
+    if path == "/":
+        raise BackupError("backing up / as a whole is not supported; list the directories to back up")
+    if not os.path.lexists(path):
+        raise BackupError(f"path {path} does not exist")
+    link = ""
+    real = path
+    if os.path.islink(path):
+        # What the user meant is what the link leads to; the set records that it was a link.
+        real = os.path.realpath(path)
+        if not os.path.exists(real) or real == "/":
+            raise BackupError(f"path {path} is a symbolic link to {os.readlink(path)}, which does not exist")
+        link = real
+    parent, name = os.path.split(real)
+    return Root(path, stored, parent, name, link)
 
 
 def scan(paths: Iterable[str], excludes: Iterable[str] = (), stored_as: dict[str, str] | None = None) -> Scan:
     """Everything under ``paths`` that a set would hold, in archive order, without reading file contents.
 
     ``stored_as`` maps a path to the path its members are named after in the archive (a copy taken
-    while an instance was stopped is stored under the instance's own data dir). Fails with one
+    while an instance was stopped is stored under the instance's own data dir). A path that is itself a
+    symbolic link is followed (and recorded as one); below it, no link is ever followed. Fails with one
     sentence when a path does not exist or a directory or file cannot be read.
     """
     stored_as = {os.path.normpath(k): os.path.normpath(v) for k, v in (stored_as or {}).items()}
     patterns = list(excludes)
-    roots: list[str] = []
-    for raw in paths:
-        if not os.path.isabs(raw):
-            raise BackupError(f"paths to back up must be absolute, got {raw!r}")
-        path = os.path.normpath(raw)
-        if path == "/":
-            raise BackupError("backing up / as a whole is not supported; list the directories to back up")
-        if not os.path.lexists(path):
-            raise BackupError(f"path {path} does not exist")
-        roots.append(path)
-    result = Scan()
+    given = sorted({os.path.normpath(p) if os.path.isabs(p) else p for p in paths})
+    roots = [_root_of(p, stored_as.get(os.path.normpath(p), os.path.normpath(p))) for p in given]
+    roots = [r for r in roots if not any(r.path.startswith(o.path.rstrip("/") + "/") for o in roots if o is not r)]
+    result = Scan(roots=roots)
     seen: set[str] = set()
-    for root in sorted(set(roots)):
-        if any(root.startswith(other.rstrip("/") + "/") for other in roots if other != root):
-            continue  # already inside another path
-        _walk(root, patterns, result, seen, root, stored_as.get(root, root))
+    safe_fs.raise_fd_limit()
+    for index, root in enumerate(roots):
+        _walk(index, root, patterns, result, seen)
     databases = {e.path for e in result.entries if e.kind == "sqlite"}
     kept: list[Entry] = []
     for entry in result.entries:
@@ -244,41 +338,77 @@ def scan(paths: Iterable[str], excludes: Iterable[str] = (), stored_as: dict[str
     return result
 
 
-def _walk(path: str, patterns: list[str], result: Scan, seen: set[str], root: str, stored: str) -> None:
-    pattern = _excluded(path, patterns)
-    if pattern:
-        result.skipped.append({"path": path, "reason": f"excluded by {pattern}"})
-        return
+def _walk(index: int, root: Root, patterns: list[str], result: Scan, seen: set[str]) -> None:
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        result.skipped.append({"path": path, "reason": "vanished while scanning"})
-        return
-    member = (stored + path[len(root) :]).lstrip("/")
-    if member == MANIFEST_MEMBER:
-        raise BackupError(f"{path} has the name this collection gives its manifest; it cannot be backed up")
-    if member in seen:
-        return
-    seen.add(member)
-    mode = st.st_mode
-    if stat.S_ISDIR(mode):
-        try:
-            with os.scandir(path) as it:
-                names = sorted(entry.name for entry in it)
-        except PermissionError as exc:
-            raise BackupError(f"directory {path} cannot be read: permission denied") from exc
-        result.entries.append(Entry(path, member, "dir", st))
-        for name in names:
-            _walk(os.path.join(path, name), patterns, result, seen, root, stored)
-    elif stat.S_ISREG(mode):
-        if not os.access(path, os.R_OK):
-            raise BackupError(f"file {path} cannot be read: permission denied")
-        kind = "sqlite" if _is_sqlite_file(path, st.st_size) else "file"
-        result.entries.append(Entry(path, member, kind, st))
-    elif stat.S_ISLNK(mode):
-        result.entries.append(Entry(path, member, "symlink", st, os.readlink(path)))
-    else:
-        result.skipped.append({"path": path, "reason": _special(mode)})
+        root.parent_st = os.stat(root.parent)
+    except OSError as exc:
+        raise BackupError(f"path {root.path} cannot be reached: {exc.strerror}") from exc
+    dirs = _Dirs(result.roots, result.dirs)
+    stack: list[tuple[str, ...]] = [(root.name,)]
+    try:
+        while stack:
+            rel = stack.pop()
+            path = os.path.join(root.path, *rel[1:])
+            pattern = _excluded(path, patterns)
+            if pattern:
+                result.skipped.append({"path": path, "reason": f"excluded by {pattern}"})
+                continue
+            member = os.path.join(root.stored, *rel[1:]).lstrip("/")
+            if member == MANIFEST_MEMBER:
+                raise BackupError(f"{path} has the name this collection gives its manifest; it cannot be backed up")
+            if member in seen:
+                continue
+            try:
+                parent = dirs.fd(index, rel[:-1])
+                st = os.stat(rel[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                result.skipped.append({"path": path, "reason": "vanished while scanning"})
+                continue
+            except safe_fs.UnsafePathError:
+                result.skipped.append({"path": path, "reason": "its directory was replaced while scanning"})
+                continue
+            seen.add(member)
+            mode = st.st_mode
+            if stat.S_ISDIR(mode):
+                result.dirs[(index, rel)] = st
+                try:
+                    fd = dirs.fd(index, rel)
+                    with os.scandir(fd) as it:
+                        names = sorted(entry.name for entry in it)
+                except PermissionError as exc:
+                    raise BackupError(f"directory {path} cannot be read: permission denied") from exc
+                except (FileNotFoundError, safe_fs.UnsafePathError):
+                    result.skipped.append({"path": path, "reason": "replaced or removed while scanning"})
+                    continue
+                result.entries.append(Entry(path, member, "dir", st, root=index, rel=rel))
+                stack.extend((*rel, name) for name in reversed(names))
+            elif stat.S_ISREG(mode):
+                if not os.access(rel[-1], os.R_OK, dir_fd=parent, follow_symlinks=False):
+                    raise BackupError(f"file {path} cannot be read: permission denied")
+                kind = "sqlite" if _is_sqlite_file(rel[-1], parent, st) else "file"
+                result.entries.append(Entry(path, member, kind, st, root=index, rel=rel))
+            elif stat.S_ISLNK(mode):
+                target = os.readlink(rel[-1], dir_fd=parent)
+                result.entries.append(Entry(path, member, "symlink", st, target, root=index, rel=rel))
+            else:
+                result.skipped.append({"path": path, "reason": _special(mode)})
+    finally:
+        dirs.close()
+
+
+def _is_sqlite_file(name: str, parent: int, st: os.stat_result) -> bool:
+    if st.st_size < 100:  # smaller than a SQLite header: not a database
+        return False
+    try:
+        fd, opened = safe_fs.open_file(name, parent)
+    except OSError:
+        return False
+    try:
+        return safe_fs.same(opened, st) and os.read(fd, len(SQLITE_HEADER)) == SQLITE_HEADER
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 # -- the compressed stream -------------------------------------------------------------------------------------------
@@ -321,7 +451,13 @@ class _Pump:
 
     def __init__(self, argv: list[str], out_path: str, out_fd: int) -> None:
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=out_fd, stderr=subprocess.PIPE, bufsize=0, close_fds=True
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=out_fd,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+            close_fds=True,
+            preexec_fn=die_with_parent,  # started before any thread of this run
         )
         assert self.proc.stdin is not None  # noqa: S101 - Popen contract
         self._in = self.proc.stdin.fileno()
@@ -553,11 +689,15 @@ def create(
         raise BackupError(f"backup directory {dest_dir} is not writable")
     kind = compressor_for(compression)
     paths = list(paths)
+    for swept in sweep(dest_dir):
+        log(f"removed {swept['path']} ({swept['kind']} left by a run that was killed)")
     found = scan(paths, excludes, stored_as)
     log(
         f"scan: {found.count('file') + found.count('sqlite')} files ({found.count('sqlite')} SQLite databases), "
         f"{found.bytes / MIB:.1f} MiB, {len(found.skipped)} skipped"
     )
+    for link in found.links:
+        log(f"scan: {link['path']} is a symbolic link; archived what it leads to, {link['target']}")
     name = set_name(app, host, started_at, label, kind)
     final = os.path.join(dest_dir, name)
     n = 2
@@ -574,9 +714,16 @@ def create(
         if kind == "zstd"
         else ["gzip", f"-{max(1, min(level, 9))}", "-n", "-c"]
     )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    # Held (by this process and the compressor, which shares the descriptor) while the set is written:
+    # sweep() removes a partial archive only when no live process holds it.
+    safe_fs.try_lock(fd)
     pump: _Pump | None = None
+    staging_fd = -1
     try:
+        os.mkdir(staging, 0o700)
+        staging_fd = safe_fs.open_dir(staging)
+        safe_fs.try_lock(staging_fd)
         pump = _Pump(argv, tmp, fd)
         archived = _archive(found, pump, staging, lock_timeout, integrity_check, memory_limit, log)
         stats = archived.pop("stats")
@@ -592,7 +739,8 @@ def create(
             "started_at": iso(started_at),
             "finished_at": iso(finished_at),
             "compression": kind,
-            "paths": sorted({os.path.normpath((stored_as or {}).get(p, p)) for p in paths}),
+            "paths": sorted({r.stored for r in found.roots}),
+            "links": found.links,
             "excludes": excludes,
             **archived,
             "metadata": metadata or {},
@@ -607,13 +755,13 @@ def create(
         t_fin = clock()
         pump.finish()
         os.fsync(fd)
-        os.close(fd)
-        fd = -1
         digest, size = pump.digest.hexdigest(), pump.size
         _write_file(sidecars.manifest, blob)
         _write_file(sidecars.checksum, f"{digest}  {name}\n".encode())
         os.replace(tmp, final)
         fsync_dir(dest_dir)
+        os.close(fd)  # the lock goes with it, once the set has its final name
+        fd = -1
         stats["seconds_finish"] = round(clock() - t_fin, 3)
     except BaseException as exc:
         if pump is not None:
@@ -623,10 +771,13 @@ def create(
         for path in (*temps, sidecars.checksum, sidecars.manifest):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
-        shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError):
             raise (_write_error(exc, pump.size if pump else 0)) from exc
         raise
+    finally:
+        safe_fs.remove_path(staging)
+        if staging_fd >= 0:
+            os.close(staging_fd)
     stats.update(
         {
             "bytes_out": size,
@@ -653,12 +804,19 @@ def _archive(
     files: list[dict[str, object]] = []
     snapshots: list[dict[str, object]] = []
     changed: list[str] = []
+    notes: list[dict[str, str]] = []
     progress = _Progress(log, found.bytes, found.count("file") + found.count("sqlite"))
     snapshot_seconds = 0.0
     snapshotter = _Snapshotter(
-        [e for e in found.entries if e.kind == "sqlite"], staging, lock_timeout, integrity_check, memory_limit
+        [e for e in found.entries if e.kind == "sqlite"],
+        found,
+        staging,
+        lock_timeout,
+        integrity_check,
+        memory_limit,
     )
     snapshotter.start()
+    dirs = _Dirs(found.roots, found.dirs)
     # Databases go last, so their snapshots are made while the other files stream.
     ordered = [e for e in found.entries if e.kind != "sqlite"] + [e for e in found.entries if e.kind == "sqlite"]
     try:
@@ -667,14 +825,32 @@ def _archive(
                 pump.write(_header(entry, 0, names))
                 files.append(_record(entry))
                 continue
+            snap: dict[str, object] | None = None
             if entry.kind == "sqlite":
-                chunks, size, snap = snapshotter.next()
-                snapshot_seconds += float(snap["duration"])  # type: ignore[arg-type]
-                snapshots.append(snap)
-                if size > 16 * MIB:
-                    log(f"snapshot: {entry.path}, {size / MIB:.1f} MiB in {snap['duration']:.2f} s")
+                got = snapshotter.next()
+                if isinstance(got, str):
+                    _left_out(found, changed, entry, got)
+                    continue
+                chunks, size, snap = got.chunks, got.size, got.record
+                if got.note:
+                    notes.append({"path": entry.path, "reason": got.note})
+                    log(f"note: {entry.path} {got.note}")
+                    entry = Entry(entry.path, entry.member, "file", got.st, root=entry.root, rel=entry.rel)
+                if snap is not None:
+                    snapshot_seconds += float(snap["duration"])  # type: ignore[arg-type]
+                    snapshots.append(snap)
+                    if size > 16 * MIB:
+                        log(f"snapshot: {entry.path}, {size / MIB:.1f} MiB in {snap['duration']:.2f} s")
             else:
-                chunks, size = _file_chunks(entry, changed)
+                opened = _open_member(entry, dirs)
+                if isinstance(opened, str):
+                    _left_out(found, changed, entry, opened)
+                    continue
+                fd, st = opened
+                if not safe_fs.same(st, entry.st):
+                    changed.append(entry.path)  # replaced by another file (a rename): that one is archived
+                entry.st = st
+                chunks, size = _file_chunks(entry, fd, changed)
             pump.write(_header(entry, size, names))
             digest = hashlib.sha256()
             written = 0
@@ -686,11 +862,11 @@ def _archive(
             pump.write(_padding(written))
             progress.add(0, files=1)
             files.append(_record(entry, written, digest.hexdigest()))
-            if entry.kind == "sqlite":
+            if snap is not None:
                 snap["sha256"] = digest.hexdigest()
     finally:
+        dirs.close()
         snapshotter.stop()
-        shutil.rmtree(staging, ignore_errors=True)
     totals = {
         "files": sum(1 for f in files if f["type"] == "file"),
         "dirs": sum(1 for f in files if f["type"] == "dir"),
@@ -704,6 +880,7 @@ def _archive(
         "snapshots": snapshots,
         "skipped": found.skipped,
         "changed_during_backup": changed,
+        "notes": notes,
         "stats": {
             "files": totals["files"],
             "databases": totals["databases"],
@@ -713,8 +890,40 @@ def _archive(
     }
 
 
-# (data chunks, size, snapshot record, bytes held in memory until written)
-_Snapped = tuple[Iterator[Union[bytes, memoryview]], int, dict[str, object], int]
+def _left_out(found: Scan, changed: list[str], entry: Entry, reason: str) -> None:
+    changed.append(entry.path)
+    found.skipped.append({"path": entry.path, "reason": reason})
+
+
+def _open_member(entry: Entry, dirs: _Dirs) -> tuple[int, os.stat_result] | str:
+    """The scanned file opened again, relative to its verified directory and never through a link; or why not."""
+    try:
+        parent = dirs.fd(entry.root, entry.rel[:-1])
+        fd, st = safe_fs.open_file(entry.rel[-1], parent)
+    except FileNotFoundError:
+        return "vanished during the backup"
+    except safe_fs.UnsafePathError:
+        return "a directory above it was replaced during the backup"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "was replaced by a symbolic link during the backup (not followed)"
+        raise BackupError(f"file {entry.path} cannot be read: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        return (
+            f"was replaced by a {'directory' if stat.S_ISDIR(st.st_mode) else _special(st.st_mode)} during the backup"
+        )
+    return fd, st
+
+
+@dataclass
+class _Snapped:
+    chunks: Iterator[bytes | memoryview]
+    size: int
+    record: dict[str, object] | None  # None: archived as a plain file (see note)
+    held: int  # bytes held in memory until written
+    st: os.stat_result
+    note: str = ""
 
 
 class _Snapshotter(threading.Thread):
@@ -723,34 +932,49 @@ class _Snapshotter(threading.Thread):
     SQLite releases the GIL while it copies, so snapshots are made while the
     writer streams the other files (which come first in the archive). Finished
     snapshots wait in memory up to ``memory_limit`` bytes in all; larger ones
-    wait in a staging file.
+    wait in a staging file. Each item is a snapshot, the reason a database was
+    left out (a string), or the exception that ends the backup.
     """
 
     def __init__(
-        self, entries: list[Entry], staging: str, lock_timeout: float, integrity_check: bool, memory_limit: int
+        self,
+        entries: list[Entry],
+        found: Scan,
+        staging: str,
+        lock_timeout: float,
+        integrity_check: bool,
+        memory_limit: int,
     ) -> None:
         super().__init__(daemon=True)
         self._entries = entries
+        self._found = found
         self._staging = staging
         self._args = (lock_timeout, integrity_check, memory_limit)
         self._budget = memory_limit
-        self._ready: collections.deque[tuple[_Snapped | BaseException, int]] = collections.deque()
+        self._ready: collections.deque[tuple[_Snapped | str | BaseException, int]] = collections.deque()
         self._pending = 0
         self._cond = threading.Condition()
         self._stopping = False
 
     def run(self) -> None:
+        dirs = _Dirs(self._found.roots, self._found.dirs)
+        try:
+            self._run(dirs)
+        finally:
+            dirs.close()
+
+    def _run(self, dirs: _Dirs) -> None:
         for index, entry in enumerate(self._entries):
             with self._cond:
                 while not self._stopping and self._ready and self._pending >= self._budget:
                     self._cond.wait()
                 if self._stopping:
                     return
-            item: _Snapped | BaseException
+            item: _Snapped | str | BaseException
             held = 0
             try:
-                item = _snapshot_member(entry, os.path.join(self._staging, f"{index}.db"), *self._args)
-                held = item[3]
+                item = _snapshot_member(entry, dirs, os.path.join(self._staging, f"{index}.db"), *self._args)
+                held = item.held if isinstance(item, _Snapped) else 0
             except BaseException as exc:  # handed to the writer, which raises it
                 item = exc
             with self._cond:
@@ -760,8 +984,8 @@ class _Snapshotter(threading.Thread):
             if isinstance(item, BaseException):
                 return
 
-    def next(self) -> tuple[Iterator[bytes | memoryview], int, dict[str, object]]:
-        """The next database's data chunks, size and snapshot record."""
+    def next(self) -> _Snapped | str:
+        """The next database's snapshot, or why it was left out."""
         with self._cond:
             while not self._ready:
                 self._cond.wait()
@@ -770,7 +994,7 @@ class _Snapshotter(threading.Thread):
             self._cond.notify_all()
         if isinstance(item, BaseException):
             raise item
-        return item[:3]
+        return item
 
     def stop(self) -> None:
         with self._cond:
@@ -780,15 +1004,10 @@ class _Snapshotter(threading.Thread):
         self.join()
 
 
-def _file_chunks(entry: Entry, changed: list[str]) -> tuple[Iterator[bytes], int]:
-    """The file's bytes as its size was when opened; a file that shrinks is padded and noted."""
-    try:
-        handle = open(entry.path, "rb")  # noqa: SIM115 - closed by the generator
-    except FileNotFoundError as exc:
-        raise BackupError(f"file {entry.path} vanished during the backup") from exc
-    except OSError as exc:
-        raise BackupError(f"file {entry.path} cannot be read: {exc.strerror}") from exc
-    size = os.fstat(handle.fileno()).st_size
+def _file_chunks(entry: Entry, fd: int, changed: list[str]) -> tuple[Iterator[bytes], int]:
+    """The open file's bytes as its size was when opened; a file that shrinks is padded and noted."""
+    handle = open(fd, "rb", closefd=True)  # noqa: SIM115 - closed by the generator
+    size = entry.st.st_size
 
     def chunks() -> Iterator[bytes]:
         with handle:
@@ -811,12 +1030,35 @@ def _file_chunks(entry: Entry, changed: list[str]) -> tuple[Iterator[bytes], int
 
 
 def _snapshot_member(
-    entry: Entry, staged: str, lock_timeout: float, integrity_check: bool, memory_limit: int
-) -> _Snapped:
+    entry: Entry, dirs: _Dirs, staged: str, lock_timeout: float, integrity_check: bool, memory_limit: int
+) -> _Snapped | str:
+    """A consistent copy of the database ``entry``, checked to be the file that was scanned.
+
+    SQLite opens a database and its ``-wal``/``-shm`` by name, following links, so the file is looked at
+    first through its verified directory: it must still be a regular file, its side files must not be links,
+    and the file SQLite then holds open must be that same file (device and inode). A file that only looks
+    like a database (its header) is archived as a plain file, with a note.
+    """
+    name = entry.rel[-1]
     try:
-        if IN_MEMORY and entry.st.st_size <= memory_limit:
+        parent = dirs.fd(entry.root, entry.rel[:-1])
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        for side in SQLITE_SIDE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                side_st = os.stat(name + side, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISREG(side_st.st_mode):
+                    return f"its {side} file is not a regular file (a link?); the database was not opened"
+    except FileNotFoundError:
+        return "vanished during the backup"
+    except safe_fs.UnsafePathError:
+        return "a directory above it was replaced during the backup"
+    if not stat.S_ISREG(st.st_mode):
+        return "was replaced by something that is not a regular file during the backup (not followed)"
+    expect = (st.st_dev, st.st_ino)
+    try:
+        if IN_MEMORY and st.st_size <= memory_limit:
             data, snap = snapshot_bytes(
-                entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, digest=False
+                entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, digest=False, expect=expect
             )
             view = memoryview(data)
             chunks: Iterator[bytes | memoryview] = (view[i : i + _CHUNK] for i in range(0, len(data), _CHUNK))
@@ -830,15 +1072,28 @@ def _snapshot_member(
                 check_integrity=integrity_check,
                 durable=False,
                 digest=False,
+                expect=expect,
             )
             size, held = snap.size, 0
             chunks = _staged_chunks(staged)
+    except ReplacedError:
+        return "was replaced while it was being copied (not followed)"
+    except NotADatabaseError as exc:
+        opened = _open_member(entry, dirs)
+        if isinstance(opened, str):
+            return opened
+        fd, st = opened
+        entry.st = st
+        plain, size = _file_chunks(entry, fd, [])
+        return _Snapped(
+            plain, size, None, 0, st, f"starts like a SQLite database but is not one ({exc}); archived as a plain file"
+        )
     except SnapshotError as exc:
         raise BackupError(str(exc)) from exc
     record = snap.to_dict()
     record["path"] = entry.member
     del record["source"]
-    return chunks, size, record, held
+    return _Snapped(chunks, size, record, held, st)
 
 
 def _staged_chunks(path: str) -> Iterator[bytes]:
@@ -849,10 +1104,14 @@ def _staged_chunks(path: str) -> Iterator[bytes]:
 
 
 def _write_file(path: str, data: bytes) -> None:
-    """Write ``path`` atomically: a temp name, fsync, rename."""
+    """Write ``path`` atomically: a temp name (locked while it is written, never a link followed), fsync, rename."""
     tmp = path + ".partial"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with contextlib.suppress(FileNotFoundError):
+        if not safe_fs.in_use(tmp):
+            os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
+        safe_fs.try_lock(fd)
         write_all(fd, data)
         os.fsync(fd)
     finally:
@@ -878,47 +1137,170 @@ def decompressor(archive: str) -> subprocess.Popen[bytes]:
     argv = ["zstd", "-d", "-q", "-c", "--", archive] if kind == "zstd" else ["gzip", "-d", "-c", "--", archive]
     if not shutil.which(argv[0]):
         raise BackupError(f"the {argv[0]} command is needed to read {archive} and is not installed")
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=die_with_parent,  # started before this run's threads
+    )
     assert proc.stdout is not None  # noqa: S101 - Popen contract
     _grow_pipe(proc.stdout.fileno())
     return proc
 
 
-def read_manifest(path: str) -> dict[str, object]:
-    """A manifest (sidecar) file, checked for format; raises BackupError with one sentence."""
+def parse_manifest(blob: bytes, where: str) -> dict[str, object]:
+    """Manifest bytes parsed and checked in every field; raises BackupError with one sentence, never more."""
+    if len(blob) > MAX_MANIFEST:
+        raise BackupError(
+            f"{where} is larger than {MAX_MANIFEST // MIB} MiB; it is not a manifest this collection wrote"
+        )
     try:
-        with open(path, "rb") as handle:
-            data = json.loads(handle.read())
+        data = json.loads(blob, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise BackupError(f"{where} is nested too deeply to be a manifest") from exc
+    except ValueError as exc:
+        raise BackupError(f"{where} cannot be read as JSON") from exc
+    check_format(data, where)
+    return data  # type: ignore[return-value]
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_manifest(path: str) -> dict[str, object]:
+    """A manifest (sidecar) file, checked in every field; raises BackupError with one sentence."""
+    try:
+        blob = safe_fs.read_regular(path, MAX_MANIFEST)
     except FileNotFoundError as exc:
         raise BackupError(f"manifest {path} does not exist") from exc
-    except (OSError, ValueError) as exc:
-        raise BackupError(f"manifest {path} cannot be read as JSON") from exc
-    check_format(data, path)
-    return data
+    except ValueError as exc:
+        raise BackupError(f"manifest {path} is larger than {MAX_MANIFEST // MIB} MiB") from exc
+    except OSError as exc:
+        raise BackupError(f"manifest {path} cannot be read ({exc.strerror or 'not a regular file'})") from exc
+    return parse_manifest(blob, f"manifest {path}")
 
 
 def check_format(data: object, where: str) -> None:
+    """Raise BackupError (NewerFormatError for a newer format) unless ``data`` is a manifest this collection reads,
+    with the right type in every field it uses."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BackupError(f"{where} is not a selfhost.dr backup manifest")
     version = data.get("format_version")
-    if not isinstance(version, int):
+    if not isinstance(version, int) or isinstance(version, bool):
         raise BackupError(f"{where} has no format version")
     if version > FORMAT_VERSION:
         raise NewerFormatError(
             f"{where} has format version {version}, newer than the {FORMAT_VERSION} this collection reads; "
             "upgrade selfhost.dr"
         )
-    for key, kind in (("files", list), ("snapshots", list), ("started_at", str), ("app", str)):
+    problem = _manifest_problem(data)
+    if problem:
+        raise BackupError(f"{where} is not a valid manifest: {problem}")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def path_problem(path: object) -> str:
+    """Why ``path`` is not an absolute, normalised path other than ``/``, or ""."""
+    if not isinstance(path, str) or not path.startswith("/") or path == "/":
+        return "is not an absolute path below /"
+    if "\0" in path or os.path.normpath(path) != path or path.startswith("//"):
+        return "is not a normalised path"
+    return ""
+
+
+def name_problem(name: str) -> str:
+    """Why ``name`` cannot be a member name (relative, normalised, no ``..``), or ""."""
+    if not name:
+        return "an empty name"
+    if name.startswith("/"):
+        return "an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "a '..' component"
+    if "" in parts or "." in parts or "\0" in name:
+        return "a name that is not normalised"
+    return ""
+
+
+def _manifest_problem(data: dict[str, object]) -> str:
+    for key, kind in (("started_at", str), ("app", str), ("files", list), ("snapshots", list), ("paths", list)):
         if not isinstance(data.get(key), kind):
-            raise BackupError(f"{where} is missing {key!r} or it has the wrong type")
+            return f"{key!r} is missing or not a {kind.__name__}"
+    for key, kind in (
+        ("name", str),
+        ("host", str),
+        ("label", str),
+        ("app_version", str),
+        ("finished_at", str),
+        ("links", list),
+        ("skipped", list),
+        ("changed_during_backup", list),
+        ("notes", list),
+        ("totals", dict),
+        ("metadata", dict),
+        ("excludes", list),
+    ):
+        if key in data and not isinstance(data[key], kind):
+            return f"{key!r} is not a {kind.__name__}"
+    paths = data["paths"]
+    for n, path in enumerate(paths):  # type: ignore[arg-type]
+        bad = path_problem(path)
+        if bad:
+            return f"paths[{n}] {bad}"
+    for a in paths:  # type: ignore[union-attr]
+        for b in paths:  # type: ignore[union-attr]
+            if a != b and str(b).startswith(str(a) + "/"):
+                return f"paths {a} and {b} overlap"
+    for n, link in enumerate(data.get("links", [])):  # type: ignore[arg-type]
+        if not isinstance(link, dict) or link.get("path") not in paths or path_problem(link.get("target")):
+            return f"links[{n}] is not a path of the set with an absolute target"
+    seen: set[str] = set()
+    for n, rec in enumerate(data["files"]):  # type: ignore[arg-type]
+        if not isinstance(rec, dict):
+            return f"files[{n}] is not an object"
+        name = rec.get("path")
+        if not isinstance(name, str) or name_problem(name):
+            return f"files[{n}] has no valid path"
+        if name in seen:
+            return f"files lists {name} twice"
+        seen.add(name)
+        if not any(("/" + name + "/").startswith(str(p) + "/") for p in paths):  # type: ignore[union-attr]
+            return f"{name} is outside the paths of the set"
+        kind = rec.get("type")
+        if kind not in ("file", "dir", "symlink"):
+            return f"{name} has an unknown type"
+        mode = rec.get("mode")
+        if not isinstance(mode, str) or not re.fullmatch(r"[0-7]{4}", mode):
+            return f"{name} has no valid mode"
+        if not (_is_int(rec.get("uid")) and _is_int(rec.get("gid"))) or rec["uid"] < 0 or rec["gid"] < 0:  # type: ignore[operator]
+            return f"{name} has no valid owner"
+        if kind == "file":
+            size, digest = rec.get("size"), rec.get("sha256")
+            if not _is_int(size) or size < 0:  # type: ignore[operator]
+                return f"{name} has no valid size"
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                return f"{name} has no valid sha256"
+        if kind == "symlink":
+            target = rec.get("target")
+            if not isinstance(target, str) or not target or "\0" in target:
+                return f"{name} has no valid link target"
+    for n, snap in enumerate(data["snapshots"]):  # type: ignore[arg-type]
+        if not isinstance(snap, dict):
+            return f"snapshots[{n}] is not an object"
+    return ""
 
 
 def read_checksum(path: str) -> str:
     try:
-        with open(path) as handle:
-            digest = handle.read().split()[0]
-    except (OSError, IndexError) as exc:
-        raise BackupError(f"checksum file {path} is missing or empty") from exc
+        text = safe_fs.read_regular(path, 4096).decode("utf-8", "replace")
+        digest = text.split()[0]
+    except (OSError, ValueError, IndexError) as exc:
+        raise BackupError(f"checksum file {path} is missing, empty or not a checksum file") from exc
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise BackupError(f"checksum file {path} does not hold a sha256")
     return digest
@@ -926,14 +1308,15 @@ def read_checksum(path: str) -> str:
 
 def _unsafe_member(member: Member) -> str:
     """Why a member could not have been written by create(), or ""."""
-    if member.name.startswith("/"):
-        return "an absolute path"
-    if ".." in member.name.split("/"):
-        return "a '..' component"
+    problem = name_problem(member.name)
+    if problem:
+        return problem
     if member.kind == "hardlink":
         return "a hard link"
     if member.kind == "special":
         return "a device, fifo or other special type"
+    if member.kind == "symlink" and (not member.linkname or "\0" in member.linkname):
+        return "an empty link target"
     return ""
 
 
@@ -995,6 +1378,7 @@ def verify(
     now: Callable[[], datetime] = utc_now,
     unpack: Unpacker | None = None,
     deep: bool = True,
+    tmpdir: str | None = None,
 ) -> Verification:
     """Check a set: whole-file sha256, every member against the manifest, integrity_check of every database.
 
@@ -1003,6 +1387,12 @@ def verify(
     in the same pass, and uses the result only when the verification passed). ``deep=False`` checks
     the whole-file sha256 and the member list but not each member's sha256 nor the databases: enough
     when this very content (same sha256) already passed a deep verification.
+
+    Databases too large to check in memory are copied to a temporary directory in ``tmpdir`` (by default the
+    set's own directory, never a tmpfs ``/tmp``), one or two at a time, removed as soon as they are checked.
+    Every member is checked as a restore would use it: a safe name, not a link, device or FIFO, listed once,
+    not below a link or a file, and equal to its manifest entry in type, mode, owner, size, link target and
+    sha256. So a set that verifies is a set that restores.
     """
     check_sqlite = check_sqlite and deep
     t0 = time.monotonic()
@@ -1023,22 +1413,26 @@ def verify(
     except BackupError as exc:
         check("checksum", False, str(exc))
     sidecar_manifest: dict[str, object] | None = None
-    try:
-        sidecar_manifest = read_manifest(sidecars.manifest)
-    except NewerFormatError:
-        raise
-    except BackupError:
-        sidecar_manifest = None
+    if os.path.lexists(sidecars.manifest):
+        try:
+            sidecar_manifest = read_manifest(sidecars.manifest)
+        except NewerFormatError:
+            raise
+        except BackupError as exc:
+            check("manifest", False, str(exc))
+    spill = _Spill(tmpdir or os.path.dirname(os.path.abspath(archive)))
     proc = decompressor(archive)
     assert proc.stdout is not None  # noqa: S101
     hasher = _Hasher(archive)
     hasher.start()
     log(f"verify: reading {archive}")
     members: dict[str, dict[str, object]] = {}
+    prefixes: set[str] = set()
     checker = _Checker()
     checker.start()
     embedded: bytes | None = None
     stream_error = ""
+    drained = False
     try:
         with open(proc.stdout.fileno(), "rb", buffering=_CHUNK, closefd=False) as stream:
             reader = TarReader(stream)
@@ -1048,12 +1442,25 @@ def verify(
                     check("members", False, f"member {member.name!r} is unsafe: it has {unsafe}")
                     continue
                 if member.name == MANIFEST_MEMBER and member.kind == "file":
-                    embedded = b"".join(bytes(c) for c in reader.chunks())
+                    if embedded is not None:
+                        check("manifest", False, "the archive holds more than one manifest")
+                    elif member.size > MAX_MANIFEST:
+                        check(
+                            "manifest",
+                            False,
+                            f"the manifest inside the archive is larger than {MAX_MANIFEST // MIB} MiB",
+                        )
+                    else:
+                        embedded = b"".join(bytes(c) for c in reader.chunks())
+                    continue
+                clash = _structure_problem(member, members, prefixes)
+                if clash:
+                    check("members", False, f"member {member.name!r} {clash}")
                     continue
                 sink = unpack.begin(member) if unpack is not None else None
                 staged = unpack.current_path if sink is not None and unpack is not None else ""
                 members[member.name] = _member_record(
-                    reader, member, check_sqlite, memory_limit, checker, sink, staged, deep
+                    reader, member, check_sqlite, memory_limit, checker, spill, sink, staged, deep
                 )
                 if unpack is not None:
                     unpack.end(member)
@@ -1063,14 +1470,18 @@ def verify(
                 if rest.count(0) != len(rest):
                     check("archive", False, "there is data after the end of the tar archive")
                     break
+            drained = True
     except (TarStreamError, OSError) as exc:
         stream_error = str(exc) or type(exc).__name__
     finally:
         with contextlib.suppress(OSError):
             proc.stdout.close()
+        if not drained and proc.poll() is None:
+            proc.kill()  # stopped early (an error, or an exception from the unpacker): nothing more is read
         hasher.join()
         proc.wait()
         databases = checker.finish()
+        spill.close()
     stderr = proc.stderr.read().decode(errors="replace").strip() if proc.stderr else ""
     if proc.stderr:
         proc.stderr.close()
@@ -1123,17 +1534,79 @@ def verify(
     return result
 
 
+def _structure_problem(member: Member, members: dict[str, dict[str, object]], prefixes: set[str]) -> str:
+    """Why ``member`` cannot sit where it is among the members before it (see verify), or ""; records it."""
+    name = member.name
+    if name in members:
+        return "appears twice in the archive"
+    parts = name.split("/")
+    above = ["/".join(parts[:n]) for n in range(1, len(parts))]
+    for prefix in above:
+        kind = members.get(prefix, {}).get("type", "dir")
+        if kind != "dir":
+            return f"lies below {prefix!r}, which is {'a symbolic link' if kind == 'symlink' else 'a file'}"
+    if name in prefixes and member.kind != "dir":
+        return f"is a {'symbolic link' if member.kind == 'symlink' else member.kind} but other members lie below it"
+    prefixes.update(above)
+    return ""
+
+
+class _Spill:
+    """A private temporary directory for database copies that verify checks on disk, created on first use.
+
+    It lives in the backup directory's file system (or one the caller names), is locked while in use so the
+    next run's sweep can tell it from a leftover, and is removed at the end, whatever happened.
+    """
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.path = ""
+        self._fd = -1
+        self._n = 0
+
+    def new_file(self, member: str, size: int) -> tuple[str, io.BufferedWriter]:
+        if not self.path:
+            try:
+                self.path = tempfile.mkdtemp(prefix=".selfhost-dr-verify-", dir=self.base)
+                self._fd = safe_fs.open_dir(self.path)
+                safe_fs.try_lock(self._fd)
+            except OSError as exc:
+                raise self.error(exc, member, size) from exc
+        self._n += 1
+        path = os.path.join(self.path, f"{self._n}.db")
+        try:
+            return path, open(path, "xb")
+        except OSError as exc:
+            raise self.error(exc, member, size) from exc
+
+    def error(self, exc: OSError, member: str, size: int) -> BackupError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return BackupError(
+                f"the temporary directory {self.base} is full: checking database {member} needs {size / MIB:.1f} MiB "
+                "there (set tmpdir to a larger file system)"
+            )
+        return BackupError(f"cannot write a temporary copy of database {member} in {self.base}: {exc.strerror}")
+
+    def close(self) -> None:
+        if self.path:
+            safe_fs.remove_path(self.path)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 def _member_record(
     reader: TarReader,
     member: Member,
     check_sqlite: bool,
     memory_limit: int,
     checker: _Checker,
+    spill: _Spill,
     sink: Callable[[memoryview], None] | None = None,
     staged: str = "",
     deep: bool = True,
 ) -> dict[str, object]:
-    rec: dict[str, object] = {"type": member.kind, "mode": f"{member.mode:04o}"}
+    rec: dict[str, object] = {"type": member.kind, "mode": f"{member.mode:04o}", "uid": member.uid, "gid": member.gid}
     if member.kind == "symlink":
         rec["target"] = member.linkname
     if member.kind != "file":
@@ -1142,8 +1615,8 @@ def _member_record(
     size = 0
     is_db: bool | None = None
     held = bytearray()
-    spill: io.BufferedWriter | None = None
-    spill_dir = ""
+    spilled: io.BufferedWriter | None = None
+    spill_path = ""
     if not deep:
         for chunk in reader.chunks():
             if sink is not None:
@@ -1160,20 +1633,26 @@ def _member_record(
             if is_db and staged:
                 pass  # checked from the copy being written
             elif is_db and (member.size > memory_limit or not IN_MEMORY):
-                spill_dir = tempfile.mkdtemp(prefix="selfhost-dr-verify-")
-                spill = open(os.path.join(spill_dir, "db"), "wb")  # noqa: SIM115 - closed below
+                spill_path, spilled = spill.new_file(member.name, member.size)
             elif is_db:
                 held = bytearray(member.size)
-        if spill is not None:
-            spill.write(chunk)
+        if spilled is not None:
+            try:
+                spilled.write(chunk)
+            except OSError as exc:
+                spilled.close()
+                raise spill.error(exc, member.name, member.size) from exc
         elif is_db and not staged:
             held[size : size + len(chunk)] = chunk
         size += len(chunk)
     rec["size"] = size
     rec["sha256"] = digest.hexdigest()
-    if spill is not None:
-        spill.close()
-        checker.submit(member.name, os.path.join(spill_dir, "db"), remove=True)
+    if spilled is not None:
+        try:
+            spilled.close()
+        except OSError as exc:
+            raise spill.error(exc, member.name, member.size) from exc
+        checker.submit(member.name, spill_path, remove=True)
     elif is_db and staged:
         checker.submit(member.name, staged)
     elif is_db:
@@ -1199,7 +1678,8 @@ class _Checker(threading.Thread):
             if isinstance(data, str):
                 self.results.append((name, _integrity_of_file(data)))
                 if remove:
-                    shutil.rmtree(os.path.dirname(data), ignore_errors=True)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(data)
             else:
                 self.results.append((name, _integrity_of_bytes(data)))
 
@@ -1275,9 +1755,10 @@ def _compare(
     missing = sorted(set(listed) - set(members))
     extra = sorted(set(members) - set(listed))
     differ = []
+    keys = ("type", "mode", "uid", "gid", "size", "target") + (("sha256",) if deep else ())
     for path in sorted(set(listed) & set(members)):
         want, got = listed[path], members[path]
-        for key in ("type", "size", "sha256", "target") if deep else ("type", "size", "target"):
+        for key in keys:
             if want.get(key) != got.get(key):
                 differ.append(f"{path} ({key})")
                 break
@@ -1384,6 +1865,64 @@ def catalog(directory: str, **match: str | None) -> list[dict[str, object]]:
     sets = [s for s in sets if all(value is None or s.get(key) == value for key, value in match.items())]
     sets.sort(key=lambda s: (str(s.get("time", "")), str(s["name"])), reverse=True)
     return sets
+
+
+_LEFTOVERS = (
+    (re.compile(r"^\..+\.partial-\d+$"), "partial archive"),
+    (re.compile(r"^\..+\.staging-\d+$"), "snapshot staging directory"),
+    (re.compile(r"^\..+\.copy-\d+$"), "per-instance copy"),
+    (re.compile(r"^\.selfhost-dr-verify-.+$"), "verify temporary directory"),
+    (re.compile(r"^[^.].*\.tar\.(?:zst|gz)\.(?:sha256|manifest\.json|verified\.json)\.partial$"), "partial sidecar"),
+)
+_SIDECAR_RE = re.compile(r"^([^.].*\.tar\.(?:zst|gz))\.(?:sha256|manifest\.json|verified\.json)$")
+
+
+def leftovers(directory: str) -> list[dict[str, object]]:
+    """What killed runs left in a backup directory: partial archives and sidecars, staging directories,
+    per-instance copies, verify's temporary files, and sidecars whose archive is gone.
+
+    ``in_use`` is true while a live process still holds the item (its lock); :func:`sweep` leaves those.
+    """
+    found: list[dict[str, object]] = []
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return found
+    present = set(names)
+    for name in names:
+        kind = next((k for pattern, k in _LEFTOVERS if pattern.match(name)), "")
+        if not kind:
+            match = _SIDECAR_RE.match(name)
+            if not match or match[1] in present:
+                continue
+            if any(n.startswith(f".{match[1]}.partial-") for n in present):
+                continue  # its archive is being written
+            kind = "sidecar without its archive"
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        found.append(
+            {"path": path, "kind": kind, "size": st.st_size, "mtime": int(st.st_mtime), "in_use": safe_fs.in_use(path)}
+        )
+    return found
+
+
+def sweep(directory: str) -> list[dict[str, object]]:
+    """Remove what killed runs left in ``directory`` (see :func:`leftovers`) and return what was removed.
+
+    Only names this collection writes are touched, never through a link, and never while a live process
+    holds them.
+    """
+    removed = []
+    for item in leftovers(directory):
+        if item["in_use"]:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            safe_fs.remove_path(str(item["path"]))
+            removed.append(item)
+    return removed
 
 
 def remove_set(archive: str) -> int:

@@ -17,12 +17,12 @@ says so.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import safe_fs
 from .backup_set import BackupError, Created, create
 from .tenement import TenementClient, TenementError, parse_instance
 
@@ -75,8 +75,35 @@ def backup_instance(
 
     if not os.path.isdir(dest_dir):
         raise BackupError(f"backup directory {dest_dir} does not exist")
-    copy = os.path.join(dest_dir, f".{service}-{ident}.copy-{os.getpid()}")
-    shutil.rmtree(copy, ignore_errors=True)
+    # The copy lives in a directory locked while this process runs: the next run's sweep removes it only once
+    # nothing holds it (this run was killed), never while it is being archived.
+    holder = os.path.join(dest_dir, f".{service}-{ident}.copy-{os.getpid()}")
+    safe_fs.remove_path(holder)
+    os.mkdir(holder, 0o700)
+    holder_fd = safe_fs.open_dir(holder)
+    safe_fs.try_lock(holder_fd)
+    try:
+        return _stop_copy_spawn(
+            client, instance, tree, holder, dest_dir, health_timeout, label, metadata, log, create_args
+        )
+    finally:
+        safe_fs.remove_path(holder)
+        os.close(holder_fd)
+
+
+def _stop_copy_spawn(
+    client: TenementClient,
+    instance: str,
+    tree: str,
+    holder: str,
+    dest_dir: str,
+    health_timeout: float,
+    label: str,
+    metadata: dict[str, object],
+    log: Log,
+    create_args: dict[str, object],
+) -> InstanceBackup:
+    copy = os.path.join(holder, "data")
     started = time.monotonic()
     copy_seconds = 0.0
     failure: BaseException | None = None
@@ -99,15 +126,11 @@ def backup_instance(
             client.spawn(instance)
             client.wait_healthy(instance, timeout=health_timeout, interval=0.1)
         except TenementError as exc:
-            shutil.rmtree(copy, ignore_errors=True)
             raise BackupError(f"instance {instance} did not come back after its backup: {exc}") from exc
     downtime = time.monotonic() - started
     log(f"instance {instance}: down {downtime:.2f} s, of which {copy_seconds:.2f} s copying")
-    try:
-        if failure is not None:
-            raise failure
-        metadata.update(running=[instance], stopped=True, downtime_seconds=round(downtime, 3))
-        made = create([copy], dest_dir, label=label, metadata=metadata, log=log, stored_as={copy: tree}, **create_args)  # type: ignore[arg-type]
-    finally:
-        shutil.rmtree(copy, ignore_errors=True)
+    if failure is not None:
+        raise failure
+    metadata.update(running=[instance], stopped=True, downtime_seconds=round(downtime, 3))
+    made = create([copy], dest_dir, label=label, metadata=metadata, log=log, stored_as={copy: tree}, **create_args)  # type: ignore[arg-type]
     return InstanceBackup(made, instance, True, round(downtime, 3), round(copy_seconds, 3), "")

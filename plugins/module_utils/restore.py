@@ -2,22 +2,29 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Restoring backup sets: verified first, unpacked beside the target, swapped in, undoable.
 
-Standard library only. A restore never writes into the live tree:
+Standard library only. A restore never writes into the live tree, and never
+writes, chmods or chowns through a symbolic link:
 
-1. The set is verified (checksum, members, databases). A set that fails, or
-   whose format is newer than this collection knows, is refused before
-   anything is touched.
-2. Every member is checked against the target: no absolute path, no ``..``,
-   no hard link or device, no symbolic link pointing outside the restored tree,
-   nothing written through a link.
-3. Each restored tree (a path recorded in the set, or a chosen part of one)
-   is unpacked into a hidden staging directory next to its target, on the same
-   file system, with modes, owners and times.
-4. The current target is renamed to a hidden *safety copy* and the staged tree
-   renamed into its place: two renames per tree.
+1. :func:`plan` finds where each restored tree goes (a path recorded in the
+   set, or a chosen part of one) and refuses, in one sentence, a target whose
+   way down passes through a link (one left by an earlier restore included).
+   A path that was a link when it was backed up is followed again only to
+   where the set recorded it led. Check mode runs the same plan.
+2. The host's restore journal records the restore before anything is made.
+3. The set is verified and unpacked in one pass into a private staging tree
+   beside each target (mode 0700 until the end). Every directory is opened
+   relative to its parent without following links; files are created with
+   ``O_EXCL | O_NOFOLLOW``; owners, modes and times are set through file
+   descriptors. Links are created last, after every other member and only
+   when the verification passed, so nothing is ever written through one.
+4. The journal records each swap before it happens; the current target is
+   renamed to a hidden *safety copy* and the staged tree renamed into its
+   place.
 
-:func:`rollback` puts the safety copies back; :func:`commit` deletes them once
-the restored application has been checked.
+:func:`commit` deletes the safety copies once the restored application was
+checked; :func:`rollback` puts them back. Both act only on what the journal
+recorded, and repeating either changes nothing. A restore killed half-way is
+finished or undone by the next run on the host (:func:`recover`).
 """
 
 from __future__ import annotations
@@ -25,13 +32,14 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+from . import safe_fs
 from .backup_set import (
     BackupError,
     NewerFormatError,
@@ -42,6 +50,7 @@ from .backup_set import (
     verify,
     write_all,
 )
+from .journal import Journal, JournalError, Record, SwapRecord, identity, open_parent
 from .tar_stream import Member
 
 Log = Callable[[str], None]
@@ -67,10 +76,28 @@ class Swap:
 class Restored:
     archive: str
     swaps: list[Swap]
+    restore_id: str = ""
     files: int = 0
     bytes: int = 0
     seconds: float = 0.0
     manifest: dict[str, object] = field(default_factory=dict)
+    recovered: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass
+class Unit:
+    """One tree to restore: ``path`` in the set goes to ``name`` in the directory ``parent``."""
+
+    path: str
+    kind: str  # dir, file or symlink (the set's entry for path; dir when it has none)
+    parent: str
+    name: str
+    via_link: str = ""  # a path that was a link when backed up, followed to parent/name
+    create: list[tuple[str, str]] = field(default_factory=list)  # directories to make on the way: (where, set path)
+
+    @property
+    def target(self) -> str:
+        return os.path.join(self.parent, self.name)
 
 
 def _no_log(_line: str) -> None:
@@ -89,27 +116,108 @@ def units_for(manifest: dict[str, object], only: Iterable[str] | None) -> list[s
     units = []
     for raw in only:
         path = posixpath.normpath(raw)
-        if not posixpath.isabs(path):
-            raise RestoreError(f"paths to restore must be absolute, got {raw!r}")
+        if not posixpath.isabs(path) or path == "/":
+            raise RestoreError(f"paths to restore must be absolute paths below /, got {raw!r}")
         if not any(_under(path, r) for r in recorded):
             raise RestoreError(f"{path} is not in this backup set (it holds {', '.join(recorded)})")
         units.append(path)
-    return sorted(set(units))
+    units = sorted(set(units))
+    return [u for u in units if not any(u != o and _under(u, o) for o in units)]
 
 
-def check_links(manifest: dict[str, object], units: list[str]) -> None:
-    """Refuse symbolic links that point outside the tree they are restored into."""
-    for entry in manifest.get("files", []):  # type: ignore[attr-defined]
-        if entry.get("type") != "symlink":
+def plan(manifest: dict[str, object], dest_root: str = "/", only: Iterable[str] | None = None) -> list[Unit]:
+    """Where each tree of the set (or of ``only``) goes under ``dest_root``; the same for check mode and a run.
+
+    Refuses in one sentence a target reached through a symbolic link below a path of the set, a recorded
+    link that now leads elsewhere, a component that is not a directory, and targets that overlap.
+    """
+    root = os.path.abspath(dest_root)
+    links = {str(link["path"]): str(link["target"]) for link in manifest.get("links", [])}  # type: ignore[attr-defined,index]
+    kinds = {"/" + str(f["path"]): str(f["type"]) for f in manifest.get("files", [])}  # type: ignore[attr-defined,index]
+    recorded = [str(p) for p in manifest.get("paths", [])]  # type: ignore[attr-defined]
+    units: list[Unit] = []
+    for path in units_for(manifest, only):
+        if not any(_under(k, path) for k in kinds):
+            raise RestoreError(f"nothing in this backup set lies under {path}")
+        top = next(r for r in recorded if _under(path, r))
+        units.append(_locate(path, top, kinds.get(path, "dir"), links, root))
+    targets = sorted(u.target for u in units)
+    for a, b in zip(targets, targets[1:]):
+        if _under(b, a):
+            raise RestoreError(f"two trees of this set would be restored into one another ({a} and {b})")
+    return units
+
+
+def _host(root: str, path: str) -> str:
+    return os.path.join(root, path.lstrip("/"))
+
+
+def _locate(path: str, top: str, kind: str, links: dict[str, str], root: str) -> Unit:
+    # Above the set's path is the host's own layout, resolved as usual; from it down, no link is followed.
+    parent = os.path.realpath(os.path.dirname(_host(root, top)))
+    name = os.path.basename(top)
+    here = os.path.join(parent, name)
+    via = ""
+    if os.path.islink(here):
+        if top in links:
+            want = os.path.realpath(_host(root, links[top]))
+            now = os.path.realpath(here)
+            if now != want:
+                raise RestoreError(
+                    f"{here} is a symbolic link to {now}, but the set was taken through it from {want}; "
+                    "point it back or restore with another dest_root"
+                )
+            parent, name = os.path.split(now)
+            via = here
+        elif path != top:
+            raise RestoreError(f"{here} is a symbolic link; refusing to restore {path} through it")
+    if path == top:
+        return Unit(path, kind, parent, name, via)
+    current, in_set = os.path.join(parent, name), top
+    create: list[tuple[str, str]] = [] if os.path.lexists(current) else [(current, in_set)]
+    parts = os.path.relpath(path, top).split("/")
+    for part in parts[:-1]:
+        current, in_set = os.path.join(current, part), os.path.join(in_set, part)
+        if create:
+            create.append((current, in_set))
             continue
-        path = "/" + str(entry["path"])
-        unit = next((u for u in units if _under(path, u)), None)
-        if unit is None:
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            create.append((current, in_set))
             continue
-        target = str(entry.get("target", ""))
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-        if posixpath.isabs(target) or not _under(resolved, unit):
-            raise RestoreError(f"the set holds a link {path} -> {target} that points outside {unit}; refusing it")
+        if stat.S_ISLNK(st.st_mode):
+            raise RestoreError(f"{current} is a symbolic link; refusing to restore {path} through it")
+        if not stat.S_ISDIR(st.st_mode):
+            raise RestoreError(f"{current} is not a directory; cannot restore {path} below it")
+    return Unit(path, kind, current, parts[-1], via, create)
+
+
+def _open_unit_parent(unit: Unit, modes: dict[str, tuple[int, int, int]]) -> int:
+    """Open (making what is missing) the directory ``unit`` goes into, below the set's path without links."""
+    host = os.path.dirname(unit.create[0][0]) if unit.create else unit.parent
+    if not os.path.isdir(host):
+        try:  # like mkdir -p: readable by the services that will use them
+            safe_fs.makedirs_private(host, mode=0o755)
+        except OSError as exc:
+            raise RestoreError(f"cannot create {host}: {exc.strerror}") from exc
+    fd = os.open(host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for full, in_set in unit.create:
+            name = os.path.basename(full)
+            mode, uid, gid = modes.get(in_set, (0o700, -1, -1))
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=fd)
+            child = safe_fs.open_dir(name, fd)
+            os.close(fd)
+            fd = child
+            if uid >= 0 and os.geteuid() == 0:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def restore(
@@ -119,6 +227,7 @@ def restore(
     only: Iterable[str] | None = None,
     log: Log = _no_log,
     stamp: str | None = None,
+    state_dir: str | None = None,
 ) -> Restored:
     """Verify ``archive`` and put its trees (or the ``only`` parts) in place under ``dest_root``.
 
@@ -128,69 +237,132 @@ def restore(
     """
     started = time.monotonic()
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    root = os.path.abspath(dest_root)
+    try:
+        with Journal(state_dir) as journal:
+            recovered = recover(journal, log)
+            return _restore(journal, archive, dest_root, only, log, stamp, started, recovered)
+    except JournalError as exc:
+        raise RestoreError(str(exc)) from exc
+
+
+def _restore(
+    journal: Journal,
+    archive: str,
+    dest_root: str,
+    only: Iterable[str] | None,
+    log: Log,
+    stamp: str,
+    started: float,
+    recovered: list[dict[str, object]],
+) -> Restored:
     try:
         manifest: dict[str, object] | None = read_manifest(Sidecars.of(archive).manifest)
     except NewerFormatError as exc:
         raise RestoreError(str(exc)) from exc
     except BackupError:
         manifest = None
-    result = Restored(archive, [])
+    verified_now = False
+    if manifest is None:  # a first pass learns what the set holds (and verifies it)
+        manifest = _verify(archive, log, None, verified_now).manifest or {}
+        verified_now = True
+    units = plan(manifest, dest_root, only)
+    recovered += supersede(journal, [u.target for u in units], log)
+    modes = {
+        "/" + str(f["path"]): (int(str(f["mode"]), 8), int(f["uid"]), int(f["gid"]))
+        for f in manifest["files"]  # type: ignore[attr-defined]
+        if f.get("type") == "dir"
+    }
+    record = journal.new(
+        archive, [SwapRecord(u.parent, u.name, f".{u.name}.selfhost-dr-restore-{stamp}") for u in units]
+    )
+    result = Restored(archive, [], record.id, recovered=recovered)
+    fds: list[int] = []
     unpacker: _Unpacker | None = None
     try:
-        verified_now = False
-        if manifest is None:  # a first pass learns what the set holds (and verifies it)
-            manifest = _verify(archive, log, None, verified_now).manifest or {}
-            verified_now = True
-        units, expected = _plan(manifest, only)
-        unpacker = _Unpacker(units, {u: _staging(root, u, stamp) for u in units})
+        for unit in units:
+            fds.append(_open_unit_parent(unit, modes))
+        for unit, swap, fd in zip(units, record.swaps, fds):
+            swap.staged_id = _make_staging(unit.kind, swap.staging, fd)
+        journal.save(record)
+        unpacker = _Unpacker(units, fds, [s.staging for s in record.swaps])
+        expected = {
+            "/" + str(e["path"])
+            for e in manifest["files"]  # type: ignore[attr-defined]
+            if any(_under("/" + str(e["path"]), u.path) for u in units)
+        }
         log(f"restore: verifying {os.path.basename(archive)} and unpacking it beside the targets")
         manifest = _verify(archive, log, unpacker, verified_now).manifest or manifest
         result.manifest = manifest
         missing = sorted(expected - unpacker.written)
         if missing:
             raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
-        unpacker.apply_directory_metadata()
+        unpacker.finish()
         os.sync()
-        for unit in units:
-            target = os.path.join(root, unit.lstrip("/"))
-            safety = ""
-            if os.path.lexists(target):
-                safety = _sibling(target, f"safety-{stamp}")
-                os.rename(target, safety)
-            result.swaps.append(Swap(target, safety))
-            os.rename(unpacker.staging[unit], target)
+        record.state = "swapping"
+        journal.save(record)
+        for swap, fd in zip(record.swaps, fds):
+            previous = identity(fd, swap.name)
+            if previous:
+                swap.safety = f".{swap.name}.selfhost-dr-safety-{stamp}"
+                swap.previous_id = previous
+                journal.save(record)  # what is about to move, before it moves
+                os.rename(swap.name, swap.safety, src_dir_fd=fd, dst_dir_fd=fd)
+            os.rename(swap.staging, swap.name, src_dir_fd=fd, dst_dir_fd=fd)
+            swap.swapped = True
+            journal.save(record)
+            result.swaps.append(Swap(swap.target, swap.safety_path))
+        record.state = "swapped"
+        journal.save(record)
         result.files, result.bytes = unpacker.files, unpacker.bytes
     except BaseException as exc:
-        rollback(result.swaps)
         if unpacker is not None:
             unpacker.close()
-            for path in unpacker.staging.values():
-                _remove(path)
-        if isinstance(exc, (RestoreError, KeyboardInterrupt)):
+        reason = _sentence(exc)
+        try:
+            _undo(record)
+            record.state = "aborted" if record.state == "staging" else "rolled_back"
+        except (JournalError, OSError) as undo_exc:
+            reason += f"; putting things back failed too: {_sentence(undo_exc)}"
+        record.reason = reason
+        with contextlib.suppress(OSError):
+            journal.save(record)
+        if isinstance(exc, KeyboardInterrupt):
             raise
-        if isinstance(exc, BackupError):
-            raise RestoreError(str(exc)) from exc
-        if isinstance(exc, OSError):
-            raise RestoreError(f"could not restore {exc.filename or ''}: {exc.strerror}".replace(" :", ":")) from exc
-        raise
+        raise RestoreError(reason) from exc
+    finally:
+        for fd in fds:
+            os.close(fd)
     result.seconds = round(time.monotonic() - started, 3)
-    log(f"restore: {result.files} files, {result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s")
+    log(f"restore: {result.files} files, {result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s (id {record.id})")
     return result
 
 
-def _plan(manifest: dict[str, object], only: Iterable[str] | None) -> tuple[list[str], set[str]]:
-    """The trees to restore and every member path expected under them."""
-    units = units_for(manifest, only)
-    check_links(manifest, units)
-    expected = {
-        "/" + str(e["path"])
-        for e in manifest["files"]  # type: ignore[attr-defined]
-        if any(_under("/" + str(e["path"]), u) for u in units)
-    }
-    if not expected:
-        raise RestoreError("nothing in this backup set lies under the chosen paths")
-    return units, expected
+def _sentence(exc: BaseException) -> str:
+    if isinstance(exc, (RestoreError, BackupError, JournalError)):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" {exc.filename}" if exc.filename else ""
+        return f"could not restore{where}: {exc.strerror or exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _make_staging(kind: str, name: str, parent_fd: int) -> list[int]:
+    """Create the private staging place of one tree (a directory, or an empty file); return its identity."""
+    if kind == "symlink":
+        return []  # made at the end, when the links are made
+    try:
+        if kind == "file":
+            fd = os.open(
+                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent_fd
+            )
+            os.close(fd)
+        else:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+    except FileExistsError as exc:
+        raise RestoreError(f"{name} already exists beside the target; it was not made by this restore") from exc
+    return identity(parent_fd, name)
 
 
 def _verify(archive: str, log: Log, unpacker: _Unpacker | None, verified_now: bool) -> Verification:
@@ -205,69 +377,78 @@ def _verify(archive: str, log: Log, unpacker: _Unpacker | None, verified_now: bo
     return checked
 
 
-def _staging(root: str, unit: str, stamp: str) -> str:
-    target = os.path.join(root, unit.lstrip("/"))
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    return _sibling(target, f"restore-{stamp}")
-
-
-def _sibling(target: str, what: str) -> str:
-    return os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.selfhost-dr-{what}")
-
-
 class _Unpacker:
-    """Writes the members under the restored trees into their staging directories, refusing what is unsafe."""
+    """Writes the members under the restored trees into their staging places, never through a link.
 
-    def __init__(self, units: list[str], staging: dict[str, str]) -> None:
+    Directories are opened one level at a time relative to the level above (``O_NOFOLLOW``), kept open along
+    the current path; files are created with ``O_EXCL | O_NOFOLLOW`` and given their owner, mode and times
+    through their descriptor. Links wait for :meth:`finish`, which runs only after the verification passed.
+    """
+
+    def __init__(self, units: list[Unit], parent_fds: list[int], stagings: list[str]) -> None:
         self.units = units
-        self.staging = staging
+        self._parents = parent_fds
+        self._stagings = stagings
         self.written: set[str] = set()
         self.files = 0
         self.bytes = 0
-        self._links: set[str] = set()
-        self._dirs: list[tuple[str, Member]] = []
-        self._fd = -1
         self.current_path = ""
-        self._made: set[str] = set()
+        self._links: list[tuple[int, tuple[str, ...], Member]] = []
+        self._dirs: list[tuple[int, tuple[str, ...], Member]] = []
+        self._stack: list[tuple[int, tuple[str, ...], int]] = []
+        self._fd = -1
         self._flushed = 0
         self._flusher: threading.Thread | None = None
         self._root = os.geteuid() == 0
 
+    def _dir(self, unit: int, rel: tuple[str, ...], create: bool = True) -> int:
+        """The staging directory ``rel`` of ``unit`` (``()``: the staging root), made when missing."""
+        while self._stack and not (self._stack[-1][0] == unit and rel[: len(self._stack[-1][1])] == self._stack[-1][1]):
+            os.close(self._stack.pop()[2])
+        if not self._stack:
+            self._stack.append((unit, (), safe_fs.open_dir(self._stagings[unit], self._parents[unit])))
+        while len(self._stack[-1][1]) < len(rel):
+            top = self._stack[-1]
+            sub = rel[: len(top[1]) + 1]
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(sub[-1], 0o700, dir_fd=top[2])
+            self._stack.append((unit, sub, safe_fs.open_dir(sub[-1], top[2])))
+        return self._stack[-1][2]
+
     def begin(self, member: Member) -> Callable[[memoryview], None] | None:
         path = "/" + member.name
-        unit = next((u for u in self.units if _under(path, u)), None)
-        if unit is None:
+        index = next((n for n, u in enumerate(self.units) if _under(path, u.path)), -1)
+        if index < 0:
             return None
-        if member.kind not in ("file", "dir", "symlink") or ".." in member.name.split("/"):
-            raise RestoreError(f"member {member.name!r} is not a file, directory or link; refusing it")
-        rel = os.path.relpath(path, unit) if path != unit else ""
-        parts = rel.split("/") if rel else []
-        for n in range(1, len(parts)):
-            if unit + "/" + "/".join(parts[:n]) in self._links:
-                raise RestoreError(f"member {member.name!r} would be written through a link; refusing it")
-        dest = os.path.join(self.staging[unit], rel) if rel else self.staging[unit]
+        unit = self.units[index]
+        rel = tuple(os.path.relpath(path, unit.path).split("/")) if path != unit.path else ()
+        self.written.add(path)
+        if member.kind == "symlink":
+            self._links.append((index, rel, member))
+            return None
         try:
-            parent = os.path.dirname(dest)
-            if parts and parent not in self._made:
-                os.makedirs(parent, mode=0o700, exist_ok=True)
-                self._made.add(parent)
-            self.written.add(path)
             if member.kind == "dir":
-                if dest not in self._made:
-                    os.makedirs(dest, mode=0o700, exist_ok=True)
-                    self._made.add(dest)
-                self._dirs.append((dest, member))
+                if unit.kind != "dir":
+                    raise RestoreError(f"member {member.name!r} is a directory, but the set lists it as a {unit.kind}")
+                self._dir(index, rel)
+                self._dirs.append((index, rel, member))
                 return None
-            if member.kind == "symlink":
-                os.symlink(member.linkname, dest)
-                self._links.add(path)
-                if self._root:
-                    os.lchown(dest, member.uid, member.gid)
-                return None
-            self._fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            if not rel:
+                if unit.kind != "file":
+                    raise RestoreError(f"member {member.name!r} is a file, but the set lists it as a {unit.kind}")
+                self._fd = os.open(
+                    self._stagings[index], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._parents[index]
+                )
+                self.current_path = os.path.join(unit.parent, self._stagings[index])
+            else:
+                parent = self._dir(index, rel[:-1])
+                self._fd = os.open(
+                    rel[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent
+                )
+                self.current_path = os.path.join(unit.parent, self._stagings[index], *rel)
         except OSError as exc:
-            raise RestoreError(f"could not write {dest}: {exc.strerror}") from exc
-        self.current_path = dest
+            raise RestoreError(f"could not unpack {member.name}: {exc.strerror}") from exc
         return self._write
 
     def _write(self, chunk: memoryview) -> None:
@@ -288,46 +469,209 @@ class _Unpacker:
         try:
             if self._root:
                 os.fchown(self._fd, member.uid, member.gid)
-            os.fchmod(self._fd, member.mode & 0o7777)
+            os.fchmod(self._fd, member.mode & 0o7777)  # after chown, which clears setuid and setgid
+            os.utime(self._fd, ns=(int(member.mtime * 1e9),) * 2)
         finally:
             os.close(self._fd)
             self._fd = -1
-        os.utime(self.current_path, (member.mtime, member.mtime))
         self.files += 1
+
+    def finish(self) -> None:
+        """Make the links, then give every directory its owner, mode and times, deepest first."""
+        for index, rel, member in self._links:
+            if rel:
+                parent, name = self._dir(index, rel[:-1]), rel[-1]
+            else:
+                parent, name = self._parents[index], self._stagings[index]
+            os.symlink(member.linkname, name, dir_fd=parent)
+            if self._root:
+                os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+            os.utime(name, ns=(int(member.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
+        for index, rel, member in sorted(self._dirs, key=lambda d: (d[0], len(d[1])), reverse=True):
+            fd = self._dir(index, rel, create=False)
+            if self._root:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode & 0o7777)
+            os.utime(fd, ns=(int(member.mtime * 1e9),) * 2)
+        self.close()
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def apply_directory_metadata(self) -> None:
-        # Deepest first: a directory's mode may forbid writing, and writing into it changes its times.
-        for dest, member in sorted(self._dirs, key=lambda d: d[0].count("/"), reverse=True):
-            if self._root:
-                os.chown(dest, member.uid, member.gid)
-            os.chmod(dest, member.mode & 0o7777)
-            os.utime(dest, (member.mtime, member.mtime))
+        while self._stack:
+            os.close(self._stack.pop()[2])
 
 
-def rollback(swaps: Iterable[Swap]) -> None:
-    """Put the safety copies back (the restored trees are removed)."""
-    for swap in reversed(list(swaps)):
-        if os.path.lexists(swap.target):
-            _remove(swap.target)
-        if swap.safety and os.path.lexists(swap.safety):
-            os.rename(swap.safety, swap.target)
+# -- the journal's operations ------------------------------------------------------------------------------------
 
 
-def commit(swaps: Iterable[Swap]) -> None:
-    """Delete the safety copies: the restore stays."""
-    for swap in swaps:
-        if swap.safety:
-            _remove(swap.safety)
+def _undo(record: Record) -> None:
+    """Put back what ``record`` changed: staged trees removed, safety copies renamed back; never touches anything
+    the restore did not make (checked by device and inode)."""
+    for swap in reversed(record.swaps):
+        try:
+            fd = open_parent(swap.parent)
+        except JournalError:
+            if not (swap.swapped or swap.safety):
+                continue  # nothing was made there
+            raise
+        try:
+            _undo_one(record, swap, fd)
+        finally:
+            os.close(fd)
 
 
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
+def _undo_one(record: Record, swap: SwapRecord, fd: int) -> None:
+    current = identity(fd, swap.name)
+    if current and swap.staged_id and current == swap.staged_id:
+        aside = f".{swap.name}.selfhost-dr-undone-{record.id}"
+        os.rename(swap.name, aside, src_dir_fd=fd, dst_dir_fd=fd)
+        safe_fs.remove_tree(aside, fd)
+        current = []
+    elif current and swap.swapped and current != swap.previous_id:
+        raise JournalError(
+            f"{swap.target} changed since restore {record.id} (it is neither the restored tree nor what was there "
+            "before); it was left as it is"
+        )
+    if swap.safety:
+        saved = identity(fd, swap.safety)
+        if saved and saved == swap.previous_id:
+            if current:
+                raise JournalError(f"{swap.target} exists again; the safety copy {swap.safety_path} was left beside it")
+            os.rename(swap.safety, swap.name, src_dir_fd=fd, dst_dir_fd=fd)
+        elif saved:
+            raise JournalError(f"{swap.safety_path} is not the safety copy restore {record.id} made; it was left alone")
+    staged = identity(fd, swap.staging)
+    if staged and (staged == swap.staged_id or _made_here(fd, swap.staging)):
+        safe_fs.remove_tree(swap.staging, fd)
+
+
+def _made_here(fd: int, name: str) -> bool:
+    """A staging place whose identity was not recorded yet (killed right after making it): ours when root owns it."""
+    try:
+        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return st.st_uid == os.geteuid() and (stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) == 0o700)
+
+
+def recover(journal: Journal, log: Log = _no_log) -> list[dict[str, object]]:
+    """Finish what killed runs left: a restore still unpacking is cleaned up, one killed while swapping is
+    undone. Restores that finished but were never committed or rolled back are left (see :func:`supersede`)."""
+    done = []
+    for record in journal.pending():
+        if record.state == "swapped":
+            continue
+        was = record.state
+        _undo(record)
+        record.state = "aborted" if was == "staging" else "rolled_back"
+        record.reason = f"interrupted while {'unpacking' if was == 'staging' else 'swapping'}; undone by the next run"
+        journal.save(record)
+        log(f"restore {record.id} of {record.archive} was interrupted while {was}; undone")
+        done.append(record.summary())
+    return done
+
+
+def recover_interrupted(state_dir: str | None = None, log: Log = _no_log) -> list[dict[str, object]]:
+    """:func:`recover`, from an operation that is not a restore (a backup): only when no restore runs now, and
+    only when the host has a journal."""
+    journal = Journal(state_dir, lock_timeout=0)
+    if not os.path.isdir(journal.dir):
+        return []
+    try:
+        with journal:
+            return recover(journal, log)
+    except JournalError as exc:
+        log(f"interrupted restores were not looked at: {exc}")
+        return []
+
+
+def supersede(journal: Journal, targets: list[str], log: Log = _no_log) -> list[dict[str, object]]:
+    """Roll back the restores that finished but were never committed or rolled back (the controller died) and
+    that restored one of ``targets``: the new restore starts from the state before them, which becomes its
+    safety copy."""
+    done = []
+    for record in journal.pending():
+        if record.state != "swapped":
+            continue
+        if not any(_under(s.target, t) or _under(t, s.target) for s in record.swaps for t in targets):
+            continue
+        _undo(record)
+        record.state = "rolled_back"
+        record.reason = "never committed; rolled back before a new restore of the same place"
+        journal.save(record)
+        log(f"restore {record.id} was never committed; rolled back before restoring the same place again")
+        done.append(record.summary())
+    return done
+
+
+def commit(restore_id: str, state_dir: str | None = None, check: bool = False) -> bool:
+    """Delete the safety copies of restore ``restore_id``; True when something was deleted, False when it was
+    committed already. Refuses a restore that was rolled back, or did not finish. ``check``: only say."""
+    with Journal(state_dir) as journal:
+        record = journal.load(restore_id)
+        if not check:
+            recover(journal)
+            record = journal.load(restore_id)
+        if record.state == "committed":
+            return False
+        if record.state != "swapped":
+            raise JournalError(f"restore {restore_id} was {_said(record.state)}; there is nothing to commit")
+        if check:
+            return True
+        for swap in record.swaps:
+            if not swap.safety:
+                continue
+            fd = open_parent(swap.parent)
+            try:
+                saved = identity(fd, swap.safety)
+                if saved and saved != swap.previous_id:
+                    raise JournalError(
+                        f"{swap.safety_path} is not the safety copy restore {restore_id} made; it was left alone"
+                    )
+                if saved:
+                    safe_fs.remove_tree(swap.safety, fd)
+            finally:
+                os.close(fd)
+        record.state = "committed"
+        journal.save(record)
+        return True
+
+
+def rollback(restore_id: str, state_dir: str | None = None, check: bool = False) -> bool:
+    """Put back what restore ``restore_id`` replaced; True when it did, False when it was rolled back already.
+    Refuses a restore that was committed (its safety copies are gone). ``check``: only say."""
+    with Journal(state_dir) as journal:
+        record = journal.load(restore_id)
+        if not check:
+            recover(journal)
+            record = journal.load(restore_id)
+        if record.state in ("rolled_back", "aborted"):
+            return False
+        if record.state == "committed":
+            raise JournalError(
+                f"restore {restore_id} was committed; its safety copies are gone and it cannot be rolled back"
+            )
+        if check:
+            return True
+        _undo(record)
+        record.state = "rolled_back"
+        record.reason = "rolled back"
+        journal.save(record)
+        return True
+
+
+def _said(state: str) -> str:
+    return {"staging": "interrupted while unpacking", "swapping": "interrupted while swapping"}.get(
+        state, state.replace("_", " ")
+    )
+
+
+def pending(state_dir: str | None = None) -> list[dict[str, object]]:
+    """Restores of this host that wait for a commit or a roll back, or were interrupted."""
+    journal = Journal(state_dir)
+    try:
+        return [r.summary() for r in journal.pending()]
+    except OSError:
+        return []

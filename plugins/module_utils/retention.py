@@ -16,6 +16,13 @@ restic's ``forget``:
 
 A set survives if any rule keeps it. The newest verified set of each group is
 never deleted, whatever the rules say. A set whose time is unknown is kept.
+
+A set dated more than ``Policy.future_tolerance`` (1 hour by default) after
+``now`` is kept with the reason ``FUTURE`` and left out of every rule: it is
+never "the newest" that ``within`` measures from, never fills a ``last`` or
+calendar slot, and is never the newest verified set. One such set (a clock that
+was wrong when it was written) would otherwise push every real set out of
+``keep_within`` and the calendar buckets.
 """
 
 from __future__ import annotations
@@ -26,6 +33,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 
 _DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?$")
+
+
+FUTURE = "dated in the future (clock skew?)"
 
 
 class RetentionError(Exception):
@@ -87,11 +97,15 @@ class Policy:
     yearly: int = 0
     keep_all: bool = False
     tz: tzinfo = timezone.utc
+    # How far after ``now`` a set may be dated and still count (clocks drift); later sets are kept apart.
+    future_tolerance: timedelta = timedelta(hours=1)
 
     def __post_init__(self) -> None:
         for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
             if getattr(self, name) < 0:
                 raise RetentionError(f"keep_{name} must be 0 or more, got {getattr(self, name)}")
+        if self.future_tolerance < timedelta(0):
+            raise RetentionError(f"the future tolerance must be 0 or more, got {self.future_tolerance}")
 
     @property
     def empty(self) -> bool:
@@ -126,23 +140,39 @@ _BUCKETS: dict[str, Callable[[datetime], tuple[int, ...]]] = {
 }
 
 
-def plan(items: Iterable[Item], policy: Policy) -> list[Decision]:
-    """A decision for every item, newest first within each group; groups are independent."""
+def plan(items: Iterable[Item], policy: Policy, now: datetime | None = None) -> list[Decision]:
+    """A decision for every item, newest first within each group; groups are independent.
+
+    ``now`` (an aware datetime; the current UTC time by default) only decides which items are dated in the
+    future: those later than ``now + policy.future_tolerance`` are kept as ``FUTURE`` and counted by no rule.
+    """
     if policy.empty:
         raise RetentionError("no retention rule is set; set keep_last, keep_within, keep_daily, ... or keep_all")
+    if now is None:
+        now = datetime.now(timezone.utc)
+    elif now.tzinfo is None or now.utcoffset() is None:
+        raise RetentionError(f"now must carry a time zone, got {now.isoformat()}")
+    horizon = now + policy.future_tolerance
     groups: dict[tuple[str, ...], list[Item]] = {}
     for item in items:
         groups.setdefault(item.group, []).append(item)
     decisions: list[Decision] = []
     for group in sorted(groups):
-        decisions.extend(_plan_group(groups[group], policy))
+        decisions.extend(_plan_group(groups[group], policy, horizon))
     return decisions
 
 
-def _plan_group(items: list[Item], policy: Policy) -> list[Decision]:
+def _plan_group(items: list[Item], policy: Policy, horizon: datetime) -> list[Decision]:
     timed = sorted((i for i in items if i.time is not None), key=lambda i: (i.time, i.name), reverse=True)
     untimed = [Decision(i, ["time unknown"]) for i in items if i.time is None]
-    decisions = [Decision(i) for i in timed]
+    # A naive time is local time, as astimezone() reads it below; compared in UTC so naive and aware mix.
+    future: list[Decision] = []
+    decisions: list[Decision] = []
+    for i in timed:
+        if _utc(i) > horizon:
+            future.append(Decision(i, [FUTURE]))
+        else:
+            decisions.append(Decision(i))
     if policy.keep_all:
         for d in decisions:
             d.reasons.append("keep_all")
@@ -173,4 +203,9 @@ def _plan_group(items: list[Item], policy: Policy) -> list[Decision]:
     newest_verified = next((d for d in decisions if d.item.verified), None)
     if newest_verified is not None and not newest_verified.keep:
         newest_verified.reasons.append("newest verified set")
-    return decisions + untimed
+    return future + decisions + untimed
+
+
+def _utc(item: Item) -> datetime:
+    assert item.time is not None  # noqa: S101 - timed items only
+    return item.time.astimezone(timezone.utc)

@@ -34,6 +34,17 @@ class SnapshotError(Exception):
     """A failure with one sentence that says what went wrong."""
 
 
+class NotADatabaseError(SnapshotError):
+    """The file starts like a SQLite database, but SQLite cannot read it as one (not a database, or damaged)."""
+
+
+class ReplacedError(SnapshotError):
+    """The file SQLite opened is not the one the caller checked (it was replaced, by a link or another file)."""
+
+
+Identity = tuple[int, int]  # (st_dev, st_ino) of the file a caller checked
+
+
 def is_sqlite(path: str) -> bool:
     """True when ``path`` is a SQLite database by its header (not by its name)."""
     try:
@@ -99,12 +110,46 @@ def check_source(source: str) -> None:
         raise SnapshotError(f"{source} is not a SQLite database (its header is not 'SQLite format 3')")
 
 
-def _open_source(source: str, lock_timeout: float) -> sqlite3.Connection:
+def _fds_of(identity: Identity) -> set[int]:
+    """This process's open descriptors of the file ``identity`` (device, inode)."""
+    try:
+        numbers = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return set()
+    found = set()
+    for fd in numbers:
+        with contextlib.suppress(OSError):
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == identity:
+                found.add(fd)
+    return found
+
+
+def _open_source(source: str, lock_timeout: float, expect: Identity | None = None) -> tuple[sqlite3.Connection, str]:
+    """A connection to ``source`` and its journal mode (from the header).
+
+    With ``expect``, the file SQLite opened must be that file (device, inode): SQLite opens by name and
+    follows links, so the descriptor it holds is found among those it opened and compared, and the header
+    is read from that descriptor. Otherwise ``ReplacedError``.
+    """
     # The connection's timeout is SQLite's busy timeout for each statement. Reading
     # through mmap saves a copy per page; it changes nothing on disk.
+    before = _fds_of(expect) if expect is not None else set()
     conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None)
-    conn.execute("PRAGMA mmap_size = 1073741824")
-    return conn
+    try:
+        conn.execute("PRAGMA mmap_size = 1073741824")
+        if expect is None:
+            return conn, journal_mode_of_file(source)
+        opened = sorted(_fds_of(expect) - before)
+        if not opened:
+            raise ReplacedError(f"{source} was replaced while it was being backed up; it was not read")
+        header = os.pread(opened[0], 20, 0)
+        if len(header) < 20 or not header.startswith(SQLITE_HEADER):
+            raise NotADatabaseError(f"{source} is not a SQLite database")
+        return conn, "wal" if header[18] == 2 and header[19] == 2 else "rollback"
+    except BaseException:
+        conn.close()
+        raise
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
@@ -145,6 +190,7 @@ def snapshot(
     clock: Callable[[], float] = time.monotonic,
     durable: bool = True,
     digest: bool = True,
+    expect: Identity | None = None,
 ) -> Snapshot:
     """Copy the live database ``source`` to ``dest`` consistently; return what was made.
 
@@ -153,7 +199,9 @@ def snapshot(
     file at ``dest``. ``lock_timeout`` bounds how long a writer holding an
     exclusive lock (rollback journal mode) may keep the copy waiting.
     ``durable=False`` skips the fsyncs and ``digest=False`` the sha256, for a
-    temporary copy that a caller streams (and hashes) right away.
+    temporary copy that a caller streams (and hashes) right away. ``expect``
+    (device, inode) is the file the caller checked: the copy is refused with
+    ``ReplacedError`` when SQLite opened another one.
     """
     if method not in ("backup", "vacuum"):
         raise SnapshotError(f"method must be 'backup' or 'vacuum', got {method!r}")
@@ -162,11 +210,12 @@ def snapshot(
     tmp = dest + ".tmp-snapshot"
     for leftover in (tmp, tmp + "-journal", tmp + "-wal", tmp + "-shm"):
         _remove(leftover)
-    check_source(source)
-    # From the header: asking the connection would need a lock a writer may hold.
-    source_mode = journal_mode_of_file(source)
+    if expect is None:
+        check_source(source)
     try:
-        with contextlib.closing(_open_source(source, lock_timeout)) as src:
+        # From the header: asking the connection would need a lock a writer may hold.
+        src, source_mode = _open_source(source, lock_timeout, expect)
+        with contextlib.closing(src):
             attempts = _retry_while_busy(
                 lambda: _copy(src, tmp, method, deadline, clock), lambda: _remove(tmp), deadline, clock
             )
@@ -221,15 +270,26 @@ def _backup_one_step(
 
 
 def snapshot_connection(
-    source: str, lock_timeout: float = 30.0, clock: Callable[[], float] = time.monotonic
+    source: str,
+    lock_timeout: float = 30.0,
+    clock: Callable[[], float] = time.monotonic,
+    expect: Identity | None = None,
 ) -> tuple[sqlite3.Connection, int]:
     """Copy the live database ``source`` into an in-memory database; return the connection and the attempts it took.
 
     The same one-step online backup as :func:`snapshot`: one point in time of
     the source, however busy its writers are. The caller closes the connection.
     """
+    conn, _attempts, _mode = _snapshot_to_memory(source, lock_timeout, clock, expect)
+    return conn, _attempts
+
+
+def _snapshot_to_memory(
+    source: str, lock_timeout: float, clock: Callable[[], float], expect: Identity | None
+) -> tuple[sqlite3.Connection, int, str]:
     deadline = clock() + lock_timeout
-    check_source(source)
+    if expect is None:
+        check_source(source)
     dst = sqlite3.connect(":memory:", isolation_level=None)
 
     def fresh_copy() -> None:
@@ -238,14 +298,15 @@ def snapshot_connection(
         dst = sqlite3.connect(":memory:", isolation_level=None)
 
     try:
-        with contextlib.closing(_open_source(source, lock_timeout)) as src:
+        src, mode = _open_source(source, lock_timeout, expect)
+        with contextlib.closing(src):
             attempts = _retry_while_busy(
                 lambda: _backup_one_step(src, dst, deadline, clock), fresh_copy, deadline, clock
             )
     except BaseException as exc:
         dst.close()
         raise _translate(exc, source, "memory", lock_timeout) from exc
-    return dst, attempts
+    return dst, attempts, mode
 
 
 def snapshot_bytes(
@@ -254,6 +315,7 @@ def snapshot_bytes(
     check_integrity: bool = True,
     clock: Callable[[], float] = time.monotonic,
     digest: bool = True,
+    expect: Identity | None = None,
 ) -> tuple[bytes, Snapshot]:
     """Copy the live database ``source`` into memory consistently; return its bytes and what was made.
 
@@ -264,9 +326,7 @@ def snapshot_bytes(
     ``digest=False`` leaves ``sha256`` empty for a caller that hashes the bytes as it writes them.
     """
     started = clock()
-    check_source(source)
-    source_mode = journal_mode_of_file(source)
-    dst, attempts = snapshot_connection(source, lock_timeout, clock)
+    dst, attempts, source_mode = _snapshot_to_memory(source, lock_timeout, clock, expect)
     try:
         with contextlib.closing(dst):
             integrity = integrity_of(dst) if check_integrity else "not checked"
@@ -304,13 +364,25 @@ def integrity_of(conn: sqlite3.Connection) -> str:
 
 def _translate(exc: BaseException, source: str, dest: str, lock_timeout: float) -> BaseException:
     """One sentence for every way a copy fails; other exceptions pass unchanged."""
+    if isinstance(exc, SnapshotError):
+        return exc
     if isinstance(exc, _LockTimeoutError):
         return SnapshotError(f"database {source} stayed locked by another process for longer than {lock_timeout:g} s")
+    if isinstance(exc, sqlite3.DatabaseError) and _not_a_database(exc):
+        return NotADatabaseError(f"SQLite cannot read {source} as a database: {exc}")
     if isinstance(exc, sqlite3.DatabaseError):
         return SnapshotError(f"could not copy database {source}: {exc}")
     if isinstance(exc, OSError):
         return SnapshotError(f"could not write the copy of {source} to {dest}: {exc.strerror}")
     return exc
+
+
+def _not_a_database(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text
 
 
 def _finish(tmp: str, wal: bool, check_integrity: bool) -> tuple[int, int, str]:

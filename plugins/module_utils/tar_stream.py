@@ -20,6 +20,10 @@ from typing import BinaryIO
 BLOCK = tarfile.BLOCKSIZE
 _CHUNK = 1024 * 1024
 _ZERO = bytes(BLOCK)
+# Extended headers and long names are read into memory: bounded, so a hostile archive cannot make this process
+# allocate what its header claims. A path or link target is at most 4 KiB on Linux.
+MAX_EXTENDED = 1024 * 1024
+_MAX_ID = 2**32 - 1
 
 
 class TarStreamError(Exception):
@@ -105,6 +109,9 @@ class TarReader:
             except tarfile.HeaderError as exc:
                 raise TarStreamError(f"a tar header at byte {self.offset - BLOCK} is damaged ({exc})") from exc
             padded = info.size + (-info.size % BLOCK)
+            extended = (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+            if info.type in extended and info.size > MAX_EXTENDED:
+                raise TarStreamError(f"an extended tar header at byte {self.offset - BLOCK} is larger than 1 MiB")
             if info.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
                 pax.update(_pax_records(self._read_exact(padded)[: info.size]))
                 continue
@@ -123,10 +130,10 @@ class TarReader:
                 name=name.rstrip("/") if info.type == tarfile.DIRTYPE else name,
                 type=info.type,
                 mode=info.mode,
-                uid=int(pax.get("uid", info.uid)),
-                gid=int(pax.get("gid", info.gid)),
-                mtime=float(pax.get("mtime", info.mtime)),
-                size=int(pax.get("size", info.size)),
+                uid=_number(pax.get("uid", info.uid), int, _MAX_ID),
+                gid=_number(pax.get("gid", info.gid), int, _MAX_ID),
+                mtime=_number(pax.get("mtime", info.mtime), float, 2.0**62 / 1e9, low=-(2.0**62) / 1e9),
+                size=_number(pax.get("size", info.size), int, 2**62),
                 linkname=pax.get("linkpath") or long_link or info.linkname,
             )
             pax, long_name, long_link = {}, "", ""
@@ -141,6 +148,17 @@ class TarReader:
             self._left = member.size if has_data else 0
             self._pad = -self._left % BLOCK
             yield member
+
+
+def _number(value: object, kind: type, top: float, low: float = 0) -> int | float:
+    """A header's number, checked: a finite value from ``low`` to ``top``, else the header is damaged."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TarStreamError("a tar header holds a number that is not one") from exc
+    if not low <= number <= top:  # NaN fails this too
+        raise TarStreamError("a tar header holds a number out of range")
+    return number  # type: ignore[no-any-return]
 
 
 def _pax_records(data: bytes) -> dict[str, str]:

@@ -34,6 +34,13 @@ backup's rows and updates matching ones, ``skip_duplicates`` only adds rows
 without a match, ``replace`` makes the category's rows the backup's (matching
 rows are updated in place, keeping their ids so that rows elsewhere that
 refer to them stay valid; rows the backup lacks are removed).
+
+Every document is hostile input until checked. It is read with a bound
+(``MAX_DOCUMENT_SIZE``), never through a symbolic link and never from a FIFO
+or device; its JSON is refused when it holds NaN or Infinity, a key twice in
+one object, numbers too long to store or nesting too deep to parse; and every
+category, row and value is checked for its type before any database is
+opened. Whatever is wrong, the caller gets one TomoError with one sentence.
 """
 
 from __future__ import annotations
@@ -42,15 +49,18 @@ import base64
 import contextlib
 import datetime
 import json
+import math
 import os
 import re
 import sqlite3
+import stat
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import safe_fs
 from .backup_set import write_all
 from .sqlite_snapshot import SnapshotError, fsync_dir, snapshot, snapshot_connection
 
@@ -79,6 +89,16 @@ NAME_FORMAT = "tomo-backup-%Y-%m-%dT%H-%M-%S.json"
 NAME_PATTERN = re.compile(r"^tomo-backup-\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}\.json$")
 # Databases above this are copied to a temporary file rather than into memory.
 MEMORY_LIMIT = 256 * 1024 * 1024
+# The largest document read (and written): 16 MiB. A document is parsed whole, and a hostile one
+# of the worst shape (``[{},{},...]``) takes about 25 times its size in memory to parse, so 16 MiB
+# keeps the parse under ~400 MiB on a small server. A real document is far below it: the one of a
+# Tomo with 3 servers, 3 applications and 3 users is 7 KiB, about 350 bytes a row, so 16 MiB is
+# some 45,000 rows. An export that would be larger is refused rather than written unreadable.
+MAX_DOCUMENT_SIZE = 16 * 1024 * 1024
+# The most digits a number in a document may have: every integer SQLite stores (-2^63 .. 2^63-1)
+# has at most 19; longer ones are refused by the parser, before Python converts them.
+MAX_NUMBER_DIGITS = 19
+INT64 = (-(2**63), 2**63 - 1)
 
 Row = dict[str, Any]
 Key = tuple[Any, ...]
@@ -90,6 +110,30 @@ class TomoError(Exception):
 
 class NewerError(TomoError):
     """The document or the Tomo it came from is newer than what would read it."""
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``value`` for an error message: short text quoted (and cut), anything else by its type."""
+    if isinstance(value, str):  # repr escapes control characters and lone surrogates
+        return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        text = repr(value)
+        return text if len(text) <= limit else f"a {len(text)}-digit number"
+    return _a_json(value)
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type: object, list, string, number, boolean or null."""
+    names = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def _a_json(value: Any) -> str:
+    """``an object``, ``a list``, ``null``...: for "must be X, not ..." sentences."""
+    name = _json_type(value)
+    return name if name == "null" else ("an " if name[0] in "aeiou" else "a ") + name
 
 
 @dataclass(frozen=True)
@@ -134,17 +178,17 @@ def tables_of(category: str) -> list[Table]:
 
 
 def parse_format_version(value: object) -> tuple[int, int]:
-    if not isinstance(value, str) or not re.fullmatch(r"\d+\.\d+", value):
-        raise TomoError(f'the document\'s version must be text like "1.0", not {value!r}')
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]{1,6}\.[0-9]{1,6}", value):
+        raise TomoError(f'the document\'s version must be text like "1.0", not {_shown(value)}')
     major, minor = value.split(".")
     return int(major), int(minor)
 
 
 def parse_app_version(value: str) -> tuple[int, ...]:
     """``1.2.3``, ``v1.2``, ``1.2.3-beta1`` → ``(1, 2, 3)``: the leading numbers, for comparison."""
-    match = re.match(r"^v?(\d+(?:\.\d+)*)", value.strip())
-    if not match:
-        raise TomoError(f"{value!r} is not a version number")
+    match = re.match(r"^v?([0-9]+(?:\.[0-9]+)*)", value.strip())
+    if not match or any(len(p) > 9 for p in match.group(1).split(".")):
+        raise TomoError(f"{_shown(value)} is not a version number")
     parts = [int(p) for p in match.group(1).split(".")]
     while len(parts) > 1 and parts[-1] == 0:
         parts.pop()
@@ -240,7 +284,18 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+def _check_text(value: str, where: str) -> str:
+    """``value`` when it can be stored and reported: UTF-8 text (JSON's \\ud800 escapes can make it not)."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TomoError(f"{where} is not valid Unicode text: it holds a lone surrogate") from None
+    return value
+
+
 def _from_json(value: Any, where: str) -> Any:
+    """A document's value → the one SQLite stores; TomoError when it is none SQLite can store."""
     if isinstance(value, dict) and set(value) == {"base64"} and isinstance(value["base64"], str):
         try:
             return base64.b64decode(value["base64"], validate=True)
@@ -248,9 +303,17 @@ def _from_json(value: Any, where: str) -> Any:
             raise TomoError(f"{where} is not valid base64") from None
     if isinstance(value, bool):
         return int(value)
-    if value is None or isinstance(value, (str, int, float)):
+    if isinstance(value, int):
+        if not INT64[0] <= value <= INT64[1]:
+            raise TomoError(f"{where} is a number outside SQLite's 64-bit integers")
         return value
-    raise TomoError(f"{where} must be text, a number or null, not {type(value).__name__}")
+    if isinstance(value, str):
+        return _check_text(value, where)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise TomoError(f"{where} must be a finite number, not {value}")
+    if value is None or isinstance(value, float):
+        return value
+    raise TomoError(f"{where} must be text, a number or null, not {_a_json(value)}")
 
 
 # --- where the database is ------------------------------------------------------------------
@@ -430,10 +493,11 @@ def write_document(document: dict[str, Any], dest_dir: str, created_at: datetime
     """
     if not os.path.isdir(dest_dir):
         raise TomoError(f"the backup directory {dest_dir} does not exist")
+    encoded = _encode(document)
     fd, tmp = _temp_file(dest_dir)
     try:
         try:
-            write_all(fd, _encode(document))
+            write_all(fd, encoded)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -459,7 +523,14 @@ def write_document(document: dict[str, Any], dest_dir: str, created_at: datetime
 
 
 def _encode(document: dict[str, Any]) -> bytes:
-    return json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    """The document's bytes; TomoError when they are more than load would read back."""
+    encoded = json.dumps(document, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    if len(encoded) > MAX_DOCUMENT_SIZE:
+        raise TomoError(
+            f"the document would be {len(encoded)} bytes, more than the {_size_text(MAX_DOCUMENT_SIZE)} a document "
+            "may be to be read back, so it was not written"
+        )
+    return encoded
 
 
 def _temp_file(directory: str) -> tuple[int, str]:
@@ -491,6 +562,8 @@ def export(
     path = os.path.join(dest_dir, document_name(created_at))
     if write:
         path = write_document(result.document, dest_dir, created_at)
+    else:
+        _encode(result.document)  # check mode fails as the export would when the document is too large
     return {
         "path": path,
         "created_at": result.document["created_at"],
@@ -513,24 +586,115 @@ def _check_categories(categories: Sequence[str]) -> None:
 # --- reading a document -----------------------------------------------------------------------
 
 
-def load(path: str) -> dict[str, Any]:
-    """Read and check the document at ``path``; raise TomoError with one sentence when it is not one."""
+class _RefusedError(Exception):
+    """Raised from inside the JSON parser: the document is refused for the reason given."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _RefusedError(f"it holds {name}, which JSON does not allow")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 20 else text[:20] + "..."
+        raise _RefusedError(f"it holds the number {shown}, too large to be stored")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_NUMBER_DIGITS:
+        raise _RefusedError(f"it holds a number of {digits} digits, more than any a document holds")
+    return int(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when it names a key twice (JSON parsers disagree on which one wins)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RefusedError(f"it has the key {_shown(key)} twice in one object")
+            seen.add(key)
+    return obj
+
+
+def read_capped(path: str, max_size: int | None = None) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_size`` (MAX_DOCUMENT_SIZE) of them.
+
+    Never through a symbolic link (``O_NOFOLLOW``), never blocking on a FIFO
+    (``O_NONBLOCK``, then ``fstat`` of what was opened); the read stops one
+    byte past the limit, whatever size the file claims.
+    """
+    limit = MAX_DOCUMENT_SIZE if max_size is None else max_size
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        return safe_fs.read_regular(path, limit)
     except FileNotFoundError:
         raise TomoError(f"the backup document {path} does not exist") from None
+    except safe_fs.NotRegularError as exc:
+        if exc.kind == "a symbolic link":
+            raise TomoError(
+                f"{path} is not a backup document: it is a symbolic link, and a document is never read through one"
+            ) from None
+        raise TomoError(f"{path} is not a backup document: it is {exc.kind}, not a regular file") from None
+    except safe_fs.TooLargeError as exc:
+        raise TomoError(_too_large(path, exc.size, limit)) from None
     except OSError as exc:
         raise TomoError(f"the backup document {path} cannot be read: {exc.strerror}") from None
+
+
+def _too_large(path: str, size: int | None, limit: int) -> str:
+    if size is None:  # read past the limit
+        return f"{path} is not a backup document: it is larger than the {_size_text(limit)} a document may be"
+    return f"{path} is not a backup document: it is {size} bytes, more than the {_size_text(limit)} a document may be"
+
+
+def _size_text(size: int) -> str:
+    return f"{size // (1024 * 1024)} MiB" if size >= 1024 * 1024 and size % (1024 * 1024) == 0 else f"{size} bytes"
+
+
+def parse(raw: bytes, path: str) -> Any:
+    """The JSON value of ``raw``; TomoError with one sentence when it is not a sound JSON text.
+
+    Refused beyond what ``json.loads`` refuses: NaN and Infinity (not JSON),
+    numbers too long to be stored, keys repeated in one object, and nesting
+    too deep for the parser (RecursionError; a document nests 6 levels).
+    """
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise TomoError(f"{path} is not a backup document: it is not UTF-8 text") from None
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_object,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
     except json.JSONDecodeError as exc:
         where = (
-            "it is empty" if not raw.strip() else f"it is truncated or corrupt at line {exc.lineno} column {exc.colno}"
+            "it is empty" if not text.strip() else f"it is truncated or corrupt at line {exc.lineno} column {exc.colno}"
         )
         raise TomoError(f"{path} is not a complete JSON document: {where}") from None
+    except _RefusedError as exc:
+        raise TomoError(f"{path} is not a valid Tomo backup: {exc}") from None
+    except RecursionError:
+        raise TomoError(
+            f"{path} is not a valid Tomo backup: its arrays and objects are nested too deeply to be read"
+        ) from None
+    except MemoryError:
+        raise TomoError(f"{path} is not a backup document: there is not enough memory to read it") from None
+
+
+def load(path: str, max_size: int | None = None) -> dict[str, Any]:
+    """Read and check the document at ``path``; raise TomoError with one sentence when it is not one.
+
+    At most ``max_size`` (MAX_DOCUMENT_SIZE) bytes are read; see read_capped.
+    """
+    doc = parse(read_capped(path, max_size), path)
     try:
         return check_document(doc)
     except NewerError as exc:
@@ -540,9 +704,14 @@ def load(path: str) -> dict[str, Any]:
 
 
 def check_document(doc: Any) -> dict[str, Any]:
-    """Migrate ``doc`` to the current format and check every type; return the migrated document."""
+    """Migrate ``doc`` to the current format and check every type; return the migrated document.
+
+    Everything an import relies on is checked here, before any database is
+    opened: the shape of every category, the type of every value, and that no
+    two rows of a table share a natural key.
+    """
     if not isinstance(doc, dict):
-        raise TomoError(f"it holds a JSON {type(doc).__name__}, not an object")
+        raise TomoError(f"it holds a JSON {_json_type(doc)}, not an object")
     if "version" not in doc:
         raise TomoError("it has no version")
     doc, migrated_from = migrate(doc)
@@ -550,16 +719,26 @@ def check_document(doc: Any) -> dict[str, Any]:
         raise TomoError("it has no data")
     data = doc["data"]
     if not isinstance(data, dict):
-        raise TomoError(f"data must be an object, not {type(data).__name__}")
+        raise TomoError(f"data must be an object, not {_a_json(data)}")
     unknown = [c for c in data if c not in CATEGORIES]
     if unknown:
-        raise TomoError(f"data has an unknown category {unknown[0]!r}")
+        raise TomoError(f"data has an unknown category {_shown(unknown[0])}")
     for key in ("created_at", "application_version"):
-        if doc.get(key) is not None and not isinstance(doc[key], str):
-            raise TomoError(f"{key} must be text, not {type(doc[key]).__name__}")
+        if doc.get(key) is not None:
+            if not isinstance(doc[key], str):
+                raise TomoError(f"{key} must be text, not {_a_json(doc[key])}")
+            _check_text(doc[key], key)
+    app_version = doc.get("application_version")
+    if app_version is not None:  # an import compares it: a bad one fails here, not then
+        try:
+            parse_app_version(app_version)
+        except TomoError:
+            raise TomoError(f"application_version {_shown(app_version)} is not a version number") from None
     absent = doc.get("absent_tables", [])
     if not isinstance(absent, list) or not all(isinstance(a, str) for a in absent):
         raise TomoError("absent_tables must be a list of table names")
+    for i, name in enumerate(absent):
+        _check_text(name, f"absent_tables[{i}]")
     for category, value in data.items():
         _check_category(category, value)
     doc["_migrated_from"] = migrated_from
@@ -570,11 +749,11 @@ def _check_category(category: str, value: Any) -> None:
     where = f"data.{category}"
     if category == "settings":
         if not isinstance(value, dict):
-            raise TomoError(f"{where} must be an object of tables, not {type(value).__name__}")
+            raise TomoError(f"{where} must be an object of tables, not {_a_json(value)}")
         names = {t.name for t in tables_of(category)}
         for name, rows in value.items():
             if name not in names:
-                raise TomoError(f"{where} has an unknown table {name!r}")
+                raise TomoError(f"{where} has an unknown table {_shown(name)}")
             _check_rows(BY_NAME[name], rows, f"{where}.{name}")
         return
     main, *nested = tables_of(category)
@@ -584,17 +763,22 @@ def _check_category(category: str, value: Any) -> None:
             child = entry.get(table.nested_as)
             if child is not None:
                 if not isinstance(child, dict):
-                    raise TomoError(f"{where}[{i}].{table.nested_as} must be an object or null")
+                    raise TomoError(f"{where}[{i}].{table.nested_as} must be an object or null, not {_a_json(child)}")
                 _check_row(table, child, f"{where}[{i}].{table.nested_as}", nested=True)
 
 
 def _check_rows(table: Table, rows: Any, where: str) -> None:
     if not isinstance(rows, list):
-        raise TomoError(f"{where} must be a list of rows, not {type(rows).__name__}")
+        raise TomoError(f"{where} must be a list of rows, not {_a_json(rows)}")
+    seen: set[Key] = set()
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise TomoError(f"{where}[{i}] must be an object, not {type(row).__name__}")
+            raise TomoError(f"{where}[{i}] must be an object, not {_a_json(row)}")
         _check_row(table, row, f"{where}[{i}]")
+        key = _natural_key_of_doc_row(table, row)
+        if key in seen:
+            raise TomoError(f"{where} holds two rows for {_shown(_label(key), 80)}")
+        seen.add(key)
 
 
 def _check_row(table: Table, row: Row, where: str, nested: bool = False) -> None:
@@ -602,18 +786,28 @@ def _check_row(table: Table, row: Row, where: str, nested: bool = False) -> None
     if table.link and not nested:
         parent = BY_NAME[table.link.parent]
         ref = row.get(table.link.field)
+        there = f"{where}.{table.link.field}"
         if len(parent.key) == 1:
             if not isinstance(ref, (str, int)) or isinstance(ref, bool):
-                raise TomoError(f"{where}.{table.link.field} must name the {parent.key[0]} it belongs to")
+                raise TomoError(f"{there} must name the {parent.key[0]} it belongs to")
+            _from_json(ref, there)
         elif not isinstance(ref, dict) or any(k not in ref for k in parent.key):
-            raise TomoError(f"{where}.{table.link.field} must be an object with {', '.join(parent.key)}")
+            raise TomoError(f"{there} must be an object with {', '.join(parent.key)}")
+        else:
+            for column in parent.key:
+                _check_key_value(ref[column], f"{there}.{column}", f"it is the key of the {parent.name} row")
     for column in table.key:
-        value = row.get(column)
-        if value is None or isinstance(value, (bool, dict, list)):
-            raise TomoError(f"{where}.{column} must be text or a number: it is this row's key")
+        _check_key_value(row.get(column), f"{where}.{column}", "it is this row's key")
     for column, value in row.items():
+        _check_text(column, f"a column name in {where}")
         if column not in special:
             _from_json(value, f"{where}.{column}")
+
+
+def _check_key_value(value: Any, where: str, why: str) -> None:
+    if value is None or isinstance(value, (bool, dict, list)):
+        raise TomoError(f"{where} must be text or a number: {why}")
+    _from_json(value, where)
 
 
 # --- import -----------------------------------------------------------------------------------
@@ -712,7 +906,7 @@ class _Importer:
             key = _natural_key_of_doc_row(table, doc_row)
             label = _label(key)
             if key in seen:
-                raise TomoError(f"{where} holds two rows for {label}")
+                raise TomoError(f"{where} holds two rows for {_shown(label, 80)}")
             seen.add(key)
             values = {c: _from_json(v, where) for c, v in doc_row.items() if c in shape.columns}
             dropped.update(c for c in doc_row if c not in shape.columns and c not in reserved)
@@ -882,6 +1076,9 @@ def import_document(
     ``check=True`` runs the very same import on a private copy of the
     database and throws the copy away: it reports what would change and
     changes nothing.
+
+    The document is read and checked whole (``load``) before the database is
+    opened: a malformed document fails without the database being touched.
     """
     doc = load(path)
     if not os.path.exists(database):
@@ -961,11 +1158,10 @@ def _check_app_version(backup: str | None, target: str | None, path: str) -> Non
 
 def describe(path: str) -> dict[str, Any]:
     """What a document holds, for a listing: time, versions, rows per category; or why it cannot be read."""
-    info: dict[str, Any] = {"path": path, "name": os.path.basename(path)}
+    info: dict[str, Any] = {"path": path, "name": os.path.basename(path), "size": _regular_size(path)}
     try:
-        info["size"] = os.path.getsize(path)
         doc = load(path)
-    except (TomoError, OSError) as exc:
+    except TomoError as exc:  # load raises nothing else: one hostile document never ends a listing
         info.update(valid=False, error=str(exc))
         return info
     info.update(
@@ -980,8 +1176,22 @@ def describe(path: str) -> dict[str, Any]:
     return info
 
 
+def _regular_size(path: str) -> int | None:
+    """The size of ``path`` when it is a regular file (a link is not followed), else None."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
 def catalog(directory: str) -> list[dict[str, Any]]:
-    """The documents in ``directory`` (by their guide name), newest first."""
+    """The documents in ``directory`` (by their guide name), newest first.
+
+    Every entry so named is listed; one that is not a readable, valid document
+    (a symbolic link, a FIFO, a file too large, malformed JSON) is listed with
+    ``valid`` false and the reason in ``error``, and the others are still read.
+    """
     try:
         names = os.listdir(directory)
     except FileNotFoundError:

@@ -72,7 +72,8 @@ options:
     type: float
     default: 60
   dest:
-    description: Directory the set is written to. Created with mode C(0700) when it does not exist.
+    description: Directory the set is written to. Created, with its missing parents, with mode C(0700) whatever the
+      umask when it does not exist.
     type: path
     required: true
   app:
@@ -135,6 +136,8 @@ options:
     default: 67108864
 notes:
   - The set's file names never hold secrets, but its content does (for tenement, the API token); keep O(dest) private.
+extends_documentation_fragment:
+  - selfhost.dr.state_dir
 seealso:
   - module: selfhost.dr.backup_verify
   - module: selfhost.dr.backup_info
@@ -226,11 +229,28 @@ left_out:
   elements: dict
   sample: [{path: /var/lib/tenement/tenement.db-wal, reason: SQLite -wal file (the snapshot holds its data)}]
 changed_during_backup:
-  description: Files (not databases) whose size changed while they were read; their archived copy may be torn.
+  description:
+    - Files whose size changed while they were read (their archived copy may be torn), and paths replaced between the
+      scan and the read. A path replaced by a link, a directory or a special file is left out (see RV(left_out)) and
+      never followed; a file replaced by another regular file (a rename) is archived as it was when opened.
   returned: success, not in check mode
   type: list
   elements: str
   sample: []
+notes:
+  description: Files archived differently than their kind suggests, each with the reason (a file that starts like a
+    SQLite database but that SQLite cannot read is archived as a plain file).
+  returned: success, not in check mode
+  type: list
+  elements: dict
+  sample: [{path: /var/lib/app/cache.db, reason: "starts like a SQLite database but is not one (...); archived as a plain file"}]
+links:
+  description: Paths given in O(paths) that were symbolic links; what they lead to was archived under the path's name,
+    and the set records the link so a restore follows it again only to the same place.
+  returned: success, not in check mode
+  type: list
+  elements: dict
+  sample: [{path: /var/lib/app, target: /data/app}]
 downtime:
   description: With O(instance), seconds from the stop request until the instance answered its health check again.
   returned: success, with O(instance)
@@ -257,6 +277,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
     BackupError,
     compressor_for,
@@ -267,6 +288,8 @@ from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
     utc_now,
 )
 from ansible_collections.selfhost.dr.plugins.module_utils.instance_backup import backup_instance
+from ansible_collections.selfhost.dr.plugins.module_utils.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.restore import recover_interrupted
 from ansible_collections.selfhost.dr.plugins.module_utils.tenement import (
     TenementClient,
     TenementError,
@@ -298,6 +321,7 @@ def main() -> None:
             lock_timeout=dict(type="float", default=30.0),
             integrity_check=dict(type="bool", default=False),
             memory_limit=dict(type="int", default=64 * 1024 * 1024),
+            **STATE_DIR_SPEC,
         ),
         required_one_of=[("paths", "instance")],
         mutually_exclusive=[("paths", "instance")],
@@ -325,7 +349,8 @@ def main() -> None:
                 left_out=found.skipped,
             )
         if not os.path.exists(p["dest"]):
-            os.makedirs(p["dest"], mode=0o700)
+            safe_fs.makedirs_private(p["dest"])
+        recover_interrupted(p["state_dir"], module.log)
         args: dict[str, object] = dict(
             app=p["app"],
             app_version=p["app_version"],
@@ -380,6 +405,8 @@ def main() -> None:
         snapshots=manifest["snapshots"],
         left_out=manifest["skipped"],
         changed_during_backup=manifest["changed_during_backup"],
+        notes=manifest["notes"],
+        links=manifest["links"],
         stats=made.stats,
         **extra,
     )

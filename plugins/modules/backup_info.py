@@ -37,6 +37,8 @@ options:
   label:
     description: Only sets with this label.
     type: str
+extends_documentation_fragment:
+  - selfhost.dr.state_dir
 seealso:
   - module: selfhost.dr.backup_create
   - module: selfhost.dr.backup_verify
@@ -91,11 +93,30 @@ count:
   returned: always
   type: int
   sample: 7
+leftovers:
+  description:
+    - What killed runs left in the directory (partial archives and sidecars, snapshot staging directories, per-instance
+      copies, verify's temporary files, sidecars whose archive is gone). The next M(selfhost.dr.backup_create) into
+      the directory removes those no live process holds (C(in_use) false).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{path: /var/backups/dr/.tenement-web1-20261122T035100Z-hot.tar.zst.partial-4242, kind: partial archive, size: 52428800, mtime: 1795320660, in_use: false}]
+pending_restores:
+  description:
+    - Restores of this host recorded in its journal that wait for a commit or a roll back (C(swapped)), or were
+      interrupted (C(staging), C(swapping)) and will be undone by the next restore, commit or roll back.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{restore_id: 20261122T040000Z-1a2b3c4d, state: swapped, archive: /var/backups/dr/tenement-web1-20261122T035100Z-hot.tar.zst, started_at: "2026-11-22T04:00:00Z", swaps: [{target: /var/lib/tenement, safety: /var/lib/.tenement.selfhost-dr-safety-20261122T040000Z}]}]
 """
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, catalog
+from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, catalog, leftovers
+from ansible_collections.selfhost.dr.plugins.module_utils.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.restore import pending
 
 
 def main() -> None:
@@ -105,6 +126,7 @@ def main() -> None:
             app=dict(type="str"),
             host=dict(type="str"),
             label=dict(type="str"),
+            **STATE_DIR_SPEC,
         ),
         supports_check_mode=True,
     )
@@ -113,7 +135,14 @@ def main() -> None:
         sets = catalog(p["path"], app=p["app"], host=p["host"], label=p["label"])
     except BackupError as exc:
         module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, sets=sets, latest=sets[0] if sets else {}, count=len(sets))
+    module.exit_json(
+        changed=False,
+        sets=sets,
+        latest=sets[0] if sets else {},
+        count=len(sets),
+        leftovers=leftovers(p["path"]),
+        pending_restores=pending(p["state_dir"]),
+    )
 
 
 if __name__ == "__main__":

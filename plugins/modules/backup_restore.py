@@ -10,25 +10,35 @@ short_description: Restore a backup set, or chosen paths of it, with a safety co
 version_added: 0.1.0
 description:
   - With O(state=restored), verifies the set at O(path) first (as M(selfhost.dr.backup_verify) does) and refuses it when
-    any check fails or its format is newer than this collection knows. Then it checks every member against the target
-    and refuses absolute paths, C(..), hard links, devices and symbolic links that point outside the restored tree.
-  - Each restored tree (every path the set holds, or the O(paths) chosen inside them) is unpacked into a hidden staging
+    any check fails or its format is newer than this collection knows. A set that verifies restores, and one that
+    verify refuses is refused here in the same words.
+  - Each restored tree (every path the set holds, or the O(paths) chosen inside them) is unpacked into a private staging
     directory beside its target, with modes, owners and times, then swapped in by two renames. What was at the target
     is kept as a hidden safety copy, returned in RV(swaps). A failure puts everything back as it was.
-  - With O(state=rolled_back), puts the safety copies in O(swaps) back (the application should be stopped).
-  - With O(state=committed), deletes the safety copies in O(swaps) once the restored application has been checked.
+  - Nothing is ever created, written, chmodded or chowned through a symbolic link. Links in the set are restored as
+    links, after every other member. A target reached through a link below a path of the set (for example one left by an
+    earlier restore) is refused in one sentence; a path that was itself a link when it was backed up is followed again
+    only when it still leads where it led then.
+  - Every restore is recorded in the host's journal (under O(state_dir)) before it changes anything, and gets a
+    RV(restore_id). O(state=committed) deletes its safety copies once the restored application has been checked;
+    O(state=rolled_back) puts them back. Both act only on what the journal recorded, refuse anything else in one
+    sentence, and change nothing when repeated.
+  - A restore killed half-way (the controller died) is finished or undone by the next restore, commit or roll back on
+    the host; a restore that finished but was never committed is rolled back before a new restore of the same place.
   - The application is not stopped or started here; the C(restore) role does that around this module.
 author:
   - selfhost.dr developers
 attributes:
   check_mode:
     support: full
-    description: Verifies the set and reports the trees that would be restored, without changing anything.
+    description: Verifies the set and plans the targets exactly as a restore does (refusing what it would refuse),
+      without changing anything.
   diff_mode:
     support: none
   idempotent:
-    support: none
-    description: Every O(state=restored) run puts the set's content in place again.
+    support: partial
+    description: Every O(state=restored) run puts the set's content in place again; O(state=committed) and
+      O(state=rolled_back) change nothing when repeated.
 options:
   path:
     description: The set's archive. Required with O(state=restored).
@@ -49,11 +59,22 @@ options:
     type: str
     choices: [restored, rolled_back, committed]
     default: restored
+  restore_id:
+    description:
+      - RV(restore_id) of an earlier O(state=restored) run, for V(rolled_back) and V(committed).
+      - When neither this nor O(swaps) is given, V(rolled_back) and V(committed) do nothing (a restore that failed has
+        already put everything back).
+    type: str
   swaps:
-    description: RV(swaps) of an earlier O(state=restored) run, for V(rolled_back) and V(committed).
+    description:
+      - RV(swaps) of an earlier O(state=restored) run, for V(rolled_back) and V(committed) when O(restore_id) is not
+        given. Each swap must be one the journal recorded; anything else is refused.
+      - Deprecated, use O(restore_id).
     type: list
     elements: dict
     default: []
+extends_documentation_fragment:
+  - selfhost.dr.state_dir
 seealso:
   - module: selfhost.dr.backup_create
   - module: selfhost.dr.backup_verify
@@ -73,10 +94,15 @@ EXAMPLES = r"""
 - name: Checked and healthy, so drop the safety copies
   selfhost.dr.backup_restore:
     state: committed
-    swaps: "{{ restored.swaps }}"
+    restore_id: "{{ restored.restore_id }}"
 """
 
 RETURN = r"""
+restore_id:
+  description: The journal's name for this restore, for O(state=committed) and O(state=rolled_back).
+  returned: state=restored, not in check mode
+  type: str
+  sample: 20261122T040000Z-1a2b3c4d
 swaps:
   description: Each restored tree and where its previous content was kept (empty when there was none).
   returned: state=restored, not in check mode
@@ -89,6 +115,12 @@ targets:
   type: list
   elements: str
   sample: [/etc/tenement, /var/lib/tenement]
+recovered:
+  description: Earlier restores of this host that this run finished or undid (interrupted, or never committed).
+  returned: state=restored, not in check mode
+  type: list
+  elements: dict
+  sample: [{restore_id: 20261121T040000Z-0a1b2c3d, state: rolled_back, swaps: [{target: /var/lib/tenement, safety: ""}]}]
 files: {description: Files written., returned: state=restored, not in check mode, type: int, sample: 1004}
 bytes: {description: Bytes written., returned: state=restored, not in check mode, type: int, sample: 1079981582}
 seconds: {description: Seconds taken, verification included., returned: state=restored, not in check mode, type: float, sample: 7.5}
@@ -96,19 +128,24 @@ metadata: {description: What the set recorded (for tenement, the running instanc
 app_version: {description: The application version the set was made from., returned: state=restored, type: str, sample: 0.2.2}
 """
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, verify
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import (
-    RestoreError,
-    Swap,
-    commit,
-    restore,
-    rollback,
-    units_for,
-)
+from ansible_collections.selfhost.dr.plugins.module_utils.journal import STATE_DIR_SPEC, Journal, JournalError
+from ansible_collections.selfhost.dr.plugins.module_utils.restore import RestoreError, commit, plan, restore, rollback
+
+
+def _ids(p: dict) -> list[str]:
+    if p["restore_id"]:
+        return [p["restore_id"]]
+    ids: list[str] = []
+    journal = Journal(p["state_dir"])
+    for swap in p["swaps"]:
+        record = journal.find(str(swap.get("target", "")), str(swap.get("safety", "")))
+        if record.id not in ids:
+            ids.append(record.id)
+    return ids
 
 
 def main() -> None:
@@ -118,38 +155,46 @@ def main() -> None:
             paths=dict(type="list", elements="path", default=[]),
             dest_root=dict(type="path", default="/"),
             state=dict(type="str", default="restored", choices=["restored", "rolled_back", "committed"]),
+            restore_id=dict(type="str"),
             swaps=dict(type="list", elements="dict", default=[]),
+            **STATE_DIR_SPEC,
         ),
         required_if=[("state", "restored", ["path"])],
         supports_check_mode=True,
     )
     p = module.params
-    if p["state"] != "restored":
-        swaps = [Swap(str(s.get("target", "")), str(s.get("safety", ""))) for s in p["swaps"]]
-        pending = [s for s in swaps if s.safety and os.path.lexists(s.safety)]
-        if not module.check_mode:
-            (rollback if p["state"] == "rolled_back" else commit)(swaps)
-        module.exit_json(changed=bool(pending) or (p["state"] == "rolled_back" and bool(swaps)))
     try:
+        if p["state"] != "restored":
+            if not p["restore_id"] and not p["swaps"]:
+                # A failed restore already put everything back itself: a rescue step has nothing to name.
+                module.exit_json(changed=False, msg="no restore_id given; nothing to do")
+            if p["swaps"] and not p["restore_id"]:
+                module.deprecate("swaps is deprecated; pass restore_id", version="2.0.0", collection_name="selfhost.dr")
+            ids = _ids(p)
+            act = commit if p["state"] == "committed" else rollback
+            changed = [act(restore_id, p["state_dir"], check=module.check_mode) for restore_id in ids]
+            module.exit_json(changed=any(changed), restore_ids=ids)
         if module.check_mode:
             checked = verify(p["path"], record=False)
             if not checked.ok or checked.manifest is None:
                 module.fail_json(msg=f"refusing to restore: {checked.summary}")
             manifest = checked.manifest
-            units = units_for(manifest, p["paths"])
+            units = plan(manifest, p["dest_root"], p["paths"])
             module.exit_json(
                 changed=True,
-                targets=[os.path.join(p["dest_root"], u.lstrip("/")) for u in units],
+                targets=[u.target for u in units],
                 metadata=manifest.get("metadata", {}),
                 app_version=manifest.get("app_version", ""),
             )
-        done = restore(p["path"], dest_root=p["dest_root"], only=p["paths"], log=module.log)
-    except (BackupError, RestoreError) as exc:
+        done = restore(p["path"], dest_root=p["dest_root"], only=p["paths"], log=module.log, state_dir=p["state_dir"])
+    except (BackupError, RestoreError, JournalError) as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(
         changed=True,
+        restore_id=done.restore_id,
         swaps=[s.to_dict() for s in done.swaps],
         targets=[s.target for s in done.swaps],
+        recovered=done.recovered,
         files=done.files,
         bytes=done.bytes,
         seconds=done.seconds,

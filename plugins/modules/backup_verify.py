@@ -50,6 +50,12 @@ options:
     description: Databases up to this many bytes are checked in memory; larger ones from a temporary file.
     type: int
     default: 67108864
+  tmpdir:
+    description:
+      - Where databases larger than O(memory_limit) are copied to be checked (a private directory made in it, removed
+        at the end). It needs room for the two largest databases of the set.
+      - Default is the set's own directory, which is on disk; C(/tmp) is often a small tmpfs.
+    type: path
 seealso:
   - module: selfhost.dr.backup_create
   - module: selfhost.dr.backup_info
@@ -112,6 +118,7 @@ def main() -> None:
             sqlite=dict(type="bool", default=True),
             record=dict(type="bool", default=True),
             memory_limit=dict(type="int", default=64 * 1024 * 1024),
+            tmpdir=dict(type="path"),
         ),
         supports_check_mode=True,
     )
@@ -123,6 +130,7 @@ def main() -> None:
             memory_limit=p["memory_limit"],
             record=p["record"] and not module.check_mode,
             log=module.log,
+            tmpdir=p["tmpdir"],
         )
     except BackupError as exc:
         module.fail_json(msg=str(exc))

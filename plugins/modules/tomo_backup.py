@@ -23,13 +23,19 @@ description:
   - The export reads a consistent snapshot of the database (SQLite's online backup), never rows that change while
     they are read, so Tomo can keep running.
   - The document is written under a temporary name, fsynced and linked into place with mode C(0600); an existing
-    document is never replaced.
+    document is never replaced. An export that would be larger than 16 MiB (the most an import reads) fails instead
+    of writing a document that could not be read back.
   - Rows are matched by their natural keys, never by their ids, which differ between two installs. Servers by
     C(host), C(port) and C(username); applications by server and C(app_id); settings by C(setting_key) (or C(id));
     users by C(username); preferences by user name and C(setting_key); repositories by C(id). References
     (C(installed_apps.server_id), C(server_credentials.server_id), C(user_settings.user_id)) are written as the natural
     key of the row they point to and mapped to this install's ids on import.
   - An import is one SQLite transaction with Tomo's foreign keys enforced; it is applied whole or not at all.
+  - A document is hostile input until checked, and all of it is checked before the database is opened. O(src) must be
+    a regular file (not a symbolic link, which is never followed, nor a FIFO or a device) of at most 16 MiB, read with
+    that bound. It must be UTF-8 JSON without NaN or Infinity, without a key twice in one object, without numbers
+    beyond 64 bits and nested no deeper than a document is, and every category, row and value must have its type.
+    Whatever is wrong, the task fails with one sentence saying what and where, and the database is not touched.
   - A document whose format is newer than this module knows, or that comes from a newer Tomo than the one imported
     into, is refused. Older documents are migrated forward; columns an older Tomo did not have take this Tomo's
     defaults, and columns this Tomo no longer has are left out (and reported).
@@ -68,7 +74,9 @@ options:
     description: Directory the document is written into (O(state=exported)); it must exist.
     type: path
   src:
-    description: The document to import (O(state=imported)).
+    description:
+      - The document to import (O(state=imported)).
+      - A regular file of at most 16 MiB; a symbolic link is refused, not followed.
     type: path
   categories:
     description:

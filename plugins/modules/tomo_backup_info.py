@@ -12,7 +12,12 @@ description:
   - The guide's C(tomo backup list). Lists the documents written by M(selfhost.dr.tomo_backup) (and by Tomo itself)
     in O(path), that is the files named C(tomo-backup-YYYY-MM-DDTHH-MM-SS.json), newest first.
   - For each, its time, format version, Tomo version and the rows per category. Each document is read and checked
-    as an import would check it; one that cannot be read is listed with RV(documents[].valid=false) and the reason.
+    as an import would check it; one that cannot be read is listed with RV(documents[].valid=false) and the reason
+    in RV(documents[].error), and the others are still listed. That covers malformed JSON, a wrong type anywhere,
+    NaN or Infinity, a key twice in one object, nesting too deep to parse, a file larger than 16 MiB (the most a
+    document may be, and the most that is read of one), a FIFO or a directory, and a symbolic link, which is
+    reported as not a document and never followed.
+  - The module fails only when O(path) itself cannot be read.
 author:
   - selfhost.dr developers
 attributes:
@@ -53,9 +58,16 @@ documents:
   contains:
     name: {description: File name., type: str, sample: tomo-backup-2026-11-22T03-51-00.json}
     path: {description: The document., type: str, sample: /var/backups/tomo/tomo-backup-2026-11-22T03-51-00.json}
-    size: {description: Bytes., type: int, sample: 7317}
+    size:
+      description: Bytes; null when it is not a regular file (a symbolic link is not followed).
+      type: int
+      sample: 7317
     valid: {description: Whether it reads as a Tomo backup this collection can import., type: bool, sample: true}
-    error: {description: "Why not, when RV(documents[].valid) is false.", type: str, sample: "... is not a complete JSON document: it is truncated or corrupt at line 40 column 3"}
+    error:
+      description: "Why not, in one sentence, when RV(documents[].valid) is false."
+      type: str
+      sample: "/var/backups/tomo/tomo-backup-2026-11-22T03-51-00.json is not a backup document: it is a symbolic link,
+        and a document is never read through one"
     created_at: {description: When it was made (UTC)., type: str, sample: "2026-11-22T03:51:00Z"}
     version: {description: Its format version (after migration)., type: str, sample: "1.0"}
     migrated_from: {description: Its own format version when older than the current one., type: str, sample: null}

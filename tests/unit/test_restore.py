@@ -70,11 +70,14 @@ def test_restore_in_place_keeps_a_safety_copy_until_commit_and_rolls_back(app: P
     safety = Path(done.swaps[0].safety)
     assert safety.name == ".app.selfhost-dr-safety-T1" and snapshot_of(safety) == damaged
 
-    rollback(done.swaps)
+    assert rollback(done.restore_id) is True
     assert snapshot_of(app) == damaged and not safety.exists()
+    assert rollback(done.restore_id) is False  # repeating it changes nothing
+    assert snapshot_of(app) == damaged
 
     done = restore(made.path)
-    commit(done.swaps)
+    assert commit(done.restore_id) is True
+    assert commit(done.restore_id) is False
     assert snapshot_of(app) == before
     assert [p.name for p in app.parent.iterdir()] == ["app"]
 
@@ -85,7 +88,7 @@ def test_restore_of_one_part_leaves_the_rest_alone(app: Path, tmp_path: Path) ->
     (app / "one" / "app.db").write_bytes(b"garbage")
     (app / "two" / "notes.txt").write_text("changed since the backup\n")
     done = restore(made.path, only=[str(app / "one")])
-    commit(done.swaps)
+    commit(done.restore_id)
     assert snapshot_of(app / "one") == before
     assert (app / "two" / "notes.txt").read_text() == "changed since the backup\n"
     with pytest.raises(RestoreError, match=r"/elsewhere is not in this backup set"):
@@ -112,12 +115,16 @@ def test_a_damaged_or_newer_set_is_refused_before_anything_changes(app: Path, tm
     assert snapshot_of(app) == current
 
 
-def test_a_link_pointing_outside_the_tree_is_refused(app: Path, tmp_path: Path) -> None:
-    (app / "one" / "passwd").symlink_to("/etc/passwd")
+def test_a_link_pointing_outside_the_tree_is_restored_as_a_link(app: Path, tmp_path: Path) -> None:
+    (app / "one" / "localtime").symlink_to("/usr/share/zoneinfo/UTC")
+    (app / "current").symlink_to("../../releases/42")
     made = create([str(app)], str(tmp_path))
-    with pytest.raises(RestoreError, match=r"link .*/one/passwd -> /etc/passwd that points outside"):
-        restore(made.path, dest_root=str(tmp_path / "drill"))
-    assert not (tmp_path / "drill").exists() or not list((tmp_path / "drill").rglob("passwd"))
+    assert verify(made.path).ok
+    restored = tmp_path / "drill" / str(app).lstrip("/")
+    restore(made.path, dest_root=str(tmp_path / "drill"))
+    assert os.readlink(restored / "one" / "localtime") == "/usr/share/zoneinfo/UTC"
+    assert os.readlink(restored / "current") == "../../releases/42"
+    assert snapshot_of(restored) == snapshot_of(app)
 
 
 def test_a_set_without_its_sidecar_manifest_is_verified_then_unpacked(app: Path, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils.retention import (
+    FUTURE,
     Duration,
     Item,
     Policy,
@@ -131,3 +132,98 @@ def test_keep_all_and_bad_policies() -> None:
         with pytest.raises(RetentionError, match=r"keep_within must look like"):
             parse_duration(bad)
     assert parse_duration("1y6m2w3d12h") == Duration(1, 6, 2, 3, 12)
+
+
+# -- sets dated in the future (a host whose clock was wrong) ---------------------------------------------------------
+
+
+def test_a_set_dated_a_year_ahead_does_not_push_real_sets_out_of_keep_within() -> None:
+    items = daily_at_two("2026-11-01", 10)  # 11-01 .. 11-10, 02:00
+    items.append(Item("skewed", utc("2027-11-10 02:00")))
+    now = utc("2026-11-10 03:00")
+    decisions = plan(items, Policy(within=parse_duration("7d")), now=now)
+    # 7 days before the newest *real* set (11-10 02:00) is 11-03 02:00: 11-04 .. 11-10 are strictly newer.
+    assert sorted(d.item.name for d in decisions if d.keep) == [f"11-{n:02d}" for n in range(4, 11)] + ["skewed"]
+    assert sorted(d.item.name for d in decisions if not d.keep) == ["11-01", "11-02", "11-03"]
+    assert {d.item.name: d.reasons for d in decisions}["skewed"] == [FUTURE]
+    assert [d.item.name for d in decisions][:2] == ["skewed", "11-10"]  # still newest first
+
+
+# Real sets: 2025-06-01, 2026-10-15, and 11-01 (Sunday, ISO week 44) .. 11-05 (Thursday, week 45), all 02:00;
+# one more dated 2027-01-10, in its own hour, day, week, month and year. Counted, it would take the first slot.
+CALENDAR_WITH_A_SKEWED_SET = [
+    Item("2025-06-01", utc("2025-06-01 02:00")),
+    Item("10-15", utc("2026-10-15 02:00")),
+    *daily_at_two("2026-11-01", 5),
+    Item("skewed", utc("2027-01-10 02:00")),
+]
+
+
+@pytest.mark.parametrize(
+    ("rule", "expected", "newest_reason"),
+    [
+        ("last", ["11-04", "11-05"], "last 2"),
+        ("hourly", ["11-04", "11-05"], "hourly 1"),
+        ("daily", ["11-04", "11-05"], "daily 1"),
+        ("weekly", ["11-01", "11-05"], "weekly 1"),
+        ("monthly", ["10-15", "11-05"], "monthly 1"),
+        ("yearly", ["11-05", "2025-06-01"], "yearly 1"),
+    ],
+)
+def test_a_future_set_takes_no_slot_of_any_counting_rule(rule: str, expected: list[str], newest_reason: str) -> None:
+    decisions = plan(CALENDAR_WITH_A_SKEWED_SET, Policy(**{rule: 2}), now=utc("2026-11-05 03:00"))
+    reasons = {d.item.name: d.reasons for d in decisions}
+    assert sorted(n for n, r in reasons.items() if r) == sorted([*expected, "skewed"])
+    assert reasons["skewed"] == [FUTURE]
+    assert reasons["11-05"] == [newest_reason]
+
+
+def test_a_set_a_few_hours_ahead_does_not_take_todays_daily_slot() -> None:
+    items = [Item("yesterday", utc("2026-11-04 02:00")), Item("today", utc("2026-11-05 02:00"))]
+    items.append(Item("later-today", utc("2026-11-05 06:00")))  # written by a host 3 hours fast
+    reasons = {d.item.name: d.reasons for d in plan(items, Policy(daily=1), now=utc("2026-11-05 03:00"))}
+    assert reasons == {"later-today": [FUTURE], "today": ["daily 1"], "yesterday": []}
+
+
+def test_a_future_set_is_not_the_newest_verified_set() -> None:
+    items = [
+        Item("old-verified", utc("2026-11-01 02:00"), verified=True),
+        Item("newer", utc("2026-11-04 02:00")),
+        Item("newest", utc("2026-11-05 02:00")),
+        Item("skewed-verified", utc("2026-12-25 02:00"), verified=True),
+    ]
+    reasons = {d.item.name: d.reasons for d in plan(items, Policy(last=1), now=utc("2026-11-05 03:00"))}
+    assert reasons == {
+        "skewed-verified": [FUTURE],
+        "newest": ["last 1"],
+        "newer": [],
+        "old-verified": ["newest verified set"],
+    }
+
+
+def test_the_future_tolerance_is_one_hour_by_default_and_can_be_set() -> None:
+    now = utc("2026-11-05 03:00")
+    items = [
+        Item("real", utc("2026-11-05 02:00")),
+        Item("at-the-edge", now + timedelta(hours=1)),  # not *more* than the tolerance ahead: counted
+        Item("past-the-edge", now + timedelta(hours=1, seconds=1)),
+    ]
+    reasons = [(d.item.name, d.reasons) for d in plan(items, Policy(last=1), now=now)]
+    assert reasons == [("past-the-edge", [FUTURE]), ("at-the-edge", ["last 1"]), ("real", [])]
+    strict = [(d.item.name, d.reasons) for d in plan(items, Policy(last=1, future_tolerance=timedelta(0)), now=now)]
+    assert strict == [("past-the-edge", [FUTURE]), ("at-the-edge", [FUTURE]), ("real", ["last 1"])]
+    # The rule applies per group, and keep_all keeps a future set without counting it either.
+    assert [d.reasons for d in plan(items[2:], Policy(keep_all=True), now=now)] == [[FUTURE]]
+
+
+def test_now_defaults_to_the_current_time_and_must_be_aware() -> None:
+    real_now = datetime.now(UTC)
+    items = [Item("yesterday", real_now - timedelta(days=1)), Item("next-week", real_now + timedelta(days=7))]
+    assert {d.item.name: d.reasons for d in plan(items, Policy(last=1))} == {
+        "next-week": [FUTURE],
+        "yesterday": ["last 1"],
+    }
+    with pytest.raises(RetentionError, match=r"now must carry a time zone"):
+        plan(items, Policy(last=1), now=datetime(2026, 11, 5, 3, 0))  # naive on purpose
+    with pytest.raises(RetentionError, match=r"future tolerance must be 0 or more"):
+        Policy(last=1, future_tolerance=timedelta(minutes=-1))

@@ -351,8 +351,8 @@ def test_a_failing_row_rolls_back_everything(tmp_path: Path, exported: str) -> N
             '{"version": 1, "data": {}}',
             r"is not a valid Tomo backup: the document's version must be text like \"1.0\", not 1$",
         ),
-        ('{"version": "1.0", "data": []}', r"is not a valid Tomo backup: data must be an object, not list$"),
-        ('{"version": "1.0", "data": {"servers": {}}}', r"data.servers must be a list of rows, not dict$"),
+        ('{"version": "1.0", "data": []}', r"is not a valid Tomo backup: data must be an object, not a list$"),
+        ('{"version": "1.0", "data": {"servers": {}}}', r"data.servers must be a list of rows, not an object$"),
         ('{"version": "1.0", "data": {"gadgets": []}}', r"data has an unknown category 'gadgets'$"),
         (
             '{"version": "1.0", "data": {"servers": [{"host": "a", "port": [22], "username": "u"}]}}',
@@ -360,7 +360,7 @@ def test_a_failing_row_rolls_back_everything(tmp_path: Path, exported: str) -> N
         ),
         (
             '{"version": "1.0", "data": {"users": [{"username": "a", "email": {"x": 1}}]}}',
-            r"data.users\[0\].email must be text, a number or null, not dict$",
+            r"data.users\[0\].email must be text, a number or null, not an object$",
         ),
         (
             '{"version": "1.0", "data": {"preferences": [{"setting_key": "ui.theme", "setting_value": "1"}]}}',
@@ -380,12 +380,17 @@ def test_bad_documents_get_one_sentence_and_change_nothing(tmp_path: Path, conte
     assert sha(target) == before
 
 
-def test_duplicate_natural_keys_are_refused(tmp_path: Path, exported: str) -> None:
+def test_duplicate_natural_keys_are_refused_before_the_database_is_opened(tmp_path: Path, exported: str) -> None:
     target = db(tmp_path, "target")
     doc = json.loads(Path(exported).read_text())
     doc["data"]["users"].append(dict(doc["data"]["users"][0], id=99))
-    with pytest.raises(tomo.TomoError, match=r"^data.users holds two rows for admin; nothing was changed$"):
-        tomo.import_document(_write(tmp_path, doc), target, ["users"], "merge")
+    path = _write(tmp_path, doc)
+    before = sha(target)
+    with pytest.raises(tomo.TomoError) as err:
+        tomo.import_document(path, target, ["users"], "merge")
+    assert str(err.value) == f"{path} is not a valid Tomo backup: data.users holds two rows for 'admin'"
+    assert sha(target) == before
+    assert tomo.describe(path)["error"] == str(err.value)  # the listing says the same
 
 
 def test_a_newer_document_format_is_refused(tmp_path: Path, exported: str) -> None:

@@ -1,0 +1,240 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""File-system primitives for code that runs as root over trees other users can write.
+
+Standard library only. The rule they enforce: below a root the caller chose,
+nothing is opened, created, written, chmodded, chowned or removed through a
+symbolic link. Every directory is opened relative to its already-opened parent
+with ``O_NOFOLLOW`` and checked to be the directory that was seen before
+(device and inode); files are opened the same way, and with ``O_NONBLOCK`` so
+a FIFO put in a file's place cannot hang the process. Metadata is changed
+through file descriptors (``fchmod``, ``fchown``, ``utime(fd)``), never by path.
+
+Above the root (``/var/lib`` for ``/var/lib/tenement``) is the host's own
+configuration: those components are resolved normally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import resource
+import stat
+from collections.abc import Iterator
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class UnsafePathError(OSError):
+    """A path component is a link, or not the object that was seen before."""
+
+
+def same(a: os.stat_result, b: os.stat_result) -> bool:
+    """Same file: device, inode and type."""
+    return a.st_dev == b.st_dev and a.st_ino == b.st_ino and stat.S_IFMT(a.st_mode) == stat.S_IFMT(b.st_mode)
+
+
+def open_dir(name: str, dir_fd: int | None = None, expect: os.stat_result | None = None) -> int:
+    """Open the directory ``name`` (relative to ``dir_fd``) without following a link; check it is ``expect``."""
+    try:
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise UnsafePathError(exc.errno, f"{name} is not a directory (a link or a file)", name) from exc
+        raise
+    if expect is not None and not same(os.fstat(fd), expect):
+        os.close(fd)
+        raise UnsafePathError(errno.ESTALE, f"{name} was replaced", name)
+    return fd
+
+
+def open_file(name: str, dir_fd: int) -> tuple[int, os.stat_result]:
+    """Open ``name`` in ``dir_fd`` for reading: never through a link, never blocking on a FIFO."""
+    fd = os.open(name, FILE_FLAGS, dir_fd=dir_fd)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+class NotRegularError(OSError):
+    """Not a regular file: ``kind`` says what it is (``a symbolic link``, ``a directory``, ...)."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(errno.EINVAL, f"{path} is {kind}, not a regular file", path)
+        self.kind = kind
+
+
+class TooLargeError(ValueError):
+    """Larger than the limit; ``size`` is what fstat said, or None when the read went past the limit."""
+
+    def __init__(self, path: str, limit: int, size: int | None) -> None:
+        super().__init__(f"{path} is larger than {limit} bytes")
+        self.limit = limit
+        self.size = size
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """What a file of this ``st_mode`` is, in words."""
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    return next((name for test, name in _KINDS if test(mode)), "of an unknown kind")
+
+
+def read_regular(path: str, limit: int) -> bytes:
+    """The whole content of the regular file ``path`` (its last component never followed), at most ``limit`` bytes.
+
+    Never blocks on a FIFO (``O_NONBLOCK``, then ``fstat`` of what was opened), and the read stops one byte past
+    the limit whatever size the file claims (``/proc``). Raises ``FileNotFoundError``, ``NotRegularError`` (a link,
+    a directory, a FIFO, ...), ``TooLargeError``, or another ``OSError``.
+    """
+    try:
+        fd = os.open(path, FILE_FLAGS | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and os.path.islink(path):
+            raise NotRegularError(path, "a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularError(path, kind_of(st.st_mode))
+        if st.st_size > limit:
+            raise TooLargeError(path, limit, st.st_size)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        chunks: list[bytes] = []
+        total = 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > limit:  # the file grew, or claims a size it does not have
+                raise TooLargeError(path, limit, None)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def raise_fd_limit(want: int = 65536) -> None:
+    """Allow more open files (one per directory level is held while walking a tree)."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+def makedirs_private(path: str, mode: int = 0o700) -> list[str]:
+    """Create ``path`` and its missing parents with ``mode`` (0700), whatever the umask; return those created."""
+    path = os.path.abspath(path)
+    missing: list[str] = []
+    probe = path
+    while not os.path.lexists(probe):
+        missing.append(probe)
+        probe = os.path.dirname(probe)
+    for new in reversed(missing):
+        parent, name = os.path.split(new)
+        pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=pfd)
+            fd = open_dir(name, pfd)
+            try:
+                os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(pfd)
+    if not os.path.isdir(path):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+    return list(reversed(missing))
+
+
+def remove_tree(name: str, dir_fd: int) -> None:
+    """Remove ``name`` in ``dir_fd`` (a file, a link, or a whole directory tree), never following a link.
+
+    Iterative, so a hostile tree of any depth is removed; each directory is opened relative to its parent.
+    """
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dir_fd)
+        return
+    # Each frame: (fd of the directory, its name, fd of its parent, iterator over its entries).
+    stack: list[tuple[int, str, int, Iterator[os.DirEntry[str]]]] = []
+    fd = open_dir(name, dir_fd, st)
+    stack.append((fd, name, dir_fd, iter(list(os.scandir(fd)))))
+    try:
+        while stack:
+            fd, dname, pfd, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                os.close(fd)
+                os.rmdir(dname, dir_fd=pfd)
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                child = open_dir(entry.name, fd, entry.stat(follow_symlinks=False))
+                stack.append((child, entry.name, fd, iter(list(os.scandir(child)))))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.name, dir_fd=fd)
+    finally:
+        for fd, _name, _pfd, _entries in stack:
+            os.close(fd)
+
+
+def remove_path(path: str) -> None:
+    """Remove ``path`` (its parent resolved normally, ``path`` itself and below never followed)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    try:
+        pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        remove_tree(name, pfd)
+    finally:
+        os.close(pfd)
+
+
+def try_lock(fd: int) -> bool:
+    """Take an exclusive flock on ``fd`` without waiting; False when another process holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return False
+        raise
+    return True
+
+
+def in_use(path: str) -> bool:
+    """True when a live process holds a lock on ``path`` (a file or directory, never followed)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return not try_lock(fd)
+    finally:
+        os.close(fd)
