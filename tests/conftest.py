@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +52,22 @@ def ten_bin() -> str:
 
 def env_without(*names: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in names}
+
+
+@pytest.fixture
+def run_module(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., dict[str, Any]]:
+    """Run a module's main() in this process, as Ansible would with ``args``; its result, with no traceback allowed."""
+    from ansible.module_utils import basic
+
+    def run(module: Any, args: dict[str, object], check: bool = False) -> dict[str, Any]:
+        payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check}}
+        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps(payload).encode())
+        if hasattr(basic, "_ANSIBLE_PROFILE"):  # ansible-core 2.19 and later
+            monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
+        with pytest.raises(SystemExit):
+            module.main()
+        out, err = capsys.readouterr()
+        assert "Traceback" not in out + err
+        return dict(json.loads(out))
+
+    return run

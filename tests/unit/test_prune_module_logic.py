@@ -10,9 +10,9 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from ansible.module_utils import basic
 
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
     BackupError,
@@ -228,19 +228,8 @@ def warnings(result: dict[str, object]) -> list[str]:
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., dict[str, object]]:
-    def run_module(args: dict[str, object], check: bool = False) -> dict[str, object]:
-        payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check}}
-        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps(payload).encode())
-        if hasattr(basic, "_ANSIBLE_PROFILE"):  # ansible-core 2.19 and later
-            monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
-        with pytest.raises(SystemExit):
-            backup_prune.main()
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err
-        return dict(json.loads(out))
-
-    return run_module
+def run(run_module: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    return lambda args, check=False: run_module(backup_prune, args, check)
 
 
 def test_the_module_never_deletes_a_set_named_for_another_app(tmp_path: Path, run: Callable[..., dict]) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ansible.module_utils import basic
 
 from ansible_collections.selfhost.dr.plugins.module_utils import tomo
 from ansible_collections.selfhost.dr.plugins.modules import tomo_backup, tomo_backup_info
@@ -664,18 +663,7 @@ def test_the_listing_reports_each_hostile_document_and_lists_the_rest(tmp_path: 
 
 
 @pytest.fixture
-def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., dict[str, Any]]:
-    def run_module(module: Any, args: dict[str, object], check: bool = False) -> dict[str, Any]:
-        payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": check}}
-        monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps(payload).encode())
-        if hasattr(basic, "_ANSIBLE_PROFILE"):  # ansible-core 2.19 and later
-            monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
-        with pytest.raises(SystemExit):
-            module.main()
-        out, err = capsys.readouterr()
-        assert "Traceback" not in out + err
-        return dict(json.loads(out))
-
+def run(run_module: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
     return run_module
 
 
