@@ -11,8 +11,10 @@ half-way by a killed run is finished or undone by the next run on the host.
 
 States: ``staging`` (unpacking beside the targets; nothing live touched),
 ``swapping`` (renames under way), ``swapped`` (restored, safety copies kept,
-waiting for commit or roll back), then ``committed``, ``rolled_back`` or
-``aborted`` (failed before any swap; staging removed).
+waiting for commit or roll back), then ``committed``, ``kept`` (committed, the
+safety copies kept on request: a later commit deletes them, a roll back still
+puts them back), ``rolled_back`` or ``aborted`` (failed before any swap;
+staging removed).
 """
 
 from __future__ import annotations

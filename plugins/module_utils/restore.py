@@ -50,7 +50,7 @@ from .backup_set import (
     verify,
     write_all,
 )
-from .journal import Journal, JournalError, Record, SwapRecord, identity, open_parent
+from .journal import PENDING, Journal, JournalError, Record, SwapRecord, identity, open_parent
 from .tar_stream import Member
 
 Log = Callable[[str], None]
@@ -606,19 +606,24 @@ def supersede(journal: Journal, targets: list[str], log: Log = _no_log) -> list[
     return done
 
 
-def commit(restore_id: str, state_dir: str | None = None, check: bool = False) -> bool:
-    """Delete the safety copies of restore ``restore_id``; True when something was deleted, False when it was
-    committed already. Refuses a restore that was rolled back, or did not finish. ``check``: only say."""
+def commit(restore_id: str, state_dir: str | None = None, check: bool = False, keep_safety: bool = False) -> bool:
+    """Accept restore ``restore_id``: delete its safety copies (``keep_safety``: keep them, state ``kept``); True
+    when that changed something, False when it was done already. Refuses a restore that was rolled back, or did
+    not finish. ``check``: only say."""
     with Journal(state_dir) as journal:
         record = journal.load(restore_id)
         if not check:
             recover(journal)
             record = journal.load(restore_id)
-        if record.state == "committed":
+        if record.state == "committed" or (record.state == "kept" and keep_safety):
             return False
-        if record.state != "swapped":
+        if record.state not in ("swapped", "kept"):
             raise JournalError(f"restore {restore_id} was {_said(record.state)}; there is nothing to commit")
         if check:
+            return True
+        if keep_safety:
+            record.state = "kept"
+            journal.save(record)
             return True
         for swap in record.swaps:
             if not swap.safety:
@@ -663,15 +668,17 @@ def rollback(restore_id: str, state_dir: str | None = None, check: bool = False)
 
 
 def _said(state: str) -> str:
-    return {"staging": "interrupted while unpacking", "swapping": "interrupted while swapping"}.get(
-        state, state.replace("_", " ")
-    )
+    return {
+        "staging": "interrupted while unpacking",
+        "swapping": "interrupted while swapping",
+        "kept": "committed with its safety copies kept",
+    }.get(state, state.replace("_", " "))
 
 
 def pending(state_dir: str | None = None) -> list[dict[str, object]]:
-    """Restores of this host that wait for a commit or a roll back, or were interrupted."""
+    """Restores of this host that wait for a commit or a roll back, were interrupted, or keep safety copies."""
     journal = Journal(state_dir)
     try:
-        return [r.summary() for r in journal.pending()]
+        return [r.summary() for r in journal.records() if r.state in (*PENDING, "kept")]
     except OSError:
         return []

@@ -104,8 +104,9 @@ leftovers:
   sample: [{path: /var/backups/dr/.tenement-web1-20261122T035100Z-hot.tar.zst.partial-4242, kind: partial archive, size: 52428800, mtime: 1795320660, in_use: false}]
 pending_restores:
   description:
-    - Restores of this host recorded in its journal that wait for a commit or a roll back (C(swapped)), or were
-      interrupted (C(staging), C(swapping)) and will be undone by the next restore, commit or roll back.
+    - Restores of this host recorded in its journal that wait for a commit or a roll back (C(swapped)), were
+      interrupted (C(staging), C(swapping)) and will be undone by the next restore, commit or roll back, or were
+      committed with their safety copies kept (C(kept)).
   returned: always
   type: list
   elements: dict

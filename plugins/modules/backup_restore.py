@@ -54,6 +54,12 @@ options:
     description: Restore under this directory instead of C(/) (a drill, or inspecting a set).
     type: path
     default: /
+  keep_safety:
+    description:
+      - With O(state=committed), accept the restore but keep its safety copies (the journal records it as C(kept));
+        a later O(state=committed) without it deletes them, and O(state=rolled_back) can still put them back.
+    type: bool
+    default: false
   state:
     description: V(restored), V(rolled_back) or V(committed).
     type: str
@@ -157,6 +163,7 @@ def main() -> None:
             state=dict(type="str", default="restored", choices=["restored", "rolled_back", "committed"]),
             restore_id=dict(type="str"),
             swaps=dict(type="list", elements="dict", default=[]),
+            keep_safety=dict(type="bool", default=False),
             **STATE_DIR_SPEC,
         ),
         required_if=[("state", "restored", ["path"])],
@@ -171,8 +178,10 @@ def main() -> None:
             if p["swaps"] and not p["restore_id"]:
                 module.deprecate("swaps is deprecated; pass restore_id", version="2.0.0", collection_name="selfhost.dr")
             ids = _ids(p)
-            act = commit if p["state"] == "committed" else rollback
-            changed = [act(restore_id, p["state_dir"], check=module.check_mode) for restore_id in ids]
+            if p["state"] == "committed":
+                changed = [commit(i, p["state_dir"], module.check_mode, p["keep_safety"]) for i in ids]
+            else:
+                changed = [rollback(i, p["state_dir"], check=module.check_mode) for i in ids]
             module.exit_json(changed=any(changed), restore_ids=ids)
         if module.check_mode:
             checked = verify(p["path"], record=False)

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, verify
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import RestoreError, commit, restore, rollback
+from ansible_collections.selfhost.dr.plugins.module_utils.journal import JournalError
+from ansible_collections.selfhost.dr.plugins.module_utils.restore import (
+    RestoreError,
+    commit,
+    pending,
+    restore,
+    rollback,
+)
 
 from .sqlite_helpers import consistent, make_db
 
@@ -153,3 +160,30 @@ def test_a_set_verified_before_is_checked_by_its_whole_file_sha256(app: Path, tm
     with pytest.raises(RestoreError, match=r"^refusing to restore: .*the sha256 of the file does not match"):
         restore(made.path, dest_root=str(tmp_path / "drill2"))
     assert not (tmp_path / "drill2").exists() or not any((tmp_path / "drill2").rglob("*.txt"))
+
+
+def test_an_uncommitted_restore_is_rolled_back_before_the_next_one_but_a_kept_one_is_not(
+    app: Path, tmp_path: Path
+) -> None:
+    made = create([str(app)], str(tmp_path))
+    (app / "two" / "notes.txt").write_text("before the first restore\n")
+    first = restore(made.path, stamp="T1")  # the controller dies before it commits
+    assert [p["restore_id"] for p in pending()] == [first.restore_id]
+    (app / "two" / "notes.txt").write_text("written after the first restore\n")
+    second = restore(made.path, stamp="T2")
+    assert [r["restore_id"] for r in second.recovered] == [first.restore_id]
+    # The second restore's safety copy is the state before both, and nothing else is left beside the target.
+    safety = Path(second.swaps[0].safety)
+    assert (safety / "two" / "notes.txt").read_text() == "before the first restore\n"
+    assert sorted(p.name for p in app.parent.iterdir()) == [".app.selfhost-dr-safety-T2", "app"]
+    with pytest.raises(JournalError, match=r"^restore .* was rolled back; there is nothing to commit$"):
+        commit(first.restore_id)
+
+    # Accepted with its safety copy kept: the next restore leaves it alone, a later commit deletes it.
+    assert commit(second.restore_id, keep_safety=True) is True
+    assert commit(second.restore_id, keep_safety=True) is False
+    third = restore(made.path, stamp="T3")
+    assert third.recovered == [] and safety.is_dir()
+    assert commit(third.restore_id) is True and commit(second.restore_id) is True
+    assert not safety.exists() and pending() == []
+    assert [p.name for p in app.parent.iterdir()] == ["app"]
