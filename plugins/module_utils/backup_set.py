@@ -43,6 +43,7 @@ import os
 import pwd
 import queue
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -62,6 +63,7 @@ from typing import Protocol
 from . import safe_fs
 from .sqlite_snapshot import (
     SQLITE_HEADER,
+    CannotOpenError,
     NotADatabaseError,
     ReplacedError,
     SnapshotError,
@@ -325,7 +327,10 @@ def scan(paths: Iterable[str], excludes: Iterable[str] = (), stored_as: dict[str
     seen: set[str] = set()
     safe_fs.raise_fd_limit()
     for index, root in enumerate(roots):
-        _walk(index, root, patterns, result, seen)
+        try:
+            _walk(index, root, patterns, result, seen)
+        except OSError as exc:
+            raise BackupError(_read_error(exc, root.path)) from exc
     databases = {e.path for e in result.entries if e.kind == "sqlite"}
     kept: list[Entry] = []
     for entry in result.entries:
@@ -336,6 +341,16 @@ def scan(paths: Iterable[str], excludes: Iterable[str] = (), stored_as: dict[str
         kept.append(entry)
     result.entries = kept
     return result
+
+
+def _read_error(exc: OSError, path: str) -> str:
+    if exc.errno == errno.EMFILE:
+        limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return (
+            f"the tree under {path} is nested deeper than this process may hold directories open (open-file limit "
+            f"{limit}); raise the limit (ulimit -n, LimitNOFILE=)"
+        )
+    return f"{exc.filename or path} cannot be read: {exc.strerror or exc}"
 
 
 def _walk(index: int, root: Root, patterns: list[str], result: Scan, seen: set[str]) -> None:
@@ -907,13 +922,30 @@ def _open_member(entry: Entry, dirs: _Dirs) -> tuple[int, os.stat_result] | str:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "was replaced by a symbolic link during the backup (not followed)"
-        raise BackupError(f"file {entry.path} cannot be read: {exc.strerror}") from exc
+        raise BackupError(_read_error(exc, entry.path)) from exc
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         return (
             f"was replaced by a {'directory' if stat.S_ISDIR(st.st_mode) else _special(st.st_mode)} during the backup"
         )
     return fd, st
+
+
+def _replaced_since(entry: Entry, dirs: _Dirs, st: os.stat_result) -> str:
+    """Why SQLite's failure came from a swap during the backup (the file or a side file replaced), or ""."""
+    name = entry.rel[-1]
+    try:
+        parent = dirs.fd(entry.root, entry.rel[:-1])
+        now = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if not safe_fs.same(now, st):
+            return "was replaced while it was being copied (not followed)"
+        for side in SQLITE_SIDE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISREG(os.stat(name + side, dir_fd=parent, follow_symlinks=False).st_mode):
+                    return f"its {side} file was replaced by a link or special file during the backup; left out"
+    except (FileNotFoundError, safe_fs.UnsafePathError):
+        return "vanished or was moved while it was being copied"
+    return ""
 
 
 @dataclass
@@ -1078,18 +1110,25 @@ def _snapshot_member(
             chunks = _staged_chunks(staged)
     except ReplacedError:
         return "was replaced while it was being copied (not followed)"
-    except NotADatabaseError as exc:
+    except SnapshotError as exc:
+        replaced = _replaced_since(entry, dirs, st)
+        if replaced:
+            return replaced
+        if not isinstance(exc, (NotADatabaseError, CannotOpenError)):
+            raise BackupError(str(exc)) from exc
+
+        note = (
+            f"starts like a SQLite database but is not one ({exc}); archived as a plain file"
+            if isinstance(exc, NotADatabaseError)
+            else f"could not be opened by SQLite ({exc}); archived as a plain file, without what its -wal holds"
+        )
         opened = _open_member(entry, dirs)
         if isinstance(opened, str):
             return opened
         fd, st = opened
         entry.st = st
         plain, size = _file_chunks(entry, fd, [])
-        return _Snapped(
-            plain, size, None, 0, st, f"starts like a SQLite database but is not one ({exc}); archived as a plain file"
-        )
-    except SnapshotError as exc:
-        raise BackupError(str(exc)) from exc
+        return _Snapped(plain, size, None, 0, st, note)
     record = snap.to_dict()
     record["path"] = entry.member
     del record["source"]
@@ -1328,6 +1367,7 @@ class Verification:
     problems: list[str]
     stats: dict[str, object]
     manifest: dict[str, object] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def summary(self) -> str:
@@ -1502,15 +1542,28 @@ def verify(
     manifest = _pick_manifest(embedded, sidecar_manifest, sidecars.manifest, check)
     if manifest is not None:
         _compare(manifest, members, check, deep)
+    warnings: list[str] = []
     if check_sqlite:
-        bad = [f"{path}: {result}" for path, result in databases if result != "ok"]
-        check(
-            "sqlite",
-            not bad,
-            f"{len(databases)} databases pass integrity_check"
-            if not bad
-            else f"database {bad[0]} fails integrity_check",
+        bad: list[str] = []
+        if manifest is not None:  # what create() archived as a plain file may start like a database: not one
+            listed = {str(f["path"]): f for f in manifest["files"] if isinstance(f, dict) and f.get("sqlite")}  # type: ignore[attr-defined]
+            databases = [(path, result) for path, result in databases if path in listed]
+            for path, result in databases:
+                if result == "ok":
+                    continue
+                if members.get(path, {}).get("sha256") == listed[path].get("sha256"):
+                    # The very bytes create() snapshotted: the database was damaged when it was backed up. The set
+                    # holds it faithfully, so it restores; the operator learns the live database is damaged.
+                    warnings.append(f"database {path} was already damaged when it was backed up: {result}")
+                else:
+                    bad.append(f"{path}: {result}")
+        else:
+            bad = [f"{path}: {result}" for path, result in databases if result != "ok"]
+        passed = len(databases) - len(bad) - len(warnings)
+        detail = f"{passed} databases pass integrity_check" + (
+            f"; {len(warnings)} held as they were backed up, damaged" if warnings else ""
         )
+        check("sqlite", not bad, detail if not bad else f"database {bad[0]} fails integrity_check")
     ok = not problems
     stats = {
         "bytes": hasher.size,
@@ -1518,7 +1571,7 @@ def verify(
         "databases": len(databases),
         "seconds": round(time.monotonic() - t0, 3),
     }
-    result = Verification(archive, ok, checks, problems, stats, manifest)
+    result = Verification(archive, ok, checks, problems, stats, manifest, warnings)
     if record:
         st = os.stat(archive)
         marker = {
@@ -1539,15 +1592,19 @@ def _structure_problem(member: Member, members: dict[str, dict[str, object]], pr
     name = member.name
     if name in members:
         return "appears twice in the archive"
-    parts = name.split("/")
-    above = ["/".join(parts[:n]) for n in range(1, len(parts))]
-    for prefix in above:
-        kind = members.get(prefix, {}).get("type", "dir")
-        if kind != "dir":
-            return f"lies below {prefix!r}, which is {'a symbolic link' if kind == 'symlink' else 'a file'}"
     if name in prefixes and member.kind != "dir":
         return f"is a {'symbolic link' if member.kind == 'symlink' else member.kind} but other members lie below it"
-    prefixes.update(above)
+    # Walk up only to the first directory already known: every name in ``prefixes`` was checked when it was added,
+    # and a member that is not a directory can never take a name in it. So each prefix is looked at once.
+    new: list[str] = []
+    above = name.rpartition("/")[0]
+    while above and above not in prefixes:
+        kind = members.get(above, {}).get("type", "dir")
+        if kind != "dir":
+            return f"lies below {above!r}, which is {'a symbolic link' if kind == 'symlink' else 'a file'}"
+        new.append(above)
+        above = above.rpartition("/")[0]
+    prefixes.update(new)
     return ""
 
 
@@ -1895,7 +1952,8 @@ def leftovers(directory: str) -> list[dict[str, object]]:
             match = _SIDECAR_RE.match(name)
             if not match or match[1] in present:
                 continue
-            if any(n.startswith(f".{match[1]}.partial-") for n in present):
+            partials = [n for n in present if n.startswith(f".{match[1]}.partial-")]
+            if any(safe_fs.in_use(os.path.join(directory, n)) for n in partials):
                 continue  # its archive is being written
             kind = "sidecar without its archive"
         path = os.path.join(directory, name)

@@ -11,10 +11,13 @@ half-way by a killed run is finished or undone by the next run on the host.
 
 States: ``staging`` (unpacking beside the targets; nothing live touched),
 ``swapping`` (renames under way), ``swapped`` (restored, safety copies kept,
-waiting for commit or roll back), then ``committed``, ``kept`` (committed, the
-safety copies kept on request: a later commit deletes them, a roll back still
-puts them back), ``rolled_back`` or ``aborted`` (failed before any swap;
-staging removed).
+waiting for commit or roll back), ``committing`` and ``rolling_back`` (under
+way: a killed one is finished by the next run), then ``committed``, ``kept``
+(committed, the safety copies kept on request: a later commit deletes them, a
+roll back still puts them back), ``rolled_back``, ``aborted`` (failed before
+any swap; staging removed) or ``stuck`` (could not be undone without touching
+something the restore did not make; the reason says what, and a new restore
+of the same place is refused until a person resolves it).
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ from . import safe_fs
 
 STATE_DIR_ENV = "SELFHOST_DR_STATE_DIR"
 DEFAULT_STATE_DIR = "/var/lib/selfhost-dr"
-PENDING = ("staging", "swapping", "swapped")
-_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+# Records the next run looks at: interrupted (staging, swapping, committing, rolling_back), waiting for a commit or
+# a roll back (swapped), or that could not be undone (stuck: listed, and refused as the base of a new restore).
+PENDING = ("staging", "swapping", "swapped", "committing", "rolling_back", "stuck")
+_ID_RE = re.compile(r"^[0-9A-Za-z]{1,32}-[0-9a-f]{8}$")
 _MAX_RECORD = 16 * 1024 * 1024
 # The modules' option for state_dir (documented once, in doc_fragments/state_dir.py).
 STATE_DIR_SPEC: dict[str, dict[str, object]] = {"state_dir": {"type": "path"}}
@@ -134,8 +139,10 @@ class Journal:
             os.close(self._lock_fd)
             self._lock_fd = -1
 
-    def new(self, archive: str, swaps: list[SwapRecord]) -> Record:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    def new(self, archive: str, swaps: list[SwapRecord], stamp: str | None = None) -> Record:
+        stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        if not re.fullmatch(r"[0-9A-Za-z]{1,32}", stamp):
+            raise JournalError(f"{stamp!r} cannot start a restore id (letters and digits only)")
         record = Record(f"{stamp}-{secrets.token_hex(4)}", archive, "staging", _now(), swaps=swaps)
         self.save(record)
         return record
@@ -192,8 +199,10 @@ class Journal:
         return [r for r in self.records() if r.state in PENDING]
 
     def find(self, target: str, safety: str) -> Record:
-        """The record holding the swap ``target`` / ``safety`` (the module's old ``swaps`` argument)."""
-        for record in self.records():
+        """The newest record holding the swap ``target`` / ``safety`` (the module's old ``swaps`` argument)."""
+        for record in sorted(
+            self.records(), key=lambda r: (r.state in ("swapped", "kept"), r.started_at), reverse=True
+        ):
             if any(s.target == target and s.safety_path == safety for s in record.swaps):
                 return record
         raise JournalError(

@@ -86,17 +86,33 @@ class Restored:
 
 @dataclass
 class Unit:
-    """One tree to restore: ``path`` in the set goes to ``name`` in the directory ``parent``."""
+    """One tree to restore: ``path`` in the set.
+
+    It is swapped in at ``name`` in the directory reached from ``anchor`` (the host's own directory, resolved as
+    usual) through ``below`` (existing directories, opened without following links). ``prefix`` is the way from
+    the swap point down to ``path`` when directories above ``path`` are missing: they are staged with it, so a
+    refused restore creates nothing.
+    """
 
     path: str
-    kind: str  # dir, file or symlink (the set's entry for path; dir when it has none)
-    parent: str
+    kind: str  # dir, file or symlink: what is staged at the swap point
+    anchor: str
+    below: list[str]
     name: str
-    via_link: str = ""  # a path that was a link when backed up, followed to parent/name
-    create: list[tuple[str, str]] = field(default_factory=list)  # directories to make on the way: (where, set path)
+    prefix: tuple[str, ...] = ()
+    via_link: str = ""  # a path that was a link when backed up, followed to the place the set recorded
+
+    @property
+    def parent(self) -> str:
+        return os.path.join(self.anchor, *self.below)
 
     @property
     def target(self) -> str:
+        """Where the set's ``path`` ends up."""
+        return os.path.join(self.parent, self.name, *self.prefix)
+
+    @property
+    def swap_point(self) -> str:
         return os.path.join(self.parent, self.name)
 
 
@@ -141,11 +157,17 @@ def plan(manifest: dict[str, object], dest_root: str = "/", only: Iterable[str] 
             raise RestoreError(f"nothing in this backup set lies under {path}")
         top = next(r for r in recorded if _under(path, r))
         units.append(_locate(path, top, kinds.get(path, "dir"), links, root))
-    targets = sorted(u.target for u in units)
-    for a, b in zip(targets, targets[1:]):
-        if _under(b, a):
-            raise RestoreError(f"two trees of this set would be restored into one another ({a} and {b})")
-    return units
+    kept: list[Unit] = []
+    for unit in sorted(units, key=lambda u: len(u.swap_point)):
+        outer = next((k for k in kept if _under(unit.swap_point, k.swap_point)), None)
+        if outer is None:
+            kept.append(unit)
+        elif not (outer.via_link or unit.via_link):
+            raise RestoreError(
+                f"two trees of this set would be restored into one another ({outer.swap_point} and {unit.swap_point})"
+            )
+        # else: a path backed up through a link into another path of the set: the outer tree holds it already
+    return sorted(kept, key=lambda u: u.path)
 
 
 def _host(root: str, path: str) -> str:
@@ -154,9 +176,9 @@ def _host(root: str, path: str) -> str:
 
 def _locate(path: str, top: str, kind: str, links: dict[str, str], root: str) -> Unit:
     # Above the set's path is the host's own layout, resolved as usual; from it down, no link is followed.
-    parent = os.path.realpath(os.path.dirname(_host(root, top)))
+    anchor = os.path.realpath(os.path.dirname(_host(root, top)))
     name = os.path.basename(top)
-    here = os.path.join(parent, name)
+    here = os.path.join(anchor, name)
     via = ""
     if os.path.islink(here):
         if top in links:
@@ -167,53 +189,50 @@ def _locate(path: str, top: str, kind: str, links: dict[str, str], root: str) ->
                     f"{here} is a symbolic link to {now}, but the set was taken through it from {want}; "
                     "point it back or restore with another dest_root"
                 )
-            parent, name = os.path.split(now)
+            anchor, name = os.path.split(now)
             via = here
         elif path != top:
             raise RestoreError(f"{here} is a symbolic link; refusing to restore {path} through it")
     if path == top:
-        return Unit(path, kind, parent, name, via)
-    current, in_set = os.path.join(parent, name), top
-    create: list[tuple[str, str]] = [] if os.path.lexists(current) else [(current, in_set)]
-    parts = os.path.relpath(path, top).split("/")
-    for part in parts[:-1]:
-        current, in_set = os.path.join(current, part), os.path.join(in_set, part)
-        if create:
-            create.append((current, in_set))
-            continue
+        return Unit(path, kind, anchor, [], name, (), via)
+    chain = [name, *os.path.relpath(path, top).split("/")]
+    below: list[str] = []
+    current = anchor
+    for n, part in enumerate(chain[:-1]):
+        current = os.path.join(current, part)
         try:
             st = os.lstat(current)
         except FileNotFoundError:
-            create.append((current, in_set))
-            continue
+            # Stage from the first missing directory down: nothing is made outside staging before the swap.
+            return Unit(path, "dir", anchor, below, part, tuple(chain[n + 1 :]), via)
         if stat.S_ISLNK(st.st_mode):
             raise RestoreError(f"{current} is a symbolic link; refusing to restore {path} through it")
         if not stat.S_ISDIR(st.st_mode):
             raise RestoreError(f"{current} is not a directory; cannot restore {path} below it")
-    return Unit(path, kind, current, parts[-1], via, create)
+        below.append(part)
+    return Unit(path, kind, anchor, below, chain[-1], (), via)
 
 
-def _open_unit_parent(unit: Unit, modes: dict[str, tuple[int, int, int]]) -> int:
-    """Open (making what is missing) the directory ``unit`` goes into, below the set's path without links."""
-    host = os.path.dirname(unit.create[0][0]) if unit.create else unit.parent
-    if not os.path.isdir(host):
-        try:  # like mkdir -p: readable by the services that will use them
-            safe_fs.makedirs_private(host, mode=0o755)
+def _open_unit_parent(unit: Unit) -> int:
+    """Open the directory ``unit`` is swapped into: the host's directory, then down without following links."""
+    if not os.path.isdir(unit.anchor):
+        try:  # like mkdir -p, readable by the services that will use them; the host's part, not the set's
+            safe_fs.makedirs_private(unit.anchor, mode=0o755)
         except OSError as exc:
-            raise RestoreError(f"cannot create {host}: {exc.strerror}") from exc
-    fd = os.open(host, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            raise RestoreError(f"cannot create {unit.anchor}: {exc.strerror}") from exc
+    fd = os.open(unit.anchor, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    current = unit.anchor
     try:
-        for full, in_set in unit.create:
-            name = os.path.basename(full)
-            mode, uid, gid = modes.get(in_set, (0o700, -1, -1))
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(name, 0o700, dir_fd=fd)
-            child = safe_fs.open_dir(name, fd)
+        for part in unit.below:
+            current = os.path.join(current, part)
+            try:
+                child = safe_fs.open_dir(part, fd)
+            except safe_fs.UnsafePathError as exc:
+                raise RestoreError(f"{current} is not a directory (a link?); refusing to restore {unit.path}") from exc
+            except FileNotFoundError as exc:
+                raise RestoreError(f"{current} vanished while restoring {unit.path}") from exc
             os.close(fd)
             fd = child
-            if uid >= 0 and os.geteuid() == 0:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
         raise
@@ -266,25 +285,25 @@ def _restore(
         manifest = _verify(archive, log, None, verified_now).manifest or {}
         verified_now = True
     units = plan(manifest, dest_root, only)
-    recovered += supersede(journal, [u.target for u in units], log)
-    modes = {
-        "/" + str(f["path"]): (int(str(f["mode"]), 8), int(f["uid"]), int(f["gid"]))
+    recovered += supersede(journal, [u.swap_point for u in units], log)
+    dirs = {
+        "/" + str(f["path"]): (int(str(f["mode"]), 8), int(f["uid"]), int(f["gid"]), int(f.get("mtime", 0) or 0))
         for f in manifest["files"]  # type: ignore[attr-defined]
         if f.get("type") == "dir"
     }
-    record = journal.new(
-        archive, [SwapRecord(u.parent, u.name, f".{u.name}.selfhost-dr-restore-{stamp}") for u in units]
-    )
+    record = journal.new(archive, [], stamp)
+    record.swaps = [SwapRecord(u.parent, u.name, f".{u.name}.selfhost-dr-restore-{record.id}") for u in units]
+    journal.save(record)
     result = Restored(archive, [], record.id, recovered=recovered)
     fds: list[int] = []
     unpacker: _Unpacker | None = None
     try:
         for unit in units:
-            fds.append(_open_unit_parent(unit, modes))
+            fds.append(_open_unit_parent(unit))
         for unit, swap, fd in zip(units, record.swaps, fds):
             swap.staged_id = _make_staging(unit.kind, swap.staging, fd)
         journal.save(record)
-        unpacker = _Unpacker(units, fds, [s.staging for s in record.swaps])
+        unpacker = _Unpacker(units, fds, [s.staging for s in record.swaps], dirs)
         expected = {
             "/" + str(e["path"])
             for e in manifest["files"]  # type: ignore[attr-defined]
@@ -297,13 +316,17 @@ def _restore(
         if missing:
             raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
         unpacker.finish()
+        for swap, fd in zip(record.swaps, fds):
+            swap.staged_id = identity(fd, swap.staging)  # links exist only now
         os.sync()
         record.state = "swapping"
         journal.save(record)
         for swap, fd in zip(record.swaps, fds):
             previous = identity(fd, swap.name)
             if previous:
-                swap.safety = f".{swap.name}.selfhost-dr-safety-{stamp}"
+                swap.safety = f".{swap.name}.selfhost-dr-safety-{record.id}"
+                if identity(fd, swap.safety):
+                    raise RestoreError(f"{swap.safety_path} already exists; it was not made by this restore")
                 swap.previous_id = previous
                 journal.save(record)  # what is about to move, before it moves
                 os.rename(swap.name, swap.safety, src_dir_fd=fd, dst_dir_fd=fd)
@@ -323,6 +346,7 @@ def _restore(
             record.state = "aborted" if record.state == "staging" else "rolled_back"
         except (JournalError, OSError) as undo_exc:
             reason += f"; putting things back failed too: {_sentence(undo_exc)}"
+            record.state = "stuck"
         record.reason = reason
         with contextlib.suppress(OSError):
             journal.save(record)
@@ -385,8 +409,15 @@ class _Unpacker:
     through their descriptor. Links wait for :meth:`finish`, which runs only after the verification passed.
     """
 
-    def __init__(self, units: list[Unit], parent_fds: list[int], stagings: list[str]) -> None:
+    def __init__(
+        self,
+        units: list[Unit],
+        parent_fds: list[int],
+        stagings: list[str],
+        dirs: dict[str, tuple[int, int, int, int]],
+    ) -> None:
         self.units = units
+        self._set_dirs = dirs
         self._parents = parent_fds
         self._stagings = stagings
         self.written: set[str] = set()
@@ -422,21 +453,19 @@ class _Unpacker:
         if index < 0:
             return None
         unit = self.units[index]
-        rel = tuple(os.path.relpath(path, unit.path).split("/")) if path != unit.path else ()
+        rel = unit.prefix + (tuple(os.path.relpath(path, unit.path).split("/")) if path != unit.path else ())
+        if not rel and member.kind != unit.kind:
+            return None  # not what the manifest says this path is: verify refuses the set, nothing is staged
         self.written.add(path)
         if member.kind == "symlink":
             self._links.append((index, rel, member))
             return None
         try:
             if member.kind == "dir":
-                if unit.kind != "dir":
-                    raise RestoreError(f"member {member.name!r} is a directory, but the set lists it as a {unit.kind}")
                 self._dir(index, rel)
                 self._dirs.append((index, rel, member))
                 return None
             if not rel:
-                if unit.kind != "file":
-                    raise RestoreError(f"member {member.name!r} is a file, but the set lists it as a {unit.kind}")
                 self._fd = os.open(
                     self._stagings[index], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._parents[index]
                 )
@@ -487,12 +516,18 @@ class _Unpacker:
             if self._root:
                 os.chown(name, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
             os.utime(name, ns=(int(member.mtime * 1e9),) * 2, dir_fd=parent, follow_symlinks=False)
-        for index, rel, member in sorted(self._dirs, key=lambda d: (d[0], len(d[1])), reverse=True):
+        todo = [(index, rel, member.mode, member.uid, member.gid, member.mtime) for index, rel, member in self._dirs]
+        for index, unit in enumerate(self.units):  # the missing directories staged above the chosen path
+            for depth in range(len(unit.prefix)):
+                above = unit.path.rsplit("/", len(unit.prefix) - depth)[0]
+                if above in self._set_dirs:
+                    todo.append((index, unit.prefix[:depth], *self._set_dirs[above]))
+        for index, rel, mode, uid, gid, mtime in sorted(todo, key=lambda d: (d[0], len(d[1])), reverse=True):
             fd = self._dir(index, rel, create=False)
             if self._root:
-                os.fchown(fd, member.uid, member.gid)
-            os.fchmod(fd, member.mode & 0o7777)
-            os.utime(fd, ns=(int(member.mtime * 1e9),) * 2)
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode & 0o7777)
+            os.utime(fd, ns=(int(mtime * 1e9),) * 2)
         self.close()
 
     def close(self) -> None:
@@ -507,68 +542,127 @@ class _Unpacker:
 
 
 def _undo(record: Record) -> None:
-    """Put back what ``record`` changed: staged trees removed, safety copies renamed back; never touches anything
-    the restore did not make (checked by device and inode)."""
-    for swap in reversed(record.swaps):
-        try:
-            fd = open_parent(swap.parent)
-        except JournalError:
-            if not (swap.swapped or swap.safety):
-                continue  # nothing was made there
-            raise
-        try:
+    """Put back what ``record`` changed: staged trees removed, safety copies renamed back.
+
+    Everything is checked first (device and inode of what is at each target, safety copy and staging name);
+    when anything there is not what the restore made or moved, nothing at all is changed and JournalError says
+    what. Then, per tree: the restored tree is renamed aside, the safety copy renamed back, the tree removed, so a
+    kill at any point leaves something the next run finishes.
+    """
+    steps: list[tuple[SwapRecord, int]] = []
+    try:
+        for swap in reversed(record.swaps):
+            try:
+                fd = open_parent(swap.parent)
+            except JournalError:
+                if not (swap.swapped or swap.safety):
+                    continue  # nothing was made there
+                raise
+            steps.append((swap, fd))
+            _check_undo(record, swap, fd)
+        for swap, fd in steps:
             _undo_one(record, swap, fd)
-        finally:
+    finally:
+        for _swap, fd in steps:
             os.close(fd)
 
 
-def _undo_one(record: Record, swap: SwapRecord, fd: int) -> None:
+def _aside(record: Record, swap: SwapRecord) -> str:
+    return f".{swap.name}.selfhost-dr-undone-{record.id}"
+
+
+def _check_undo(record: Record, swap: SwapRecord, fd: int) -> None:
     current = identity(fd, swap.name)
-    if current and swap.staged_id and current == swap.staged_id:
-        aside = f".{swap.name}.selfhost-dr-undone-{record.id}"
-        os.rename(swap.name, aside, src_dir_fd=fd, dst_dir_fd=fd)
-        safe_fs.remove_tree(aside, fd)
-        current = []
-    elif current and swap.swapped and current != swap.previous_id:
+    ours = bool(current) and current == swap.staged_id
+    if current and not ours and current != swap.previous_id and (swap.swapped or swap.previous_id):
         raise JournalError(
             f"{swap.target} changed since restore {record.id} (it is neither the restored tree nor what was there "
-            "before); it was left as it is"
+            "before); nothing was put back"
         )
     if swap.safety:
         saved = identity(fd, swap.safety)
-        if saved and saved == swap.previous_id:
-            if current:
-                raise JournalError(f"{swap.target} exists again; the safety copy {swap.safety_path} was left beside it")
-            os.rename(swap.safety, swap.name, src_dir_fd=fd, dst_dir_fd=fd)
-        elif saved:
-            raise JournalError(f"{swap.safety_path} is not the safety copy restore {record.id} made; it was left alone")
-    staged = identity(fd, swap.staging)
-    if staged and (staged == swap.staged_id or _made_here(fd, swap.staging)):
-        safe_fs.remove_tree(swap.staging, fd)
+        if saved and saved != swap.previous_id:
+            raise JournalError(
+                f"{swap.safety_path} is not the safety copy restore {record.id} made; nothing was put back"
+            )
+        if saved and current and not ours:
+            raise JournalError(
+                f"{swap.target} exists again beside the safety copy {swap.safety_path}; nothing was put back"
+            )
+
+
+def _undo_one(record: Record, swap: SwapRecord, fd: int) -> None:
+    aside = _aside(record, swap)
+    current = identity(fd, swap.name)
+    if current and current == swap.staged_id:
+        os.rename(swap.name, aside, src_dir_fd=fd, dst_dir_fd=fd)
+    if swap.safety and identity(fd, swap.safety) == swap.previous_id and swap.previous_id:
+        os.rename(swap.safety, swap.name, src_dir_fd=fd, dst_dir_fd=fd)
+    for name in (aside, swap.staging):
+        found = identity(fd, name)
+        if found and (found == swap.staged_id or (name == swap.staging and _made_here(fd, name))):
+            safe_fs.remove_tree(name, fd)
 
 
 def _made_here(fd: int, name: str) -> bool:
-    """A staging place whose identity was not recorded yet (killed right after making it): ours when root owns it."""
+    """A staging place whose identity was not recorded yet (killed right after making it): ours when this user owns
+    it and it is what a restore makes first (an empty file or directory of mode 0600/0700, or a link)."""
     try:
         st = os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
         return False
-    return st.st_uid == os.geteuid() and (stat.S_ISLNK(st.st_mode) or stat.S_IMODE(st.st_mode) == 0o700)
+    if st.st_uid != os.geteuid():
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        return True
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size == 0 and stat.S_IMODE(st.st_mode) == 0o600
+    return stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o700
+
+
+def _delete_safety_copies(record: Record) -> None:
+    """Delete the safety copies of ``record``, after checking every one of them is the copy it made."""
+    steps: list[tuple[SwapRecord, int]] = []
+    try:
+        for swap in record.swaps:
+            if swap.safety:
+                steps.append((swap, open_parent(swap.parent)))
+        for swap, fd in steps:
+            saved = identity(fd, swap.safety)
+            if saved and saved != swap.previous_id:
+                raise JournalError(
+                    f"{swap.safety_path} is not the safety copy restore {record.id} made; nothing was deleted"
+                )
+        for swap, fd in steps:
+            if identity(fd, swap.safety):
+                safe_fs.remove_tree(swap.safety, fd)
+    finally:
+        for _swap, fd in steps:
+            os.close(fd)
 
 
 def recover(journal: Journal, log: Log = _no_log) -> list[dict[str, object]]:
-    """Finish what killed runs left: a restore still unpacking is cleaned up, one killed while swapping is
-    undone. Restores that finished but were never committed or rolled back are left (see :func:`supersede`)."""
+    """Finish what killed runs left: a restore still unpacking is cleaned up, one killed while swapping or rolling
+    back is undone, a commit killed half-way is finished. Restores that finished but were never committed are left
+    (see :func:`supersede`). A record that cannot be finished without touching what the restore did not make is
+    marked ``stuck`` (listed, with the reason) instead of blocking every later run."""
     done = []
     for record in journal.pending():
-        if record.state == "swapped":
+        if record.state in ("swapped", "stuck"):
             continue
         was = record.state
-        _undo(record)
-        record.state = "aborted" if was == "staging" else "rolled_back"
-        record.reason = f"interrupted while {'unpacking' if was == 'staging' else 'swapping'}; undone by the next run"
+        try:
+            if was == "committing":
+                _delete_safety_copies(record)
+                record.state, record.reason = "committed", "a commit was interrupted; finished by the next run"
+            else:
+                _undo(record)
+                record.state = "aborted" if was == "staging" else "rolled_back"
+                record.reason = f"interrupted while {_said(was)[len('interrupted while ') :]}; undone by the next run"
+        except (JournalError, OSError) as exc:
+            record.state, record.reason = "stuck", f"interrupted, and could not be finished: {_sentence(exc)}"
         journal.save(record)
-        log(f"restore {record.id} of {record.archive} was interrupted while {was}; undone")
+        log(f"restore {record.id} of {record.archive} was {_said(was)}; now {record.state.replace('_', ' ')}")
         done.append(record.summary())
     return done
 
@@ -590,13 +684,18 @@ def recover_interrupted(state_dir: str | None = None, log: Log = _no_log) -> lis
 def supersede(journal: Journal, targets: list[str], log: Log = _no_log) -> list[dict[str, object]]:
     """Roll back the restores that finished but were never committed or rolled back (the controller died) and
     that restored one of ``targets``: the new restore starts from the state before them, which becomes its
-    safety copy."""
+    safety copy. A ``stuck`` record of the same place refuses the new restore with its reason."""
     done = []
     for record in journal.pending():
-        if record.state != "swapped":
+        if record.state not in ("swapped", "stuck"):
             continue
         if not any(_under(s.target, t) or _under(t, s.target) for s in record.swaps for t in targets):
             continue
+        if record.state == "stuck":
+            raise JournalError(
+                f"restore {record.id} of the same place could not be finished ({record.reason}); resolve that by hand "
+                "before restoring here again"
+            )
         _undo(record)
         record.state = "rolled_back"
         record.reason = "never committed; rolled back before a new restore of the same place"
@@ -609,14 +708,12 @@ def supersede(journal: Journal, targets: list[str], log: Log = _no_log) -> list[
 def commit(restore_id: str, state_dir: str | None = None, check: bool = False, keep_safety: bool = False) -> bool:
     """Accept restore ``restore_id``: delete its safety copies (``keep_safety``: keep them, state ``kept``); True
     when that changed something, False when it was done already. Refuses a restore that was rolled back, or did
-    not finish. ``check``: only say."""
+    not finish, and deletes nothing unless every safety copy is the one the restore made. ``check``: only say."""
     with Journal(state_dir) as journal:
+        finished = not check and any(r["restore_id"] == restore_id for r in recover(journal))
         record = journal.load(restore_id)
-        if not check:
-            recover(journal)
-            record = journal.load(restore_id)
         if record.state == "committed" or (record.state == "kept" and keep_safety):
-            return False
+            return finished  # a killed commit the recovery just finished did change something
         if record.state not in ("swapped", "kept"):
             raise JournalError(f"restore {restore_id} was {_said(record.state)}; there is nothing to commit")
         if check:
@@ -625,20 +722,14 @@ def commit(restore_id: str, state_dir: str | None = None, check: bool = False, k
             record.state = "kept"
             journal.save(record)
             return True
-        for swap in record.swaps:
-            if not swap.safety:
-                continue
-            fd = open_parent(swap.parent)
-            try:
-                saved = identity(fd, swap.safety)
-                if saved and saved != swap.previous_id:
-                    raise JournalError(
-                        f"{swap.safety_path} is not the safety copy restore {restore_id} made; it was left alone"
-                    )
-                if saved:
-                    safe_fs.remove_tree(swap.safety, fd)
-            finally:
-                os.close(fd)
+        record.state = "committing"
+        journal.save(record)
+        try:
+            _delete_safety_copies(record)
+        except JournalError:
+            record.state = "swapped"
+            journal.save(record)
+            raise
         record.state = "committed"
         journal.save(record)
         return True
@@ -646,21 +737,30 @@ def commit(restore_id: str, state_dir: str | None = None, check: bool = False, k
 
 def rollback(restore_id: str, state_dir: str | None = None, check: bool = False) -> bool:
     """Put back what restore ``restore_id`` replaced; True when it did, False when it was rolled back already.
-    Refuses a restore that was committed (its safety copies are gone). ``check``: only say."""
+    Refuses a restore that was committed (its safety copies are gone), and changes nothing unless every target
+    and safety copy is what the restore left. ``check``: only say."""
     with Journal(state_dir) as journal:
+        finished = not check and any(r["restore_id"] == restore_id for r in recover(journal))
         record = journal.load(restore_id)
-        if not check:
-            recover(journal)
-            record = journal.load(restore_id)
         if record.state in ("rolled_back", "aborted"):
-            return False
-        if record.state == "committed":
+            return finished  # a killed roll back the recovery just finished did change something
+        if record.state in ("committed", "committing"):
             raise JournalError(
                 f"restore {restore_id} was committed; its safety copies are gone and it cannot be rolled back"
             )
+        if record.state == "stuck":
+            raise JournalError(f"restore {restore_id} could not be finished ({record.reason}); resolve it by hand")
         if check:
             return True
-        _undo(record)
+        previous = record.state
+        record.state = "rolling_back"
+        journal.save(record)
+        try:
+            _undo(record)
+        except JournalError:
+            record.state = previous
+            journal.save(record)
+            raise
         record.state = "rolled_back"
         record.reason = "rolled back"
         journal.save(record)
@@ -671,6 +771,8 @@ def _said(state: str) -> str:
     return {
         "staging": "interrupted while unpacking",
         "swapping": "interrupted while swapping",
+        "committing": "interrupted while committing",
+        "rolling_back": "interrupted while rolling back",
         "kept": "committed with its safety copies kept",
     }.get(state, state.replace("_", " "))
 

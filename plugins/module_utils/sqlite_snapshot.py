@@ -38,6 +38,10 @@ class NotADatabaseError(SnapshotError):
     """The file starts like a SQLite database, but SQLite cannot read it as one (not a database, or damaged)."""
 
 
+class CannotOpenError(SnapshotError):
+    """SQLite cannot open the file (a path longer than it allows, a -wal or -shm it refuses, ...)."""
+
+
 class ReplacedError(SnapshotError):
     """The file SQLite opened is not the one the caller checked (it was replaced, by a link or another file)."""
 
@@ -137,15 +141,17 @@ def _open_source(source: str, lock_timeout: float, expect: Identity | None = Non
     before = _fds_of(expect) if expect is not None else set()
     conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None)
     try:
-        conn.execute("PRAGMA mmap_size = 1073741824")
         if expect is None:
+            conn.execute("PRAGMA mmap_size = 1073741824")
             return conn, journal_mode_of_file(source)
+        # SQLite opened the file in connect(); check it before it reads anything.
         opened = sorted(_fds_of(expect) - before)
         if not opened:
             raise ReplacedError(f"{source} was replaced while it was being backed up; it was not read")
         header = os.pread(opened[0], 20, 0)
         if len(header) < 20 or not header.startswith(SQLITE_HEADER):
             raise NotADatabaseError(f"{source} is not a SQLite database")
+        conn.execute("PRAGMA mmap_size = 1073741824")
         return conn, "wal" if header[18] == 2 and header[19] == 2 else "rollback"
     except BaseException:
         conn.close()
@@ -370,6 +376,10 @@ def _translate(exc: BaseException, source: str, dest: str, lock_timeout: float) 
         return SnapshotError(f"database {source} stayed locked by another process for longer than {lock_timeout:g} s")
     if isinstance(exc, sqlite3.DatabaseError) and _not_a_database(exc):
         return NotADatabaseError(f"SQLite cannot read {source} as a database: {exc}")
+    if isinstance(exc, sqlite3.DatabaseError) and _code(exc) == 14:  # SQLITE_CANTOPEN
+        if dest == "memory" or os.path.isdir(os.path.dirname(os.path.abspath(dest))):
+            return CannotOpenError(f"SQLite cannot open {source}: {exc}")
+        return SnapshotError(f"could not write the copy of {source}: {os.path.dirname(dest)} does not exist")
     if isinstance(exc, sqlite3.DatabaseError):
         return SnapshotError(f"could not copy database {source}: {exc}")
     if isinstance(exc, OSError):
@@ -377,12 +387,21 @@ def _translate(exc: BaseException, source: str, dest: str, lock_timeout: float) 
     return exc
 
 
-def _not_a_database(exc: sqlite3.DatabaseError) -> bool:
+def _code(exc: sqlite3.DatabaseError) -> int:
+    """SQLite's primary result code (Python 3.11+), or one guessed from the message."""
     code = getattr(exc, "sqlite_errorcode", None)
     if isinstance(code, int):
-        return code & 0xFF in (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+        return code & 0xFF
     text = str(exc).lower()
-    return "not a database" in text or "malformed" in text
+    if "not a database" in text:
+        return 26
+    if "malformed" in text:
+        return 11
+    return 14 if "unable to open" in text else 1
+
+
+def _not_a_database(exc: sqlite3.DatabaseError) -> bool:
+    return _code(exc) in (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 
 
 def _finish(tmp: str, wal: bool, check_integrity: bool) -> tuple[int, int, str]:

@@ -349,7 +349,10 @@ def main() -> None:
                 left_out=found.skipped,
             )
         if not os.path.exists(p["dest"]):
-            safe_fs.makedirs_private(p["dest"])
+            try:
+                safe_fs.makedirs_private(p["dest"])
+            except OSError as exc:
+                module.fail_json(msg=f"could not create backup directory {p['dest']}: {exc.strerror}")
         recover_interrupted(p["state_dir"], module.log)
         args: dict[str, object] = dict(
             app=p["app"],
@@ -389,7 +392,7 @@ def main() -> None:
     except (BackupError, TenementError) as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
-        module.fail_json(msg=f"could not create backup directory {p['dest']}: {exc.strerror}")
+        module.fail_json(msg=f"the backup failed: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
     manifest = made.manifest
     totals = manifest["totals"]
     module.exit_json(

@@ -135,6 +135,8 @@ def main() -> None:
     except BackupError as exc:
         module.fail_json(msg=str(exc))
     outcome = dict(changed=False, ok=result.ok, checks=result.checks, problems=result.problems, stats=result.stats)
+    for warning in result.warnings:
+        module.warn(warning)
     if not result.ok:
         module.fail_json(msg=result.summary, **outcome)
     module.exit_json(**outcome)

@@ -75,7 +75,8 @@ def test_restore_in_place_keeps_a_safety_copy_until_commit_and_rolls_back(app: P
     done = restore(made.path, stamp="T1")
     assert snapshot_of(app) == before
     safety = Path(done.swaps[0].safety)
-    assert safety.name == ".app.selfhost-dr-safety-T1" and snapshot_of(safety) == damaged
+    assert safety.name == f".app.selfhost-dr-safety-{done.restore_id}" and snapshot_of(safety) == damaged
+    assert done.restore_id.startswith("T1-")
 
     assert rollback(done.restore_id) is True
     assert snapshot_of(app) == damaged and not safety.exists()
@@ -175,7 +176,7 @@ def test_an_uncommitted_restore_is_rolled_back_before_the_next_one_but_a_kept_on
     # The second restore's safety copy is the state before both, and nothing else is left beside the target.
     safety = Path(second.swaps[0].safety)
     assert (safety / "two" / "notes.txt").read_text() == "before the first restore\n"
-    assert sorted(p.name for p in app.parent.iterdir()) == [".app.selfhost-dr-safety-T2", "app"]
+    assert sorted(p.name for p in app.parent.iterdir()) == [f".app.selfhost-dr-safety-{second.restore_id}", "app"]
     with pytest.raises(JournalError, match=r"^restore .* was rolled back; there is nothing to commit$"):
         commit(first.restore_id)
 
