@@ -84,6 +84,11 @@ DEFAULT_MEMORY_LIMIT = 64 * MIB
 # A manifest lists every member in about 250 bytes: 256 MiB is a million files with room to spare, and a bound
 # on what a hostile set can make this process read into memory.
 MAX_MANIFEST = 256 * MIB
+# What such a manifest can list: verify keeps one small record per member, and stops reading past this many.
+MAX_MEMBERS = 4_000_000
+# Linux: a name is at most 255 bytes (a whole path may be longer: restores create members relative to their
+# directory). A member that cannot be created is refused by verify, as by restore.
+MAX_NAME_BYTES = 255
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 # Connection.serialize/deserialize (Python 3.11+) keep snapshots in memory; older hosts use a staging file.
 IN_MEMORY = hasattr(sqlite3.Connection, "serialize")
@@ -1239,6 +1244,9 @@ def check_format(data: object, where: str) -> None:
         raise BackupError(f"{where} is not a valid manifest: {problem}")
 
 
+MAX_ID = 2**32 - 2  # uid and gid: 2**32 - 1 is (uid_t)-1, which chown reads as "leave unchanged"
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -1253,7 +1261,7 @@ def path_problem(path: object) -> str:
 
 
 def name_problem(name: str) -> str:
-    """Why ``name`` cannot be a member name (relative, normalised, no ``..``), or ""."""
+    """Why ``name`` cannot be a member name (relative, normalised, no ``..``, creatable on Linux), or ""."""
     if not name:
         return "an empty name"
     if name.startswith("/"):
@@ -1263,6 +1271,8 @@ def name_problem(name: str) -> str:
         return "a '..' component"
     if "" in parts or "." in parts or "\0" in name:
         return "a name that is not normalised"
+    if any(len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for part in parts):
+        return f"a name component longer than {MAX_NAME_BYTES} bytes"
     return ""
 
 
@@ -1316,7 +1326,8 @@ def _manifest_problem(data: dict[str, object]) -> str:
         mode = rec.get("mode")
         if not isinstance(mode, str) or not re.fullmatch(r"[0-7]{4}", mode):
             return f"{name} has no valid mode"
-        if not (_is_int(rec.get("uid")) and _is_int(rec.get("gid"))) or rec["uid"] < 0 or rec["gid"] < 0:  # type: ignore[operator]
+        uid, gid = rec.get("uid"), rec.get("gid")
+        if not (_is_int(uid) and _is_int(gid) and 0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):  # type: ignore[operator]
             return f"{name} has no valid owner"
         if kind == "file":
             size, digest = rec.get("size"), rec.get("sha256")
@@ -1355,7 +1366,7 @@ def _unsafe_member(member: Member) -> str:
     if member.kind == "special":
         return "a device, fifo or other special type"
     if member.kind == "symlink" and (not member.linkname or "\0" in member.linkname):
-        return "an empty link target"
+        return "an empty link target, or one with a NUL byte"
     return ""
 
 
@@ -1467,19 +1478,20 @@ def verify(
     hasher.start()
     log(f"verify: reading {archive}")
     members: dict[str, dict[str, object]] = {}
-    prefixes: set[str] = set()
     checker = _Checker()
     checker.start()
     embedded: bytes | None = None
     stream_error = ""
     drained = False
+    too_many = ""
+    name_bytes = 0
     try:
         with open(proc.stdout.fileno(), "rb", buffering=_CHUNK, closefd=False) as stream:
             reader = TarReader(stream)
             for member in reader.members():
                 unsafe = _unsafe_member(member)
                 if unsafe:
-                    check("members", False, f"member {member.name!r} is unsafe: it has {unsafe}")
+                    check("members", False, f"member {shown(member.name)} is unsafe: it has {unsafe}")
                     continue
                 if member.name == MANIFEST_MEMBER and member.kind == "file":
                     if embedded is not None:
@@ -1493,10 +1505,13 @@ def verify(
                     else:
                         embedded = b"".join(bytes(c) for c in reader.chunks())
                     continue
-                clash = _structure_problem(member, members, prefixes)
-                if clash:
-                    check("members", False, f"member {member.name!r} {clash}")
+                if member.name in members:
+                    check("members", False, f"member {shown(member.name)} appears twice in the archive")
                     continue
+                name_bytes += len(member.name)
+                if len(members) >= MAX_MEMBERS or name_bytes > MAX_MANIFEST:
+                    too_many = "the archive holds more members, or longer names, than a manifest can list"
+                    break
                 sink = unpack.begin(member) if unpack is not None else None
                 staged = unpack.current_path if sink is not None and unpack is not None else ""
                 members[member.name] = _member_record(
@@ -1506,11 +1521,11 @@ def verify(
                     unpack.end(member)
             # Read what follows the end-of-archive marker (tar's padding), so the decompressor can finish
             # instead of dying of a closed pipe; anything but zeros there was not written by create().
-            while rest := stream.read(_CHUNK):
+            while not too_many and (rest := stream.read(_CHUNK)):
                 if rest.count(0) != len(rest):
                     check("archive", False, "there is data after the end of the tar archive")
                     break
-            drained = True
+            drained = not too_many
     except (TarStreamError, OSError) as exc:
         stream_error = str(exc) or type(exc).__name__
     finally:
@@ -1536,11 +1551,16 @@ def verify(
             if actual == expected
             else "the sha256 of the file does not match its .sha256 (it was changed, truncated or damaged)",
         )
-    if proc.returncode != 0 or stream_error:
+    if too_many:
+        check("members", False, too_many)
+    elif proc.returncode != 0 or stream_error:
         reason = stderr.splitlines()[-1] if stderr else stream_error
         check("archive", False, f"the archive cannot be read to its end ({reason})")
     manifest = _pick_manifest(embedded, sidecar_manifest, sidecars.manifest, check)
     if manifest is not None:
+        structure = _structure_problems(members, [str(p) for p in manifest["paths"]])  # type: ignore[attr-defined]
+        if structure:
+            check("members", False, structure[0] + (f" (and {len(structure) - 1} more)" if len(structure) > 1 else ""))
         _compare(manifest, members, check, deep)
     warnings: list[str] = []
     if check_sqlite:
@@ -1587,25 +1607,31 @@ def verify(
     return result
 
 
-def _structure_problem(member: Member, members: dict[str, dict[str, object]], prefixes: set[str]) -> str:
-    """Why ``member`` cannot sit where it is among the members before it (see verify), or ""; records it."""
-    name = member.name
-    if name in members:
-        return "appears twice in the archive"
-    if name in prefixes and member.kind != "dir":
-        return f"is a {'symbolic link' if member.kind == 'symlink' else member.kind} but other members lie below it"
-    # Walk up only to the first directory already known: every name in ``prefixes`` was checked when it was added,
-    # and a member that is not a directory can never take a name in it. So each prefix is looked at once.
-    new: list[str] = []
-    above = name.rpartition("/")[0]
-    while above and above not in prefixes:
-        kind = members.get(above, {}).get("type", "dir")
-        if kind != "dir":
-            return f"lies below {above!r}, which is {'a symbolic link' if kind == 'symlink' else 'a file'}"
-        new.append(above)
-        above = above.rpartition("/")[0]
-    prefixes.update(new)
-    return ""
+def shown(name: str) -> str:
+    """A member name as a sentence shows it: quoted, and shortened in the middle when it is very long."""
+    return repr(name if len(name) <= 160 else f"{name[:100]}...{name[-50:]}")
+
+
+def _structure_problems(members: dict[str, dict[str, object]], paths: list[str]) -> list[str]:
+    """Why members cannot sit where they are: below a link or a file, or below nothing (no directory member and
+    not above a path of the set). Linear: each member looks at its parent only, which must then be a directory
+    member itself (or lie above the set's paths), so no chain of implicit directories can hide a link."""
+    above: set[str] = set()
+    for path in paths:
+        parts = path.strip("/").split("/")
+        above.update("/".join(parts[:n]) for n in range(1, len(parts)))
+    problems = []
+    for name in members:
+        parent = name.rpartition("/")[0]
+        if not parent:
+            continue
+        kind = members.get(parent, {}).get("type")
+        if kind is None and parent not in above:
+            problems.append(f"member {shown(name)} has no directory member above it")
+        elif kind not in (None, "dir"):
+            what = "a symbolic link" if kind == "symlink" else "a file"
+            problems.append(f"member {shown(name)} lies below {shown(parent)}, which is {what}")
+    return problems
 
 
 class _Spill:
@@ -1784,11 +1810,7 @@ def _pick_manifest(
         check("manifest", False, "the archive holds no manifest")
     else:
         try:
-            inside = json.loads(embedded)
-            check_format(inside, "the manifest inside the archive")
-        except ValueError:
-            check("manifest", False, "the manifest inside the archive is not valid JSON")
-            inside = None
+            inside = parse_manifest(embedded, "the manifest inside the archive")
         except NewerFormatError:
             raise
         except BackupError as exc:

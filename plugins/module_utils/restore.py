@@ -30,6 +30,7 @@ finished or undone by the next run on the host (:func:`recover`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import posixpath
 import stat
@@ -55,6 +56,7 @@ from .tar_stream import Member
 
 Log = Callable[[str], None]
 _FLUSH_EVERY = 128 * 1024 * 1024
+_CLASHES = (errno.EEXIST, errno.ENOTDIR, errno.EISDIR, errno.ELOOP)
 
 
 class RestoreError(Exception):
@@ -141,13 +143,21 @@ def units_for(manifest: dict[str, object], only: Iterable[str] | None) -> list[s
     return [u for u in units if not any(u != o and _under(u, o) for o in units)]
 
 
-def plan(manifest: dict[str, object], dest_root: str = "/", only: Iterable[str] | None = None) -> list[Unit]:
+def plan(
+    manifest: dict[str, object],
+    dest_root: str = "/",
+    only: Iterable[str] | None = None,
+    restored: Iterable[str] = (),
+) -> list[Unit]:
     """Where each tree of the set (or of ``only``) goes under ``dest_root``; the same for check mode and a run.
 
-    Refuses in one sentence a target reached through a symbolic link below a path of the set, a recorded
-    link that now leads elsewhere, a component that is not a directory, and targets that overlap.
+    Refuses in one sentence a target reached through a symbolic link below a path of the set, or through a
+    link that an earlier restore put in place (``restored``: the trees earlier restores wrote; a link there is
+    data, not this host's layout), a recorded link that now leads elsewhere, a component that is not a
+    directory, and trees that would land in one another with different content.
     """
     root = os.path.abspath(dest_root)
+    restored = list(restored)
     links = {str(link["path"]): str(link["target"]) for link in manifest.get("links", [])}  # type: ignore[attr-defined,index]
     kinds = {"/" + str(f["path"]): str(f["type"]) for f in manifest.get("files", [])}  # type: ignore[attr-defined,index]
     recorded = [str(p) for p in manifest.get("paths", [])]  # type: ignore[attr-defined]
@@ -156,18 +166,51 @@ def plan(manifest: dict[str, object], dest_root: str = "/", only: Iterable[str] 
         if not any(_under(k, path) for k in kinds):
             raise RestoreError(f"nothing in this backup set lies under {path}")
         top = next(r for r in recorded if _under(path, r))
+        _refuse_restored_links(root, top, path, restored)
         units.append(_locate(path, top, kinds.get(path, "dir"), links, root))
+    files = {"/" + str(f["path"]): f for f in manifest.get("files", [])}  # type: ignore[attr-defined,index]
     kept: list[Unit] = []
     for unit in sorted(units, key=lambda u: len(u.swap_point)):
         outer = next((k for k in kept if _under(unit.swap_point, k.swap_point)), None)
         if outer is None:
             kept.append(unit)
-        elif not (outer.via_link or unit.via_link):
+        elif not ((outer.via_link or unit.via_link) and _same_content(unit, outer, files)):
             raise RestoreError(
-                f"two trees of this set would be restored into one another ({outer.swap_point} and {unit.swap_point})"
+                f"two trees of this set would be restored into one another ({outer.target} and {unit.target}) "
+                "with different content; restore them one at a time with paths"
             )
-        # else: a path backed up through a link into another path of the set: the outer tree holds it already
+        # else: a path backed up through a link into another path of the set, holding the same: restored once
     return sorted(kept, key=lambda u: u.path)
+
+
+def _same_content(inner: Unit, outer: Unit, files: dict[str, dict[str, object]]) -> bool:
+    """Whether the set holds the same members for ``inner`` as for the place in ``outer`` it lands on."""
+    keys = ("type", "mode", "uid", "gid", "size", "sha256", "target")
+
+    def below(unit: Unit, where: str) -> dict[str, tuple[object, ...]]:
+        start = os.path.join(unit.path, os.path.relpath(where, unit.target)) if where != unit.target else unit.path
+        return {
+            os.path.relpath(name, start): tuple(rec.get(k) for k in keys)
+            for name, rec in files.items()
+            if _under(name, start)
+        }
+
+    return below(inner, inner.target) == below(outer, inner.target)
+
+
+def _refuse_restored_links(root: str, top: str, path: str, restored: list[str]) -> None:
+    probe = root
+    for part in os.path.dirname(top).strip("/").split("/"):
+        if not part:
+            continue
+        probe = os.path.join(probe, part)
+        if os.path.islink(probe):
+            if any(_under(probe, t) for t in restored):
+                raise RestoreError(
+                    f"{probe} is a symbolic link an earlier restore put there (data, not this host's layout); "
+                    f"refusing to restore {path} through it"
+                )
+            probe = os.path.realpath(probe)
 
 
 def _host(root: str, path: str) -> str:
@@ -256,6 +299,7 @@ def restore(
     """
     started = time.monotonic()
     stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    safe_fs.raise_fd_limit()  # one descriptor per directory level is held while unpacking and removing
     try:
         with Journal(state_dir) as journal:
             recovered = recover(journal, log)
@@ -284,8 +328,11 @@ def _restore(
     if manifest is None:  # a first pass learns what the set holds (and verifies it)
         manifest = _verify(archive, log, None, verified_now).manifest or {}
         verified_now = True
-    units = plan(manifest, dest_root, only)
-    recovered += supersede(journal, [u.swap_point for u in units], log)
+    units = plan(manifest, dest_root, only, restored_targets(journal))
+    superseded = supersede(journal, [u.swap_point for u in units], log)
+    if superseded:  # the tree changed under the plan: plan again
+        recovered += superseded
+        units = plan(manifest, dest_root, only, restored_targets(journal))
     dirs = {
         "/" + str(f["path"]): (int(str(f["mode"]), 8), int(f["uid"]), int(f["gid"]), int(f.get("mtime", 0) or 0))
         for f in manifest["files"]  # type: ignore[attr-defined]
@@ -361,6 +408,38 @@ def _restore(
     return result
 
 
+def restored_targets(journal: Journal) -> list[str]:
+    """Every tree a restore of this host put in place and did not roll back: links in them are data."""
+    live = ("swapped", "kept", "committed", "committing", "stuck")
+    return [s.target for r in journal.records() if r.state in live for s in r.swaps if s.swapped]
+
+
+def check(
+    archive: str,
+    dest_root: str = "/",
+    only: Iterable[str] | None = None,
+    state_dir: str | None = None,
+    log: Log = _no_log,
+) -> tuple[dict[str, object], list[Unit]]:
+    """What a restore would do, refusing what it would refuse, in the same order and words; changes nothing.
+
+    (A restore also rolls back an uncommitted restore of the same place first; check mode only plans.)"""
+    try:
+        manifest: dict[str, object] | None = read_manifest(Sidecars.of(archive).manifest)
+    except NewerFormatError as exc:
+        raise RestoreError(str(exc)) from exc
+    except BackupError:
+        manifest = None
+    checked = False
+    if manifest is None:
+        manifest = _verify(archive, log, None, False).manifest or {}
+        checked = True
+    units = plan(manifest, dest_root, only, restored_targets(Journal(state_dir)))
+    if not checked:
+        manifest = _verify(archive, log, None, False).manifest or manifest
+    return manifest, units
+
+
 def _sentence(exc: BaseException) -> str:
     if isinstance(exc, (RestoreError, BackupError, JournalError)):
         return str(exc)
@@ -428,6 +507,8 @@ class _Unpacker:
         self._dirs: list[tuple[int, tuple[str, ...], Member]] = []
         self._stack: list[tuple[int, tuple[str, ...], int]] = []
         self._fd = -1
+        self._root_file = -1  # the unit whose root file is being written (its metadata waits for finish())
+        self._held: list[tuple[int, Member]] = []  # such files, open, until the set verified
         self._flushed = 0
         self._flusher: threading.Thread | None = None
         self._root = os.geteuid() == 0
@@ -456,19 +537,21 @@ class _Unpacker:
         rel = unit.prefix + (tuple(os.path.relpath(path, unit.path).split("/")) if path != unit.path else ())
         if not rel and member.kind != unit.kind:
             return None  # not what the manifest says this path is: verify refuses the set, nothing is staged
-        self.written.add(path)
         if member.kind == "symlink":
+            self.written.add(path)
             self._links.append((index, rel, member))
             return None
         try:
             if member.kind == "dir":
                 self._dir(index, rel)
                 self._dirs.append((index, rel, member))
+                self.written.add(path)
                 return None
             if not rel:
                 self._fd = os.open(
                     self._stagings[index], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._parents[index]
                 )
+                self._root_file = index
                 self.current_path = os.path.join(unit.parent, self._stagings[index])
             else:
                 parent = self._dir(index, rel[:-1])
@@ -477,7 +560,12 @@ class _Unpacker:
                 )
                 self.current_path = os.path.join(unit.parent, self._stagings[index], *rel)
         except OSError as exc:
+            if isinstance(exc, safe_fs.UnsafePathError) or exc.errno in _CLASHES:
+                # Two members of this set claim one place (a file and a directory, a name twice): the set's
+                # structure is wrong, and the verification running alongside refuses it in its own words.
+                return None
             raise RestoreError(f"could not unpack {member.name}: {exc.strerror}") from exc
+        self.written.add(path)
         return self._write
 
     def _write(self, chunk: memoryview) -> None:
@@ -495,18 +583,29 @@ class _Unpacker:
     def end(self, member: Member) -> None:
         if self._fd < 0:
             return
+        if self._root_file >= 0:
+            # A tree that is one file is staged right in the target's directory, where others may look: its
+            # owner and mode (setuid, say) are given only once the whole set verified, in finish().
+            self._held.append((self._fd, member))
+            self._fd, self._root_file = -1, -1
+            self.files += 1
+            return
         try:
-            if self._root:
-                os.fchown(self._fd, member.uid, member.gid)
-            os.fchmod(self._fd, member.mode & 0o7777)  # after chown, which clears setuid and setgid
-            os.utime(self._fd, ns=(int(member.mtime * 1e9),) * 2)
+            _set_metadata(self._fd, member.mode, member.uid, member.gid, member.mtime, self._root)
         finally:
             os.close(self._fd)
             self._fd = -1
         self.files += 1
 
     def finish(self) -> None:
-        """Make the links, then give every directory its owner, mode and times, deepest first."""
+        """Make the links, give the files that are whole trees their metadata, then every directory its owner,
+        mode and times, deepest first."""
+        while self._held:
+            fd, member = self._held.pop()
+            try:
+                _set_metadata(fd, member.mode, member.uid, member.gid, member.mtime, self._root)
+            finally:
+                os.close(fd)
         for index, rel, member in self._links:
             if rel:
                 parent, name = self._dir(index, rel[:-1]), rel[-1]
@@ -523,19 +622,25 @@ class _Unpacker:
                 if above in self._set_dirs:
                     todo.append((index, unit.prefix[:depth], *self._set_dirs[above]))
         for index, rel, mode, uid, gid, mtime in sorted(todo, key=lambda d: (d[0], len(d[1])), reverse=True):
-            fd = self._dir(index, rel, create=False)
-            if self._root:
-                os.fchown(fd, uid, gid)
-            os.fchmod(fd, mode & 0o7777)
-            os.utime(fd, ns=(int(mtime * 1e9),) * 2)
+            _set_metadata(self._dir(index, rel, create=False), mode, uid, gid, mtime, self._root)
         self.close()
 
     def close(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        while self._held:
+            os.close(self._held.pop()[0])
         while self._stack:
             os.close(self._stack.pop()[2])
+
+
+def _set_metadata(fd: int, mode: int, uid: int, gid: int, mtime: float, as_root: bool) -> None:
+    """Owner, then mode (chown clears setuid and setgid), then times: all through the descriptor."""
+    if as_root:
+        os.fchown(fd, uid, gid)
+    os.fchmod(fd, mode & 0o7777)
+    os.utime(fd, ns=(int(mtime * 1e9),) * 2)
 
 
 # -- the journal's operations ------------------------------------------------------------------------------------

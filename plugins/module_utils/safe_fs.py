@@ -169,8 +169,10 @@ def makedirs_private(path: str, mode: int = 0o700) -> list[str]:
 def remove_tree(name: str, dir_fd: int) -> None:
     """Remove ``name`` in ``dir_fd`` (a file, a link, or a whole directory tree), never following a link.
 
-    Iterative, so a hostile tree of any depth is removed; each directory is opened relative to its parent.
+    Iterative, so a hostile tree of any depth is removed; each directory is opened relative to its parent (one
+    descriptor per level is held: the open-file limit is raised first).
     """
+    raise_fd_limit()
     try:
         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:

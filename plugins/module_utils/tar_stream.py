@@ -23,7 +23,7 @@ _ZERO = bytes(BLOCK)
 # Extended headers and long names are read into memory: bounded, so a hostile archive cannot make this process
 # allocate what its header claims. A path or link target is at most 4 KiB on Linux.
 MAX_EXTENDED = 1024 * 1024
-_MAX_ID = 2**32 - 1
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to chown: never a real owner
 
 
 class TarStreamError(Exception):

@@ -137,9 +137,15 @@ app_version: {description: The application version the set was made from., retur
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, verify
+from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError
 from ansible_collections.selfhost.dr.plugins.module_utils.journal import STATE_DIR_SPEC, Journal, JournalError
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import RestoreError, commit, plan, restore, rollback
+from ansible_collections.selfhost.dr.plugins.module_utils.restore import (
+    RestoreError,
+    check,
+    commit,
+    restore,
+    rollback,
+)
 
 
 def _ids(p: dict) -> list[str]:
@@ -184,11 +190,7 @@ def main() -> None:
                 changed = [rollback(i, p["state_dir"], check=module.check_mode) for i in ids]
             module.exit_json(changed=any(changed), restore_ids=ids)
         if module.check_mode:
-            checked = verify(p["path"], record=False)
-            if not checked.ok or checked.manifest is None:
-                module.fail_json(msg=f"refusing to restore: {checked.summary}")
-            manifest = checked.manifest
-            units = plan(manifest, p["dest_root"], p["paths"])
+            manifest, units = check(p["path"], p["dest_root"], p["paths"], p["state_dir"], module.log)
             module.exit_json(
                 changed=True,
                 targets=[u.target for u in units],
