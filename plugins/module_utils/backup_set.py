@@ -306,7 +306,11 @@ def _root_of(raw: str, stored: str) -> Root:
     link = ""
     real = path
     if os.path.islink(path):
-        # What the user meant is what the link leads to; the set records that it was a link.
+        # What the user meant is what the link leads to; the set records that it was a link. Only a link no one
+        # else could have put there: otherwise a user would choose what root archives.
+        distrust = safe_fs.link_trust_problem(path)
+        if distrust:
+            raise BackupError(f"path {path} is a symbolic link others could have changed ({distrust}); not followed")
         real = os.path.realpath(path)
         if not os.path.exists(real) or real == "/":
             raise BackupError(f"path {path} is a symbolic link to {os.readlink(path)}, which does not exist")
@@ -737,13 +741,13 @@ def create(
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     # Held (by this process and the compressor, which shares the descriptor) while the set is written:
     # sweep() removes a partial archive only when no live process holds it.
-    safe_fs.try_lock(fd)
+    safe_fs.lock(fd)
     pump: _Pump | None = None
     staging_fd = -1
     try:
         os.mkdir(staging, 0o700)
         staging_fd = safe_fs.open_dir(staging)
-        safe_fs.try_lock(staging_fd)
+        safe_fs.lock(staging_fd)
         pump = _Pump(argv, tmp, fd)
         archived = _archive(found, pump, staging, lock_timeout, integrity_check, memory_limit, log)
         stats = archived.pop("stats")
@@ -852,6 +856,8 @@ def _archive(
                     _left_out(found, changed, entry, got)
                     continue
                 chunks, size, snap = got.chunks, got.size, got.record
+                if got.replaced:
+                    changed.append(entry.path)
                 if got.note:
                     notes.append({"path": entry.path, "reason": got.note})
                     log(f"note: {entry.path} {got.note}")
@@ -961,6 +967,7 @@ class _Snapped:
     held: int  # bytes held in memory until written
     st: os.stat_result
     note: str = ""
+    replaced: bool = False
 
 
 class _Snapshotter(threading.Thread):
@@ -1091,6 +1098,7 @@ def _snapshot_member(
         return "a directory above it was replaced during the backup"
     if not stat.S_ISREG(st.st_mode):
         return "was replaced by something that is not a regular file during the backup (not followed)"
+    replaced = not safe_fs.same(st, entry.st)  # by another database (a rename): that one is archived
     expect = (st.st_dev, st.st_ino)
     try:
         if IN_MEMORY and st.st_size <= memory_limit:
@@ -1137,7 +1145,7 @@ def _snapshot_member(
     record = snap.to_dict()
     record["path"] = entry.member
     del record["source"]
-    return _Snapped(chunks, size, record, held, st)
+    return _Snapped(chunks, size, record, held, st, replaced=replaced)
 
 
 def _staged_chunks(path: str) -> Iterator[bytes]:
@@ -1155,7 +1163,7 @@ def _write_file(path: str, data: bytes) -> None:
             os.unlink(tmp)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        safe_fs.try_lock(fd)
+        safe_fs.lock(fd)
         write_all(fd, data)
         os.fsync(fd)
     finally:
@@ -1596,6 +1604,7 @@ def verify(
         st = os.stat(archive)
         marker = {
             "ok": ok,
+            "databases_checked": check_sqlite,
             "verified_at": iso(now()),
             "sha256": actual,
             "size": st.st_size,
@@ -1652,7 +1661,7 @@ class _Spill:
             try:
                 self.path = tempfile.mkdtemp(prefix=".selfhost-dr-verify-", dir=self.base)
                 self._fd = safe_fs.open_dir(self.path)
-                safe_fs.try_lock(self._fd)
+                safe_fs.lock(self._fd)
             except OSError as exc:
                 raise self.error(exc, member, size) from exc
         self._n += 1
@@ -1859,10 +1868,9 @@ def verification_state(archive: str) -> dict[str, object]:
     """``verified``, ``failed``, ``changed`` (the file changed since it was verified) or ``unverified``."""
     path = Sidecars.of(archive).verified
     try:
-        with open(path, "rb") as handle:
-            marker = json.loads(handle.read())
+        marker = json.loads(safe_fs.read_regular(path, MIB))
         st = os.stat(archive)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {"state": "unverified"}
     if not isinstance(marker, dict):
         return {"state": "unverified"}
@@ -1872,6 +1880,7 @@ def verification_state(archive: str) -> dict[str, object]:
         "state": "verified" if marker.get("ok") else "failed",
         "verified_at": marker.get("verified_at"),
         "sha256": marker.get("sha256"),
+        "databases_checked": marker.get("databases_checked") is True,
     }
 
 
@@ -1880,8 +1889,8 @@ def verified_earlier(archive: str) -> bool:
     and the file's size and mtime are unchanged since. Checking the whole-file sha256 again then covers every
     member and database."""
     state = verification_state(archive)
-    if state["state"] != "verified":
-        return False
+    if state["state"] != "verified" or not state.get("databases_checked"):
+        return False  # (a verification with sqlite=false did not check the databases: it does not count)
     try:
         return state.get("sha256") == read_checksum(Sidecars.of(archive).checksum)
     except BackupError:
@@ -1989,6 +1998,16 @@ def leftovers(directory: str) -> list[dict[str, object]]:
     return found
 
 
+def _archive_of_sidecar_lives(sidecar: str) -> bool:
+    # Partials first, then the archive: a writer always holds one of the two, and renames the first into the second.
+    directory, name = os.path.split(sidecar)
+    archive = _SIDECAR_RE.match(name)[1]  # type: ignore[index]
+    partials = [n for n in os.listdir(directory) if n.startswith(f".{archive}.partial-")]
+    if any(safe_fs.in_use(os.path.join(directory, n)) for n in partials):
+        return True
+    return os.path.lexists(os.path.join(directory, archive))
+
+
 def sweep(directory: str) -> list[dict[str, object]]:
     """Remove what killed runs left in ``directory`` (see :func:`leftovers`) and return what was removed.
 
@@ -1999,6 +2018,8 @@ def sweep(directory: str) -> list[dict[str, object]]:
     for item in leftovers(directory):
         if item["in_use"]:
             continue
+        if item["kind"] == "sidecar without its archive" and _archive_of_sidecar_lives(str(item["path"])):
+            continue  # its archive was being written, and got its name since the listing
         with contextlib.suppress(FileNotFoundError):
             safe_fs.remove_path(str(item["path"]))
             removed.append(item)

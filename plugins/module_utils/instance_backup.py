@@ -81,7 +81,7 @@ def backup_instance(
     safe_fs.remove_path(holder)
     os.mkdir(holder, 0o700)
     holder_fd = safe_fs.open_dir(holder)
-    safe_fs.try_lock(holder_fd)
+    safe_fs.lock(holder_fd)
     try:
         return _stop_copy_spawn(
             client, instance, tree, holder, dest_dir, health_timeout, label, metadata, log, create_args

@@ -52,8 +52,13 @@ class JournalError(Exception):
 
 
 def state_dir(override: str | None = None) -> str:
-    """Where this host keeps selfhost.dr's state: ``override``, ``$SELFHOST_DR_STATE_DIR`` or /var/lib/selfhost-dr."""
-    return os.path.abspath(override or os.environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR)
+    """Where this host keeps selfhost.dr's state: ``override``, ``$SELFHOST_DR_STATE_DIR``, /var/lib/selfhost-dr for
+    root, else the user's own state directory (``$XDG_STATE_HOME/selfhost-dr``, ``~/.local/state/selfhost-dr``)."""
+    chosen = override or os.environ.get(STATE_DIR_ENV)
+    if not chosen and os.geteuid() != 0:
+        home = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        chosen = os.path.join(home, "selfhost-dr")
+    return os.path.abspath(chosen or DEFAULT_STATE_DIR)
 
 
 @dataclass
@@ -188,7 +193,7 @@ class Journal:
         """Every readable record, oldest first."""
         try:
             names = sorted(os.listdir(self.dir))
-        except FileNotFoundError:
+        except OSError:  # none yet, or not this user's to read: no record this user can act on
             return
         for name in names:
             if name.endswith(".json") and _ID_RE.match(name[:-5]):

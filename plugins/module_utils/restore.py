@@ -84,6 +84,8 @@ class Restored:
     seconds: float = 0.0
     manifest: dict[str, object] = field(default_factory=dict)
     recovered: list[dict[str, object]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # the paths of the set that were restored
+    targets: list[str] = field(default_factory=list)  # where each of them is now
 
 
 @dataclass
@@ -164,6 +166,8 @@ def plan(
     units: list[Unit] = []
     for path in units_for(manifest, only):
         if not any(_under(k, path) for k in kinds):
+            if not only:
+                continue  # a path that was excluded or empty when backed up: nothing to put back
             raise RestoreError(f"nothing in this backup set lies under {path}")
         top = next(r for r in recorded if _under(path, r))
         _refuse_restored_links(root, top, path, restored)
@@ -225,6 +229,9 @@ def _locate(path: str, top: str, kind: str, links: dict[str, str], root: str) ->
     via = ""
     if os.path.islink(here):
         if top in links:
+            distrust = safe_fs.link_trust_problem(here)
+            if distrust:
+                raise RestoreError(f"{here} is a symbolic link others could have changed ({distrust}); not followed")
             want = os.path.realpath(_host(root, links[top]))
             now = os.path.realpath(here)
             if now != want:
@@ -329,28 +336,29 @@ def _restore(
         manifest = _verify(archive, log, None, verified_now).manifest or {}
         verified_now = True
     units = plan(manifest, dest_root, only, restored_targets(journal))
-    superseded = supersede(journal, [u.swap_point for u in units], log)
-    if superseded:  # the tree changed under the plan: plan again
-        recovered += superseded
-        units = plan(manifest, dest_root, only, restored_targets(journal))
+    _refuse_stuck(journal, [u.swap_point for u in units])
     dirs = {
         "/" + str(f["path"]): (int(str(f["mode"]), 8), int(f["uid"]), int(f["gid"]), int(f.get("mtime", 0) or 0))
         for f in manifest["files"]  # type: ignore[attr-defined]
         if f.get("type") == "dir"
     }
     record = journal.new(archive, [], stamp)
-    record.swaps = [SwapRecord(u.parent, u.name, f".{u.name}.selfhost-dr-restore-{record.id}") for u in units]
+    record.swaps = [SwapRecord(u.parent, u.name, _beside(u.name, "restore", record.id)) for u in units]
     journal.save(record)
-    result = Restored(archive, [], record.id, recovered=recovered)
+    result = Restored(
+        archive, [], record.id, recovered=recovered, paths=[u.path for u in units], targets=[u.target for u in units]
+    )
     fds: list[int] = []
+    staged: list[int] = []
     unpacker: _Unpacker | None = None
     try:
         for unit in units:
             fds.append(_open_unit_parent(unit))
         for unit, swap, fd in zip(units, record.swaps, fds):
-            swap.staged_id = _make_staging(unit.kind, swap.staging, fd)
+            swap.staged_id, staging_fd = _make_staging(unit.kind, swap.staging, fd)
+            staged.append(staging_fd)
         journal.save(record)
-        unpacker = _Unpacker(units, fds, [s.staging for s in record.swaps], dirs)
+        unpacker = _Unpacker(units, fds, [s.staging for s in record.swaps], staged, dirs)
         expected = {
             "/" + str(e["path"])
             for e in manifest["files"]  # type: ignore[attr-defined]
@@ -363,27 +371,32 @@ def _restore(
         if missing:
             raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
         unpacker.finish()
-        for swap, fd in zip(record.swaps, fds):
-            swap.staged_id = identity(fd, swap.staging)  # links exist only now
+        for unit, swap, fd in zip(units, record.swaps, fds):
+            if unit.kind == "symlink":
+                swap.staged_id = identity(fd, swap.staging)  # made only now
+            elif identity(fd, swap.staging) != swap.staged_id:
+                raise RestoreError(f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped")
         os.sync()
         record.state = "swapping"
         journal.save(record)
         for swap, fd in zip(record.swaps, fds):
             previous = identity(fd, swap.name)
             if previous:
-                swap.safety = f".{swap.name}.selfhost-dr-safety-{record.id}"
+                swap.safety = _beside(swap.name, "safety", record.id)
                 if identity(fd, swap.safety):
                     raise RestoreError(f"{swap.safety_path} already exists; it was not made by this restore")
                 swap.previous_id = previous
                 journal.save(record)  # what is about to move, before it moves
                 os.rename(swap.name, swap.safety, src_dir_fd=fd, dst_dir_fd=fd)
             os.rename(swap.staging, swap.name, src_dir_fd=fd, dst_dir_fd=fd)
+            os.fsync(fd)  # the renames are on disk before the journal says so
             swap.swapped = True
             journal.save(record)
             result.swaps.append(Swap(swap.target, swap.safety_path))
         record.state = "swapped"
         journal.save(record)
         result.files, result.bytes = unpacker.files, unpacker.bytes
+        result.recovered += supersede(journal, record, log)
     except BaseException as exc:
         if unpacker is not None:
             unpacker.close()
@@ -401,7 +414,7 @@ def _restore(
             raise
         raise RestoreError(reason) from exc
     finally:
-        for fd in fds:
+        for fd in fds + [f for f in staged if f >= 0]:
             os.close(fd)
     result.seconds = round(time.monotonic() - started, 3)
     log(f"restore: {result.files} files, {result.bytes / 2**20:.1f} MiB in {result.seconds:.1f} s (id {record.id})")
@@ -434,7 +447,12 @@ def check(
     if manifest is None:
         manifest = _verify(archive, log, None, False).manifest or {}
         checked = True
-    units = plan(manifest, dest_root, only, restored_targets(Journal(state_dir)))
+    journal = Journal(state_dir)
+    units = plan(manifest, dest_root, only, restored_targets(journal))
+    try:
+        _refuse_stuck(journal, [u.swap_point for u in units])
+    except JournalError as exc:
+        raise RestoreError(str(exc)) from exc
     if not checked:
         manifest = _verify(archive, log, None, False).manifest or manifest
     return manifest, units
@@ -451,21 +469,23 @@ def _sentence(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _make_staging(kind: str, name: str, parent_fd: int) -> list[int]:
-    """Create the private staging place of one tree (a directory, or an empty file); return its identity."""
+def _make_staging(kind: str, name: str, parent_fd: int) -> tuple[list[int], int]:
+    """Create the private staging place of one tree (a directory, or an empty file): its identity, and a descriptor
+    of it that the unpacker works through (never the name again: the target's directory may be writable by others,
+    who could swap the name)."""
     if kind == "symlink":
-        return []  # made at the end, when the links are made
+        return [], -1  # made at the end, when the links are made
     try:
         if kind == "file":
-            fd = os.open(
-                name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=parent_fd
-            )
-            os.close(fd)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(name, flags, 0o600, dir_fd=parent_fd)
         else:
             os.mkdir(name, 0o700, dir_fd=parent_fd)
+            fd = safe_fs.open_dir(name, parent_fd)
     except FileExistsError as exc:
         raise RestoreError(f"{name} already exists beside the target; it was not made by this restore") from exc
-    return identity(parent_fd, name)
+    st = os.fstat(fd)
+    return [st.st_dev, st.st_ino], fd
 
 
 def _verify(archive: str, log: Log, unpacker: _Unpacker | None, verified_now: bool) -> Verification:
@@ -493,8 +513,10 @@ class _Unpacker:
         units: list[Unit],
         parent_fds: list[int],
         stagings: list[str],
+        staging_fds: list[int],
         dirs: dict[str, tuple[int, int, int, int]],
     ) -> None:
+        self._staging_fds = staging_fds  # owned by the caller
         self.units = units
         self._set_dirs = dirs
         self._parents = parent_fds
@@ -518,7 +540,7 @@ class _Unpacker:
         while self._stack and not (self._stack[-1][0] == unit and rel[: len(self._stack[-1][1])] == self._stack[-1][1]):
             os.close(self._stack.pop()[2])
         if not self._stack:
-            self._stack.append((unit, (), safe_fs.open_dir(self._stagings[unit], self._parents[unit])))
+            self._stack.append((unit, (), os.dup(self._staging_fds[unit])))
         while len(self._stack[-1][1]) < len(rel):
             top = self._stack[-1]
             sub = rel[: len(top[1]) + 1]
@@ -548,9 +570,7 @@ class _Unpacker:
                 self.written.add(path)
                 return None
             if not rel:
-                self._fd = os.open(
-                    self._stagings[index], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._parents[index]
-                )
+                self._fd = os.dup(self._staging_fds[index])
                 self._root_file = index
                 self.current_path = os.path.join(unit.parent, self._stagings[index])
             else:
@@ -592,6 +612,8 @@ class _Unpacker:
             return
         try:
             _set_metadata(self._fd, member.mode, member.uid, member.gid, member.mtime, self._root)
+        except OSError as exc:
+            raise RestoreError(f"could not give {self.current_path} its owner, mode and times: {exc.strerror}") from exc
         finally:
             os.close(self._fd)
             self._fd = -1
@@ -673,7 +695,14 @@ def _undo(record: Record) -> None:
 
 
 def _aside(record: Record, swap: SwapRecord) -> str:
-    return f".{swap.name}.selfhost-dr-undone-{record.id}"
+    return _beside(swap.name, "undone", record.id)
+
+
+def _beside(name: str, what: str, restore_id: str) -> str:
+    """The hidden name of a staging tree, a safety copy or a tree being undone, next to ``name``: short enough
+    for any name (the restore id keeps it unique)."""
+    short = name if len(name.encode("utf-8", "surrogateescape")) <= 150 else name[:100] + "~"
+    return f".{short}.selfhost-dr-{what}-{restore_id}"
 
 
 def _check_undo(record: Record, swap: SwapRecord, fd: int) -> None:
@@ -786,26 +815,32 @@ def recover_interrupted(state_dir: str | None = None, log: Log = _no_log) -> lis
         return []
 
 
-def supersede(journal: Journal, targets: list[str], log: Log = _no_log) -> list[dict[str, object]]:
-    """Roll back the restores that finished but were never committed or rolled back (the controller died) and
-    that restored one of ``targets``: the new restore starts from the state before them, which becomes its
-    safety copy. A ``stuck`` record of the same place refuses the new restore with its reason."""
+def _refuse_stuck(journal: Journal, targets: list[str]) -> None:
+    for record in journal.pending():
+        if record.state == "stuck" and _overlaps(record, targets):
+            raise JournalError(
+                f"restore {record.id} of the same place could not be finished ({record.reason}); fix that and roll "
+                "it back (backup_restore state=rolled_back) before restoring here again"
+            )
+
+
+def _overlaps(record: Record, targets: list[str]) -> bool:
+    return any(_under(s.target, t) or _under(t, s.target) for s in record.swaps for t in targets)
+
+
+def supersede(journal: Journal, newer: Record, log: Log = _no_log) -> list[dict[str, object]]:
+    """Earlier restores of the places ``newer`` just restored that were never committed or rolled back (the
+    controller died): what they put in place, and whatever was written into it since, is now ``newer``'s safety
+    copy. They are recorded as accepted with their own safety copies kept (state ``kept``): nothing is deleted, and
+    ``backup_info`` lists them until someone commits them."""
     done = []
     for record in journal.pending():
-        if record.state not in ("swapped", "stuck"):
+        if record.state != "swapped" or record.id == newer.id or not _overlaps(record, [s.target for s in newer.swaps]):
             continue
-        if not any(_under(s.target, t) or _under(t, s.target) for s in record.swaps for t in targets):
-            continue
-        if record.state == "stuck":
-            raise JournalError(
-                f"restore {record.id} of the same place could not be finished ({record.reason}); resolve that by hand "
-                "before restoring here again"
-            )
-        _undo(record)
-        record.state = "rolled_back"
-        record.reason = "never committed; rolled back before a new restore of the same place"
+        record.state = "kept"
+        record.reason = f"never committed; superseded by restore {newer.id}, its safety copies kept"
         journal.save(record)
-        log(f"restore {record.id} was never committed; rolled back before restoring the same place again")
+        log(f"restore {record.id} was never committed; {record.reason}")
         done.append(record.summary())
     return done
 
@@ -827,14 +862,20 @@ def commit(restore_id: str, state_dir: str | None = None, check: bool = False, k
             record.state = "kept"
             journal.save(record)
             return True
+        previous = record.state
         record.state = "committing"
         journal.save(record)
         try:
             _delete_safety_copies(record)
         except JournalError:
-            record.state = "swapped"
+            record.state = previous  # refused before anything was deleted
             journal.save(record)
             raise
+        except OSError as exc:  # some may be gone: the commit stays under way, and the next run finishes it
+            raise JournalError(
+                f"committing restore {restore_id} failed: {_sentence(exc)}; the next commit (or restore) on this "
+                "host finishes it"
+            ) from exc
         record.state = "committed"
         journal.save(record)
         return True
@@ -853,19 +894,22 @@ def rollback(restore_id: str, state_dir: str | None = None, check: bool = False)
             raise JournalError(
                 f"restore {restore_id} was committed; its safety copies are gone and it cannot be rolled back"
             )
-        if record.state == "stuck":
-            raise JournalError(f"restore {restore_id} could not be finished ({record.reason}); resolve it by hand")
         if check:
             return True
-        previous = record.state
+        previous = record.state  # a stuck record is tried again: whoever fixed what stopped it rolls it back so
         record.state = "rolling_back"
         journal.save(record)
         try:
             _undo(record)
         except JournalError:
-            record.state = previous
+            record.state = previous  # refused before anything changed
             journal.save(record)
             raise
+        except OSError as exc:
+            raise JournalError(
+                f"rolling back restore {restore_id} failed: {_sentence(exc)}; the next roll back (or restore) on "
+                "this host tries again"
+            ) from exc
         record.state = "rolled_back"
         record.reason = "rolled back"
         journal.save(record)

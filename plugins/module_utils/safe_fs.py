@@ -217,6 +217,23 @@ def remove_path(path: str) -> None:
         os.close(pfd)
 
 
+def link_trust_problem(path: str) -> str:
+    """Why the symbolic link ``path`` could have been put or changed by someone other than root (or this user), or "".
+
+    The link and its directory must belong to root or this user, and the directory must not be writable by others
+    (or be sticky, like /tmp, with the link owned by root or this user)."""
+    me = {0, os.geteuid()}
+    link = os.lstat(path)
+    parent = os.stat(os.path.dirname(os.path.abspath(path)))
+    if link.st_uid not in me:
+        return f"it belongs to uid {link.st_uid}"
+    if parent.st_uid not in me:
+        return f"its directory belongs to uid {parent.st_uid}"
+    if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
+        return f"its directory is writable by others, mode {stat.S_IMODE(parent.st_mode):04o}"
+    return ""
+
+
 def try_lock(fd: int) -> bool:
     """Take an exclusive flock on ``fd`` without waiting; False when another process holds it."""
     try:
@@ -228,6 +245,11 @@ def try_lock(fd: int) -> bool:
             return False
         raise
     return True
+
+
+def lock(fd: int) -> None:
+    """Take an exclusive flock on ``fd``, waiting: another process's ``in_use`` probe holds it only for an instant."""
+    fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def in_use(path: str) -> bool:

@@ -23,6 +23,7 @@ import hashlib
 import os
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -139,7 +140,15 @@ def _open_source(source: str, lock_timeout: float, expect: Identity | None = Non
     # The connection's timeout is SQLite's busy timeout for each statement. Reading
     # through mmap saves a copy per page; it changes nothing on disk.
     before = _fds_of(expect) if expect is not None else set()
-    conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None)
+    if expect is None:
+        conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None)
+    else:
+        # mode=rw: SQLite never creates the file, so a link swapped in before it opens cannot make root create one
+        # anywhere; read-write (not read-only) because opening a FIFO swapped in for reading would block forever.
+        # Nothing is read or written before the descriptor is checked below. SQLite opens -wal and -shm itself,
+        # with O_NOFOLLOW (3.40).
+        uri = f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=rw"
+        conn = sqlite3.connect(uri, timeout=lock_timeout, isolation_level=None, uri=True)
     try:
         if expect is None:
             conn.execute("PRAGMA mmap_size = 1073741824")

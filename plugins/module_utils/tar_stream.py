@@ -89,6 +89,7 @@ class TarReader:
 
     def members(self) -> Iterator[Member]:
         pax: dict[str, str] = {}
+        pax_bytes = 0
         long_name = long_link = ""
         while True:
             if self._left:
@@ -113,6 +114,11 @@ class TarReader:
             if info.type in extended and info.size > MAX_EXTENDED:
                 raise TarStreamError(f"an extended tar header at byte {self.offset - BLOCK} is larger than 1 MiB")
             if info.type in (tarfile.XHDTYPE, tarfile.SOLARIS_XHDTYPE):
+                pax_bytes += info.size
+                if pax_bytes > MAX_EXTENDED:  # several extended headers for one member add up
+                    raise TarStreamError(
+                        f"the extended tar headers before byte {self.offset} add up to more than 1 MiB"
+                    )
                 pax.update(_pax_records(self._read_exact(padded)[: info.size]))
                 continue
             if info.type == tarfile.XGLTYPE:
@@ -136,7 +142,7 @@ class TarReader:
                 size=_number(pax.get("size", info.size), int, 2**62),
                 linkname=pax.get("linkpath") or long_link or info.linkname,
             )
-            pax, long_name, long_link = {}, "", ""
+            pax, long_name, long_link, pax_bytes = {}, "", "", 0
             has_data = member.kind == "file" or member.type not in (
                 tarfile.DIRTYPE,
                 tarfile.SYMTYPE,

@@ -24,7 +24,8 @@ description:
     O(state=rolled_back) puts them back. Both act only on what the journal recorded, refuse anything else in one
     sentence, and change nothing when repeated.
   - A restore killed half-way (the controller died) is finished or undone by the next restore, commit or roll back on
-    the host; a restore that finished but was never committed is rolled back before a new restore of the same place.
+    the host. A restore that finished but was never committed is kept when the same place is restored again; the new
+    restore's safety copy is the live tree, the earlier safety copy stays (state C(kept)) until committed.
   - The application is not stopped or started here; the C(restore) role does that around this module.
 author:
   - selfhost.dr developers
@@ -115,14 +116,21 @@ swaps:
   type: list
   elements: dict
   sample: [{target: /var/lib/tenement, safety: /var/lib/.tenement.selfhost-dr-safety-20261122T040000Z}]
+paths:
+  description: The paths of the set restored (or that would be), as the set names them; give them back as O(paths).
+  returned: state=restored
+  type: list
+  elements: str
+  sample: [/etc/tenement, /var/lib/tenement]
 targets:
-  description: The trees restored (or that would be).
+  description: Where each of RV(paths) is (or would be) on this host, links above the set's paths resolved.
   returned: state=restored
   type: list
   elements: str
   sample: [/etc/tenement, /var/lib/tenement]
 recovered:
-  description: Earlier restores of this host that this run finished or undid (interrupted, or never committed).
+  description: Earlier restores of this host that this run finished or undid (interrupted), or recorded as kept
+    (never committed, and superseded by this one).
   returned: state=restored, not in check mode
   type: list
   elements: dict
@@ -193,6 +201,7 @@ def main() -> None:
             manifest, units = check(p["path"], p["dest_root"], p["paths"], p["state_dir"], module.log)
             module.exit_json(
                 changed=True,
+                paths=[u.path for u in units],
                 targets=[u.target for u in units],
                 metadata=manifest.get("metadata", {}),
                 app_version=manifest.get("app_version", ""),
@@ -204,7 +213,8 @@ def main() -> None:
         changed=True,
         restore_id=done.restore_id,
         swaps=[s.to_dict() for s in done.swaps],
-        targets=[s.target for s in done.swaps],
+        paths=done.paths,
+        targets=done.targets,
         recovered=done.recovered,
         files=done.files,
         bytes=done.bytes,

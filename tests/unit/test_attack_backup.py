@@ -453,7 +453,47 @@ def test_a_swap_in_the_window_before_sqlite_opens_leaves_only_that_database_out(
     assert str(app / "data" / "notes.txt").lstrip("/") in members_of(made.path)
 
 
+def test_a_database_swapped_for_a_link_to_a_missing_file_makes_root_create_nothing(
+    app: Path, dest: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite opens by name: with the usual read-write-create mode, root would create the link's target (an empty
+    /etc/nologin locks every user out)."""
+    db = app / "db" / "app.db"
+    nologin = tmp_path / "etc" / "nologin"
+    nologin.parent.mkdir()
+
+    def swap() -> None:
+        db.unlink()
+        db.symlink_to(nologin)
+
+    before_sqlite_opens(monkeypatch, "snapshot_bytes", lambda: as_attacker(swap))
+    made = create([str(app)], str(dest))
+    assert not os.path.lexists(nologin)
+    assert str(db) in made.manifest["changed_during_backup"]  # type: ignore[operator]
+
+
 # -- 2. a path given that is itself a link ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("who", ["the link belongs to a user", "its directory is writable by everyone"])
+def test_a_path_that_is_a_link_others_could_change_is_not_followed(
+    base: Path, dest: Path, tmp_path: Path, who: str
+) -> None:
+    """A user who could put or change the link would choose what root archives (their link to /root, say)."""
+    secret = tmp_path / "root-only"
+    secret.mkdir()
+    (secret / "key").write_bytes(MARKER)
+    shared = base / "shared"
+    shared.mkdir()
+    link = shared / "data"
+    link.symlink_to(secret)
+    if who.startswith("the link"):
+        os.lchown(link, NOBODY, NOBODY)
+    else:
+        os.chmod(shared, 0o777)
+    with pytest.raises(BackupError, match=r"^path .*/shared/data is a symbolic link others could have changed \("):
+        create([str(link)], str(dest))
+    assert catalog(str(dest)) == []
 
 
 def test_a_path_that_is_a_link_to_a_directory_is_archived_recorded_and_restored(

@@ -268,7 +268,7 @@ def test_the_link_checks_do_not_depend_on_a_deep_verification(sets: MakeDir, des
     bad = write_set(sets(), tree("srv/app", *_resolve(list(STRUCTURE["abs-link-then-file"][0]), outside)), PATHS)
     st = os.stat(bad.path)
     digest = Path(bad.sidecars.checksum).read_text().split()[0]
-    marker = {"ok": True, "verified_at": "2026-11-22T03:52:00.000000Z", "sha256": digest}
+    marker = {"ok": True, "databases_checked": True, "verified_at": "2026-11-22T03:52:00.000000Z", "sha256": digest}
     Path(bad.sidecars.verified).write_text(json.dumps({**marker, "size": st.st_size, "mtime_ns": st.st_mtime_ns}))
     assert backup_set.verified_earlier(bad.path)
     lines: list[str] = []
@@ -414,21 +414,20 @@ def test_chosen_paths_stay_inside_the_set(only: str, words: str, sets: MakeDir, 
     assert state(dest) == before
 
 
-def test_link_put_back_by_supersede_is_never_followed(sets: MakeDir, dest: Path, outside: Path) -> None:
-    """plan() sees a directory; rolling back the uncommitted restore before this one puts the host's link back on
-    the way (this wrote into the link's target before the reviewed fix)."""
+def test_a_superseded_restore_never_puts_a_link_back_on_the_way(sets: MakeDir, dest: Path, outside: Path) -> None:
+    """An uncommitted restore replaced a tree holding a link; a later restore of a path below it never sees the
+    link again (rolling the first back first, as an earlier design did, put the link back under the plan)."""
     first = restore(_link_set(sets, outside).path, dest_root=str(dest))
     commit(first.restore_id)  # /srv/app/one -> outside, as the host had it
     ordinary = write_set(sets(), tree("srv/app"), PATHS)
-    restore(ordinary.path, dest_root=str(dest))  # not committed: /srv/app/one is a directory for now
+    second = restore(ordinary.path, dest_root=str(dest))  # not committed: /srv/app/one is a directory now
     assert not (dest / "srv" / "app" / "one").is_symlink()
-    said = restored(ordinary.path, dest, ["/srv/app/one/notes.txt"])  # refused or restored: never through the link
+    assert restored(ordinary.path, dest, ["/srv/app/one/notes.txt"]) == "ok"
     assert not (outside / "notes.txt").exists()
-    assert said.endswith(
-        f"{dest}/srv/app/one is a symbolic link; refusing to restore /srv/app/one/notes.txt through it"
-    )
-    assert os.readlink(dest / "srv" / "app" / "one") == str(outside)
-    assert staging_leftovers(dest) == []
+    assert (dest / "srv" / "app" / "one" / "notes.txt").read_bytes() == b"notes\n"
+    # The link is kept in the second restore's safety copy, with everything else that was there.
+    assert os.readlink(Path(second.swaps[0].safety) / "one") == str(outside)
+    assert [p["state"] for p in pending() if p["restore_id"] == second.restore_id] == ["kept"]
 
 
 def test_hard_links_and_fifos_in_the_destination_are_never_written_through(
@@ -1016,10 +1015,16 @@ def test_a_partial_restore_after_supersede_replaces_only_what_was_chosen(sets: M
     ordinary = write_set(sets(), tree("srv/app"), PATHS)  # declares one as 0750 root
     done = restore(ordinary.path, dest_root=str(dest), only=["/srv/app/one/notes.txt"])
     commit(done.restore_id)
-    assert (one / "notes.txt").read_bytes() == b"notes\n"
-    assert (one / "own.txt").read_bytes() == b"the host's file\n", "a file the restore was not asked for is gone"
+    # The first restore removed /srv/app/one (its set has none); the second brings back only what was chosen,
+    # with the directory the set declares. The host's own one, own.txt in it, waits in the first one's safety copy.
+    assert os.listdir(one) == ["notes.txt"] and (one / "notes.txt").read_bytes() == b"notes\n"
     st = one.lstat()
-    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o711, VICTIM_UID)
+    assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o750, 0)
+    kept = [p for p in pending() if p["state"] == "kept"]
+    assert len(kept) == 1
+    saved = Path(str(kept[0]["swaps"][0]["safety"])) / "one"  # type: ignore[index]
+    assert (saved / "own.txt").read_bytes() == b"the host's file\n", "a file the restore was not asked for is gone"
+    assert (stat.S_IMODE(saved.lstat().st_mode), saved.lstat().st_uid) == (0o711, VICTIM_UID)
 
 
 def test_a_partial_restore_makes_missing_directories_as_declared(sets: MakeDir, dest: Path) -> None:

@@ -163,9 +163,7 @@ def test_a_set_verified_before_is_checked_by_its_whole_file_sha256(app: Path, tm
     assert not (tmp_path / "drill2").exists() or not any((tmp_path / "drill2").rglob("*.txt"))
 
 
-def test_an_uncommitted_restore_is_rolled_back_before_the_next_one_but_a_kept_one_is_not(
-    app: Path, tmp_path: Path
-) -> None:
+def test_an_uncommitted_restore_is_superseded_by_the_next_one_and_nothing_is_deleted(app: Path, tmp_path: Path) -> None:
     made = create([str(app)], str(tmp_path))
     (app / "two" / "notes.txt").write_text("before the first restore\n")
     first = restore(made.path, stamp="T1")  # the controller dies before it commits
@@ -173,18 +171,42 @@ def test_an_uncommitted_restore_is_rolled_back_before_the_next_one_but_a_kept_on
     (app / "two" / "notes.txt").write_text("written after the first restore\n")
     second = restore(made.path, stamp="T2")
     assert [r["restore_id"] for r in second.recovered] == [first.restore_id]
-    # The second restore's safety copy is the state before both, and nothing else is left beside the target.
-    safety = Path(second.swaps[0].safety)
-    assert (safety / "two" / "notes.txt").read_text() == "before the first restore\n"
-    assert sorted(p.name for p in app.parent.iterdir()) == [f".app.selfhost-dr-safety-{second.restore_id}", "app"]
-    with pytest.raises(JournalError, match=r"^restore .* was rolled back; there is nothing to commit$"):
-        commit(first.restore_id)
+    # What the application wrote since the first restore is the second one's safety copy; the state before both
+    # is still the first one's: nothing was deleted, and both are listed until someone commits them.
+    assert (Path(second.swaps[0].safety) / "two" / "notes.txt").read_text() == "written after the first restore\n"
+    assert (Path(first.swaps[0].safety) / "two" / "notes.txt").read_text() == "before the first restore\n"
+    assert {p["restore_id"]: p["state"] for p in pending()} == {first.restore_id: "kept", second.restore_id: "swapped"}
+    with pytest.raises(JournalError, match=r"^.* changed since restore .*; nothing was put back$"):
+        rollback(first.restore_id)  # its target is the second restore's tree now: refused, nothing touched
+    assert (app / "two" / "notes.txt").read_text() == "two\n"
 
     # Accepted with its safety copy kept: the next restore leaves it alone, a later commit deletes it.
     assert commit(second.restore_id, keep_safety=True) is True
     assert commit(second.restore_id, keep_safety=True) is False
     third = restore(made.path, stamp="T3")
-    assert third.recovered == [] and safety.is_dir()
-    assert commit(third.restore_id) is True and commit(second.restore_id) is True
-    assert not safety.exists() and pending() == []
+    assert third.recovered == [] and Path(second.swaps[0].safety).is_dir()
+    assert all(commit(r.restore_id) is True for r in (third, second, first))
+    assert pending() == []
     assert [p.name for p in app.parent.iterdir()] == ["app"]
+
+
+def test_a_path_that_was_excluded_when_backed_up_verifies_and_restores(app: Path, tmp_path: Path) -> None:
+    cache = app.parent / "cache"
+    cache.mkdir()
+    made = create([str(app), str(cache)], str(tmp_path), excludes=[str(cache)])
+    assert str(cache) in made.manifest["paths"] and verify(made.path).ok  # type: ignore[operator]
+    done = restore(made.path, dest_root=str(tmp_path / "drill"))  # nothing to put back for cache: left alone
+    assert done.paths == [str(app)]
+    with pytest.raises(RestoreError, match=r"^nothing in this backup set lies under .*/cache$"):
+        restore(made.path, dest_root=str(tmp_path / "drill2"), only=[str(cache)])
+
+
+def test_a_verification_without_databases_does_not_spare_a_restore_checking_them(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    assert verify(made.path, check_sqlite=False).ok
+    lines: list[str] = []
+    restore(made.path, dest_root=str(tmp_path / "drill"), log=lines.append)
+    assert not any("passed verification before" in line for line in lines), lines
+    assert verify(made.path).ok
+    restore(made.path, dest_root=str(tmp_path / "drill2"), log=lines.append)
+    assert any("passed verification before" in line for line in lines), lines
