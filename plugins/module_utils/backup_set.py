@@ -303,15 +303,17 @@ def _root_of(raw: str, stored: str) -> Root:
         raise BackupError("backing up / as a whole is not supported; list the directories to back up")
     if not os.path.lexists(path):
         raise BackupError(f"path {path} does not exist")
+    # What the user meant is what a link leads to (the set records that it was one), but only through links no one
+    # else could have put or changed: otherwise a user would choose what root archives.
+    try:
+        real = safe_fs.resolve_trusted(path)
+    except safe_fs.UntrustedLinkError as exc:
+        raise BackupError(
+            f"path {path} goes through the symbolic link {exc.link}, which others could have changed ({exc.problem}); "
+            "not followed"
+        ) from exc
     link = ""
-    real = path
     if os.path.islink(path):
-        # What the user meant is what the link leads to; the set records that it was a link. Only a link no one
-        # else could have put there: otherwise a user would choose what root archives.
-        distrust = safe_fs.link_trust_problem(path)
-        if distrust:
-            raise BackupError(f"path {path} is a symbolic link others could have changed ({distrust}); not followed")
-        real = os.path.realpath(path)
         if not os.path.exists(real) or real == "/":
             raise BackupError(f"path {path} is a symbolic link to {os.readlink(path)}, which does not exist")
         link = real
@@ -1334,6 +1336,9 @@ def _manifest_problem(data: dict[str, object]) -> str:
         mode = rec.get("mode")
         if not isinstance(mode, str) or not re.fullmatch(r"[0-7]{4}", mode):
             return f"{name} has no valid mode"
+        mtime = rec.get("mtime", 0)
+        if not isinstance(mtime, (int, float)) or isinstance(mtime, bool) or not abs(mtime) <= 2**62 / 1e9:
+            return f"{name} has no valid mtime"  # (NaN fails the comparison too)
         uid, gid = rec.get("uid"), rec.get("gid")
         if not (_is_int(uid) and _is_int(gid) and 0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):  # type: ignore[operator]
             return f"{name} has no valid owner"
@@ -1536,6 +1541,10 @@ def verify(
             drained = not too_many
     except (TarStreamError, OSError) as exc:
         stream_error = str(exc) or type(exc).__name__
+    except BaseException:
+        if proc.stderr:
+            proc.stderr.close()  # an exception (from the unpacker, say) is on its way out: nothing will read it
+        raise
     finally:
         with contextlib.suppress(OSError):
             proc.stdout.close()
@@ -2020,6 +2029,8 @@ def sweep(directory: str) -> list[dict[str, object]]:
             continue
         if item["kind"] == "sidecar without its archive" and _archive_of_sidecar_lives(str(item["path"])):
             continue  # its archive was being written, and got its name since the listing
+        if safe_fs.in_use(str(item["path"])):
+            continue  # taken by a run that started since the listing
         with contextlib.suppress(FileNotFoundError):
             safe_fs.remove_path(str(item["path"]))
             removed.append(item)

@@ -127,7 +127,7 @@ class Journal:
         except OSError as exc:
             raise JournalError(f"cannot use the restore journal in {self.dir}: {exc.strerror}") from exc
         deadline = time.monotonic() + self.lock_timeout
-        while not safe_fs.try_lock(fd):
+        while not self._try(fd):
             if time.monotonic() >= deadline:
                 os.close(fd)
                 raise JournalError(
@@ -137,6 +137,13 @@ class Journal:
             time.sleep(0.2)
         self._lock_fd = fd
         return self
+
+    def _try(self, fd: int) -> bool:
+        try:
+            return safe_fs.try_lock(fd)
+        except OSError as exc:
+            os.close(fd)
+            raise JournalError(f"cannot lock the restore journal in {self.dir}: {exc.strerror}") from exc
 
     def __exit__(self, *_exc: object) -> None:
         if self._lock_fd >= 0:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import posixpath
 import stat
@@ -221,19 +222,27 @@ def _host(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
 
+def _trusted(path: str, what: str) -> str:
+    try:
+        return safe_fs.resolve_trusted(path)
+    except safe_fs.UntrustedLinkError as exc:
+        raise RestoreError(
+            f"the way to {what} goes through the symbolic link {exc.link}, which others could have changed "
+            f"({exc.problem}); not followed"
+        ) from exc
+
+
 def _locate(path: str, top: str, kind: str, links: dict[str, str], root: str) -> Unit:
-    # Above the set's path is the host's own layout, resolved as usual; from it down, no link is followed.
-    anchor = os.path.realpath(os.path.dirname(_host(root, top)))
+    # Above the set's path is the host's own layout, resolved as usual (through links only root could have made);
+    # from it down, no link is followed.
+    anchor = _trusted(os.path.dirname(_host(root, top)), path)
     name = os.path.basename(top)
     here = os.path.join(anchor, name)
     via = ""
     if os.path.islink(here):
         if top in links:
-            distrust = safe_fs.link_trust_problem(here)
-            if distrust:
-                raise RestoreError(f"{here} is a symbolic link others could have changed ({distrust}); not followed")
-            want = os.path.realpath(_host(root, links[top]))
-            now = os.path.realpath(here)
+            want = _trusted(_host(root, links[top]), path)
+            now = _trusted(here, path)
             if now != want:
                 raise RestoreError(
                     f"{here} is a symbolic link to {now}, but the set was taken through it from {want}; "
@@ -371,12 +380,12 @@ def _restore(
         if missing:
             raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
         unpacker.finish()
+        os.sync()
         for unit, swap, fd in zip(units, record.swaps, fds):
             if unit.kind == "symlink":
                 swap.staged_id = identity(fd, swap.staging)  # made only now
             elif identity(fd, swap.staging) != swap.staged_id:
                 raise RestoreError(f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped")
-        os.sync()
         record.state = "swapping"
         journal.save(record)
         for swap, fd in zip(record.swaps, fds):
@@ -436,7 +445,8 @@ def check(
 ) -> tuple[dict[str, object], list[Unit]]:
     """What a restore would do, refusing what it would refuse, in the same order and words; changes nothing.
 
-    (A restore also rolls back an uncommitted restore of the same place first; check mode only plans.)"""
+    (A real restore first finishes or undoes restores of this host that were interrupted; check mode leaves them,
+    so where one of them cannot be finished the real run refuses what check mode let through.)"""
     try:
         manifest: dict[str, object] | None = read_manifest(Sidecars.of(archive).manifest)
     except NewerFormatError as exc:
@@ -701,8 +711,10 @@ def _aside(record: Record, swap: SwapRecord) -> str:
 def _beside(name: str, what: str, restore_id: str) -> str:
     """The hidden name of a staging tree, a safety copy or a tree being undone, next to ``name``: short enough
     for any name (the restore id keeps it unique)."""
-    short = name if len(name.encode("utf-8", "surrogateescape")) <= 150 else name[:100] + "~"
-    return f".{short}.selfhost-dr-{what}-{restore_id}"
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) > 150:  # cut on bytes (a name is at most 255), kept distinct by a hash of the whole
+        name = f"{raw[:100].decode('utf-8', 'ignore')}~{hashlib.sha256(raw).hexdigest()[:8]}"
+    return f".{name}.selfhost-dr-{what}-{restore_id}"
 
 
 def _check_undo(record: Record, swap: SwapRecord, fd: int) -> None:
@@ -723,6 +735,12 @@ def _check_undo(record: Record, swap: SwapRecord, fd: int) -> None:
             raise JournalError(
                 f"{swap.target} exists again beside the safety copy {swap.safety_path}; nothing was put back"
             )
+        if not saved and ours:
+            # Moved aside, then its safety copy went (deleted by hand, or by a commit that began): removing the
+            # restored tree would leave nothing at the target.
+            raise JournalError(
+                f"the safety copy {swap.safety_path} of restore {record.id} is gone; {swap.target} was left as it is"
+            )
 
 
 def _undo_one(record: Record, swap: SwapRecord, fd: int) -> None:
@@ -732,6 +750,7 @@ def _undo_one(record: Record, swap: SwapRecord, fd: int) -> None:
         os.rename(swap.name, aside, src_dir_fd=fd, dst_dir_fd=fd)
     if swap.safety and identity(fd, swap.safety) == swap.previous_id and swap.previous_id:
         os.rename(swap.safety, swap.name, src_dir_fd=fd, dst_dir_fd=fd)
+    os.fsync(fd)  # the target is back on disk before the journal says so
     for name in (aside, swap.staging):
         found = identity(fd, name)
         if found and (found == swap.staged_id or (name == swap.staging and _made_here(fd, name))):
@@ -770,6 +789,7 @@ def _delete_safety_copies(record: Record) -> None:
         for swap, fd in steps:
             if identity(fd, swap.safety):
                 safe_fs.remove_tree(swap.safety, fd)
+                os.fsync(fd)
     finally:
         for _swap, fd in steps:
             os.close(fd)
@@ -794,7 +814,9 @@ def recover(journal: Journal, log: Log = _no_log) -> list[dict[str, object]]:
                 record.state = "aborted" if was == "staging" else "rolled_back"
                 record.reason = f"interrupted while {_said(was)[len('interrupted while ') :]}; undone by the next run"
         except (JournalError, OSError) as exc:
-            record.state, record.reason = "stuck", f"interrupted, and could not be finished: {_sentence(exc)}"
+            record.state = "stuck"
+            record.reason = f"interrupted while {_said(was)[len('interrupted while ') :]}, and could not be finished: "
+            record.reason += _sentence(exc)
         journal.save(record)
         log(f"restore {record.id} of {record.archive} was {_said(was)}; now {record.state.replace('_', ' ')}")
         done.append(record.summary())
@@ -854,7 +876,8 @@ def commit(restore_id: str, state_dir: str | None = None, check: bool = False, k
         record = journal.load(restore_id)
         if record.state == "committed" or (record.state == "kept" and keep_safety):
             return finished  # a killed commit the recovery just finished did change something
-        if record.state not in ("swapped", "kept"):
+        stuck_committing = record.state == "stuck" and record.reason.startswith("interrupted while committing")
+        if record.state not in ("swapped", "kept") and not stuck_committing:
             raise JournalError(f"restore {restore_id} was {_said(record.state)}; there is nothing to commit")
         if check:
             return True
@@ -890,7 +913,7 @@ def rollback(restore_id: str, state_dir: str | None = None, check: bool = False)
         record = journal.load(restore_id)
         if record.state in ("rolled_back", "aborted"):
             return finished  # a killed roll back the recovery just finished did change something
-        if record.state in ("committed", "committing"):
+        if record.state in ("committed", "committing") or record.reason.startswith("interrupted while committing"):
             raise JournalError(
                 f"restore {restore_id} was committed; its safety copies are gone and it cannot be rolled back"
             )

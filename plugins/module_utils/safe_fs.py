@@ -183,7 +183,12 @@ def remove_tree(name: str, dir_fd: int) -> None:
     # Each frame: (fd of the directory, its name, fd of its parent, iterator over its entries).
     stack: list[tuple[int, str, int, Iterator[os.DirEntry[str]]]] = []
     fd = open_dir(name, dir_fd, st)
-    stack.append((fd, name, dir_fd, iter(list(os.scandir(fd)))))
+    try:
+        entries = iter(list(os.scandir(fd)))
+    except BaseException:
+        os.close(fd)
+        raise
+    stack.append((fd, name, dir_fd, entries))
     try:
         while stack:
             fd, dname, pfd, entries = stack[-1]
@@ -195,7 +200,12 @@ def remove_tree(name: str, dir_fd: int) -> None:
                 continue
             if entry.is_dir(follow_symlinks=False):
                 child = open_dir(entry.name, fd, entry.stat(follow_symlinks=False))
-                stack.append((child, entry.name, fd, iter(list(os.scandir(child)))))
+                try:
+                    entries = iter(list(os.scandir(child)))
+                except BaseException:
+                    os.close(child)
+                    raise
+                stack.append((child, entry.name, fd, entries))
             else:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.name, dir_fd=fd)
@@ -232,6 +242,50 @@ def link_trust_problem(path: str) -> str:
     if parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX:
         return f"its directory is writable by others, mode {stat.S_IMODE(parent.st_mode):04o}"
     return ""
+
+
+class UntrustedLinkError(OSError):
+    """A symbolic link on the way that someone other than root (or this user) could have put or changed."""
+
+    def __init__(self, link: str, problem: str) -> None:
+        super().__init__(errno.EPERM, f"{link} is a symbolic link others could have changed ({problem})", link)
+        self.link = link
+        self.problem = problem
+
+
+def resolve_trusted(path: str) -> str:
+    """``os.path.realpath(path)``, but every symbolic link met on the way must pass :func:`link_trust_problem`
+    (else ``UntrustedLinkError``): the host's own layout, not a link a user could point at /etc. A missing part
+    and what follows it are kept as they are, as realpath does."""
+    pending = [p for p in os.path.abspath(path).split("/") if p]
+    resolved = "/"
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            resolved = os.path.dirname(resolved)
+            continue
+        candidate = os.path.join(resolved, part)
+        try:
+            st = os.lstat(candidate)
+        except (FileNotFoundError, NotADirectoryError):
+            return os.path.normpath(os.path.join(candidate, *pending))
+        if not stat.S_ISLNK(st.st_mode):
+            resolved = candidate
+            continue
+        problem = link_trust_problem(candidate)
+        if problem:
+            raise UntrustedLinkError(candidate, problem)
+        hops += 1
+        if hops > 40:
+            raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+        target = os.readlink(candidate)
+        if target.startswith("/"):
+            resolved = "/"
+        pending = [p for p in target.split("/") if p] + pending
+    return resolved
 
 
 def try_lock(fd: int) -> bool:

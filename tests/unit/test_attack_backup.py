@@ -491,7 +491,10 @@ def test_a_path_that_is_a_link_others_could_change_is_not_followed(
         os.lchown(link, NOBODY, NOBODY)
     else:
         os.chmod(shared, 0o777)
-    with pytest.raises(BackupError, match=r"^path .*/shared/data is a symbolic link others could have changed \("):
+    refused = (
+        r"^path (.*)/shared/data goes through the symbolic link \1/shared/data, which others could have changed \("
+    )
+    with pytest.raises(BackupError, match=refused):
         create([str(link)], str(dest))
     assert catalog(str(dest)) == []
 
@@ -859,3 +862,29 @@ def test_swaps_leave_nothing_behind_in_the_backup_directory(
     assert [s["name"] for s in catalog(str(dest))] == [made.name]
     assert leftovers(str(dest)) == []
     assert sorted(os.listdir(dest)) == sorted([made.name, made.name + ".sha256", made.name + ".manifest.json"])
+
+
+def test_a_user_owned_link_behind_a_root_link_is_never_followed(base: Path, dest: Path, tmp_path: Path) -> None:
+    """current -> releases/42 is root's; releases/ is a user's, who makes 42 a link to a root-only directory: the
+    backup must not archive it, the restore must not swap the set into it."""
+    secret = tmp_path / "cron.d"
+    secret.mkdir()
+    (secret / "job").write_bytes(MARKER)
+    releases = base / "releases"
+    (releases / "42").mkdir(parents=True)
+    (releases / "42" / "app.txt").write_text("release 42\n")
+    current = base / "current"
+    current.symlink_to(releases / "42")
+    made = create([str(current)], str(dest))  # followed while releases/ is root's
+    os.chown(releases, NOBODY, NOBODY)
+
+    def swap() -> None:
+        (releases / "42").rename(releases / "42.old")
+        (releases / "42").symlink_to(secret)
+
+    as_attacker(swap)
+    with pytest.raises(BackupError, match=r"goes through the symbolic link .*/releases/42, which others could have"):
+        create([str(current)], str(dest))
+    with pytest.raises(RestoreError, match=r"goes through the symbolic link .*/releases/42, which others could have"):
+        restore(made.path)
+    assert sorted(os.listdir(secret)) == ["job"] and (secret / "job").read_bytes() == MARKER

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, verify
 from ansible_collections.selfhost.dr.plugins.module_utils.journal import JournalError
 from ansible_collections.selfhost.dr.plugins.module_utils.restore import (
@@ -210,3 +211,23 @@ def test_a_verification_without_databases_does_not_spare_a_restore_checking_them
     assert verify(made.path).ok
     restore(made.path, dest_root=str(tmp_path / "drill2"), log=lines.append)
     assert any("passed verification before" in line for line in lines), lines
+
+
+def test_a_roll_back_whose_safety_copy_is_gone_leaves_the_restored_tree(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    done = restore(made.path)
+    safe_fs.remove_path(done.swaps[0].safety)  # deleted by hand, or by a commit that began and failed
+    before = snapshot_of(app)
+    with pytest.raises(JournalError, match=r"^the safety copy .* of restore .* is gone; .*/app was left as it is$"):
+        rollback(done.restore_id)
+    assert snapshot_of(app) == before
+
+
+def test_a_manifest_with_an_impossible_mtime_is_refused_in_one_sentence(app: Path, tmp_path: Path) -> None:
+    made = create([str(app)], str(tmp_path))
+    manifest = json.loads(Path(made.manifest_path).read_text())
+    manifest["files"][0]["mtime"] = 2**70
+    Path(made.manifest_path).write_text(json.dumps(manifest))
+    with pytest.raises(RestoreError, match=r"is not a valid manifest: .* has no valid mtime$"):
+        restore(made.path, dest_root=str(tmp_path / "drill"))
+    assert not (tmp_path / "drill").exists() or not any((tmp_path / "drill").rglob("*.txt"))
