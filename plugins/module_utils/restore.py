@@ -334,16 +334,7 @@ def _restore(
     started: float,
     recovered: list[dict[str, object]],
 ) -> Restored:
-    try:
-        manifest: dict[str, object] | None = read_manifest(Sidecars.of(archive).manifest)
-    except NewerFormatError as exc:
-        raise RestoreError(str(exc)) from exc
-    except BackupError:
-        manifest = None
-    verified_now = False
-    if manifest is None:  # a first pass learns what the set holds (and verifies it)
-        manifest = _verify(archive, log, None, verified_now).manifest or {}
-        verified_now = True
+    manifest, verified_now = _manifest_of(archive, log)
     units = plan(manifest, dest_root, only, restored_targets(journal))
     _refuse_stuck(journal, [u.swap_point for u in units])
     dirs = {
@@ -447,16 +438,7 @@ def check(
 
     (A real restore first finishes or undoes restores of this host that were interrupted; check mode leaves them,
     so where one of them cannot be finished the real run refuses what check mode let through.)"""
-    try:
-        manifest: dict[str, object] | None = read_manifest(Sidecars.of(archive).manifest)
-    except NewerFormatError as exc:
-        raise RestoreError(str(exc)) from exc
-    except BackupError:
-        manifest = None
-    checked = False
-    if manifest is None:
-        manifest = _verify(archive, log, None, False).manifest or {}
-        checked = True
+    manifest, checked = _manifest_of(archive, log)
     journal = Journal(state_dir)
     units = plan(manifest, dest_root, only, restored_targets(journal))
     try:
@@ -466,6 +448,17 @@ def check(
     if not checked:
         manifest = _verify(archive, log, None, False).manifest or manifest
     return manifest, units
+
+
+def _manifest_of(archive: str, log: Log) -> tuple[dict[str, object], bool]:
+    """The set's manifest, from its sidecar; without one (or an unreadable one), from a first verifying pass.
+    The flag says whether that pass ran (the set is verified then)."""
+    try:
+        return read_manifest(Sidecars.of(archive).manifest), False
+    except NewerFormatError as exc:
+        raise RestoreError(str(exc)) from exc
+    except BackupError:
+        return _verify(archive, log, None, False).manifest or {}, True
 
 
 def _sentence(exc: BaseException) -> str:

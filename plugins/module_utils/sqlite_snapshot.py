@@ -145,8 +145,8 @@ def _open_source(source: str, lock_timeout: float, expect: Identity | None = Non
     else:
         # mode=rw: SQLite never creates the file, so a link swapped in before it opens cannot make root create one
         # anywhere; read-write (not read-only) because opening a FIFO swapped in for reading would block forever.
-        # Nothing is read or written before the descriptor is checked below. SQLite opens -wal and -shm itself,
-        # with O_NOFOLLOW (3.40).
+        # Nothing is read or written before the descriptor is checked below. SQLite (3.40) refuses a -wal or -shm
+        # that is a link (tests/unit/test_attack_backup.py swaps both).
         uri = f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=rw"
         conn = sqlite3.connect(uri, timeout=lock_timeout, isolation_level=None, uri=True)
     try:

@@ -23,9 +23,9 @@ import textwrap
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from ansible.module_utils import basic
 
 from ansible_collections.selfhost.dr.plugins.module_utils import backup_set, safe_fs
 from ansible_collections.selfhost.dr.plugins.module_utils import restore as restore_module
@@ -721,19 +721,12 @@ def test_makedirs_private_refuses_a_link_planted_where_a_level_is_missing(base: 
 
 
 def test_backup_create_module_makes_a_missing_dest_and_its_parents_0700_under_umask_0(
-    app: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    app: Path, tmp_path: Path, run_module: Callable[..., dict[str, Any]]
 ) -> None:
     os.chmod(tmp_path, 0o755)
     dest = tmp_path / "var" / "backups" / "daily"
-    payload = {"ANSIBLE_MODULE_ARGS": {"paths": [str(app)], "dest": str(dest), "_ansible_check_mode": False}}
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps(payload).encode())
-    if hasattr(basic, "_ANSIBLE_PROFILE"):
-        monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
-    with umask(0), pytest.raises(SystemExit):
-        backup_create.main()
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    result = json.loads(out)
+    with umask(0):
+        result = run_module(backup_create, {"paths": [str(app)], "dest": str(dest)})
     assert not result.get("failed"), result
     for path in (tmp_path / "var", tmp_path / "var" / "backups", dest):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import stat
@@ -20,9 +19,9 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from ansible.module_utils import basic
 
 from ansible_collections.selfhost.dr.plugins.module_utils import backup_set, instance_backup, journal, restore, safe_fs
 from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
@@ -219,23 +218,9 @@ def test_ids_the_journal_never_recorded_are_refused(host: Host, restore_id: str,
     assert host.now() == host.before
 
 
-def run_restore_module(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args: dict[str, object]
-) -> dict[str, object]:
-    payload = {"ANSIBLE_MODULE_ARGS": {**args, "_ansible_check_mode": False}}
-    monkeypatch.setattr(basic, "_ANSIBLE_ARGS", json.dumps(payload).encode())
-    if hasattr(basic, "_ANSIBLE_PROFILE"):
-        monkeypatch.setattr(basic, "_ANSIBLE_PROFILE", "legacy")
-    with pytest.raises(SystemExit):
-        backup_restore.main()
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return dict(json.loads(out))
-
-
 @pytest.mark.parametrize("state", ["committed", "rolled_back"])
 def test_the_module_deletes_nothing_for_swaps_the_journal_never_recorded(
-    host: Host, tmp_path: Path, state: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    host: Host, tmp_path: Path, state: str, run_module: Callable[..., dict[str, Any]]
 ) -> None:
     rid = swapped_restore(host)
     recorded = restore.Journal().load(rid).swaps[0]
@@ -250,20 +235,20 @@ def test_the_module_deletes_nothing_for_swaps_the_journal_never_recorded(
         {"target": recorded.target, "safety": ""},  # a real target, its safety copy left unnamed
     ]
     for swap in attempts:
-        result = run_restore_module(monkeypatch, capsys, {"state": state, "swaps": [swap]})
+        result = run_module(backup_restore, {"state": state, "swaps": [swap]})
         assert result.get("failed") is True, (swap, result)
         assert "is not a safety copy recorded by a restore on this host; nothing was changed" in str(result["msg"])
         assert "\n" not in str(result["msg"])
         assert tree_state(precious) == keep
         assert host.now() == host.restored
         assert pending()[0]["state"] == "swapped"
-    result = run_restore_module(monkeypatch, capsys, {"state": state, "restore_id": "../precious"})
+    result = run_module(backup_restore, {"state": state, "restore_id": "../precious"})
     assert result.get("failed") is True and "is not a restore id" in str(result["msg"])
     assert tree_state(precious) == keep
     # The swaps it did return still work, once; repeating changes nothing.
     swaps = [{"target": s.target, "safety": s.safety_path} for s in restore.Journal().load(rid).swaps]
-    assert run_restore_module(monkeypatch, capsys, {"state": state, "swaps": swaps})["changed"] is True
-    assert run_restore_module(monkeypatch, capsys, {"state": state, "swaps": swaps})["changed"] is False
+    assert run_module(backup_restore, {"state": state, "swaps": swaps})["changed"] is True
+    assert run_module(backup_restore, {"state": state, "swaps": swaps})["changed"] is False
     assert host.now() == (host.restored if state == "committed" else host.before)
     assert ours(*host.parents) == []
 
@@ -323,7 +308,7 @@ def test_a_refused_commit_deletes_no_safety_copy(host: Host, tmp_path: Path) -> 
 
 
 def test_rollback_by_swaps_acts_on_the_restore_that_returned_them(
-    host: Host, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    host: Host, monkeypatch: pytest.MonkeyPatch, run_module: Callable[..., dict[str, Any]]
 ) -> None:
     suffixes = iter(["00000001", "00000002"])  # the ids' random part, in the order the restores run
     monkeypatch.setattr(journal.secrets, "token_hex", lambda _n: next(suffixes))
@@ -331,7 +316,7 @@ def test_rollback_by_swaps_acts_on_the_restore_that_returned_them(
     assert rollback(first.restore_id) is True
     second = restore.restore(host.made.path, stamp="20261122T040000Z")
     swaps = [s.to_dict() for s in second.swaps]
-    result = run_restore_module(monkeypatch, capsys, {"state": "rolled_back", "swaps": swaps})
+    result = run_module(backup_restore, {"state": "rolled_back", "swaps": swaps})
     assert result.get("changed") is True, result
     assert host.now() == host.before
 
