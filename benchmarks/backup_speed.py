@@ -7,9 +7,9 @@ Times, on the tree that make_dataset.py makes (about 1 GiB, tenement-like):
 
   (a) manual:   sqlite3 tenement.db ".backup SNAP" + tar -czf      (the seed's procedure)
   (b) tar|zstd: tar -cf - TREE | zstd -T0 -3
-  create:       backup_set.create() with backup_create's defaults (snapshots, per-file sha256, manifest)
+  create:       sets.create.create() with backup_create's defaults (snapshots, per-file sha256, manifest)
   sha256sum:    sha256sum of the set's archive (reading the file once with sha256)
-  verify:       backup_set.verify() (whole-file sha256, every member, integrity_check of every database)
+  verify:       sets.verify.verify() (whole-file sha256, every member, integrity_check of every database)
 
 and prints the ratios with the issue's targets: create at least 8x faster than (a), create within 1.25x
 of (b), verify within 1.25x of sha256sum. Every timing but (a) is repeated (--repeat, interleaved) and
@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_dataset import dataset
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, verify
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import sha256_file
 
 

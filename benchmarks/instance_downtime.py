@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from tenement_fixture import start, stop
 
-from ansible_collections.selfhost.dr.plugins.module_utils.instance_backup import backup_instance
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import TenementClient
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_instance import backup_instance
 
 MIB = 1024 * 1024
 

@@ -10,7 +10,7 @@
   restore, deep: the same for a set never verified: every member's sha256 and integrity_check of
                  every database as well
 
-Target: restore within 1.25x of the manual unpack. The set is made by backup_set.create() from the
+Target: restore within 1.25x of the manual unpack. The set is made by sets.create.create() from the
 tree make_dataset.py makes (reused from backup_speed.py's working directory). Medians of --repeat
 runs, interleaved; os.sync() before each, and the output removed between runs.
 
@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_dataset import dataset
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import Sidecars, create, verify
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import restore
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import Sidecars
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,11 +27,13 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+from ._common import Error, fsync_dir
+
 SQLITE_HEADER = b"SQLite format 3\x00"
 _CHUNK = 1024 * 1024
 
 
-class SnapshotError(Exception):
+class SnapshotError(Error):
     """A failure with one sentence that says what went wrong."""
 
 
@@ -94,15 +96,6 @@ class Snapshot:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-def fsync_dir(directory: str) -> None:
-    """Make the entries of ``directory`` (a rename into it) durable."""
-    fd = os.open(directory or ".", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_source(source: str) -> None:

@@ -278,24 +278,20 @@ import os
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    BackupError,
-    compressor_for,
-    create,
-    default_host,
-    scan,
-    set_name,
-    utc_now,
-)
-from ansible_collections.selfhost.dr.plugins.module_utils.instance_backup import backup_instance
-from ansible_collections.selfhost.dr.plugins.module_utils.journal import STATE_DIR_SPEC
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import recover_interrupted
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import (
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, utc_now
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import (
     TenementClient,
     TenementError,
     parse_instance,
     read_token,
 )
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_instance import backup_instance
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import recover_interrupted
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.codec import compressor_for
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import default_host, set_name
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.scan import scan
 
 
 def main() -> None:

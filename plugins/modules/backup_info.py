@@ -115,9 +115,10 @@ pending_restores:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, catalog, leftovers
-from ansible_collections.selfhost.dr.plugins.module_utils.journal import STATE_DIR_SPEC
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import pending
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import pending
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog, leftovers
 
 
 def main() -> None:

@@ -159,15 +159,10 @@ from datetime import datetime
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    BackupError,
-    catalog,
-    parse_iso,
-    parse_name,
-    remove_set,
-    token,
-)
-from ansible_collections.selfhost.dr.plugins.module_utils.retention import (
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, parse_iso
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog, remove_set
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import parse_name, token
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.retention import (
     FUTURE,
     Item,
     Policy,

@@ -145,15 +145,9 @@ app_version: {description: The application version the set was made from., retur
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError
-from ansible_collections.selfhost.dr.plugins.module_utils.journal import STATE_DIR_SPEC, Journal, JournalError
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import (
-    RestoreError,
-    check,
-    commit,
-    restore,
-    rollback,
-)
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, JournalError, RestoreError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC, Journal
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import check, commit, restore, rollback
 
 
 def _ids(p: dict) -> list[str]:

@@ -108,7 +108,8 @@ stats:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, verify
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ server_error: {description: Why the instance list could not be read, or empty., 
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import TenementError, describe_host
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement import TenementError, describe_host
 
 
 def main() -> None:

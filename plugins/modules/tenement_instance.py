@@ -105,7 +105,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import (
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import (
     TenementClient,
     TenementError,
     parse_instance,

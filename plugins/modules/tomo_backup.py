@@ -252,7 +252,7 @@ rows_after:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tomo import (
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_document import (
     CATEGORIES,
     MODES,
     TomoError,

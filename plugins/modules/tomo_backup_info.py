@@ -87,7 +87,7 @@ count:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tomo import TomoError, catalog
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_document import TomoError, catalog
 
 
 def main() -> None:

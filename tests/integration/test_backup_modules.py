@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, verify
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 
 from .ansible_run import run_module
 

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import BackupError, verify
-from ansible_collections.selfhost.dr.plugins.module_utils.instance_backup import backup_instance
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import TenementClient
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_instance import backup_instance
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 
 from .tenement_fixture import LiveTenement, running
 

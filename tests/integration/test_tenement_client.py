@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import TenementClient, TenementError
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient, TenementError
 
 from .tenement_fixture import LiveTenement, running
 

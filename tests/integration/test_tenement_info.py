@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import TenementClient
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
 
 from .ansible_run import run_module
 from .tenement_fixture import start, stop

@@ -16,12 +16,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_MEMBER,
-    Sidecars,
-)
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import Sidecars
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE

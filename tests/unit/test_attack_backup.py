@@ -27,17 +27,15 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils import backup_set, safe_fs
-from ansible_collections.selfhost.dr.plugins.module_utils import restore as restore_module
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    BackupError,
-    Created,
-    catalog,
-    create,
-    leftovers,
-    verify,
-)
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import RestoreError, commit, restore
+from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, RestoreError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import swap as restore_module
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import commit, restore
+from ansible_collections.selfhost.dr.plugins.module_utils.sets import create as create_module
+from ansible_collections.selfhost.dr.plugins.module_utils.sets import members as members_module
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog, leftovers
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import Created, create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 from ansible_collections.selfhost.dr.plugins.modules import backup_create
 
 from .sqlite_helpers import make_db
@@ -100,20 +98,20 @@ def left_out(made: Created) -> dict[str, str]:
 
 def after_scan(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> None:
     """Run ``action`` after create()'s scan and before it reads anything."""
-    real = backup_set.scan
+    real = create_module.scan
 
-    def scan(*args: object, **kwargs: object) -> backup_set.Scan:
+    def scan(*args: object, **kwargs: object) -> create_module.Scan:
         found = real(*args, **kwargs)  # type: ignore[arg-type]
         action()
         return found
 
-    monkeypatch.setattr(backup_set, "scan", scan)
+    monkeypatch.setattr(create_module, "scan", scan)
 
 
 def before_sqlite_opens(monkeypatch: pytest.MonkeyPatch, name: str, action: Callable[[], None]) -> None:
-    """Run ``action`` once inside backup_set's ``name`` (snapshot_bytes or snapshot): after _snapshot_member checked
-    the file and its side files, right before SQLite opens it by name."""
-    real = getattr(backup_set, name)
+    """Run ``action`` once inside sets/members.py's ``name`` (snapshot_bytes or snapshot): after _snapshot_member
+    checked the file and its side files, right before SQLite opens it by name."""
+    real = getattr(members_module, name)
     done: list[bool] = []
 
     def wrapped(*args: object, **kwargs: object) -> object:
@@ -122,7 +120,7 @@ def before_sqlite_opens(monkeypatch: pytest.MonkeyPatch, name: str, action: Call
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(backup_set, name, wrapped)
+    monkeypatch.setattr(members_module, name, wrapped)
 
 
 @contextlib.contextmanager
@@ -769,7 +767,7 @@ def test_a_set_of_a_tree_3000_levels_deep_verifies_in_reasonable_time(deep_set: 
     code = textwrap.dedent(
         """
         import sys
-        from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import verify
+        from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
         result = verify(sys.argv[1], record=False)
         print("ok" if result.ok else result.problems)
         """

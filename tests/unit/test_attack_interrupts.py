@@ -23,18 +23,18 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils import backup_set, instance_backup, journal, restore, safe_fs
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    BackupError,
-    Created,
-    catalog,
-    create,
-    leftovers,
-    sweep,
-    verify,
-)
-from ansible_collections.selfhost.dr.plugins.module_utils.journal import Journal, JournalError
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import RestoreError, commit, pending, rollback
+from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, JournalError, RestoreError
+from ansible_collections.selfhost.dr.plugins.module_utils.apps import tenement_instance as instance_backup
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import journal
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import swap as restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import Journal
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import commit, pending, rollback
+from ansible_collections.selfhost.dr.plugins.module_utils.sets import codec, members
+from ansible_collections.selfhost.dr.plugins.module_utils.sets import create as create_module
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog, leftovers, sweep
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import Created, create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 from ansible_collections.selfhost.dr.plugins.modules import backup_restore
 
 from .sqlite_helpers import make_db
@@ -328,7 +328,7 @@ KILL_POINTS = [
     (journal.Journal, "save", True),
     (os, "rename", False),
     (os, "rename", True),
-    (restore._Unpacker, "end", False),
+    (restore.StagingUnpacker, "end", False),
     (os, "sync", True),
 ]
 
@@ -490,24 +490,28 @@ def big_tree(tmp_path: Path) -> Path:
 
 
 CREATE_KILLS = [
-    ("_Pump.write", 8, False),  # mid-stream
+    ("Pump.write", 8, False),  # mid-stream
     ("snapshot", 1, True),  # a database staged on disk (memory_limit 0)
-    ("_write_file", 1, True),  # the manifest sidecar written, the archive not renamed
+    ("atomic_write", 1, True),  # the manifest sidecar written, the archive not renamed
     ("os.replace", 3, False),  # everything written, the final rename not done
 ]
 
 
 def install_create_kill(where: str, n: int, after: bool, pidfile: Path) -> None:
-    real_init = backup_set._Pump.__init__
+    real_init = codec.Pump.__init__
 
-    def init(self: backup_set._Pump, *args: object, **kwargs: object) -> None:
+    def init(self: codec.Pump, *args: object, **kwargs: object) -> None:
         real_init(self, *args, **kwargs)  # type: ignore[arg-type]
         pidfile.write_text(str(self.proc.pid))
 
-    backup_set._Pump.__init__ = init  # type: ignore[method-assign]
-    owner, name = (os, "replace") if where == "os.replace" else (backup_set, where)
-    if where == "_Pump.write":
-        owner, name = backup_set._Pump, "write"
+    codec.Pump.__init__ = init  # type: ignore[method-assign]
+    owners: dict[str, tuple[object, str]] = {
+        "Pump.write": (codec.Pump, "write"),
+        "snapshot": (members, "snapshot"),
+        "atomic_write": (create_module, "atomic_write"),
+        "os.replace": (os, "replace"),
+    }
+    owner, name = owners[where]
     kill_on_call(owner, name, n, after)
 
 
@@ -548,7 +552,7 @@ def test_a_compressor_that_would_outlive_a_killed_backup_dies_with_it(big_tree: 
 
     def setup() -> None:
         os.environ["PATH"] = f"{fake}:{os.environ['PATH']}"
-        install_create_kill("_Pump.write", 2, False, pidfile)
+        install_create_kill("Pump.write", 2, False, pidfile)
 
     assert in_child(lambda: create([str(big_tree)], str(dest), compression="zstd"), setup)
     stuck = int(pidfile.read_text())

@@ -32,24 +32,22 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils import backup_set, safe_fs
-from ansible_collections.selfhost.dr.plugins.module_utils import restore as restore_mod
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    MANIFEST_MEMBER,
-    BackupError,
-    create,
-    verify,
-)
-from ansible_collections.selfhost.dr.plugins.module_utils.journal import Journal
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import (
-    RestoreError,
+from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, RestoreError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import swap as restore_mod
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import Journal
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import (
     commit,
     pending,
-    plan,
     recover_interrupted,
     restore,
     rollback,
 )
+from ansible_collections.selfhost.dr.plugins.module_utils.sets import verify as backup_set
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import MANIFEST_MEMBER
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.restore import plan
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 
 from .crafted_sets import NAME, Crafted, M, manifest_blob, manifest_for, tree, write_set
 from .sqlite_helpers import make_db
@@ -527,9 +525,9 @@ def test_no_unverified_setuid_file_is_reachable_while_unpacking(
     member = M("srv/app/one/tool", data=b"#!/bin/sh\nid\n", mode=0o4755, record={"mode": "0644"})
     crafted = write_set(sets(), tree("srv/app", member, mode=0o755), PATHS, edit=None)
     exposed: list[str] = []
-    original = restore_mod._Unpacker.end
+    original = restore_mod.StagingUnpacker.end
 
-    def end(self: restore_mod._Unpacker, m: object) -> None:
+    def end(self: restore_mod.StagingUnpacker, m: object) -> None:
         path = self.current_path
         original(self, m)  # type: ignore[arg-type]
         if not path or not os.path.lexists(path):
@@ -543,7 +541,7 @@ def test_no_unverified_setuid_file_is_reachable_while_unpacking(
         if reachable and os.lstat(path).st_mode & (stat.S_ISUID | stat.S_ISGID):
             exposed.append(path)
 
-    monkeypatch.setattr(restore_mod._Unpacker, "end", end)
+    monkeypatch.setattr(restore_mod.StagingUnpacker, "end", end)
     assert restored(crafted.path, dest, ["/srv/app/one/tool"]).startswith("refusing to restore:")
     assert exposed == []
 
@@ -954,15 +952,15 @@ def test_failed_swap_puts_back_every_tree(sets: MakeDir, dest: Path, monkeypatch
 
 _KILLED = """
 import os, sys
-from ansible_collections.selfhost.dr.plugins.module_utils import restore as r
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import swap as r
 point = sys.argv[3]
 if point == "unpacking":
-    original_end = r._Unpacker.end
+    original_end = r.StagingUnpacker.end
     def end(self, member):
         original_end(self, member)
         if member.name.endswith("zzz"):
             os._exit(9)
-    r._Unpacker.end = end
+    r.StagingUnpacker.end = end
 else:
     real_rename = os.rename
     def rename(src, dst, **kw):

@@ -20,16 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    MANIFEST_MEMBER,
-    BackupError,
-    Sidecars,
-    catalog,
-    create,
-    parse_name,
-    set_name,
-    verify,
-)
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import MANIFEST_MEMBER
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import Sidecars, parse_name, set_name
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 
 from .sqlite_helpers import consistent, make_db, writer_running
 
@@ -345,7 +341,8 @@ def test_an_unreadable_directory_fails_in_one_sentence(tmp_path: Path) -> None:
         os.chown(dest, 65534, 65534)
         code = (
             "import sys\n"
-            "from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, BackupError\n"
+            "from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create\n"
+            "from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError\n"
             "try:\n    create([sys.argv[1]], sys.argv[2])\nexcept BackupError as e:\n    print(e); sys.exit(3)\n"
         )
         env = dict(os.environ, PYTHONPATH=str(ROOT / ".cache" / "collections"))

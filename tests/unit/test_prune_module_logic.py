@@ -14,13 +14,9 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import (
-    BackupError,
-    Sidecars,
-    parse_name,
-    set_name,
-)
-from ansible_collections.selfhost.dr.plugins.module_utils.retention import FUTURE, Policy, plan
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import Sidecars, parse_name, set_name
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.retention import FUTURE, Policy, plan
 from ansible_collections.selfhost.dr.plugins.modules import backup_prune
 from ansible_collections.selfhost.dr.plugins.modules.backup_prune import as_in_name, read_catalog, select
 

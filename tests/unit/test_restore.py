@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
-from ansible_collections.selfhost.dr.plugins.module_utils.backup_set import create, verify
-from ansible_collections.selfhost.dr.plugins.module_utils.journal import JournalError
-from ansible_collections.selfhost.dr.plugins.module_utils.restore import (
-    RestoreError,
-    commit,
-    pending,
-    restore,
-    rollback,
-)
+from ansible_collections.selfhost.dr.plugins.module_utils._common import JournalError, RestoreError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import commit, pending, restore, rollback
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify
 
 from .sqlite_helpers import consistent, make_db
 

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.retention import (
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.retention import (
     FUTURE,
     Duration,
     Item,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tar_stream import TarReader, TarStreamError
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.tar_stream import TarReader, TarStreamError
 
 LONG = "deep/" + "d" * 120 + "/" + "name-" * 30 + "end.txt"
 

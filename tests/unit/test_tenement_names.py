@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.tenement import (
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import (
     TenementError,
     check_name,
     parse_instance,
@@ -61,7 +61,7 @@ def test_read_token(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("server", ["file:///etc/passwd", "localhost:8080", "ftp://x"])
 def test_client_only_speaks_http(server: str) -> None:
-    from ansible_collections.selfhost.dr.plugins.module_utils.tenement import TenementClient
+    from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
 
     with pytest.raises(TenementError, match="must be an http:// or https:// URL"):
         TenementClient("ten", server=server)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils import tomo
+from ansible_collections.selfhost.dr.plugins.module_utils.apps import tomo_document as tomo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "tomo"))
 import tomo_fixture

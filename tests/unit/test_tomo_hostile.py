@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils import tomo
+from ansible_collections.selfhost.dr.plugins.module_utils.apps import tomo_document as tomo
 from ansible_collections.selfhost.dr.plugins.modules import tomo_backup, tomo_backup_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "tomo"))

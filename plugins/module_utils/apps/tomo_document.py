@@ -60,9 +60,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import safe_fs
-from .backup_set import write_all
-from .sqlite_snapshot import SnapshotError, fsync_dir, snapshot, snapshot_connection
+from .. import safe_fs
+from .._common import AppError, write_all
+from ..sqlite_snapshot import SnapshotError, fsync_dir, snapshot, snapshot_connection
 
 FORMAT_VERSION = "1.0"
 CATEGORIES = ("servers", "applications", "settings", "users", "preferences", "repositories")
@@ -104,7 +104,7 @@ Row = dict[str, Any]
 Key = tuple[Any, ...]
 
 
-class TomoError(Exception):
+class TomoError(AppError):
     """A failure the user can act on; the message is one sentence."""
 
 

@@ -19,7 +19,6 @@ Facts about tenement 0.2.2 that shape this code (see docs/tenement.md):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -30,19 +29,21 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from .._common import AppError
+
 NAME_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
-_NAME_RE = re.compile(NAME_PATTERN)
-DEFAULT_SERVER = "http://localhost:8080"
+NAME_RE = re.compile(NAME_PATTERN)
+DEFAULT_SERVER = "http://127.0.0.1:8080"
 DEFAULT_DATA_DIR = "/var/lib/tenement"
 
 
-class TenementError(Exception):
+class TenementError(AppError):
     """A failure with one sentence that says what went wrong."""
 
 
 def check_name(kind: str, value: object) -> str:
     """Return ``value`` if tenement can safely use it as a service or instance name."""
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.match(value):
         raise TenementError(
             f"{kind} {value!r} is not a valid tenement name: use 1 to 63 lowercase letters, "
             "digits and '-', starting and ending with a letter or digit"
@@ -250,121 +251,3 @@ class TenementClient:
         result = self._ten(["--version"])
         match = re.search(r"(\d+\.\d+\.\d+\S*)", result.stdout)
         return match.group(1) if match else None
-
-
-# -- what is on a host --------------------------------------------------------
-
-
-def read_config(path: str) -> tuple[dict[str, object], str]:
-    """``tenement.toml`` parsed, and the sha256 of its bytes (needs Python 3.11's tomllib on the host)."""
-    try:
-        import tomllib
-    except ImportError as exc:  # Python < 3.11
-        raise TenementError("reading tenement.toml needs Python 3.11 or newer (tomllib) on the host") from exc
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-        return tomllib.loads(data.decode("utf-8")), hashlib.sha256(data).hexdigest()
-    except UnicodeDecodeError as exc:
-        raise TenementError(f"tenement config {path} is not valid TOML: it is not UTF-8") from exc
-    except FileNotFoundError as exc:
-        raise TenementError(f"tenement config {path} does not exist") from exc
-    except PermissionError as exc:
-        raise TenementError(f"tenement config {path} cannot be read: permission denied") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise TenementError(f"tenement config {path} is not valid TOML: {exc}") from exc
-
-
-def resolve_data_dir(config: dict[str, object], config_path: str, override: str | None = None) -> str:
-    """The data dir ``ten serve`` uses: an explicit ``--data-dir``/``TENEMENT_DATA_DIR``, else the config's
-    ``[settings] data_dir`` (relative to the config's directory, where ``ten serve`` runs), else
-    ``./tenement-data`` there, as tenement 0.2.2 defaults."""
-    if override:
-        return os.path.normpath(override)
-    settings = config.get("settings")
-    configured = settings.get("data_dir") if isinstance(settings, dict) else None
-    base = os.path.dirname(os.path.abspath(config_path))
-    return os.path.normpath(os.path.join(base, str(configured) if configured else "tenement-data"))
-
-
-def services_of(config: dict[str, object]) -> dict[str, dict[str, object]]:
-    """Each ``[service.NAME]`` with its ``storage_persist`` (false when not set: the safe reading, since
-    ``ten stop`` deletes the data of a service that does not persist)."""
-    table = config.get("service")
-    if not isinstance(table, dict):
-        return {}
-    services: dict[str, dict[str, object]] = {}
-    for name, svc in sorted(table.items()):
-        if not isinstance(svc, dict):
-            continue
-        services[name] = {
-            "command": svc.get("command", ""),
-            "health": svc.get("health", ""),
-            "isolation": svc.get("isolation", ""),
-            "storage_persist": svc.get("storage_persist") is True,
-            "storage_persist_set": "storage_persist" in svc,
-        }
-    return services
-
-
-def instances_on_disk(data_dir: str, services: Sequence[str]) -> list[str]:
-    """``service:id`` for every instance directory ``{data_dir}/{service}/{id}/`` of a configured service."""
-    found = []
-    for service in services:
-        base = os.path.join(data_dir, service)
-        try:
-            names = sorted(os.listdir(base))
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for ident in names:
-            if _NAME_RE.match(ident) and os.path.isdir(os.path.join(base, ident)):
-                found.append(f"{service}:{ident}")
-    return found
-
-
-def describe_host(
-    config_path: str,
-    data_dir: str | None = None,
-    server: str = DEFAULT_SERVER,
-    ten_bin: str = "ten",
-    timeout: float = 10.0,
-) -> dict[str, object]:
-    """What ``tenement_info`` reports: config, data dir, services, instances (running and on disk),
-    version and whether the server answers. Works when the server is down."""
-    config, config_sha256 = read_config(config_path)
-    resolved = resolve_data_dir(config, config_path, data_dir)
-    services = services_of(config)
-    token = read_token(resolved)
-    client = TenementClient(ten_bin, server=server, token=token, data_dir=resolved, timeout=timeout)
-    running: dict[str, Instance] = {}
-    answer = ""
-    try:
-        running = client.instances()
-        reachable = True
-    except TenementError as exc:
-        reachable = "HTTP" in str(exc)
-        answer = str(exc)
-    try:
-        version = client.version()
-    except TenementError:
-        version = None
-    on_disk = instances_on_disk(resolved, list(services))
-    return {
-        "config_path": os.path.abspath(config_path),
-        "config_dir": os.path.dirname(os.path.abspath(config_path)),
-        "config_sha256": config_sha256,
-        "config": config,
-        "data_dir": resolved,
-        "data_dir_exists": os.path.isdir(resolved),
-        "token_file": os.path.join(resolved, "api_token"),
-        "has_token": token is not None,
-        "services": services,
-        "running": sorted(running),
-        "instances": {name: inst.to_dict() for name, inst in sorted(running.items())},
-        "on_disk": on_disk,
-        "only_on_disk": [name for name in on_disk if name not in running],
-        "version": version,
-        "server": server,
-        "reachable": reachable,
-        "server_error": answer,
-    }

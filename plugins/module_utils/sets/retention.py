@@ -32,13 +32,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 
+from .._common import Error
+
 _DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?$")
 
 
 FUTURE = "dated in the future (clock skew?)"
 
 
-class RetentionError(Exception):
+class RetentionError(Error):
     """A policy that cannot be applied, in one sentence."""
 
 

@@ -22,9 +22,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import safe_fs
-from .backup_set import BackupError, Created, create
-from .tenement import TenementClient, TenementError, parse_instance
+from .. import safe_fs
+from .._common import BackupError
+from ..sets.create import Created, create
+from .tenement_client import TenementClient, TenementError, parse_instance
 
 Log = Callable[[str], None]
 

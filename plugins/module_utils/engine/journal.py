@@ -34,7 +34,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
-from . import safe_fs
+from .. import safe_fs
+from .._common import JournalError
 
 STATE_DIR_ENV = "SELFHOST_DR_STATE_DIR"
 DEFAULT_STATE_DIR = "/var/lib/selfhost-dr"
@@ -45,10 +46,6 @@ _ID_RE = re.compile(r"^[0-9A-Za-z]{1,32}-[0-9a-f]{8}$")
 _MAX_RECORD = 16 * 1024 * 1024
 # The modules' option for state_dir (documented once, in doc_fragments/state_dir.py).
 STATE_DIR_SPEC: dict[str, dict[str, object]] = {"state_dir": {"type": "path"}}
-
-
-class JournalError(Exception):
-    """A journal operation refused, in one sentence."""
 
 
 def state_dir(override: str | None = None) -> str:

@@ -12,10 +12,18 @@ is written anywhere: callers decide what a member may become.
 
 from __future__ import annotations
 
+import grp
+import pwd
+import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+from .._common import Error
+
+if TYPE_CHECKING:
+    from .scan import Entry
 
 BLOCK = tarfile.BLOCKSIZE
 _CHUNK = 1024 * 1024
@@ -26,7 +34,7 @@ MAX_EXTENDED = 1024 * 1024
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to chown: never a real owner
 
 
-class TarStreamError(Exception):
+class TarStreamError(Error):
     """The stream is not a complete, well-formed tar archive."""
 
 
@@ -186,3 +194,52 @@ def _pax_records(data: bytes) -> dict[str, str]:
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         pos += length
     return records
+
+
+# Writing: the headers of the members create() streams.
+
+RECORD = tarfile.RECORDSIZE
+
+
+class Names:
+    """uid/gid to names, looked up once each."""
+
+    def __init__(self) -> None:
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+
+    def user(self, uid: int) -> str:
+        if uid not in self._users:
+            try:
+                self._users[uid] = pwd.getpwuid(uid).pw_name
+            except KeyError:
+                self._users[uid] = ""
+        return self._users[uid]
+
+    def group(self, gid: int) -> str:
+        if gid not in self._groups:
+            try:
+                self._groups[gid] = grp.getgrgid(gid).gr_name
+            except KeyError:
+                self._groups[gid] = ""
+        return self._groups[gid]
+
+
+def header(entry: Entry, size: int, names: Names) -> bytes:
+    info = tarfile.TarInfo(entry.member)
+    info.mode = stat.S_IMODE(entry.st.st_mode)
+    info.uid, info.gid = entry.st.st_uid, entry.st.st_gid
+    info.uname, info.gname = names.user(info.uid), names.group(info.gid)
+    info.mtime = int(entry.st.st_mtime)
+    if entry.kind == "dir":
+        info.type = tarfile.DIRTYPE
+    elif entry.kind == "symlink":
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.target
+    else:
+        info.size = size
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)

@@ -1,0 +1,113 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What every part of the core shares: the error classes, the logging hook, atomic writes and fsync, time.
+
+Standard library only, like all of ``module_utils``: the same code runs inside Ansible modules and as the host
+command ``selfhost-dr``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from . import safe_fs
+
+MIB = 1024 * 1024
+
+
+# Where the core reports progress and what it did, one line at a time (a module's log, the command's stderr).
+Log = Callable[[str], None]
+
+
+class Error(Exception):
+    """A failure of selfhost.dr, with one sentence that says what went wrong (``str(exc)``).
+
+    Every error the core raises on purpose is one of these; the modules and the host command turn it into a
+    failed result with that sentence as its message, and anything else is a bug.
+    """
+
+
+class BackupError(Error):
+    """Making, verifying, listing or deleting a backup set failed."""
+
+
+class RestoreError(Error):
+    """Putting a set back failed, or a restore cannot be committed or rolled back."""
+
+
+class JournalError(Error):
+    """The on-host journal of restores cannot be read or written."""
+
+
+class AppError(Error):
+    """An application (tenement, Tomo) cannot be inspected, stopped, started or checked."""
+
+
+def no_log(_line: str) -> None:
+    return None
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - not Linux
+    _LIBC = None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child between fork and exec: be killed when this process dies (Linux), so a killed backup never
+    leaves a compressor running."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(when: datetime) -> str:
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``path`` atomically: a temp name (locked while it is written, never a link followed), fsync, rename."""
+    tmp = path + ".partial"
+    with contextlib.suppress(FileNotFoundError):
+        if not safe_fs.in_use(tmp):
+            os.unlink(tmp)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        safe_fs.lock(fd)
+        write_all(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def fsync_dir(directory: str) -> None:
+    """Make the entries of ``directory`` (a rename into it) durable."""
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

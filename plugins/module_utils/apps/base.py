@@ -1,0 +1,82 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What ``engine/`` asks of an application: its facts, the paths to archive, stop and start, the per-unit
+procedure, post-restore fix-ups and the health check. One subclass per application."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .._common import AppError, Log, no_log
+
+
+@dataclass
+class Facts:
+    """An application as it is now, read without changing anything."""
+
+    app: str
+    version: str = ""
+    # What a backup archives, what it leaves out, and what its manifest records about the application.
+    paths: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    metadata: dict[str, object] = field(default_factory=dict)
+    # The units (tenement instances) running now: what a cold backup or a failed restore starts again.
+    running: list[str] = field(default_factory=list)
+    # Why the application cannot be stopped and started again safely now ("" when it can).
+    unreachable: str = ""
+    details: dict[str, object] = field(default_factory=dict)
+
+
+class Application:
+    """The procedures' view of one application. Methods raise :class:`AppError` with one sentence."""
+
+    name = "app"
+    modes: tuple[str, ...] = ("hot", "cold")
+    unit_word = "unit"
+
+    def inspect(self) -> Facts:
+        raise NotImplementedError
+
+    def refuse_backup(self, mode: str, facts: Facts) -> None:
+        """Raise for a backup this mode cannot make now (before anything is stopped)."""
+        if mode not in self.modes:
+            raise AppError(f"{self.name} backups are {', '.join(self.modes)}, not {mode!r}")
+        if mode == "cold" and facts.unreachable:
+            raise AppError(
+                f"a cold backup stops {self.name} and starts it again, but {facts.unreachable}; "
+                "start it first or make a hot backup"
+            )
+
+    def stop(self, log: Log = no_log) -> None:
+        raise NotImplementedError
+
+    def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
+        """Start the application and the ``units`` that ran, and check that they are healthy."""
+        raise NotImplementedError
+
+    def before_archive(self, facts: Facts, dest: str, check: bool, log: Log = no_log) -> Facts:
+        """Work that goes into the set besides the paths (Tomo: its JSON document); the facts to archive."""
+        return facts
+
+    def restore_paths(self, manifest: dict[str, object]) -> list[str] | None:
+        """The set's paths a full restore puts back (None: all of them)."""
+        return None
+
+    def units_to_start(self, manifest: dict[str, object]) -> list[str]:
+        """What ran when the set was made, to start after a full restore."""
+        running = dict(manifest.get("metadata") or {}).get("running")  # type: ignore[call-overload]
+        return [str(u) for u in running] if isinstance(running, list) else []
+
+    def fix_up(self, manifest: dict[str, object], targets: list[str], log: Log = no_log) -> None:
+        """Make restored files safe to start on (before anything starts)."""
+        return None
+
+    # -- units (tenement instances): restored and backed up one at a time, the others keep running
+    def unit_paths(self, unit: str, facts: Facts) -> list[str]:
+        raise AppError(f"{self.name} has no {self.unit_word}s to restore one at a time")
+
+    def stop_unit(self, unit: str, log: Log = no_log) -> None:
+        raise AppError(f"{self.name} has no {self.unit_word}s")
+
+    def start_unit(self, unit: str, timeout: float, log: Log = no_log) -> None:
+        raise AppError(f"{self.name} has no {self.unit_word}s")

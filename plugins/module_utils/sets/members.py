@@ -1,0 +1,274 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Reading each scanned member for create(): files through the descriptors the scan checked, SQLite databases
+as consistent snapshots taken ahead of the writer in a thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import os
+import sqlite3
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .. import safe_fs
+from .._common import MIB, BackupError
+from ..sqlite_snapshot import (
+    CannotOpenError,
+    NotADatabaseError,
+    ReplacedError,
+    SnapshotError,
+    snapshot,
+    snapshot_bytes,
+)
+from .codec import CHUNK
+from .scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, read_error, special_kind
+
+DEFAULT_MEMORY_LIMIT = 64 * MIB
+
+
+# Connection.serialize/deserialize (Python 3.11+) keep snapshots in memory; older hosts use a staging file.
+IN_MEMORY = hasattr(sqlite3.Connection, "serialize")
+
+
+def left_out(found: Scan, changed: list[str], entry: Entry, reason: str) -> None:
+    changed.append(entry.path)
+    found.skipped.append({"path": entry.path, "reason": reason})
+
+
+def open_member(entry: Entry, dirs: Dirs) -> tuple[int, os.stat_result] | str:
+    """The scanned file opened again, relative to its verified directory and never through a link; or why not."""
+    try:
+        parent = dirs.fd(entry.root, entry.rel[:-1])
+        fd, st = safe_fs.open_file(entry.rel[-1], parent)
+    except FileNotFoundError:
+        return "vanished during the backup"
+    except safe_fs.UnsafePathError:
+        return "a directory above it was replaced during the backup"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "was replaced by a symbolic link during the backup (not followed)"
+        raise BackupError(read_error(exc, entry.path)) from exc
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        kind = "directory" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
+        return f"was replaced by a {kind} during the backup"
+    return fd, st
+
+
+def _replaced_since(entry: Entry, dirs: Dirs, st: os.stat_result) -> str:
+    """Why SQLite's failure came from a swap during the backup (the file or a side file replaced), or ""."""
+    name = entry.rel[-1]
+    try:
+        parent = dirs.fd(entry.root, entry.rel[:-1])
+        now = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        if not safe_fs.same(now, st):
+            return "was replaced while it was being copied (not followed)"
+        for side in SQLITE_SIDE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                if not stat.S_ISREG(os.stat(name + side, dir_fd=parent, follow_symlinks=False).st_mode):
+                    return f"its {side} file was replaced by a link or special file during the backup; left out"
+    except (FileNotFoundError, safe_fs.UnsafePathError):
+        return "vanished or was moved while it was being copied"
+    return ""
+
+
+@dataclass
+class _Snapped:
+    chunks: Iterator[bytes | memoryview]
+    size: int
+    record: dict[str, object] | None  # None: archived as a plain file (see note)
+    held: int  # bytes held in memory until written
+    st: os.stat_result
+    note: str = ""
+    replaced: bool = False
+
+
+class Snapshotter(threading.Thread):
+    """Takes the databases' snapshots in archive order, ahead of the writer.
+
+    SQLite releases the GIL while it copies, so snapshots are made while the
+    writer streams the other files (which come first in the archive). Finished
+    snapshots wait in memory up to ``memory_limit`` bytes in all; larger ones
+    wait in a staging file. Each item is a snapshot, the reason a database was
+    left out (a string), or the exception that ends the backup.
+    """
+
+    def __init__(
+        self,
+        entries: list[Entry],
+        found: Scan,
+        staging: str,
+        lock_timeout: float,
+        integrity_check: bool,
+        memory_limit: int,
+    ) -> None:
+        super().__init__(daemon=True)
+        self._entries = entries
+        self._found = found
+        self._staging = staging
+        self._args = (lock_timeout, integrity_check, memory_limit)
+        self._budget = memory_limit
+        self._ready: collections.deque[tuple[_Snapped | str | BaseException, int]] = collections.deque()
+        self._pending = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+
+    def run(self) -> None:
+        dirs = Dirs(self._found.roots, self._found.dirs)
+        try:
+            self._run(dirs)
+        finally:
+            dirs.close()
+
+    def _run(self, dirs: Dirs) -> None:
+        for index, entry in enumerate(self._entries):
+            with self._cond:
+                while not self._stopping and self._ready and self._pending >= self._budget:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+            item: _Snapped | str | BaseException
+            held = 0
+            try:
+                item = _snapshot_member(entry, dirs, os.path.join(self._staging, f"{index}.db"), *self._args)
+                held = item.held if isinstance(item, _Snapped) else 0
+            except BaseException as exc:  # handed to the writer, which raises it
+                item = exc
+            with self._cond:
+                self._ready.append((item, held))
+                self._pending += held
+                self._cond.notify_all()
+            if isinstance(item, BaseException):
+                return
+
+    def next(self) -> _Snapped | str:
+        """The next database's snapshot, or why it was left out."""
+        with self._cond:
+            while not self._ready:
+                self._cond.wait()
+            item, held = self._ready.popleft()
+            self._pending -= held
+            self._cond.notify_all()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._ready.clear()
+            self._cond.notify_all()
+        self.join()
+
+
+def file_chunks(entry: Entry, fd: int, changed: list[str]) -> tuple[Iterator[bytes], int]:
+    """The open file's bytes as its size was when opened; a file that shrinks is padded and noted."""
+    handle = open(fd, "rb", closefd=True)  # noqa: SIM115 - closed by the generator
+    size = entry.st.st_size
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            left = size
+            while left > 0:
+                try:
+                    chunk = handle.read(min(CHUNK, left))
+                except OSError as exc:
+                    raise BackupError(f"file {entry.path} cannot be read: {exc.strerror}") from exc
+                if not chunk:
+                    changed.append(entry.path)
+                    yield b"\0" * left
+                    return
+                left -= len(chunk)
+                yield chunk
+            if os.fstat(handle.fileno()).st_size != size:
+                changed.append(entry.path)
+
+    return chunks(), size
+
+
+def _snapshot_member(
+    entry: Entry, dirs: Dirs, staged: str, lock_timeout: float, integrity_check: bool, memory_limit: int
+) -> _Snapped | str:
+    """A consistent copy of the database ``entry``, checked to be the file that was scanned.
+
+    SQLite opens a database and its ``-wal``/``-shm`` by name, following links, so the file is looked at
+    first through its verified directory: it must still be a regular file, its side files must not be links,
+    and the file SQLite then holds open must be that same file (device and inode). A file that only looks
+    like a database (its header) is archived as a plain file, with a note.
+    """
+    name = entry.rel[-1]
+    try:
+        parent = dirs.fd(entry.root, entry.rel[:-1])
+        st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        for side in SQLITE_SIDE_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                side_st = os.stat(name + side, dir_fd=parent, follow_symlinks=False)
+                if not stat.S_ISREG(side_st.st_mode):
+                    return f"its {side} file is not a regular file (a link?); the database was not opened"
+    except FileNotFoundError:
+        return "vanished during the backup"
+    except safe_fs.UnsafePathError:
+        return "a directory above it was replaced during the backup"
+    if not stat.S_ISREG(st.st_mode):
+        return "was replaced by something that is not a regular file during the backup (not followed)"
+    replaced = not safe_fs.same(st, entry.st)  # by another database (a rename): that one is archived
+    expect = (st.st_dev, st.st_ino)
+    try:
+        if IN_MEMORY and st.st_size <= memory_limit:
+            data, snap = snapshot_bytes(
+                entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, digest=False, expect=expect
+            )
+            view = memoryview(data)
+            chunks: Iterator[bytes | memoryview] = (view[i : i + CHUNK] for i in range(0, len(data), CHUNK))
+            size = held = len(data)
+        else:
+            os.makedirs(os.path.dirname(staged), mode=0o700, exist_ok=True)
+            snap = snapshot(
+                entry.path,
+                staged,
+                lock_timeout=lock_timeout,
+                check_integrity=integrity_check,
+                durable=False,
+                digest=False,
+                expect=expect,
+            )
+            size, held = snap.size, 0
+            chunks = _staged_chunks(staged)
+    except ReplacedError:
+        return "was replaced while it was being copied (not followed)"
+    except SnapshotError as exc:
+        replaced = _replaced_since(entry, dirs, st)
+        if replaced:
+            return replaced
+        if not isinstance(exc, (NotADatabaseError, CannotOpenError)):
+            raise BackupError(str(exc)) from exc
+
+        note = (
+            f"starts like a SQLite database but is not one ({exc}); archived as a plain file"
+            if isinstance(exc, NotADatabaseError)
+            else f"could not be opened by SQLite ({exc}); archived as a plain file, without what its -wal holds"
+        )
+        opened = open_member(entry, dirs)
+        if isinstance(opened, str):
+            return opened
+        fd, st = opened
+        entry.st = st
+        plain, size = file_chunks(entry, fd, [])
+        return _Snapped(plain, size, None, 0, st, note)
+    record = snap.to_dict()
+    record["path"] = entry.member
+    del record["source"]
+    return _Snapped(chunks, size, record, held, st, replaced=replaced)
+
+
+def _staged_chunks(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            yield chunk
+    os.unlink(path)
