@@ -88,7 +88,7 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[written:]
 
 
-def atomic_write(path: str, data: bytes) -> None:
+def atomic_write(path: str, data: bytes, mode: int = 0o600) -> None:
     """Write ``path`` atomically: a temp name (locked while it is written, never a link followed), fsync, rename."""
     tmp = path + ".partial"
     with contextlib.suppress(FileNotFoundError):
@@ -98,6 +98,8 @@ def atomic_write(path: str, data: bytes) -> None:
     try:
         safe_fs.lock(fd)
         write_all(fd, data)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
         os.fsync(fd)
     finally:
         os.close(fd)

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import prune as prune_module
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.prune import as_in_name, read_catalog, select
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import Sidecars, parse_name, set_name
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.retention import FUTURE, Policy, plan
 from ansible_collections.selfhost.dr.plugins.modules import backup_prune
-from ansible_collections.selfhost.dr.plugins.modules.backup_prune import as_in_name, read_catalog, select
 
 T0 = datetime(2026, 11, 1, 2, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=30)
@@ -43,11 +44,11 @@ def wanting(**filters: str) -> dict[str, str | None]:
     return {**EVERYTHING, **filters}
 
 
-def planned(selection: backup_prune.Selection) -> list[str]:
+def planned(selection: prune_module.Selection) -> list[str]:
     return sorted(item.name for item in selection.items)
 
 
-def refused(selection: backup_prune.Selection) -> dict[str, list[str]]:
+def refused(selection: prune_module.Selection) -> dict[str, list[str]]:
     return {str(r["name"]): list(r["reasons"]) for r in selection.refused}  # type: ignore[call-overload]
 
 
@@ -185,7 +186,7 @@ def test_a_catalog_that_breaks_on_a_manifest_becomes_one_sentence(monkeypatch: p
     def broken(_directory: str) -> list[dict[str, object]]:
         raise KeyError("started_at")
 
-    monkeypatch.setattr(backup_prune, "catalog", broken)
+    monkeypatch.setattr(prune_module, "catalog", broken)
     with pytest.raises(BackupError) as caught:
         read_catalog("/backups")
     assert str(caught.value) == (
@@ -284,7 +285,7 @@ def test_the_module_fails_in_one_sentence_when_the_catalog_breaks(
         raise TypeError("'int' object is not subscriptable")
 
     write_set(tmp_path, "tenement", "web1", T0)
-    monkeypatch.setattr(backup_prune, "catalog", broken)
+    monkeypatch.setattr(prune_module, "catalog", broken)
     result = run({"path": str(tmp_path), "keep_last": 1})
     assert result["failed"] is True
     assert result["msg"] == (

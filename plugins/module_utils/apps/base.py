@@ -47,7 +47,8 @@ class Application:
                 "start it first or make a hot backup"
             )
 
-    def stop(self, log: Log = no_log) -> None:
+    def stop(self, log: Log = no_log) -> bool:
+        """Stop the application (and its units); whether it was running."""
         raise NotImplementedError
 
     def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:

@@ -54,7 +54,8 @@ class Service:
         """Stop it and wait until it is gone; whether it was running."""
         if self.manager == "systemd":
             was = self.active()
-            _run(["systemctl", "stop", self.unit], f"stop {self.unit}")
+            # 5: the unit is not loaded (a new server): nothing runs.
+            _run(["systemctl", "stop", self.unit], f"stop {self.unit}", ok=(0, 5))
             return was
         # start-stop-daemon exits 1 when nothing ran.
         argv = ["start-stop-daemon", "--stop", "--retry", "TERM/10/KILL/5", "--remove-pidfile"]

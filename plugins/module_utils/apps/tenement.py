@@ -221,10 +221,10 @@ class Tenement(Application):
         return self._service
 
     # -- the whole server
-    def stop(self, log: Log = no_log) -> None:
+    def stop(self, log: Log = no_log) -> bool:
         log(f"tenement: stopping {self.settings.unit} (and with it every instance)")
         try:
-            self.service.stop()
+            return self.service.stop()
         finally:
             self._client = None  # the token may change with a restore
 

@@ -34,7 +34,7 @@ import hashlib
 import os
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -207,12 +207,15 @@ def check(
     only: Iterable[str] | None = None,
     state_dir: str | None = None,
     log: Log = no_log,
+    choose: Callable[[dict[str, object]], Iterable[str] | None] | None = None,
 ) -> tuple[dict[str, object], list[Unit]]:
     """What a restore would do, refusing what it would refuse, in the same order and words; changes nothing.
 
     (A real restore first finishes or undoes restores of this host that were interrupted; check mode leaves them,
     so where one of them cannot be finished the real run refuses what check mode let through.)"""
     manifest, checked = _manifest_of(archive, log)
+    if choose is not None:  # the paths to restore depend on what the set holds (an application's choice)
+        only = choose(manifest)
     journal = Journal(state_dir)
     units = plan(manifest, dest_root, only, restored_targets(journal))
     try:

@@ -1,0 +1,84 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The applications by name, built from the same options wherever they come from: a module's parameters
+(``tenement_*``, ``tomo_*``, documented once in ``plugins/doc_fragments/``) or the host's
+``/etc/selfhost-dr/config.toml`` that the roles write."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .._common import AppError
+from .base import Application
+from .tenement import Settings as TenementSettings
+from .tenement import Tenement
+from .tomo import Settings as TomoSettings
+from .tomo import Tomo
+from .tomo_document import CATEGORIES
+
+APPS = ("tenement", "tomo")
+
+# Ansible argument specs, and the keys of config.toml's [tenement] and [tomo] tables (without the prefix).
+TENEMENT_SPEC: dict[str, dict[str, object]] = {
+    "tenement_config_dir": {"type": "path", "default": "/etc/tenement"},
+    "tenement_data_dir": {"type": "path"},
+    "tenement_server": {"type": "str", "default": "http://127.0.0.1:8080"},
+    "tenement_ten_bin": {"type": "path", "default": "/usr/local/bin/ten"},
+    "tenement_service_manager": {"type": "str", "default": "auto", "choices": ["auto", "systemd", "process"]},
+    "tenement_unit": {"type": "str", "default": "tenement"},
+    "tenement_pidfile": {"type": "path", "default": "/run/tenement.pid"},
+    "tenement_start_command": {"type": "list", "elements": "str", "default": []},
+    "tenement_acme": {"type": "bool", "default": True},
+}
+TOMO_SPEC: dict[str, dict[str, object]] = {
+    "tomo_database": {"type": "path"},
+    "tomo_service": {"type": "str", "default": "tomo.service"},
+    "tomo_environment": {"type": "path", "default": "/etc/tomo/environment"},
+    "tomo_known_hosts": {"type": "path", "default": "/var/lib/tomo/.ssh/known_hosts"},
+    "tomo_categories": {"type": "list", "elements": "str", "default": list(CATEGORIES)},
+    "tomo_version": {"type": "str"},
+    "tomo_settle": {"type": "float", "default": 2.0},
+}
+
+
+def _default(spec: dict[str, dict[str, object]], key: str) -> object:
+    value = spec[key].get("default")
+    return list(value) if isinstance(value, list) else value
+
+
+def application(name: str, options: Mapping[str, object]) -> Application:
+    """The application ``name`` with ``options`` (``tenement_*`` / ``tomo_*``; missing ones take defaults)."""
+
+    def get(spec: dict[str, dict[str, object]], key: str) -> object:
+        value = options.get(key)
+        return _default(spec, key) if value is None else value
+
+    if name == "tenement":
+        t = TENEMENT_SPEC
+        return Tenement(
+            TenementSettings(
+                config_dir=str(get(t, "tenement_config_dir")),
+                data_dir=str(options["tenement_data_dir"]) if options.get("tenement_data_dir") else None,
+                server=str(get(t, "tenement_server")),
+                ten_bin=str(get(t, "tenement_ten_bin")),
+                service_manager=str(get(t, "tenement_service_manager")),
+                unit=str(get(t, "tenement_unit")),
+                pidfile=str(get(t, "tenement_pidfile")),
+                start_command=[str(a) for a in get(t, "tenement_start_command")],  # type: ignore[attr-defined]
+                acme=bool(get(t, "tenement_acme")),
+            )
+        )
+    if name == "tomo":
+        m = TOMO_SPEC
+        return Tomo(
+            TomoSettings(
+                database=str(options.get("tomo_database") or ""),
+                service=str(get(m, "tomo_service")),
+                environment=str(get(m, "tomo_environment") or ""),
+                known_hosts=str(get(m, "tomo_known_hosts") or ""),
+                categories=[str(c) for c in get(m, "tomo_categories")],  # type: ignore[attr-defined]
+                version=str(options.get("tomo_version") or ""),
+                settle=float(get(m, "tomo_settle")),  # type: ignore[arg-type]
+            )
+        )
+    raise AppError(f"the application must be one of {', '.join(APPS)}, got {name!r}")

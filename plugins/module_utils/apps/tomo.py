@@ -1,0 +1,92 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Tomo as an application: its database, the files that go with it, ``tomo.service``, and the guide's JSON
+document written beside every set (``apps/tomo_document.py``).
+
+A set of Tomo holds a consistent snapshot of ``tomo.db``, ``/etc/tomo/environment`` (``TOMO_MASTER_PASSWORD``:
+without it the restored server credentials cannot be decrypted; archived, never printed), the service user's
+SSH ``known_hosts``, and a copy of the JSON document. A full restore puts back all but the document.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from .._common import AppError, Log, no_log
+from .base import Application, Facts
+from .service import Service
+from .tomo_document import CATEGORIES, export, locate_database
+
+
+@dataclass
+class Settings:
+    database: str = ""  # empty: /var/lib/tomo/tomo.db, then ~tomo/.tomo and ~/.tomo
+    service: str = "tomo.service"
+    environment: str = "/etc/tomo/environment"
+    known_hosts: str = "/var/lib/tomo/.ssh/known_hosts"
+    categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
+    version: str = ""  # Tomo's version when its database does not record it
+    settle: float = 2.0  # seconds Tomo must keep running after a start
+    lock_timeout: float = 30.0
+
+
+class Tomo(Application):
+    name = "tomo"
+    modes = ("hot", "cold")
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service = Service(settings.service, "systemd")
+
+    def inspect(self) -> Facts:
+        s = self.settings
+        database = locate_database(s.database or None)
+        extras = [p for p in (s.environment, s.known_hosts) if p and os.path.isfile(p)]
+        running = self.service.active()
+        return Facts(
+            app=self.name,
+            version=s.version,
+            paths=[database, *extras],
+            metadata={"database": database, "service": s.service, "service_was_running": running},
+            unreachable="" if running else f"{s.service} is not running",
+        )
+
+    def refuse_backup(self, mode: str, facts: Facts) -> None:
+        if mode not in self.modes:
+            raise AppError(f"tomo backups are hot or cold, not {mode!r}")
+
+    def before_archive(self, facts: Facts, dest: str, check: bool, log: Log = no_log) -> Facts:
+        """Export the guide's JSON document into ``dest``; the set holds a copy of it."""
+        s = self.settings
+        database = str(facts.metadata["database"])
+        made = export(database, dest, s.categories, s.version or None, s.lock_timeout, write=not check)
+        log(f"tomo: exported {os.path.basename(made['path'])}")
+        metadata = {**facts.metadata, "document": os.path.basename(made["path"]), "counts": made["counts"]}
+        paths = facts.paths if check else [*facts.paths, made["path"]]
+        version = str(made["application_version"] or facts.version)
+        details = {**facts.details, "document": made}
+        return Facts(self.name, version, paths, facts.excludes, metadata, facts.running, facts.unreachable, details)
+
+    def restore_paths(self, manifest: dict[str, object]) -> list[str] | None:
+        """Every path of the set but the copy of the JSON document (imported on purpose, never put back)."""
+        document = dict(manifest.get("metadata") or {}).get("document")  # type: ignore[call-overload]
+        paths = [str(p) for p in manifest.get("paths", [])]  # type: ignore[attr-defined]
+        return [p for p in paths if not document or os.path.basename(p) != document]
+
+    def units_to_start(self, manifest: dict[str, object]) -> list[str]:
+        return []
+
+    def stop(self, log: Log = no_log) -> bool:
+        log(f"tomo: stopping {self.settings.service}")
+        return self.service.stop()
+
+    def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
+        s = self.settings
+        log(f"tomo: starting {s.service}")
+        self.service.start()
+        time.sleep(s.settle)  # Tomo fails on a bad database within moments of its start, if it is going to
+        state = self.service.state()
+        if state != "active":
+            raise AppError(f"{s.service} is not running after its start (it is {state}): see journalctl -u {s.service}")

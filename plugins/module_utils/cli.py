@@ -1,0 +1,324 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""``selfhost-dr``: the host command. The same procedures as the modules, run on the host itself (by systemd
+timers, or by a person when no controller is left), configured by ``/etc/selfhost-dr/config.toml`` that the
+roles write from the same variables.
+
+    selfhost-dr backup   [--app A] [--mode hot|cold|instances] [--instance S:I]... [--label L] [--no-verify]
+    selfhost-dr verify   [SET]                 (default: the newest set of the app)
+    selfhost-dr list     [--app A]
+    selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
+    selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
+    selfhost-dr status
+    selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] | tomo list
+
+Every command takes ``--json`` (one result object on stdout) and ``--config PATH``. Exit codes: 0 done;
+1 the operation failed (the sentence is on stderr, or in the JSON's ``error``); 2 usage or configuration error;
+3 a set failed verification; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._common import Error
+from .apps import tomo_document
+from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
+from .engine import backup, prune, restore, swap
+from .sets.catalog import catalog, leftovers
+from .sets.verify import verify
+
+CONFIG = "/etc/selfhost-dr/config.toml"
+CONFIG_ENV = "SELFHOST_DR_CONFIG"
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNVERIFIED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+class UsageError(Error):
+    """The command line or the configuration is wrong."""
+
+
+class UnverifiedError(Error):
+    """A set failed verification."""
+
+
+def load_config(path: str | None) -> dict[str, Any]:
+    """The host's configuration; an absent default file is an empty one (every option takes its default)."""
+    chosen = path or os.environ.get(CONFIG_ENV) or CONFIG
+    try:
+        import tomllib
+    except ImportError as exc:  # Python < 3.11
+        raise UsageError("selfhost-dr needs Python 3.11 or newer (tomllib) to read its configuration") from exc
+    try:
+        with open(chosen, "rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        if path:
+            raise UsageError(f"the configuration {chosen} does not exist") from exc
+        return {}
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"the configuration {chosen} cannot be read: {exc}") from exc
+
+
+def app_options(config: dict[str, Any]) -> dict[str, object]:
+    """config.toml's [tenement] and [tomo] tables as the modules' ``tenement_*`` / ``tomo_*`` options."""
+    options: dict[str, object] = {}
+    for table, spec in (("tenement", TENEMENT_SPEC), ("tomo", TOMO_SPEC)):
+        values = config.get(table) or {}
+        if not isinstance(values, dict):
+            raise UsageError(f"[{table}] of the configuration must be a table")
+        for key, value in values.items():
+            name = f"{table}_{key}"
+            if name not in spec:
+                raise UsageError(f"[{table}] {key} is not a setting selfhost-dr knows")
+            options[name] = value
+    return options
+
+
+class Progress:
+    """Log lines on stderr; on a terminal, long work's progress lines are shown in place."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def __call__(self, line: str) -> None:
+        if self.quiet:
+            return
+        stamp = f"[{time.monotonic() - self.started:6.1f}s]"
+        if self.tty and line.startswith("archive: "):
+            sys.stderr.write(f"\r\033[K{stamp} {line}")
+        else:
+            sys.stderr.write(("\r\033[K" if self.tty else "") + f"{stamp} {line}\n")
+        sys.stderr.flush()
+
+
+def _app(args: argparse.Namespace, config: dict[str, Any]) -> str:
+    name = args.app or config.get("app") or "tenement"
+    if name not in APPS:
+        raise UsageError(f"the application must be one of {', '.join(APPS)}, got {name!r}")
+    return str(name)
+
+
+def _dir(config: dict[str, Any]) -> str:
+    return str(config.get("backup_dir") or "/var/backups/selfhost-dr")
+
+
+def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
+    value = config.get(name) or {}
+    if not isinstance(value, dict):
+        raise UsageError(f"[{name}] of the configuration must be a table")
+    return value
+
+
+def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    settings = _section(config, "backup")
+    name = _app(args, config)
+    app = application(name, app_options(config))
+    options = backup.Options(
+        dest=_dir(config),
+        label=args.label or str(settings.get("label", "")),
+        excludes=[str(e) for e in settings.get("exclude", [])],
+        compression=str(settings.get("compression", "auto")),
+        level=int(settings.get("compression_level", 3)),
+        lock_timeout=float(settings.get("lock_timeout", 30)),
+        verify=bool(settings.get("verify", True)) and not args.no_verify,
+        health_timeout=float(settings.get("health_timeout", 60)),
+        state_dir=config.get("state_dir"),
+    )
+    mode = args.mode or str(settings.get("mode", "hot"))
+    planned = backup.plan(app, mode, options, args.instance, check=args.check)
+    if args.check:
+        return {"app": name, "mode": mode, "would_write": planned.names, "stops": planned.stops, "files": planned.files}
+    done = backup.run(app, planned, options, log)
+    return {"app": name, "mode": mode, "stops": planned.stops, "sets": done.sets}
+
+
+def cmd_verify(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    archive = args.set or restore.newest(_dir(config), _app(args, config))
+    checked = verify(archive, log=log)
+    result = {"path": archive, "ok": checked.ok, "summary": checked.summary, "warnings": checked.warnings}
+    if not checked.ok:
+        raise UnverifiedError(checked.summary)
+    return result
+
+
+def cmd_list(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    sets = catalog(_dir(config), app=args.app)
+    return {"directory": _dir(config), "sets": sets}
+
+
+def cmd_prune(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    rules = _section(config, "retention")
+    if not rules:
+        raise UsageError("the configuration has no [retention] rules, so nothing would be pruned")
+    policy = prune.policy_of(rules)
+    done = prune.prune(
+        _dir(config), policy, {"app": _app(args, config), "host": None, "label": None}, check=args.dry_run
+    )
+    return {"deleted": done.deleted, "kept": done.kept, "future": done.future, "freed_bytes": done.freed_bytes}
+
+
+def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    settings = _section(config, "restore")
+    name = _app(args, config)
+    app = application(name, app_options(config))
+    options = restore.Options(
+        keep_safety=args.keep_safety or bool(settings.get("keep_safety", False)),
+        health_timeout=float(settings.get("health_timeout", 60)),
+        state_dir=config.get("state_dir"),
+    )
+    archive = args.set or restore.newest(_dir(config), name, args.instance)
+    if not os.path.isabs(archive) and not os.path.exists(archive):
+        archive = os.path.join(_dir(config), archive)
+    planned = restore.plan(app, archive, options, args.instance, log, check=args.check)
+    result: dict[str, object] = {"path": archive, "paths": planned.paths, "targets": planned.targets}
+    result["started"] = planned.start
+    if args.check:
+        return result
+    done = restore.run(app, planned, options, log)
+    result.update(restore_id=done.restore_id, files=done.files, recovered=done.recovered)
+    return result
+
+
+def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    directory = _dir(config)
+    apps: dict[str, object] = {}
+    sets = catalog(directory) if os.path.isdir(directory) else []
+    now = time.time()
+    for name in APPS:
+        mine = [s for s in sets if s.get("app") == name]
+        if not mine:
+            continue
+        newest = mine[0]
+        mtime = os.stat(str(newest["path"])).st_mtime
+        apps[name] = {
+            "sets": len(mine),
+            "newest": newest["name"],
+            "age_hours": round((now - mtime) / 3600, 1),
+            "verification": dict(newest.get("verification") or {}).get("state", "unknown"),  # type: ignore[call-overload]
+        }
+    return {
+        "directory": directory,
+        "apps": apps,
+        "pending_restores": swap.pending(config.get("state_dir")),
+        "leftovers": leftovers(directory) if os.path.isdir(directory) else [],
+    }
+
+
+def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    options = app_options(config)
+    database = tomo_document.locate_database(str(options.get("tomo_database") or "") or None)
+    if args.verb == "create":
+        return dict(tomo_document.export(database, args.output or _dir(config)))
+    if args.verb == "restore":
+        if not args.input:
+            raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document)")
+        categories = args.categories.split(",") if args.categories else list(tomo_document.CATEGORIES)
+        return dict(tomo_document.import_document(args.input, database, categories, args.mode, check=args.check))
+    return {"documents": tomo_document.catalog(args.output or _dir(config))}
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dict[str, object]]] = {
+    "backup": cmd_backup,
+    "verify": cmd_verify,
+    "list": cmd_list,
+    "prune": cmd_prune,
+    "restore": cmd_restore,
+    "status": cmd_status,
+    "tomo": cmd_tomo,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="selfhost-dr",
+        description="Back up, verify, list, prune and restore tenement and Tomo on this host (selfhost.dr).",
+        epilog="Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 a set failed verification.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help=f"configuration file (default ${CONFIG_ENV}, else {CONFIG})")
+    common.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
+    common.add_argument("--app", choices=APPS, help="the application (default: the configuration's app)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("backup", parents=[common], help="write a backup set (and verify it)")
+    p.add_argument("--mode", choices=["hot", "cold", "instances"])
+    p.add_argument("--instance", action="append", default=[], help="with --mode instances: service:id (repeat)")
+    p.add_argument("--label", default="")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--check", action="store_true", help="refuse what the backup would refuse; change nothing")
+    p = sub.add_parser("verify", parents=[common], help="verify a set end to end (default: the newest)")
+    p.add_argument("set", nargs="?")
+    sub.add_parser("list", parents=[common], help="the sets, newest first")
+    p = sub.add_parser("prune", parents=[common], help="apply the [retention] rules")
+    p.add_argument("--dry-run", action="store_true")
+    p = sub.add_parser("restore", parents=[common], help="restore a set (default: the newest) and start the app")
+    p.add_argument("set", nargs="?")
+    p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
+    p.add_argument("--keep-safety", action="store_true")
+    p.add_argument("--check", action="store_true", help="verify and plan, refusing what the restore would refuse")
+    sub.add_parser("status", parents=[common], help="newest set per app, pending restores, leftovers")
+    p = sub.add_parser("tomo", parents=[common], help="Tomo's JSON document: create, restore, list")
+    p.add_argument("verb", choices=["create", "restore", "list"])
+    p.add_argument("--output", help="create: the directory to write to; list: the directory to look in")
+    p.add_argument("--input", help="restore: the document")
+    p.add_argument("--categories", help="restore: comma-separated categories (default: all)")
+    p.add_argument("--mode", default="merge", choices=list(tomo_document.MODES))
+    p.add_argument("--check", action="store_true")
+    return top
+
+
+def _text(command: str, result: dict[str, Any]) -> str:
+    """What a person reads: a line per set for list and backup, one sentence for a restore, else the result."""
+    if command == "list":
+        rows = []
+        for entry in result["sets"]:
+            state = dict(entry.get("verification") or {}).get("state", "")
+            rows.append(f"{entry['name']}  {entry.get('size', 0)} bytes  {state}")
+        return "\n".join(rows) or f"no sets in {result['directory']}"
+    if command == "backup" and "sets" in result:
+        return "\n".join(f"wrote {s['path']} ({s['files']} files, {s['databases']} databases)" for s in result["sets"])
+    if command == "restore" and "restore_id" in result:
+        started = ", ".join(result["started"]) or "nothing else"
+        return f"restored {', '.join(result['targets'])} from {result['path']}; running: {started}"
+    return json.dumps(result, indent=2, sort_keys=True, default=str)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
+    log = Progress(quiet=args.json)
+    code = EXIT_OK
+    try:
+        config = load_config(args.config)
+        result = COMMANDS[args.command](args, config, log)
+    except UsageError as exc:
+        result, code = {"error": str(exc)}, EXIT_USAGE
+    except UnverifiedError as exc:
+        result, code = {"error": str(exc)}, EXIT_UNVERIFIED
+    except Error as exc:
+        result, code = {"error": str(exc)}, EXIT_FAILED
+    except OSError as exc:
+        where = f"{exc.filename}: " if exc.filename else ""
+        result, code = {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
+    except KeyboardInterrupt:
+        result, code = {"error": "interrupted"}, EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps({"ok": code == 0, "command": args.command, **result}, sort_keys=True, default=str))
+    elif code:
+        print(f"selfhost-dr {args.command}: {result['error']}", file=sys.stderr)
+    else:
+        print(_text(args.command, result))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restoring an application from a set: the whole of it, or chosen units while the others keep running.
+
+One sequence for every application, written once::
+
+    plan      read the set's manifest, plan where every tree goes, verify the set: refuse here, before
+              anything stops, every set the run would refuse (check mode stops here, with the same sentence)
+    stop      the application (or the unit)
+    swap      the set's trees in, each replaced tree kept aside as a safety copy (engine/swap.py, journaled)
+    fix up    what must change in restored files before anything starts on them
+    start     the application and what ran when the set was made (or the unit), and check their health
+    commit    drop the safety copies (or keep them), and say so
+
+and on any failure after the stop: stop what was started, roll the swap back, start what ran before, and fail
+with one sentence that says what happened and that the previous data is back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from .._common import AppError, Error, Log, RestoreError, no_log
+from ..apps.base import Application, Facts
+from ..sets.catalog import catalog
+from . import swap
+
+
+@dataclass
+class Options:
+    keep_safety: bool = False
+    health_timeout: float = 60.0
+    state_dir: str | None = None
+    dest_root: str = "/"
+
+
+@dataclass
+class Plan:
+    app: str
+    archive: str
+    units: list[str]  # restored one at a time; empty: the whole application
+    paths: list[str]  # the set's paths put back
+    targets: list[str]  # where they go
+    start: list[str]  # what runs afterwards (tenement: the instances the set recorded as running)
+    manifest: dict[str, object] = field(default_factory=dict)
+    before: Facts | None = None
+
+
+@dataclass
+class Result:
+    plan: Plan
+    restore_id: str = ""
+    files: int = 0
+    bytes: int = 0
+    recovered: list[dict[str, object]] = field(default_factory=list)
+    committed: bool = False
+
+
+def newest(directory: str, app: str, units: list[str] | None = None) -> str:
+    """The newest set of ``app`` in ``directory``. For chosen units: the newest holding them all, that is a
+    unit's own set (``instance-SERVICE-ID``, for one unit) or a whole-application one."""
+    sets = catalog(directory, app=app)
+    if units:
+        labels = {"hot", "cold"} | ({"instance-" + units[0].replace(":", "-")} if len(units) == 1 else set())
+        sets = [s for s in sets if s.get("label") in labels]
+    if not sets:
+        what = f"no {app} backup set holding {', '.join(units)}" if units else f"no {app} backup set"
+        raise RestoreError(f"there is {what} in {directory}")
+    return str(sets[0]["path"])
+
+
+def plan(
+    app: Application,
+    archive: str,
+    options: Options,
+    units: list[str] | None = None,
+    log: Log = no_log,
+    check: bool = False,
+) -> Plan:
+    """Everything the run checks before it stops anything: the set, where it goes, what starts afterwards.
+
+    The real run first finishes or undoes restores of this host that were interrupted (check mode only reads),
+    so that a journal that cannot be recovered refuses the restore here, before anything stops."""
+    if not os.path.isfile(archive):
+        raise RestoreError(f"there is no backup set at {archive}")
+    if not check:
+        swap.recover_interrupted(options.state_dir, log)
+    try:
+        before = app.inspect()
+    except AppError:
+        before = None  # nothing to note (a new server): a failed restore leaves it stopped
+    if units:
+        facts = before or Facts(app.name)
+        chosen = [p for u in units for p in app.unit_paths(u, facts)]
+        manifest, planned = swap.check(archive, options.dest_root, chosen, options.state_dir, log)
+    else:
+        manifest, planned = swap.check(archive, options.dest_root, None, options.state_dir, log, app.restore_paths)
+    app_of_set = manifest.get("app")
+    if app_of_set not in (app.name, None):
+        raise RestoreError(f"{os.path.basename(archive)} is a backup of {app_of_set}, not of {app.name}")
+    start = list(units) if units else app.units_to_start(manifest)
+    return Plan(
+        app.name,
+        archive,
+        list(units or []),
+        [u.path for u in planned],
+        [u.target for u in planned],
+        start,
+        manifest,
+        before,
+    )
+
+
+def run(app: Application, planned: Plan, options: Options, log: Log = no_log) -> Result:
+    """Carry out a plan; on failure the previous data is back and running, and the error says so."""
+    steps = _Steps(app, planned, options.health_timeout, log)
+    name = os.path.basename(planned.archive)
+    result = Result(planned)
+    steps.stop()
+    restored: swap.Restored | None = None
+    try:
+        restored = swap.restore(
+            planned.archive, dest_root=options.dest_root, only=planned.paths, log=log, state_dir=options.state_dir
+        )
+        result.restore_id, result.files, result.bytes = restored.restore_id, restored.files, restored.bytes
+        result.recovered = restored.recovered
+        app.fix_up(restored.manifest, restored.targets, log)
+        steps.start_restored()
+        swap.commit(restored.restore_id, options.state_dir, keep_safety=options.keep_safety)
+        result.committed = True
+        return result
+    except BaseException as exc:
+        reason = _sentence(exc)
+        log(f"restoring {steps.what} from {name} failed ({reason}); putting the previous data back")
+        try:
+            steps.stop()
+            if restored is not None:
+                swap.rollback(restored.restore_id, options.state_dir)
+            steps.start_previous()
+        except Error as again:
+            raise RestoreError(
+                f"restoring {steps.what} from {name} failed ({reason}), and putting the previous data back "
+                f"failed too ({again}); see selfhost-dr status"
+            ) from exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise RestoreError(f"restoring {steps.what} from {name} failed ({reason}); {steps.back}") from exc
+
+
+class _Steps:
+    """Stop and start for a whole application or for chosen units: the same sequence drives both."""
+
+    def __init__(self, app: Application, planned: Plan, timeout: float, log: Log) -> None:
+        self.app, self.planned, self.timeout, self.log = app, planned, timeout, log
+        units = planned.units
+        if units:
+            self.what = ", ".join(units)
+            self.back = "it runs on its previous data again" if len(units) == 1 else "they run on their previous data"
+        else:
+            self.what = app.name
+            self.back = "the previous data is back" + (f" and {app.name} runs it again" if planned.before else "")
+
+    def stop(self) -> None:
+        if self.planned.units:
+            for unit in self.planned.units:
+                self.app.stop_unit(unit, self.log)
+        else:
+            self.app.stop(self.log)
+
+    def start_restored(self) -> None:
+        if self.planned.units:
+            for unit in self.planned.units:
+                self.app.start_unit(unit, self.timeout, self.log)
+        else:
+            self.app.start(self.planned.start, self.timeout, self.log)
+
+    def start_previous(self) -> None:
+        if self.planned.units:
+            self.start_restored()  # the same units, on their previous data
+        elif self.planned.before is not None:
+            self.app.start(self.planned.before.running, self.timeout, self.log)
+
+
+def _sentence(exc: BaseException) -> str:
+    if isinstance(exc, Error):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"

@@ -1,0 +1,247 @@
+"""The procedures of engine/: one sequence for every application, check mode refusing what the run refuses.
+
+The application here is a recorder (``Recorder``): a stand-in for tenement or Tomo that only notes what the
+procedure asked of it, so these tests can assert the order of stop, swap, fix-up, start and commit, and that a
+refused set is refused *before* anything stops. The real applications run the same procedures in
+tests/integration (tenement) and in the Molecule scenarios.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils._common import AppError, BackupError, Error, Log, RestoreError
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import Journal
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+
+from .crafted_sets import M, manifest_blob, manifest_for, tree, write_set
+from .test_attack_restore import DIFFERS, MALFORMED, OUT, PATHS, STRUCTURE, UNSAFE, state
+
+
+class Recorder(Application):
+    """An application whose data is ``paths``; it records every call, and fails where it is told to."""
+
+    modes = ("hot", "cold")
+
+    def __init__(self, name: str, paths: list[str], fail: str = "", running: bool = True) -> None:
+        self.name = name
+        self.paths = paths
+        self.fail = fail
+        self.running = running
+        self.calls: list[str] = []
+
+    def _note(self, call: str) -> None:
+        self.calls.append(call)
+        if call == self.fail:
+            raise AppError(f"{self.name} failed to {call}")
+
+    def inspect(self) -> Facts:
+        running = ["svc:a"] if self.running else []
+        unreachable = "" if self.running else "it is not running"
+        return Facts(self.name, "1.0", list(self.paths), [], {"running": running}, running, unreachable)
+
+    def stop(self, log: Log = print) -> bool:
+        self._note("stop")
+        return self.running
+
+    def start(self, units: list[str], timeout: float, log: Log = print) -> None:
+        self._note("start " + ",".join(units))
+
+    def fix_up(self, manifest: dict[str, object], targets: list[str], log: Log = print) -> None:
+        self._note("fix_up")
+
+
+def _refused_alike(app: Recorder, archive: str, dest: Path) -> str:
+    """Check mode and the real run refuse ``archive`` in the same sentence, and nothing was stopped or changed."""
+    options = restore.Options(dest_root=str(dest))
+    before = state(dest)
+    with pytest.raises(Error) as in_check:
+        restore.plan(app, archive, options, check=True)
+    with pytest.raises(Error) as in_run:
+        restore.run(app, restore.plan(app, archive, options), options)
+    assert str(in_run.value) == str(in_check.value)
+    assert app.calls == [], "the application was touched before the set was refused"
+    assert state(dest) == before
+    return str(in_check.value)
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    app = tmp_path / "dest" / "srv" / "app"
+    (app / "one").mkdir(parents=True)
+    (app / "one" / "notes.txt").write_text("current notes\n")
+    return tmp_path / "dest"
+
+
+def _hostile_sets(tmp_path: Path) -> dict[str, str]:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    made: dict[str, str] = {}
+
+    def place(name: str) -> Path:
+        where = tmp_path / "sets" / name
+        where.mkdir(parents=True)
+        return where
+
+    for case, (extra, _words) in STRUCTURE.items():
+        members = [M(m.name, m.kind, m.data, m.mode, target=m.target.replace(OUT, str(outside))) for m in extra]
+        made[f"structure-{case}"] = write_set(place(f"s-{case}"), tree("srv/app", *members), PATHS).path
+    for case, (member, _key) in DIFFERS.items():
+        made[f"differs-{case}"] = write_set(place(f"d-{case}"), tree("srv/app", member), PATHS).path
+    for case, (member, _words) in UNSAFE.items():
+        member.listed = False
+        made[f"unsafe-{case}"] = write_set(place(f"u-{case}"), tree("srv/app", member), PATHS).path
+    for case, (edit, _words) in MALFORMED.items():
+        members = tree("srv/app")
+        bad = manifest_for(members, PATHS)
+        edit(bad)
+        made[f"malformed-{case}"] = write_set(place(f"m-{case}"), members, PATHS, sidecar=manifest_blob(bad)).path
+    return made
+
+
+def test_check_mode_refuses_every_hostile_set_the_run_refuses_before_anything_stops(tmp_path: Path, dest: Path) -> None:
+    sets = _hostile_sets(tmp_path)
+    assert len(sets) > 60
+    sentences = {case: _refused_alike(Recorder("files", PATHS), archive, dest) for case, archive in sets.items()}
+    assert all(s.count("\n") == 0 for s in sentences.values()), sentences
+
+
+def test_a_set_of_another_application_is_refused_before_anything_stops(tmp_path: Path, dest: Path) -> None:
+    crafted = write_set(tmp_path, tree("srv/app"), PATHS)  # app "files"
+    sentence = _refused_alike(Recorder("tenement", PATHS), crafted.path, dest)
+    assert sentence.endswith("is a backup of files, not of tenement")
+
+
+def _good_set(tmp_path: Path, content: str = "restored notes\n") -> str:
+    source = tmp_path / "source" / "srv" / "app"
+    (source / "one").mkdir(parents=True, exist_ok=True)
+    (source / "one" / "notes.txt").write_text(content)
+    out = tmp_path / "sets-good"
+    out.mkdir(exist_ok=True)
+    made = create([str(source)], str(out), app="files", stored_as={str(source): "/srv/app"}, label="hot")
+    return made.path
+
+
+def test_a_restore_stops_swaps_fixes_up_starts_what_ran_and_commits(tmp_path: Path, dest: Path) -> None:
+    archive = _good_set(tmp_path)
+    app = Recorder("files", PATHS)
+    options = restore.Options(dest_root=str(dest))
+    planned = restore.plan(app, archive, options)
+    assert app.calls == []
+    done = restore.run(app, planned, options)
+    assert app.calls == ["stop", "fix_up", "start "]  # the set recorded nothing as running
+    assert (dest / "srv" / "app" / "one" / "notes.txt").read_text() == "restored notes\n"
+    assert done.committed
+    assert Journal().load(done.restore_id).state == "committed"
+
+
+def test_a_restore_that_does_not_start_puts_the_previous_data_back_and_starts_what_ran(
+    tmp_path: Path, dest: Path
+) -> None:
+    archive = _good_set(tmp_path)
+    app = Recorder("files", PATHS, fail="start ")
+    options = restore.Options(dest_root=str(dest))
+    with pytest.raises(RestoreError) as failed:
+        restore.run(app, restore.plan(app, archive, options), options)
+    sentence = str(failed.value)
+    assert sentence.startswith(f"restoring files from {os.path.basename(archive)} failed (files failed to start )")
+    assert sentence.endswith("the previous data is back and files runs it again")
+    # stopped, restored, fixed up, failed to start; stopped again, rolled back, started with what ran before
+    assert app.calls == ["stop", "fix_up", "start ", "stop", "start svc:a"]
+    assert (dest / "srv" / "app" / "one" / "notes.txt").read_text() == "current notes\n"
+
+
+def test_a_failed_roll_back_says_both_failures_in_one_sentence(tmp_path: Path, dest: Path) -> None:
+    archive = _good_set(tmp_path)
+
+    class Twice(Recorder):
+        def start(self, units: list[str], timeout: float, log: Log = print) -> None:
+            self._note("start " + ",".join(units))
+            raise AppError("the service does not start")
+
+    app = Twice("files", PATHS)
+    options = restore.Options(dest_root=str(dest))
+    with pytest.raises(RestoreError) as failed:
+        restore.run(app, restore.plan(app, archive, options), options)
+    sentence = str(failed.value)
+    assert "failed (the service does not start), and putting the previous data back failed too" in sentence
+    assert "\n" not in sentence
+    # The data is back even so: only the start failed.
+    assert (dest / "srv" / "app" / "one" / "notes.txt").read_text() == "current notes\n"
+
+
+def test_newest_picks_a_units_own_set_or_a_whole_one(tmp_path: Path) -> None:
+    source = tmp_path / "data"
+    source.mkdir()
+    (source / "f").write_text("x")
+    out = tmp_path / "sets"
+    out.mkdir()
+    made = {}
+    for hour, label in ((3, "hot"), (4, "instance-demo-alpha"), (5, "instance-demo-beta")):
+        when = datetime(2026, 11, 22, hour, tzinfo=UTC)
+        made[label] = create([str(source)], str(out), app="tenement", label=label, now=lambda when=when: when)
+    hot, alpha, beta = made["hot"], made["instance-demo-alpha"], made["instance-demo-beta"]
+    assert restore.newest(str(out), "tenement") == beta.path
+    assert restore.newest(str(out), "tenement", ["demo:alpha"]) == alpha.path
+    assert restore.newest(str(out), "tenement", ["demo:gamma"]) == hot.path
+    assert restore.newest(str(out), "tenement", ["demo:alpha", "demo:beta"]) == hot.path
+    with pytest.raises(RestoreError, match=r"^there is no tomo backup set in "):
+        restore.newest(str(out), "tomo")
+
+
+def test_a_cold_backup_starts_the_application_again_when_archiving_fails(tmp_path: Path) -> None:
+    app = Recorder("files", [str(tmp_path / "missing")])
+    options = backup.Options(dest=str(tmp_path / "sets"), verify=False)
+    planned = backup.plan(app, "cold", options)
+    with pytest.raises(Error):
+        backup.run(app, planned, options)
+    assert app.calls == ["stop", "start svc:a"]
+
+
+def test_a_cold_backup_of_a_stopped_application_is_refused_before_anything_stops(tmp_path: Path) -> None:
+    app = Recorder("files", [str(tmp_path)], running=False)
+    with pytest.raises(AppError, match="a cold backup stops files and starts it again, but it is not running"):
+        backup.plan(app, "cold", backup.Options(dest=str(tmp_path / "sets")))
+    assert app.calls == []
+
+
+def test_check_mode_of_a_backup_reports_what_it_would_archive_and_writes_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a")
+    (data / "b.txt").write_text("bb")
+    app = Recorder("files", [str(data)])
+    options = backup.Options(dest=str(tmp_path / "sets"))
+    planned = backup.plan(app, "hot", options, check=True)
+    assert (planned.files, planned.bytes_in) == (2, 3)
+    assert planned.names[0].startswith("files-") and planned.names[0].endswith("-hot.tar.zst")
+    assert not (tmp_path / "sets").exists()
+    assert app.calls == []
+
+
+def test_a_hot_backup_writes_a_verified_set_and_stops_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("a")
+    app = Recorder("files", [str(data)])
+    options = backup.Options(dest=str(tmp_path / "sets"))
+    done = backup.run(app, backup.plan(app, "hot", options), options)
+    (made,) = done.sets
+    assert made["verified"] is True and made["files"] == 1
+    assert made["metadata"] == {"running": ["svc:a"], "mode": "hot"}
+    assert app.calls == []
+
+
+def test_a_mode_the_application_does_not_have_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AppError, match=r"^files backups are hot, cold, not 'instances'$"):
+        backup.plan(Recorder("files", [str(tmp_path)]), "instances", backup.Options(dest=str(tmp_path / "s")))
+
+
+def test_errors_are_one_base_class() -> None:
+    assert issubclass(BackupError, Error) and issubclass(RestoreError, Error) and issubclass(AppError, Error)
