@@ -16,7 +16,7 @@ import subprocess
 import threading
 import time
 
-from .._common import MIB, BackupError, die_with_parent, write_all
+from .._common import MIB, BackupError, dying_with_parent, write_all
 from .names import EXTENSIONS
 
 MAGIC = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip"}
@@ -56,6 +56,7 @@ class Pump:
     """
 
     def __init__(self, argv: list[str], out_path: str, out_fd: int) -> None:
+        argv, preexec = dying_with_parent(argv)
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -63,7 +64,7 @@ class Pump:
             stderr=subprocess.PIPE,
             bufsize=0,
             close_fds=True,
-            preexec_fn=die_with_parent,  # started before any thread of this run
+            preexec_fn=preexec,
         )
         assert self.proc.stdin is not None  # noqa: S101 - Popen contract
         self._in = self.proc.stdin.fileno()
@@ -172,12 +173,13 @@ def decompressor(archive: str) -> subprocess.Popen[bytes]:
     argv = ["zstd", "-d", "-q", "-c", "--", archive] if kind == "zstd" else ["gzip", "-d", "-c", "--", archive]
     if not shutil.which(argv[0]):
         raise BackupError(f"the {argv[0]} command is needed to read {archive} and is not installed")
+    argv, preexec = dying_with_parent(argv)
     proc = subprocess.Popen(
         argv,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        preexec_fn=die_with_parent,  # started before this run's threads
+        preexec_fn=preexec,
     )
     assert proc.stdout is not None  # noqa: S101 - Popen contract
     _grow_pipe(proc.stdout.fileno())
