@@ -72,7 +72,8 @@ class Pump:
         self.digest = hashlib.sha256()
         self.size = 0
         self.written = 0
-        self._buf = bytearray()
+        self._pending = memoryview(bytearray(CHUNK))
+        self._fill = 0
         self._exited = threading.Event()
         self._path = out_path
         self._thread = threading.Thread(target=self._follow, daemon=True)
@@ -80,13 +81,14 @@ class Pump:
 
     def _follow(self) -> None:
         synced = 0
+        view = memoryview(bytearray(CHUNK))  # read into one buffer: no allocation per read
         with open(self._path, "rb", buffering=0) as handle:
             while True:
                 exited = self._exited.is_set()
-                chunk = handle.read(CHUNK)
-                if chunk:
-                    self.digest.update(chunk)
-                    self.size += len(chunk)
+                got = handle.readinto(view)
+                if got:
+                    self.digest.update(view[:got])
+                    self.size += got
                     if self.size - synced >= SYNC_EVERY:
                         # Flushing as it goes keeps the final fsync short and the page cache clean.
                         os.fdatasync(handle.fileno())
@@ -97,19 +99,23 @@ class Pump:
                     time.sleep(0.005)
 
     def write(self, data: bytes | memoryview) -> None:
-        self.written += len(data)
-        if len(data) >= 256 * 1024:
+        """Send ``data`` to the compressor; small pieces are gathered first. ``data`` is not kept: a caller may
+        reuse its buffer once this returns."""
+        n = len(data)
+        self.written += n
+        if n >= 256 * 1024:
             self.flush()
             self._send(data)
             return
-        self._buf += data
-        if len(self._buf) >= CHUNK:
+        if self._fill + n > CHUNK:
             self.flush()
+        self._pending[self._fill : self._fill + n] = data
+        self._fill += n
 
     def flush(self) -> None:
-        if self._buf:
-            self._send(self._buf)
-            self._buf = bytearray()
+        if self._fill:
+            self._send(self._pending[: self._fill])
+            self._fill = 0
 
     def _send(self, data: bytes | memoryview) -> None:
         try:

@@ -21,7 +21,7 @@ from ..sqlite_snapshot import (
     fsync_dir,
 )
 from .catalog import sweep
-from .codec import Pump, compressor_for, write_error
+from .codec import CHUNK, Pump, compressor_for, write_error
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from .members import DEFAULT_MEMORY_LIMIT, Snapshotter, file_chunks, left_out, open_member
 from .names import Sidecars, default_host, set_name
@@ -238,8 +238,11 @@ def _archive(
     notes: list[dict[str, str]] = []
     progress = _Progress(log, found.bytes, found.count("file") + found.count("sqlite"))
     snapshot_seconds = 0.0
+    # Databases go last, so their snapshots are made while the other files stream; those too large to wait in
+    # memory first among them, since their snapshots (staged on disk) can then be made without holding memory.
+    databases = sorted((e for e in found.entries if e.kind == "sqlite"), key=lambda e: e.st.st_size <= memory_limit)
     snapshotter = Snapshotter(
-        [e for e in found.entries if e.kind == "sqlite"],
+        databases,
         found,
         staging,
         lock_timeout,
@@ -248,8 +251,8 @@ def _archive(
     )
     snapshotter.start()
     dirs = Dirs(found.roots, found.dirs)
-    # Databases go last, so their snapshots are made while the other files stream.
-    ordered = [e for e in found.entries if e.kind != "sqlite"] + [e for e in found.entries if e.kind == "sqlite"]
+    ordered = [e for e in found.entries if e.kind != "sqlite"] + databases
+    buf = bytearray(CHUNK)  # every file is read into this one buffer, hashed and sent from it
     try:
         for entry in ordered:
             if entry.kind in ("dir", "symlink"):
@@ -283,7 +286,7 @@ def _archive(
                 if not safe_fs.same(st, entry.st):
                     changed.append(entry.path)  # replaced by another file (a rename): that one is archived
                 entry.st = st
-                chunks, size = file_chunks(entry, fd, changed)
+                chunks, size = file_chunks(entry, fd, changed, buf)
             pump.write(header(entry, size, names))
             digest = hashlib.sha256()
             written = 0
