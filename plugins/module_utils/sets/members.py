@@ -36,7 +36,10 @@ from ..sqlite_snapshot import (
 from .codec import CHUNK
 from .scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, read_error, special_kind
 
-DEFAULT_MEMORY_LIMIT = 64 * MIB
+# Snapshots waiting in memory (and the one being made) in all; each briefly takes about three times its size while
+# it is made. Above it databases are staged on disk, which costs more CPU than a copy in memory: 8 MiB keeps
+# create's process under about 64 MiB besides zstd's own (benchmarks/backup_speed.py measures it).
+DEFAULT_MEMORY_LIMIT = 8 * MIB
 
 
 # Connection.serialize/deserialize (Python 3.11+) keep snapshots in memory; older hosts use a staging file.
@@ -101,8 +104,8 @@ class Snapshotter(threading.Thread):
 
     SQLite releases the GIL while it copies, so snapshots are made while the
     writer streams the other files (which come first in the archive). Finished
-    snapshots wait in memory up to ``memory_limit`` bytes in all; larger ones
-    wait in a staging file. Each item is a snapshot, the reason a database was
+    snapshots wait in memory up to ``memory_limit`` bytes in all, the one being
+    made included; larger ones wait in a staging file. Each item is a snapshot, the reason a database was
     left out (a string), or the exception that ends the backup.
     """
 
@@ -134,9 +137,13 @@ class Snapshotter(threading.Thread):
             dirs.close()
 
     def _run(self, dirs: Dirs) -> None:
+        memory_limit = self._args[2]
         for index, entry in enumerate(self._entries):
+            # A snapshot made in memory waits until it fits beside those not yet written: memory_limit bounds them
+            # all together, this one included (SQLite's copy and the serialized bytes briefly hold it twice more).
+            expected = entry.st.st_size if IN_MEMORY and entry.st.st_size <= memory_limit else 0
             with self._cond:
-                while not self._stopping and self._ready and self._pending >= self._budget:
+                while not self._stopping and self._ready and self._pending + max(expected, 1) > self._budget:
                     self._cond.wait()
                 if self._stopping:
                     return
