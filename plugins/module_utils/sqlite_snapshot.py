@@ -426,3 +426,120 @@ def _finish(tmp: str, wal: bool, check_integrity: bool) -> tuple[int, int, str]:
 def _remove(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+# -- for streaming into an archive: copies made to be read once ------------------------------------------
+
+
+def snapshot_in_memory(
+    source: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
+) -> tuple[bytes, Snapshot, bytes]:
+    """:func:`snapshot_bytes`, less one copy of the database: the header's bytes 18 and 19 (the source's journal
+    mode, :func:`journal_version`) are returned for the reader to put in the first chunk it streams. The rest, the
+    one-step backup and the check of the file SQLite opened (``expect``), is the same."""
+    clock = time.monotonic
+    started = clock()
+    dst, attempts, mode = _snapshot_to_memory(source, lock_timeout, clock, expect)
+    try:
+        with contextlib.closing(dst):
+            integrity = integrity_of(dst) if check_integrity else "not checked"
+            pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+            page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
+            data = dst.serialize()
+    except BaseException as exc:
+        raise _translate(exc, source, "memory", lock_timeout) from exc
+    if check_integrity and integrity != "ok":
+        raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
+    snap = Snapshot(
+        source=source,
+        path="",
+        size=len(data),
+        pages=pages,
+        page_size=page_size,
+        sha256="",
+        journal_mode=mode,
+        method="backup",
+        duration=round(clock() - started, 6),
+        attempts=attempts,
+        integrity=integrity,
+    )
+    return data, snap, journal_version(mode)
+
+
+def journal_version(mode: str) -> bytes:
+    """A database header's bytes 18 and 19 for this journal mode: 2 (WAL) or 1 (rollback)."""
+    return b"\x02\x02" if mode == "wal" else b"\x01\x01"
+
+
+def snapshot_to_scratch(
+    source: str, staged: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
+) -> tuple[Snapshot, bytes]:
+    """A consistent copy of the live database ``source`` in the private file ``staged``, made to be read once.
+
+    The same one-step online backup (one read transaction, retried while a writer holds a lock) and the same check
+    of the file SQLite opened (``expect``) as :func:`snapshot`, without what that function does to
+    leave a database in place: the copy is written with no journal and no fsync (it is streamed into the archive
+    and removed; a crash leaves it in the caller's private staging directory, which it sweeps), and the source is
+    read without mmap, whose pages would count in this process's memory for the whole size of the database. Also
+    returns the
+    header's bytes 18 and 19 (WAL or rollback, the source's journal mode) for the reader to put in, as
+    :func:`snapshot_in_memory` does.
+    """
+    clock = time.monotonic
+    started = clock()
+    deadline = started + lock_timeout
+    dst: sqlite3.Connection | None = None
+
+    def fresh() -> None:
+        nonlocal dst
+        if dst is not None:
+            dst.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        dst = sqlite3.connect(staged, isolation_level=None)
+        dst.execute("PRAGMA journal_mode = OFF")
+        dst.execute("PRAGMA synchronous = OFF")
+
+    try:
+        src, mode = _open_source(source, lock_timeout, expect)
+        with contextlib.closing(src):
+            src.execute("PRAGMA mmap_size = 0")
+            fresh()
+            attempts = _retry_while_busy(
+                lambda: _backup_one_step(src, dst, deadline, clock),  # type: ignore[arg-type]
+                fresh,
+                deadline,
+                clock,
+            )
+        assert dst is not None  # noqa: S101 - made by fresh()
+        integrity = integrity_of(dst) if check_integrity else "not checked"
+        dst.close()
+        dst = None
+        with open(staged, "rb") as handle:
+            header = handle.read(100)
+        size = os.path.getsize(staged)
+    except BaseException as exc:
+        if dst is not None:
+            dst.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(staged)
+        raise _translate(exc, source, staged, lock_timeout) from exc
+    if check_integrity and integrity != "ok":
+        os.unlink(staged)
+        raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    snap = Snapshot(
+        source=source,
+        path=staged,
+        size=size,
+        pages=size // max(page_size, 1),
+        page_size=page_size,
+        sha256="",
+        journal_mode=mode,
+        method="backup",
+        duration=round(clock() - started, 6),
+        attempts=attempts,
+        integrity=integrity,
+    )
+    return snap, journal_version(mode)

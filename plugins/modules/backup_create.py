@@ -50,6 +50,9 @@ options:
         RV(downtime) is measured.
       - An instance whose service does not persist its storage (O(storage_persist=false)) is never stopped, because
         tenement deletes its data on C(ten stop); it is archived hot instead and RV(hot_reason) says why.
+      - Deprecated (removed in 1.0.0), with O(storage_persist), O(tenement_server), O(tenement_data_dir),
+        O(tenement_ten_bin) and O(health_timeout); use M(selfhost.dr.app_backup) with C(mode=instances),
+        which reads the service's C(storage_persist) from C(tenement.toml) itself.
     type: str
   storage_persist:
     description: Whether the instance's service sets C(storage_persist = true) (see M(selfhost.dr.tenement_info)).
@@ -131,9 +134,10 @@ options:
     default: false
   memory_limit:
     description:
-      - Databases up to this many bytes are snapshotted in memory; larger ones go through a temporary file in O(dest).
+      - Databases up to this many bytes are snapshotted in memory (those waiting to be written and the one being made
+        count together); larger ones go through a temporary file in O(dest).
     type: int
-    default: 67108864
+    default: 8388608
 notes:
   - The set's file names never hold secrets, but its content does (for tenement, the API token); keep O(dest) private.
 extends_documentation_fragment:
@@ -290,6 +294,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import 
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import recover_interrupted
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.codec import compressor_for
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.members import DEFAULT_MEMORY_LIMIT
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import default_host, set_name
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.scan import scan
 
@@ -316,7 +321,7 @@ def main() -> None:
             threads=dict(type="int", default=0),
             lock_timeout=dict(type="float", default=30.0),
             integrity_check=dict(type="bool", default=False),
-            memory_limit=dict(type="int", default=64 * 1024 * 1024),
+            memory_limit=dict(type="int", default=DEFAULT_MEMORY_LIMIT),
             **STATE_DIR_SPEC,
         ),
         required_one_of=[("paths", "instance")],
@@ -325,6 +330,13 @@ def main() -> None:
     )
     p = module.params
     extra: dict[str, object] = {}
+    if p["instance"]:
+        module.deprecate(
+            "backup_create's instance option (and storage_persist, tenement_*, health_timeout) is replaced by "
+            "selfhost.dr.app_backup with mode=instances",
+            version="1.0.0",
+            collection_name="selfhost.dr",
+        )
     try:
         if p["instance"]:
             service, ident = parse_instance(p["instance"])

@@ -109,7 +109,7 @@ def after_scan(monkeypatch: pytest.MonkeyPatch, action: Callable[[], None]) -> N
 
 
 def before_sqlite_opens(monkeypatch: pytest.MonkeyPatch, name: str, action: Callable[[], None]) -> None:
-    """Run ``action`` once inside sets/members.py's ``name`` (_snapshot_in_memory or _snapshot_to_file): after
+    """Run ``action`` once inside sets/members.py's ``name`` (snapshot_in_memory or snapshot_to_scratch): after
     _snapshot_member checked the file and its side files, right before SQLite opens it by name."""
     real = getattr(members_module, name)
     done: list[bool] = []
@@ -346,7 +346,7 @@ def test_a_database_swapped_for_a_link_to_a_root_only_database_after_the_scan(
     assert fingerprint(victim_db) == before
 
 
-@pytest.mark.parametrize(("memory_limit", "where"), [(64 << 20, "_snapshot_in_memory"), (0, "_snapshot_to_file")])
+@pytest.mark.parametrize(("memory_limit", "where"), [(64 << 20, "snapshot_in_memory"), (0, "snapshot_to_scratch")])
 def test_a_database_swapped_for_a_link_right_before_sqlite_opens_it(
     app: Path, dest: Path, victim_db: Path, monkeypatch: pytest.MonkeyPatch, memory_limit: int, where: str
 ) -> None:
@@ -378,7 +378,7 @@ def test_a_databases_directory_swapped_for_a_link_right_before_sqlite_opens_it(
         folder.rename(app / "db.old")
         folder.symlink_to(victim_db.parent)
 
-    before_sqlite_opens(monkeypatch, "_snapshot_in_memory", lambda: as_attacker(swap))
+    before_sqlite_opens(monkeypatch, "snapshot_in_memory", lambda: as_attacker(swap))
     made = create([str(app)], str(dest))
     assert MARKER not in archive_bytes(made.path)
     assert str(folder / "app.db") in made.manifest["changed_during_backup"]  # type: ignore[operator]
@@ -420,7 +420,7 @@ def test_a_wal_or_shm_swapped_for_a_link_right_before_sqlite_opens_never_touches
             extra.unlink()
         extra.symlink_to(victim)
 
-    before_sqlite_opens(monkeypatch, "_snapshot_in_memory", lambda: as_attacker(swap))
+    before_sqlite_opens(monkeypatch, "snapshot_in_memory", lambda: as_attacker(swap))
     before = fingerprint(victim)
     with contextlib.suppress(BackupError):
         made = create([str(app)], str(dest))
@@ -444,7 +444,7 @@ def test_a_swap_in_the_window_before_sqlite_opens_leaves_only_that_database_out(
             extra.unlink()
         extra.symlink_to(victim)
 
-    before_sqlite_opens(monkeypatch, "_snapshot_in_memory", lambda: as_attacker(swap))
+    before_sqlite_opens(monkeypatch, "snapshot_in_memory", lambda: as_attacker(swap))
     with deadline(30):
         made = create([str(app)], str(dest))
     assert str(db) in made.manifest["changed_during_backup"]  # type: ignore[operator]
@@ -464,7 +464,7 @@ def test_a_database_swapped_for_a_link_to_a_missing_file_makes_root_create_nothi
         db.unlink()
         db.symlink_to(nologin)
 
-    before_sqlite_opens(monkeypatch, "_snapshot_in_memory", lambda: as_attacker(swap))
+    before_sqlite_opens(monkeypatch, "snapshot_in_memory", lambda: as_attacker(swap))
     made = create([str(app)], str(dest))
     assert not os.path.lexists(nologin)
     assert str(db) in made.manifest["changed_during_backup"]  # type: ignore[operator]

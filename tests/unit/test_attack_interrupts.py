@@ -491,7 +491,7 @@ def big_tree(tmp_path: Path) -> Path:
 
 CREATE_KILLS = [
     ("Pump.write", 8, False),  # mid-stream
-    ("_snapshot_to_file", 1, True),  # a database staged on disk (memory_limit 0)
+    ("snapshot_to_scratch", 1, True),  # a database staged on disk (memory_limit 0)
     ("atomic_write", 1, True),  # the manifest sidecar written, the archive not renamed
     ("os.replace", 3, False),  # everything written, the final rename not done
 ]
@@ -507,7 +507,7 @@ def install_create_kill(where: str, n: int, after: bool, pidfile: Path) -> None:
     codec.Pump.__init__ = init  # type: ignore[method-assign]
     owners: dict[str, tuple[object, str]] = {
         "Pump.write": (codec.Pump, "write"),
-        "_snapshot_to_file": (members, "_snapshot_to_file"),
+        "snapshot_to_scratch": (members, "snapshot_to_scratch"),
         "atomic_write": (create_module, "atomic_write"),
         "os.replace": (os, "replace"),
     }

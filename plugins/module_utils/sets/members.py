@@ -13,7 +13,6 @@ import os
 import sqlite3
 import stat
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,17 +20,11 @@ from .. import safe_fs
 from .._common import MIB, BackupError
 from ..sqlite_snapshot import (
     CannotOpenError,
-    Identity,
     NotADatabaseError,
     ReplacedError,
-    Snapshot,
     SnapshotError,
-    _backup_one_step,
-    _open_source,
-    _retry_while_busy,
-    _snapshot_to_memory,
-    _translate,
-    integrity_of,
+    snapshot_in_memory,
+    snapshot_to_scratch,
 )
 from .codec import CHUNK
 from .scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, read_error, special_kind
@@ -246,14 +239,14 @@ def _snapshot_member(
     expect = (st.st_dev, st.st_ino)
     try:
         if IN_MEMORY and st.st_size <= memory_limit:
-            data, snap, version = _snapshot_in_memory(
+            data, snap, version = snapshot_in_memory(
                 entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, expect=expect
             )
             chunks: Iterator[memoryview] = _memory_chunks(data, version)
             size = held = len(data)
         else:
             os.makedirs(os.path.dirname(staged), mode=0o700, exist_ok=True)
-            snap, version = _snapshot_to_file(
+            snap, version = snapshot_to_scratch(
                 entry.path, staged, lock_timeout=lock_timeout, check_integrity=integrity_check, expect=expect
             )
             size, held = snap.size, 0
@@ -285,46 +278,6 @@ def _snapshot_member(
     return _Snapped(chunks, size, record, held, st, replaced=replaced)
 
 
-def _snapshot_in_memory(
-    source: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
-) -> tuple[bytes, Snapshot, bytes]:
-    """:func:`sqlite_snapshot.snapshot_bytes`, less one copy: the header's bytes 18 and 19 (the source's journal
-    mode) are returned for the reader to put in (:func:`_memory_chunks`) rather than put in a second copy of the
-    database; the rest, the one-step backup and the check of the file SQLite opened (``expect``), is the same."""
-    clock = time.monotonic
-    started = clock()
-    dst, attempts, mode = _snapshot_to_memory(source, lock_timeout, clock, expect)
-    try:
-        with contextlib.closing(dst):
-            integrity = integrity_of(dst) if check_integrity else "not checked"
-            pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
-            page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
-            data = dst.serialize()
-    except BaseException as exc:
-        raise _translate(exc, source, "memory", lock_timeout) from exc
-    if check_integrity and integrity != "ok":
-        raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
-    snap = Snapshot(
-        source=source,
-        path="",
-        size=len(data),
-        pages=pages,
-        page_size=page_size,
-        sha256="",
-        journal_mode=mode,
-        method="backup",
-        duration=round(clock() - started, 6),
-        attempts=attempts,
-        integrity=integrity,
-    )
-    return data, snap, _version(mode)
-
-
-def _version(mode: str) -> bytes:
-    """A database header's bytes 18 and 19 for this journal mode: 2 (WAL) or 1 (rollback)."""
-    return b"\x02\x02" if mode == "wal" else b"\x01\x01"
-
-
 _HEAD = 4096
 
 
@@ -337,79 +290,6 @@ def _memory_chunks(data: bytes, version: bytes) -> Iterator[memoryview]:
     yield memoryview(head)
     for i in range(_HEAD, len(data), CHUNK):
         yield view[i : i + CHUNK]
-
-
-def _snapshot_to_file(
-    source: str, staged: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
-) -> tuple[Snapshot, bytes]:
-    """A consistent copy of the live database ``source`` in the private file ``staged``, made to be read once.
-
-    The same one-step online backup (one read transaction, retried while a writer holds a lock) and the same check
-    of the file SQLite opened (``expect``) as :func:`sqlite_snapshot.snapshot`, without what that function does to
-    leave a database in place: the copy is written with no journal and no fsync (it is streamed into the archive
-    and removed; a crash leaves it in create()'s staging directory, which is swept), and the source is read without
-    mmap, whose pages would count in this process's memory for the whole size of the database. Also returns the
-    header's bytes 18 and 19 (WAL or rollback, the source's journal mode) for the reader to put in, as
-    :func:`_snapshot_in_memory` does.
-    """
-    clock = time.monotonic
-    started = clock()
-    deadline = started + lock_timeout
-    dst: sqlite3.Connection | None = None
-
-    def fresh() -> None:
-        nonlocal dst
-        if dst is not None:
-            dst.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged)
-        dst = sqlite3.connect(staged, isolation_level=None)
-        dst.execute("PRAGMA journal_mode = OFF")
-        dst.execute("PRAGMA synchronous = OFF")
-
-    try:
-        src, mode = _open_source(source, lock_timeout, expect)
-        with contextlib.closing(src):
-            src.execute("PRAGMA mmap_size = 0")
-            fresh()
-            attempts = _retry_while_busy(
-                lambda: _backup_one_step(src, dst, deadline, clock),  # type: ignore[arg-type]
-                fresh,
-                deadline,
-                clock,
-            )
-        assert dst is not None  # noqa: S101 - made by fresh()
-        integrity = integrity_of(dst) if check_integrity else "not checked"
-        dst.close()
-        dst = None
-        with open(staged, "rb") as handle:
-            header = handle.read(100)
-        size = os.path.getsize(staged)
-    except BaseException as exc:
-        if dst is not None:
-            dst.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(staged)
-        raise _translate(exc, source, staged, lock_timeout) from exc
-    if check_integrity and integrity != "ok":
-        os.unlink(staged)
-        raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    snap = Snapshot(
-        source=source,
-        path=staged,
-        size=size,
-        pages=size // max(page_size, 1),
-        page_size=page_size,
-        sha256="",
-        journal_mode=mode,
-        method="backup",
-        duration=round(clock() - started, 6),
-        attempts=attempts,
-        integrity=integrity,
-    )
-    return snap, _version(mode)
 
 
 def _staged_chunks(path: str, version: bytes) -> Iterator[memoryview]:
