@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._common import Error
-from .apps import tomo_document
+from .apps import tomo_document, tomo_export, tomo_import, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .engine import backup, prune, restore, swap
 from .sets.catalog import catalog, leftovers
@@ -214,14 +214,14 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
 
 def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
     options = app_options(config)
-    database = tomo_document.locate_database(str(options.get("tomo_database") or "") or None)
+    database = tomo_schema.locate_database(str(options.get("tomo_database") or "") or None)
     if args.verb == "create":
-        return dict(tomo_document.export(database, args.output or _dir(config)))
+        return dict(tomo_export.export(database, args.output or _dir(config)))
     if args.verb == "restore":
         if not args.input:
             raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document)")
-        categories = args.categories.split(",") if args.categories else list(tomo_document.CATEGORIES)
-        return dict(tomo_document.import_document(args.input, database, categories, args.mode, check=args.check))
+        categories = args.categories.split(",") if args.categories else list(tomo_schema.CATEGORIES)
+        return dict(tomo_import.import_document(args.input, database, categories, args.mode, check=args.check))
     return {"documents": tomo_document.catalog(args.output or _dir(config))}
 
 
@@ -269,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="create: the directory to write to; list: the directory to look in")
     p.add_argument("--input", help="restore: the document")
     p.add_argument("--categories", help="restore: comma-separated categories (default: all)")
-    p.add_argument("--mode", default="merge", choices=list(tomo_document.MODES))
+    p.add_argument("--mode", default="merge", choices=list(tomo_schema.MODES))
     p.add_argument("--check", action="store_true")
     return top
 

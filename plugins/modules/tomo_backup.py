@@ -252,12 +252,12 @@ rows_after:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_document import (
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_export import export
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_import import import_document
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema import (
     CATEGORIES,
     MODES,
     TomoError,
-    export,
-    import_document,
     locate_database,
 )
 

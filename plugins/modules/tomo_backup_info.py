@@ -87,7 +87,8 @@ count:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_document import TomoError, catalog
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_document import catalog
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema import TomoError
 
 
 def main() -> None:

@@ -43,6 +43,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import (
     restore,
     rollback,
 )
+from ansible_collections.selfhost.dr.plugins.module_utils.sets import databases
 from ansible_collections.selfhost.dr.plugins.module_utils.sets import verify as backup_set
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.create import create
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import MANIFEST_MEMBER
@@ -842,13 +843,13 @@ def db_bytes(tmp_path: Path) -> bytes:
 
 def _spied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     seen: list[tuple[str, bool]] = []
-    original = backup_set._integrity_of_file
+    original = databases._integrity_of_file
 
     def spy(path: str) -> str:
         seen.append((path, os.path.isfile(path)))
         return original(path)
 
-    monkeypatch.setattr(backup_set, "_integrity_of_file", spy)
+    monkeypatch.setattr(databases, "_integrity_of_file", spy)
     return seen
 
 

@@ -17,12 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.apps import tomo_document as tomo
+from ansible_collections.selfhost.dr.plugins.module_utils.apps import (
+    tomo_document,
+    tomo_export,
+    tomo_import,
+    tomo_schema,
+)
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema import TomoError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "tomo"))
 import tomo_fixture
 
-CATEGORIES = list(tomo.CATEGORIES)
+CATEGORIES = list(tomo_schema.CATEGORIES)
 
 
 def db(tmp_path: Path, variant: str, name: str = "", **kwargs: object) -> str:
@@ -53,7 +59,7 @@ USERS = "SELECT id, username, email, password_hash FROM users ORDER BY username"
 def exported(tmp_path: Path) -> str:
     out = tmp_path / "backups"
     out.mkdir()
-    return str(tomo.export(db(tmp_path, "source"), str(out))["path"])
+    return str(tomo_export.export(db(tmp_path, "source"), str(out))["path"])
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -62,10 +68,10 @@ def exported(tmp_path: Path) -> str:
 def test_export_writes_the_guides_document(tmp_path: Path) -> None:
     source = db(tmp_path, "source")
     (tmp_path / "out").mkdir()
-    result = tomo.export(source, str(tmp_path / "out"))
+    result = tomo_export.export(source, str(tmp_path / "out"))
 
     path = Path(result["path"])
-    assert tomo.NAME_PATTERN.match(path.name)
+    assert tomo_schema.NAME_PATTERN.match(path.name)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert os.listdir(tmp_path / "out") == [path.name]  # no temporary file left
     doc = json.loads(path.read_text())
@@ -98,7 +104,7 @@ def test_export_writes_the_guides_document(tmp_path: Path) -> None:
     text = path.read_text()
     for secret in ("secret-token", "sess-source", "C-agent-web1-src"):  # sessions, registration codes
         assert secret not in text
-    for table in tomo.EXCLUDED_TABLES:
+    for table in tomo_schema.EXCLUDED_TABLES:
         assert f'"{table}"' not in text
 
 
@@ -108,7 +114,7 @@ def test_export_records_absent_tables_instead_of_failing(tmp_path: Path) -> None
         conn.execute("DROP TABLE agent_registration_codes")
         conn.execute("DROP TABLE agents")
         conn.execute("DROP TABLE marketplace_repos")
-    result = tomo.export(source, str(tmp_path))
+    result = tomo_export.export(source, str(tmp_path))
     doc = json.loads(Path(result["path"]).read_text())
     assert doc["absent_tables"] == ["agents", "marketplace_repos"]
     assert doc["data"]["repositories"] == []
@@ -119,7 +125,7 @@ def test_export_records_absent_tables_instead_of_failing(tmp_path: Path) -> None
 def test_export_check_mode_writes_nothing(tmp_path: Path) -> None:
     source = db(tmp_path, "source")
     (tmp_path / "out").mkdir()
-    result = tomo.export(source, str(tmp_path / "out"), write=False)
+    result = tomo_export.export(source, str(tmp_path / "out"), write=False)
     assert result["counts"]["users"] == 3
     assert os.listdir(tmp_path / "out") == []
 
@@ -129,8 +135,8 @@ def test_two_exports_in_one_second_never_replace_each_other(tmp_path: Path) -> N
 
     source = db(tmp_path, "source")
     now = datetime.datetime(2026, 11, 22, 3, 51, 0, tzinfo=datetime.UTC)
-    first = tomo.export(source, str(tmp_path), now=now)
-    second = tomo.export(source, str(tmp_path), now=now)
+    first = tomo_export.export(source, str(tmp_path), now=now)
+    second = tomo_export.export(source, str(tmp_path), now=now)
     assert Path(first["path"]).name == "tomo-backup-2026-11-22T03-51-00.json"
     assert Path(second["path"]).name == "tomo-backup-2026-11-22T03-51-01.json"
     assert json.loads(Path(second["path"]).read_text())["created_at"] == "2026-11-22T03:51:01Z"
@@ -163,7 +169,7 @@ def test_export_of_a_busy_database_is_one_point_in_time(tmp_path: Path, wal: boo
     proc.start()
     try:
         ready.wait(10)
-        results = [tomo.export(source, str(tmp_path), now=None) for _ in range(3)]
+        results = [tomo_export.export(source, str(tmp_path), now=None) for _ in range(3)]
     finally:
         stop.set()
         proc.join(10)
@@ -176,8 +182,8 @@ def test_export_of_a_busy_database_is_one_point_in_time(tmp_path: Path, wal: boo
 
 
 def test_export_of_a_missing_database_says_so(tmp_path: Path) -> None:
-    with pytest.raises(tomo.TomoError, match=r"^Tomo's database .*/nope.db cannot be read: No such file or directory$"):
-        tomo.export(str(tmp_path / "nope.db"), str(tmp_path))
+    with pytest.raises(TomoError, match=r"^Tomo's database .*/nope.db cannot be read: No such file or directory$"):
+        tomo_export.export(str(tmp_path / "nope.db"), str(tmp_path))
 
 
 # --- import: the three modes ---------------------------------------------------------------------
@@ -185,7 +191,7 @@ def test_export_of_a_missing_database_says_so(tmp_path: Path) -> None:
 
 def test_merge_adds_and_updates_and_keeps_the_rest(tmp_path: Path, exported: str) -> None:
     target = db(tmp_path, "target")
-    result = tomo.import_document(exported, target, ["servers", "preferences"], "merge")
+    result = tomo_import.import_document(exported, target, ["servers", "preferences"], "merge")
 
     assert rows(target, SERVERS) == [
         ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
@@ -217,7 +223,7 @@ def test_merge_adds_and_updates_and_keeps_the_rest(tmp_path: Path, exported: str
 
 def test_skip_duplicates_adds_only_what_has_no_match(tmp_path: Path, exported: str) -> None:
     target = db(tmp_path, "target")
-    result = tomo.import_document(exported, target, ["servers", "preferences"], "skip_duplicates")
+    result = tomo_import.import_document(exported, target, ["servers", "preferences"], "skip_duplicates")
 
     assert rows(target, SERVERS) == [
         ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
@@ -237,7 +243,7 @@ def test_skip_duplicates_adds_only_what_has_no_match(tmp_path: Path, exported: s
 def test_replace_makes_the_category_the_backups(tmp_path: Path, exported: str) -> None:
     target = db(tmp_path, "target")
     (db1_id,) = rows(target, "SELECT id FROM servers WHERE name = 'database'")[0]
-    result = tomo.import_document(exported, target, ["servers", "preferences"], "replace")
+    result = tomo_import.import_document(exported, target, ["servers", "preferences"], "replace")
 
     assert rows(target, SERVERS) == [
         ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
@@ -264,16 +270,16 @@ def test_full_restore_into_an_empty_tomo_reproduces_every_row(tmp_path: Path, ex
     with sqlite3.connect(empty) as conn:
         conn.executescript((Path(tomo_fixture.HERE) / "schema.sql").read_text())
         conn.execute("INSERT INTO component_versions (component, version) VALUES ('backend', '1.2.0')")
-    tomo.import_document(exported, empty, CATEGORIES, "replace")
-    for table in tomo.TABLES:
-        sql = f"SELECT * FROM {table.name} ORDER BY 1, 2"  # noqa: S608 - names from tomo.TABLES
+    tomo_import.import_document(exported, empty, CATEGORIES, "replace")
+    for table in tomo_schema.TABLES:
+        sql = f"SELECT * FROM {table.name} ORDER BY 1, 2"  # noqa: S608 - names from tomo_schema.TABLES
         assert rows(empty, sql) == rows(source, sql), table.name
 
 
 def test_full_restore_over_another_install_matches_the_source_by_natural_keys(tmp_path: Path, exported: str) -> None:
     target = db(tmp_path, "target")
-    result = tomo.import_document(exported, target, CATEGORIES, "replace")
-    again = tomo.export(target, str(tmp_path / "backups"))
+    result = tomo_import.import_document(exported, target, CATEGORIES, "replace")
+    again = tomo_export.export(target, str(tmp_path / "backups"))
     a = json.loads(Path(exported).read_text())["data"]
     b = json.loads(Path(again["path"]).read_text())["data"]
 
@@ -293,9 +299,9 @@ def test_full_restore_over_another_install_matches_the_source_by_natural_keys(tm
 
 def test_importing_twice_changes_nothing_the_second_time(tmp_path: Path, exported: str) -> None:
     target = db(tmp_path, "target")
-    tomo.import_document(exported, target, CATEGORIES, "merge")
+    tomo_import.import_document(exported, target, CATEGORIES, "merge")
     before = sha(target)
-    result = tomo.import_document(exported, target, CATEGORIES, "merge")
+    result = tomo_import.import_document(exported, target, CATEGORIES, "merge")
     assert result["changed"] is False
     assert sha(target) == before
 
@@ -303,10 +309,10 @@ def test_importing_twice_changes_nothing_the_second_time(tmp_path: Path, exporte
 def test_check_mode_reports_the_same_and_changes_nothing(tmp_path: Path, exported: str) -> None:
     target = db(tmp_path, "target")
     before = sha(target)
-    checked = tomo.import_document(exported, target, ["servers", "preferences"], "replace", check=True)
+    checked = tomo_import.import_document(exported, target, ["servers", "preferences"], "replace", check=True)
     assert sha(target) == before
     assert not Path(target + "-journal").exists()
-    real = tomo.import_document(exported, target, ["servers", "preferences"], "replace")
+    real = tomo_import.import_document(exported, target, ["servers", "preferences"], "replace")
     assert checked["changes"] == real["changes"]
     assert checked["cascaded"] == real["cascaded"]
 
@@ -326,8 +332,8 @@ def test_a_failing_row_rolls_back_everything(tmp_path: Path, exported: str) -> N
     doc["data"]["users"][-1]["role"] = "superuser"  # Tomo's CHECK constraint refuses it
     bad = _write(tmp_path, doc)
     before = sha(target)
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.import_document(bad, target, CATEGORIES, "replace")
+    with pytest.raises(TomoError) as err:
+        tomo_import.import_document(bad, target, CATEGORIES, "replace")
     assert str(err.value) == (
         "could not add users row carol: CHECK constraint failed: role IN ('admin', 'user', 'readonly'); "
         "nothing was changed"
@@ -373,8 +379,8 @@ def test_bad_documents_get_one_sentence_and_change_nothing(tmp_path: Path, conte
     path = tmp_path / "tomo-backup-2026-11-22T03-51-00.json"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     before = sha(target)
-    with pytest.raises(tomo.TomoError, match=message) as err:
-        tomo.import_document(str(path), target, CATEGORIES, "merge")
+    with pytest.raises(TomoError, match=message) as err:
+        tomo_import.import_document(str(path), target, CATEGORIES, "merge")
     assert str(err.value).startswith(str(path))
     assert "\n" not in str(err.value)
     assert sha(target) == before
@@ -386,11 +392,11 @@ def test_duplicate_natural_keys_are_refused_before_the_database_is_opened(tmp_pa
     doc["data"]["users"].append(dict(doc["data"]["users"][0], id=99))
     path = _write(tmp_path, doc)
     before = sha(target)
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.import_document(path, target, ["users"], "merge")
+    with pytest.raises(TomoError) as err:
+        tomo_import.import_document(path, target, ["users"], "merge")
     assert str(err.value) == f"{path} is not a valid Tomo backup: data.users holds two rows for 'admin'"
     assert sha(target) == before
-    assert tomo.describe(path)["error"] == str(err.value)  # the listing says the same
+    assert tomo_document.describe(path)["error"] == str(err.value)  # the listing says the same
 
 
 def test_a_newer_document_format_is_refused(tmp_path: Path, exported: str) -> None:
@@ -398,8 +404,8 @@ def test_a_newer_document_format_is_refused(tmp_path: Path, exported: str) -> No
     doc = json.loads(Path(exported).read_text())
     doc["version"] = "1.1"
     path = _write(tmp_path, doc)
-    with pytest.raises(tomo.NewerError) as err:
-        tomo.import_document(path, target, CATEGORIES, "merge")
+    with pytest.raises(tomo_schema.NewerError) as err:
+        tomo_import.import_document(path, target, CATEGORIES, "merge")
     assert str(err.value) == (
         f"{path}: the document's format 1.1 is newer than this selfhost.dr understands (1.0): upgrade selfhost.dr"
     )
@@ -407,11 +413,11 @@ def test_a_newer_document_format_is_refused(tmp_path: Path, exported: str) -> No
 
 def test_a_backup_from_a_newer_tomo_is_refused(tmp_path: Path) -> None:
     source = db(tmp_path, "source", version="1.3.0")
-    path = tomo.export(source, str(tmp_path))["path"]
+    path = tomo_export.export(source, str(tmp_path))["path"]
     target = db(tmp_path, "target")  # Tomo 1.2.1
     before = sha(target)
-    with pytest.raises(tomo.NewerError) as err:
-        tomo.import_document(path, target, CATEGORIES, "merge")
+    with pytest.raises(tomo_schema.NewerError) as err:
+        tomo_import.import_document(path, target, CATEGORIES, "merge")
     assert str(err.value) == (
         f"{path} comes from Tomo 1.3.0, newer than this Tomo (1.2.1): upgrade Tomo first, "
         "a backup is never imported into an older version"
@@ -427,7 +433,7 @@ def test_an_older_tomos_backup_is_migrated_forward(tmp_path: Path, exported: str
         del user["email"]
         user["legacy_flag"] = 1
     target = db(tmp_path, "target")
-    result = tomo.import_document(_write(tmp_path, doc), target, ["users"], "replace")
+    result = tomo_import.import_document(_write(tmp_path, doc), target, ["users"], "replace")
     assert rows(target, "SELECT username, email FROM users ORDER BY 1") == [
         ("admin", "root@example.net"),  # matched: the column the backup lacks is left as it was
         ("alice", "alice@old.example"),
@@ -441,7 +447,7 @@ def test_a_pre_1_0_document_is_migrated(tmp_path: Path, exported: str) -> None:
     doc = json.loads(Path(exported).read_text())
     old = {"version": "0.9", "timestamp": "2025-01-02T03:04:05Z", **doc["data"]}
     target = db(tmp_path, "target")
-    result = tomo.import_document(_write(tmp_path, old), target, ["users"], "merge")
+    result = tomo_import.import_document(_write(tmp_path, old), target, ["users"], "merge")
     assert result["migrated_from"] == "0.9"
     assert result["created_at"] == "2025-01-02T03:04:05Z"
     assert rows(target, "SELECT username FROM users ORDER BY 1") == [("admin",), ("alice",), ("bob",), ("carol",)]
@@ -451,7 +457,7 @@ def test_tables_this_tomo_lacks_are_reported_not_fatal(tmp_path: Path, exported:
     target = db(tmp_path, "target")
     with sqlite3.connect(target) as conn:
         conn.execute("DROP TABLE marketplace_repos")
-    result = tomo.import_document(exported, target, ["repositories", "users"], "merge")
+    result = tomo_import.import_document(exported, target, ["repositories", "users"], "merge")
     repos = result["changes"]["repositories"]["marketplace_repos"]
     assert repos["note"] == "this Tomo has no table marketplace_repos: its 2 row(s) were not imported"
     assert repos["skipped"] == 2
@@ -463,9 +469,9 @@ def test_tables_the_backup_lacks_are_left_alone_even_by_replace(tmp_path: Path) 
     with sqlite3.connect(source) as conn:
         conn.execute("DROP TABLE agent_registration_codes")
         conn.execute("DROP TABLE agents")
-    path = tomo.export(source, str(tmp_path))["path"]
+    path = tomo_export.export(source, str(tmp_path))["path"]
     target = db(tmp_path, "target")
-    result = tomo.import_document(path, target, ["servers"], "replace")
+    result = tomo_import.import_document(path, target, ["servers"], "replace")
     assert result["changes"]["servers"]["agents"]["note"] == "not in the backup: left as it is"
     # old-nas (and with it its agent) went because the servers were replaced; db1 kept no agent before either.
     assert rows(target, "SELECT count(*) FROM agents") == [(0,)]
@@ -476,8 +482,8 @@ def test_a_locked_database_times_out_with_a_sentence(tmp_path: Path, exported: s
     holder = sqlite3.connect(target, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        with pytest.raises(tomo.TomoError) as err:
-            tomo.import_document(exported, target, ["users"], "merge", lock_timeout=0.3)
+        with pytest.raises(TomoError) as err:
+            tomo_import.import_document(exported, target, ["users"], "merge", lock_timeout=0.3)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -490,18 +496,18 @@ def test_unknown_version_of_the_target_is_refused_unless_given(tmp_path: Path, e
     target = db(tmp_path, "target")
     with sqlite3.connect(target) as conn:
         conn.execute("DELETE FROM component_versions")
-    with pytest.raises(tomo.TomoError, match=r"set application_version to the installed Tomo's version"):
-        tomo.import_document(exported, target, ["users"], "merge")
-    result = tomo.import_document(exported, target, ["users"], "merge", application_version="1.2.0")
+    with pytest.raises(TomoError, match=r"set application_version to the installed Tomo's version"):
+        tomo_import.import_document(exported, target, ["users"], "merge")
+    result = tomo_import.import_document(exported, target, ["users"], "merge", application_version="1.2.0")
     assert result["target_application_version"] == "1.2.0"
 
 
 def test_version_numbers_compare_as_numbers() -> None:
-    assert tomo.parse_app_version("1.10.0") > tomo.parse_app_version("1.9.9")
-    assert tomo.parse_app_version("v1.2") == tomo.parse_app_version("1.2.0")
-    assert tomo.parse_app_version("1.2.3-beta1") == (1, 2, 3)
-    with pytest.raises(tomo.TomoError, match="is not a version number"):
-        tomo.parse_app_version("latest")
+    assert tomo_schema.parse_app_version("1.10.0") > tomo_schema.parse_app_version("1.9.9")
+    assert tomo_schema.parse_app_version("v1.2") == tomo_schema.parse_app_version("1.2.0")
+    assert tomo_schema.parse_app_version("1.2.3-beta1") == (1, 2, 3)
+    with pytest.raises(TomoError, match="is not a version number"):
+        tomo_schema.parse_app_version("latest")
 
 
 # --- listing -------------------------------------------------------------------------------------
@@ -511,7 +517,7 @@ def test_catalog_lists_documents_newest_first_and_explains_bad_ones(tmp_path: Pa
     backups = Path(exported).parent
     (backups / "tomo-backup-2030-01-01T00-00-00.json").write_text('{"version": "1.0", "data": ')
     (backups / "notes.json").write_text("{}")
-    listed = tomo.catalog(str(backups))
+    listed = tomo_document.catalog(str(backups))
     assert [d["name"] for d in listed] == ["tomo-backup-2030-01-01T00-00-00.json", Path(exported).name]
     assert listed[0]["valid"] is False
     assert "truncated or corrupt" in listed[0]["error"]
@@ -524,11 +530,11 @@ def test_the_database_is_found_where_tomo_keeps_it(tmp_path: Path) -> None:
     packaged, older = tmp_path / "var-lib-tomo" / "tomo.db", tmp_path / "home" / ".tomo" / "tomo.db"
     older.parent.mkdir(parents=True)
     tomo_fixture.create(str(older))
-    assert tomo.locate_database(None, [str(packaged), str(older)]) == str(older)
+    assert tomo_schema.locate_database(None, [str(packaged), str(older)]) == str(older)
     packaged.parent.mkdir()
     tomo_fixture.create(str(packaged))
-    assert tomo.locate_database(None, [str(packaged), str(older)]) == str(packaged)
-    with pytest.raises(tomo.TomoError, match=r"^no Tomo database was found at /a/tomo.db or /b/tomo.db: set database"):
-        tomo.locate_database(None, ["/a/tomo.db", "/b/tomo.db"])
-    with pytest.raises(tomo.TomoError, match=r"^Tomo's database /a/tomo.db does not exist$"):
-        tomo.locate_database("/a/tomo.db")
+    assert tomo_schema.locate_database(None, [str(packaged), str(older)]) == str(packaged)
+    with pytest.raises(TomoError, match=r"^no Tomo database was found at /a/tomo.db or /b/tomo.db: set database"):
+        tomo_schema.locate_database(None, ["/a/tomo.db", "/b/tomo.db"])
+    with pytest.raises(TomoError, match=r"^Tomo's database /a/tomo.db does not exist$"):
+        tomo_schema.locate_database("/a/tomo.db")

@@ -20,13 +20,19 @@ from typing import Any
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.apps import tomo_document as tomo
+from ansible_collections.selfhost.dr.plugins.module_utils.apps import (
+    tomo_document,
+    tomo_export,
+    tomo_import,
+    tomo_schema,
+)
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema import TomoError
 from ansible_collections.selfhost.dr.plugins.modules import tomo_backup, tomo_backup_info
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "tomo"))
 import tomo_fixture
 
-CATEGORIES = list(tomo.CATEGORIES)
+CATEGORIES = list(tomo_schema.CATEGORIES)
 NAME = "tomo-backup-2026-11-22T03-51-00.json"
 DEEP = 100_000
 
@@ -66,7 +72,7 @@ def assert_one_sentence(message: str, path: str) -> None:
 def exported(tmp_path: Path) -> str:
     out = tmp_path / "backups"
     out.mkdir()
-    return str(tomo.export(db(tmp_path, "source"), str(out))["path"])
+    return str(tomo_export.export(db(tmp_path, "source"), str(out))["path"])
 
 
 @pytest.fixture
@@ -90,7 +96,7 @@ def bytes_read(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         sizes.append(len(chunk))
         return chunk
 
-    monkeypatch.setattr(tomo.os, "read", counting)
+    monkeypatch.setattr(tomo_document.os, "read", counting)
     yield sizes
 
 
@@ -363,12 +369,12 @@ def test_a_hostile_document_fails_in_one_sentence_before_the_database_is_opened(
     Path(target).write_bytes(b"not opened")  # sqlite3.connect fails the test if it is called
     path = tmp_path / NAME
     path.write_bytes(content)
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.import_document(str(path), target, CATEGORIES, "replace")
+    with pytest.raises(TomoError) as err:
+        tomo_import.import_document(str(path), target, CATEGORIES, "replace")
     assert str(err.value) == f"{path} {message}"
     assert_one_sentence(str(err.value), str(path))
     assert err.value.__suppress_context__  # raised "from None": no chained traceback behind it
-    listed = tomo.describe(str(path))
+    listed = tomo_document.describe(str(path))
     assert listed["valid"] is False
     assert listed["error"] == str(err.value)  # the listing says the same sentence
 
@@ -379,8 +385,8 @@ def test_the_same_documents_leave_a_real_database_untouched(tmp_path: Path) -> N
     for name, content, _ in HOSTILE:
         path = tmp_path / f"{name}.json"
         path.write_bytes(content)
-        with pytest.raises(tomo.TomoError):
-            tomo.import_document(str(path), target, CATEGORIES, "replace")
+        with pytest.raises(TomoError):
+            tomo_import.import_document(str(path), target, CATEGORIES, "replace")
     assert sha(target) == before
     assert os.stat(target).st_mtime_ns == mtime
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("target")) == ["target.db"]  # no journal
@@ -396,9 +402,9 @@ def test_what_is_refused_is_only_what_is_wrong(tmp_path: Path, exported: str) ->
     path = tmp_path / NAME
     path.write_text(json.dumps(document, ensure_ascii=True))
     assert "\\ud83d\\ude00" in path.read_text()
-    loaded = tomo.load(str(path))
+    loaded = tomo_document.load(str(path))
     assert loaded["data"]["users"][0]["email"] == "\U0001f600@example.net"
-    result = tomo.import_document(str(path), db(tmp_path), CATEGORIES, "replace", check=True)
+    result = tomo_import.import_document(str(path), db(tmp_path), CATEGORIES, "replace", check=True)
     assert result["changes"]["repositories"]["marketplace_repos"]["added"] == 2
 
 
@@ -452,8 +458,8 @@ def test_any_value_of_a_real_document_replaced_by_a_hostile_one(tmp_path: Path, 
                 document = value
             path.write_bytes(json.dumps(document).encode("utf-8", "surrogatepass"))
             try:
-                result = tomo.import_document(str(path), target, CATEGORIES, "replace", check=True)
-            except tomo.TomoError as exc:
+                result = tomo_import.import_document(str(path), target, CATEGORIES, "replace", check=True)
+            except TomoError as exc:
                 message = str(exc)
                 if message.startswith(str(path)):  # refused by the checks, before the database
                     outcomes["refused"] += 1
@@ -465,7 +471,7 @@ def test_any_value_of_a_real_document_replaced_by_a_hostile_one(tmp_path: Path, 
             else:
                 json.dumps(result).encode("utf-8")  # what the module returns can be sent back
                 outcomes["imported"] += 1
-            listed = tomo.describe(str(path))
+            listed = tomo_document.describe(str(path))
             json.dumps(listed).encode("utf-8")
     assert sha(target) == before
     assert outcomes["refused"] > 1000 and outcomes["imported"] > 100, outcomes
@@ -475,8 +481,8 @@ def test_any_value_of_a_real_document_replaced_by_a_hostile_one(tmp_path: Path, 
 
 
 def test_the_size_cap_is_a_documented_constant() -> None:
-    assert tomo.MAX_DOCUMENT_SIZE == 16 * 1024 * 1024
-    assert "MAX_DOCUMENT_SIZE" in tomo.__doc__
+    assert tomo_schema.MAX_DOCUMENT_SIZE == 16 * 1024 * 1024
+    assert "MAX_DOCUMENT_SIZE" in tomo_schema.__doc__
     assert "16 MiB" in (tomo_backup.DOCUMENTATION + tomo_backup_info.DOCUMENTATION)
 
 
@@ -486,8 +492,8 @@ def test_a_2_gib_file_is_refused_without_being_read(tmp_path: Path, bytes_read: 
     with path.open("wb") as handle:
         handle.truncate(2 * 1024**3)  # sparse: 2 GiB that take no room
     target = str(tmp_path / "target.db")
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.import_document(str(path), target, CATEGORIES, "merge")
+    with pytest.raises(TomoError) as err:
+        tomo_import.import_document(str(path), target, CATEGORIES, "merge")
     assert (
         str(err.value)
         == f"{path} is not a backup document: it is 2147483648 bytes, more than the 16 MiB a document may be"
@@ -500,8 +506,8 @@ def test_the_read_stops_at_the_cap_whatever_size_the_file_claims(bytes_read: lis
     claims = "/proc/self/status"
     if not os.path.exists(claims) or os.stat(claims).st_size != 0:
         pytest.skip("no /proc file that understates its size")
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.load(claims, max_size=64)
+    with pytest.raises(TomoError) as err:
+        tomo_document.load(claims, max_size=64)
     assert str(err.value) == f"{claims} is not a backup document: it is larger than the 64 bytes a document may be"
     assert sum(bytes_read) == 65
 
@@ -510,28 +516,28 @@ def test_a_document_one_byte_over_a_lowered_cap_is_refused_and_one_at_it_is_read
     tmp_path: Path, exported: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     size = os.path.getsize(exported)
-    monkeypatch.setattr(tomo, "MAX_DOCUMENT_SIZE", size)
-    assert tomo.load(exported)["version"] == "1.0"
-    monkeypatch.setattr(tomo, "MAX_DOCUMENT_SIZE", size - 1)
+    monkeypatch.setattr(tomo_document, "MAX_DOCUMENT_SIZE", size)
+    assert tomo_document.load(exported)["version"] == "1.0"
+    monkeypatch.setattr(tomo_document, "MAX_DOCUMENT_SIZE", size - 1)
     target = db(tmp_path)
     before = sha(target)
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.import_document(exported, target, CATEGORIES, "merge")
+    with pytest.raises(TomoError) as err:
+        tomo_import.import_document(exported, target, CATEGORIES, "merge")
     assert str(err.value) == (
         f"{exported} is not a backup document: it is {size} bytes, more than the {size - 1} bytes a document may be"
     )
     assert sha(target) == before
-    assert tomo.describe(exported)["error"] == str(err.value)
+    assert tomo_document.describe(exported)["error"] == str(err.value)
 
 
 def test_an_export_the_cap_would_refuse_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     source = db(tmp_path, "source")
     out = tmp_path / "out"
     out.mkdir()
-    monkeypatch.setattr(tomo, "MAX_DOCUMENT_SIZE", 1024)
+    monkeypatch.setattr(tomo_export, "MAX_DOCUMENT_SIZE", 1024)
     for write in (False, True):  # check mode says so too
-        with pytest.raises(tomo.TomoError) as err:
-            tomo.export(source, str(out), write=write)
+        with pytest.raises(TomoError) as err:
+            tomo_export.export(source, str(out), write=write)
         assert str(err.value).startswith("the document would be ")
         assert str(err.value).endswith(
             " bytes, more than the 1024 bytes a document may be to be read back, so it was not written"
@@ -543,8 +549,8 @@ def test_an_export_the_cap_would_refuse_is_not_written(tmp_path: Path, monkeypat
 def test_a_link_to_etc_shadow_is_never_read_through(tmp_path: Path, bytes_read: list[int]) -> None:
     path = tmp_path / NAME
     path.symlink_to("/etc/shadow")
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.import_document(str(path), str(tmp_path / "target.db"), CATEGORIES, "merge")
+    with pytest.raises(TomoError) as err:
+        tomo_import.import_document(str(path), str(tmp_path / "target.db"), CATEGORIES, "merge")
     assert str(err.value) == (
         f"{path} is not a backup document: it is a symbolic link, and a document is never read through one"
     )
@@ -555,8 +561,8 @@ def test_a_link_to_a_valid_document_is_refused_too(tmp_path: Path, exported: str
     """It is the link that is refused, not what it points at."""
     path = tmp_path / NAME
     path.symlink_to(exported)
-    with pytest.raises(tomo.TomoError, match=r"it is a symbolic link, and a document is never read through one$"):
-        tomo.load(str(path))
+    with pytest.raises(TomoError, match=r"it is a symbolic link, and a document is never read through one$"):
+        tomo_document.load(str(path))
 
 
 def _finishes(seconds: float, fifo: Path, call: Callable[[], object]) -> object:
@@ -583,22 +589,24 @@ def _finishes(seconds: float, fifo: Path, call: Callable[[], object]) -> object:
 def test_a_fifo_named_like_a_document_does_not_hang(tmp_path: Path) -> None:
     fifo = tmp_path / NAME
     os.mkfifo(fifo)
-    error = _finishes(10, fifo, lambda: tomo.import_document(str(fifo), str(tmp_path / "t.db"), CATEGORIES, "merge"))
-    assert isinstance(error, tomo.TomoError), error
+    error = _finishes(
+        10, fifo, lambda: tomo_import.import_document(str(fifo), str(tmp_path / "t.db"), CATEGORIES, "merge")
+    )
+    assert isinstance(error, TomoError), error
     assert str(error) == f"{fifo} is not a backup document: it is a named pipe (FIFO), not a regular file"
 
 
 def test_a_directory_named_like_a_document_is_not_one(tmp_path: Path) -> None:
     path = tmp_path / NAME
     path.mkdir()
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.load(str(path))
+    with pytest.raises(TomoError) as err:
+        tomo_document.load(str(path))
     assert str(err.value) == f"{path} is not a backup document: it is a directory, not a regular file"
 
 
 def test_a_missing_document_says_so(tmp_path: Path) -> None:
-    with pytest.raises(tomo.TomoError) as err:
-        tomo.load(str(tmp_path / NAME))
+    with pytest.raises(TomoError) as err:
+        tomo_document.load(str(tmp_path / NAME))
     assert str(err.value) == f"the backup document {tmp_path / NAME} does not exist"
 
 
@@ -643,7 +651,9 @@ def _hostile_directory(backups: Path) -> dict[str, str]:
 def test_the_listing_reports_each_hostile_document_and_lists_the_rest(tmp_path: Path, exported: str) -> None:
     backups = Path(exported).parent
     expected = _hostile_directory(backups)
-    listed = _finishes(30, backups / "tomo-backup-2030-01-01T00-00-11.json", lambda: tomo.catalog(str(backups)))
+    listed = _finishes(
+        30, backups / "tomo-backup-2030-01-01T00-00-11.json", lambda: tomo_document.catalog(str(backups))
+    )
     assert isinstance(listed, list), listed
     assert [d["name"] for d in listed] == [*sorted(expected, reverse=True), Path(exported).name]
     good = listed[-1]

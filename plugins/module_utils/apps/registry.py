@@ -14,7 +14,7 @@ from .tenement import Settings as TenementSettings
 from .tenement import Tenement
 from .tomo import Settings as TomoSettings
 from .tomo import Tomo
-from .tomo_document import CATEGORIES
+from .tomo_schema import CATEGORIES
 
 APPS = ("tenement", "tomo")
 

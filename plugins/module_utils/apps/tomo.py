@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from .._common import AppError, Log, no_log
 from .base import Application, Facts
 from .service import Service
-from .tomo_document import CATEGORIES, export, locate_database
+from .tomo_export import export
+from .tomo_schema import CATEGORIES, locate_database
 
 
 @dataclass

@@ -28,7 +28,7 @@ place, archive last: a failure leaves no file that looks like a backup.
 
 The format, one job per file: ``names`` (set and sidecar names), ``manifest`` (the manifest and its checks),
 ``scan`` (what to archive), ``members`` (reading files and snapshots), ``tar_stream`` (tar headers, read and
-written), ``codec`` (zstd/gzip), ``create``, ``verify``, ``catalog`` (listing, leftovers, deletion),
-``retention`` (which sets to keep) and ``restore`` (plan and unpack into staging). Nothing here knows an
-application: ``apps/`` and ``engine/`` build on it.
+written), ``codec`` (zstd/gzip), ``create``, ``verify``, ``databases`` (verify's integrity checks), ``catalog``
+(listing, leftovers, deletion), ``retention`` (which sets to keep) and ``restore`` (plan, and unpack into
+staging). Nothing here knows an application: ``apps/`` and ``engine/`` build on it.
 """
