@@ -41,6 +41,14 @@ class RestoreError(Error):
     """Putting a set back failed, or a restore cannot be committed or rolled back."""
 
 
+class VerificationError(RestoreError, BackupError):
+    """A set failed verification: it is not restored, and a backup that wrote it failed."""
+
+
+class RollbackError(RestoreError):
+    """A restore failed, and putting the previous data back failed too: the host needs a person."""
+
+
 class JournalError(Error):
     """The on-host journal of restores cannot be read or written."""
 

@@ -13,8 +13,9 @@ roles write from the same variables.
     selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] | tomo list
 
 Every command takes ``--json`` (one result object on stdout) and ``--config PATH``. Exit codes: 0 done;
-1 the operation failed (the sentence is on stderr, or in the JSON's ``error``); 2 usage or configuration error;
-3 a set failed verification; 130 interrupted.
+1 the operation failed (the sentence is on stderr, or in the JSON's ``error``) and the previous data is as it
+was; 2 usage or configuration error; 3 a set failed verification; 4 a restore failed and putting the previous
+data back failed too (see ``status``); 130 interrupted (SIGINT, SIGTERM or SIGHUP).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._common import Error
+from ._common import Error, RollbackError, VerificationError
 from .apps import tomo_document, tomo_export, tomo_import, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .engine import backup, prune, restore, swap
@@ -36,15 +38,11 @@ from .sets.verify import verify
 
 CONFIG = "/etc/selfhost-dr/config.toml"
 CONFIG_ENV = "SELFHOST_DR_CONFIG"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNVERIFIED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNVERIFIED, EXIT_ROLLBACK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class UsageError(Error):
     """The command line or the configuration is wrong."""
-
-
-class UnverifiedError(Error):
-    """A set failed verification."""
 
 
 def load_config(path: str | None) -> dict[str, Any]:
@@ -65,19 +63,52 @@ def load_config(path: str | None) -> dict[str, Any]:
         raise UsageError(f"the configuration {chosen} cannot be read: {exc}") from exc
 
 
+_TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "path": (str,), "bool": (bool,), "float": (int, float)}
+
+
 def app_options(config: dict[str, Any]) -> dict[str, object]:
-    """config.toml's [tenement] and [tomo] tables as the modules' ``tenement_*`` / ``tomo_*`` options."""
+    """config.toml's [tenement] and [tomo] tables as the modules' ``tenement_*`` / ``tomo_*`` options, each
+    checked against its type (the modules' argument specs)."""
     options: dict[str, object] = {}
     for table, spec in (("tenement", TENEMENT_SPEC), ("tomo", TOMO_SPEC)):
-        values = config.get(table) or {}
-        if not isinstance(values, dict):
-            raise UsageError(f"[{table}] of the configuration must be a table")
-        for key, value in values.items():
+        for key, value in _section(config, table).items():
             name = f"{table}_{key}"
             if name not in spec:
                 raise UsageError(f"[{table}] {key} is not a setting selfhost-dr knows")
+            kind = str(spec[name]["type"])
+            if kind == "list":
+                ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            else:
+                ok = isinstance(value, _TYPES[kind]) and not (kind == "float" and isinstance(value, bool))
+            choices = spec[name].get("choices")
+            if not ok or (choices and value not in choices):  # type: ignore[operator]
+                want = {"list": "a list of strings", "bool": "true or false", "float": "a number"}.get(kind, "a string")
+                if choices:
+                    want = "one of " + ", ".join(str(c) for c in choices)  # type: ignore[attr-defined]
+                raise UsageError(f"[{table}] {key} must be {want}, not {value!r}")
             options[name] = value
     return options
+
+
+def _number(config: dict[str, Any], table: str, key: str, default: float) -> float:
+    value = _section(config, table).get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"[{table}] {key} must be a number, not {value!r}")
+    return float(value)
+
+
+def _flag(config: dict[str, Any], table: str, key: str, default: bool) -> bool:
+    value = _section(config, table).get(key, default)
+    if not isinstance(value, bool):
+        raise UsageError(f"[{table}] {key} must be true or false, not {value!r}")
+    return value
+
+
+def _strings(config: dict[str, Any], table: str, key: str) -> list[str]:
+    value = _section(config, table).get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise UsageError(f"[{table}] {key} must be a list of strings, not {value!r}")
+    return value
 
 
 class Progress:
@@ -97,6 +128,15 @@ class Progress:
         else:
             sys.stderr.write(("\r\033[K" if self.tty else "") + f"{stamp} {line}\n")
         sys.stderr.flush()
+
+
+def _set_path(args: argparse.Namespace, config: dict[str, Any], name: str, units: list[str] | None = None) -> str:
+    """The set named on the command line (a path, or a name in the backup directory), else the newest."""
+    if not args.set:
+        return restore.newest(_dir(config), name, units)
+    if os.path.isabs(args.set) or os.sep in args.set or os.path.exists(args.set):
+        return str(args.set)
+    return os.path.join(_dir(config), args.set)
 
 
 def _app(args: argparse.Namespace, config: dict[str, Any]) -> str:
@@ -121,18 +161,20 @@ def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
     settings = _section(config, "backup")
     name = _app(args, config)
     app = application(name, app_options(config))
+    mode = args.mode or str(settings.get("mode", "hot"))
+    if args.instance and mode != "instances":
+        raise UsageError("--instance backs up instances one at a time: use it with --mode instances")
     options = backup.Options(
         dest=_dir(config),
         label=args.label or str(settings.get("label", "")),
-        excludes=[str(e) for e in settings.get("exclude", [])],
+        excludes=_strings(config, "backup", "exclude"),
         compression=str(settings.get("compression", "auto")),
-        level=int(settings.get("compression_level", 3)),
-        lock_timeout=float(settings.get("lock_timeout", 30)),
-        verify=bool(settings.get("verify", True)) and not args.no_verify,
-        health_timeout=float(settings.get("health_timeout", 60)),
+        level=int(_number(config, "backup", "compression_level", 3)),
+        lock_timeout=_number(config, "backup", "lock_timeout", 30),
+        verify=_flag(config, "backup", "verify", True) and not args.no_verify,
+        health_timeout=_number(config, "backup", "health_timeout", 60),
         state_dir=config.get("state_dir"),
     )
-    mode = args.mode or str(settings.get("mode", "hot"))
     planned = backup.plan(app, mode, options, args.instance, check=args.check)
     if args.check:
         return {"app": name, "mode": mode, "would_write": planned.names, "stops": planned.stops, "files": planned.files}
@@ -141,12 +183,11 @@ def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
 
 
 def cmd_verify(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
-    archive = args.set or restore.newest(_dir(config), _app(args, config))
+    archive = _set_path(args, config, _app(args, config))
     checked = verify(archive, log=log)
-    result = {"path": archive, "ok": checked.ok, "summary": checked.summary, "warnings": checked.warnings}
     if not checked.ok:
-        raise UnverifiedError(checked.summary)
-    return result
+        raise VerificationError(checked.summary)
+    return {"path": archive, "ok": checked.ok, "summary": checked.summary, "warnings": checked.warnings}
 
 
 def cmd_list(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
@@ -158,7 +199,10 @@ def cmd_prune(args: argparse.Namespace, config: dict[str, Any], log: Progress) -
     rules = _section(config, "retention")
     if not rules:
         raise UsageError("the configuration has no [retention] rules, so nothing would be pruned")
-    policy = prune.policy_of(rules)
+    try:
+        policy = prune.policy_of(rules)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"the [retention] rules of the configuration are not valid: {exc}") from exc
     done = prune.prune(
         _dir(config), policy, {"app": _app(args, config), "host": None, "label": None}, check=args.dry_run
     )
@@ -166,24 +210,21 @@ def cmd_prune(args: argparse.Namespace, config: dict[str, Any], log: Progress) -
 
 
 def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
-    settings = _section(config, "restore")
     name = _app(args, config)
     app = application(name, app_options(config))
     options = restore.Options(
-        keep_safety=args.keep_safety or bool(settings.get("keep_safety", False)),
-        health_timeout=float(settings.get("health_timeout", 60)),
+        keep_safety=args.keep_safety or _flag(config, "restore", "keep_safety", False),
+        health_timeout=_number(config, "restore", "health_timeout", 60),
         state_dir=config.get("state_dir"),
     )
-    archive = args.set or restore.newest(_dir(config), name, args.instance)
-    if not os.path.isabs(archive) and not os.path.exists(archive):
-        archive = os.path.join(_dir(config), archive)
+    archive = _set_path(args, config, name, args.instance)
     planned = restore.plan(app, archive, options, args.instance, log, check=args.check)
     result: dict[str, object] = {"path": archive, "paths": planned.paths, "targets": planned.targets}
     result["started"] = planned.start
     if args.check:
         return result
     done = restore.run(app, planned, options, log)
-    result.update(restore_id=done.restore_id, files=done.files, recovered=done.recovered)
+    result.update(restore_id=done.restore_id, files=done.files, recovered=done.recovered, warning=done.warning)
     return result
 
 
@@ -216,12 +257,18 @@ def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
     options = app_options(config)
     database = tomo_schema.locate_database(str(options.get("tomo_database") or "") or None)
     if args.verb == "create":
-        return dict(tomo_export.export(database, args.output or _dir(config)))
+        version = str(options.get("tomo_version") or "") or None
+        return dict(tomo_export.export(database, args.output or _dir(config), application_version=version))
     if args.verb == "restore":
         if not args.input:
             raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document)")
         categories = args.categories.split(",") if args.categories else list(tomo_schema.CATEGORIES)
-        return dict(tomo_import.import_document(args.input, database, categories, args.mode, check=args.check))
+        version = str(options.get("tomo_version") or "") or None
+        return dict(
+            tomo_import.import_document(
+                args.input, database, categories, args.mode, application_version=version, check=args.check
+            )
+        )
     return {"documents": tomo_document.catalog(args.output or _dir(config))}
 
 
@@ -237,16 +284,17 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dic
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(
+    top = _Parser(
         prog="selfhost-dr",
         description="Back up, verify, list, prune and restore tenement and Tomo on this host (selfhost.dr).",
-        epilog="Exit codes: 0 done, 1 failed, 2 usage or configuration error, 3 a set failed verification.",
+        epilog="Exit codes: 0 done; 1 failed, the previous data as it was; 2 usage or configuration error; "
+        "3 a set failed verification; 4 a restore and its roll back failed (see status); 130 interrupted.",
     )
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", help=f"configuration file (default ${CONFIG_ENV}, else {CONFIG})")
     common.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
     common.add_argument("--app", choices=APPS, help="the application (default: the configuration's app)")
-    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     p = sub.add_parser("backup", parents=[common], help="write a backup set (and verify it)")
     p.add_argument("--mode", choices=["hot", "cold", "instances"])
     p.add_argument("--instance", action="append", default=[], help="with --mode instances: service:id (repeat)")
@@ -290,33 +338,50 @@ def _text(command: str, result: dict[str, Any]) -> str:
     return json.dumps(result, indent=2, sort_keys=True, default=str)
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:
+        raise UsageError(f"{self.prog}: {message}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args_in  # anywhere on the line, also when the rest of it is wrong
+    # A stopped timer (SIGTERM) or a dropped SSH session (SIGHUP) interrupts like Ctrl-C: the procedures then
+    # start the application again and put the previous data back before the command ends.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
+    log = Progress(quiet=as_json)
+    code, command = EXIT_OK, ""
     try:
-        args = parser().parse_args(argv)
-    except SystemExit as exc:
-        return EXIT_USAGE if exc.code not in (0, None) else EXIT_OK
-    log = Progress(quiet=args.json)
-    code = EXIT_OK
-    try:
+        args = parser().parse_args([a for a in args_in if a != "--json"])
+        command = args.command
         config = load_config(args.config)
-        result = COMMANDS[args.command](args, config, log)
+        result = COMMANDS[command](args, config, log)
+    except SystemExit as exc:  # --help
+        return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
     except UsageError as exc:
         result, code = {"error": str(exc)}, EXIT_USAGE
-    except UnverifiedError as exc:
+    except VerificationError as exc:
         result, code = {"error": str(exc)}, EXIT_UNVERIFIED
+    except RollbackError as exc:
+        result, code = {"error": str(exc)}, EXIT_ROLLBACK
     except Error as exc:
         result, code = {"error": str(exc)}, EXIT_FAILED
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         result, code = {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
-    except KeyboardInterrupt:
-        result, code = {"error": "interrupted"}, EXIT_INTERRUPTED
-    if args.json:
-        print(json.dumps({"ok": code == 0, "command": args.command, **result}, sort_keys=True, default=str))
+    except KeyboardInterrupt as exc:
+        result, code = {"error": f"interrupted{' by ' + str(exc) if str(exc) else ''}"}, EXIT_INTERRUPTED
+    if as_json:
+        print(json.dumps({"ok": code == 0, "command": command, **result}, sort_keys=True, default=str))
     elif code:
-        print(f"selfhost-dr {args.command}: {result['error']}", file=sys.stderr)
+        print(f"selfhost-dr{' ' + command if command else ''}: {result['error']}", file=sys.stderr)
     else:
-        print(_text(args.command, result))
+        print(_text(command, result))
     return code
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import stat
 import zipfile
 from collections.abc import Mapping
@@ -66,16 +67,38 @@ def zipapp(files: Mapping[str, bytes], interpreter: str = "/usr/bin/python3") ->
     return buffer.getvalue()
 
 
+_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_string(value: str, where: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise Error(f"{where} cannot be written to config.toml: it is not valid Unicode text") from exc
+    # A JSON string is a TOML basic string once DEL is escaped too (json escapes the other control characters).
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
 def _toml_value(value: object, where: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise Error(f"{where} cannot be written to config.toml: {value} is not a number")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # a JSON string is a TOML basic string
+        return _toml_string(value, where)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
     raise Error(f"{where} cannot be written to config.toml: {type(value).__name__} is not a TOML value")
+
+
+def _key(key: object, where: str) -> str:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise Error(f"{where}{key!r} cannot be a key of config.toml: use letters, digits, '_' and '-'")
+    return key
 
 
 def toml(config: Mapping[str, object]) -> str:
@@ -84,12 +107,12 @@ def toml(config: Mapping[str, object]) -> str:
     tables = {k: v for k, v in config.items() if isinstance(v, Mapping)}
     for key, value in config.items():
         if value is not None and key not in tables:
-            lines.append(f"{key} = {_toml_value(value, key)}")
+            lines.append(f"{_key(key, '')} = {_toml_value(value, key)}")
     for name, table in tables.items():
-        lines.append(f"\n[{name}]")
+        lines.append(f"\n[{_key(name, '')}]")
         for key, value in table.items():
             if value is not None:
-                lines.append(f"{key} = {_toml_value(value, f'{name}.{key}')}")
+                lines.append(f"{_key(key, f'[{name}] ')} = {_toml_value(value, f'{name}.{key}')}")
     return "\n".join(lines) + "\n"
 
 

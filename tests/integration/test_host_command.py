@@ -163,9 +163,17 @@ def test_list_verify_prune_and_the_exit_codes(host: Host) -> None:
     with open(newest, "r+b") as handle:  # type: ignore[arg-type]
         handle.seek(os.path.getsize(newest) // 2)  # type: ignore[arg-type]
         handle.write(b"\0" * 64)
-    code, failed = host.run("verify", check=False)
+    code, failed = host.run("verify", os.path.basename(newest), check=False)  # type: ignore[arg-type]
     assert code == 3 and failed["ok"] is False and "failed verification" in failed["error"]  # type: ignore[operator]
+    instances = sorted(host.client.instances())
+    code, failed = host.run("restore", check=False)
+    assert code == 3 and str(failed["error"]).startswith("refusing to restore: ")
+    assert sorted(host.client.instances()) == instances, "a set that fails verification stopped something"
     code, failed = host.run("restore", "--app", "tomo", check=False)
-    assert code == 1 and failed["error"] == f"there is no tomo backup set in {host.backups}"
-    done = subprocess.run([str(host.command), "backup", "--mode", "sideways"], capture_output=True, check=False)
-    assert done.returncode == 2
+    assert code == 1 and failed["error"] == f"there is no tomo backup set of the whole tomo in {host.backups}"
+    code, failed = host.run("backup", "--instance", "demo:alpha", check=False)
+    assert code == 2 and "use it with --mode instances" in str(failed["error"])
+    done = subprocess.run(
+        [str(host.command), "--json", "backup", "--mode", "sideways"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2 and json.loads(done.stdout)["ok"] is False

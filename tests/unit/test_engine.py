@@ -25,7 +25,7 @@ from .test_attack_restore import DIFFERS, MALFORMED, OUT, PATHS, STRUCTURE, UNSA
 
 
 class Recorder(Application):
-    """An application whose data is ``paths``; it records every call, and fails where it is told to."""
+    """An application whose data is ``paths``; it records every call, and fails once where it is told to."""
 
     modes = ("hot", "cold")
 
@@ -39,6 +39,7 @@ class Recorder(Application):
     def _note(self, call: str) -> None:
         self.calls.append(call)
         if call == self.fail:
+            self.fail = ""  # once
             raise AppError(f"{self.name} failed to {call}")
 
     def inspect(self) -> Facts:
@@ -55,6 +56,11 @@ class Recorder(Application):
 
     def fix_up(self, manifest: dict[str, object], targets: list[str], log: Log = print) -> None:
         self._note("fix_up")
+
+    def before_archive(self, facts: Facts, dest: str, check: bool, log: Log = print) -> Facts:
+        if not check:
+            self._note("archive")
+        return facts
 
 
 def _refused_alike(app: Recorder, archive: str, dest: Path) -> str:
@@ -186,22 +192,59 @@ def test_newest_picks_a_units_own_set_or_a_whole_one(tmp_path: Path) -> None:
     for hour, label in ((3, "hot"), (4, "instance-demo-alpha"), (5, "instance-demo-beta")):
         when = datetime(2026, 11, 22, hour, tzinfo=UTC)
         made[label] = create([str(source)], str(out), app="tenement", label=label, now=lambda when=when: when)
-    hot, alpha, beta = made["hot"], made["instance-demo-alpha"], made["instance-demo-beta"]
-    assert restore.newest(str(out), "tenement") == beta.path
+    hot, alpha = made["hot"], made["instance-demo-alpha"]
+    assert restore.newest(str(out), "tenement") == hot.path  # never one instance's set for the whole server
     assert restore.newest(str(out), "tenement", ["demo:alpha"]) == alpha.path
     assert restore.newest(str(out), "tenement", ["demo:gamma"]) == hot.path
     assert restore.newest(str(out), "tenement", ["demo:alpha", "demo:beta"]) == hot.path
-    with pytest.raises(RestoreError, match=r"^there is no tomo backup set in "):
+    assert restore.newest(str(out), "tenement", ["demo:beta"]) == made["instance-demo-beta"].path
+    with pytest.raises(RestoreError, match=r"^there is no tomo backup set of the whole tomo in "):
         restore.newest(str(out), "tomo")
 
 
 def test_a_cold_backup_starts_the_application_again_when_archiving_fails(tmp_path: Path) -> None:
-    app = Recorder("files", [str(tmp_path / "missing")])
+    app = Recorder("files", [str(tmp_path)], fail="archive")
     options = backup.Options(dest=str(tmp_path / "sets"), verify=False)
     planned = backup.plan(app, "cold", options)
-    with pytest.raises(Error):
+    with pytest.raises(AppError, match="files failed to archive"):
         backup.run(app, planned, options)
-    assert app.calls == ["stop", "start svc:a"]
+    assert app.calls == ["stop", "archive", "start svc:a"]
+
+
+def test_a_backup_of_a_path_that_is_gone_is_refused_before_anything_stops(tmp_path: Path) -> None:
+    app = Recorder("files", [str(tmp_path / "missing")])
+    options = backup.Options(dest=str(tmp_path / "sets"))
+    for check in (True, False):
+        with pytest.raises(BackupError, match=r"missing does not exist, so files cannot be backed up$"):
+            backup.plan(app, "cold", options, check=check)
+    assert app.calls == []
+
+
+def test_a_restore_that_runs_stands_when_dropping_its_safety_copies_fails(
+    tmp_path: Path, dest: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = _good_set(tmp_path)
+    app = Recorder("files", PATHS)
+    options = restore.Options(dest_root=str(dest))
+
+    def broken(*_args: object, **_kwargs: object) -> bool:
+        raise RestoreError("the disk went read-only")
+
+    monkeypatch.setattr(restore.swap, "commit", broken)
+    done = restore.run(app, restore.plan(app, archive, options), options)
+    assert app.calls == ["stop", "fix_up", "start "], "a healthy restore was stopped again"
+    assert not done.committed and "dropping the safety copies did not finish (the disk went read-only)" in done.warning
+    assert (dest / "srv" / "app" / "one" / "notes.txt").read_text() == "restored notes\n"
+
+
+def test_a_failed_stop_starts_again_what_it_stopped(tmp_path: Path, dest: Path) -> None:
+    archive = _good_set(tmp_path)
+    app = Recorder("files", PATHS, fail="stop")
+    options = restore.Options(dest_root=str(dest))
+    with pytest.raises(RestoreError, match=r"failed \(files failed to stop\); the previous data is back"):
+        restore.run(app, restore.plan(app, archive, options), options)
+    assert app.calls == ["stop", "stop", "start svc:a"]
+    assert (dest / "srv" / "app" / "one" / "notes.txt").read_text() == "current notes\n"
 
 
 def test_a_cold_backup_of_a_stopped_application_is_refused_before_anything_stops(tmp_path: Path) -> None:
@@ -235,7 +278,7 @@ def test_a_hot_backup_writes_a_verified_set_and_stops_nothing(tmp_path: Path) ->
     (made,) = done.sets
     assert made["verified"] is True and made["files"] == 1
     assert made["metadata"] == {"running": ["svc:a"], "mode": "hot"}
-    assert app.calls == []
+    assert app.calls == ["archive"]  # nothing stopped or started
 
 
 def test_a_mode_the_application_does_not_have_is_refused(tmp_path: Path) -> None:

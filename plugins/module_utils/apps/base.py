@@ -47,6 +47,10 @@ class Application:
                 "start it first or make a hot backup"
             )
 
+    def check_can_restart(self) -> None:
+        """Raise now if stopping and starting the application again could not work (before anything stops)."""
+        return None
+
     def stop(self, log: Log = no_log) -> bool:
         """Stop the application (and its units); whether it was running."""
         raise NotImplementedError

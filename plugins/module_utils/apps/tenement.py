@@ -149,6 +149,10 @@ def describe_host(
     }
 
 
+# Never archived: sockets, and what tenement 0.2.2 does not write but instances may (logs, metrics).
+EXCLUDES = ("*.sock", "*.log", "*/logs", "*/metrics")
+
+
 @dataclass
 class Settings:
     """Where tenement is on a host, and how ``ten serve`` is kept running there."""
@@ -185,7 +189,7 @@ class Tenement(Application):
         host = describe_host(s.config_path, s.data_dir, s.server, s.ten_bin)
         data_dir = str(host["data_dir"])
         self.settings.data_dir = data_dir
-        excludes = [] if s.acme else [os.path.join(data_dir, "acme")]
+        excludes = [*EXCLUDES, *([] if s.acme else [os.path.join(data_dir, "acme")])]
         reachable = bool(host["reachable"])
         return Facts(
             app=self.name,
@@ -221,6 +225,9 @@ class Tenement(Application):
         return self._service
 
     # -- the whole server
+    def check_can_restart(self) -> None:
+        _ = self.service  # a plain process with no pidfile or start command is refused here
+
     def stop(self, log: Log = no_log) -> bool:
         log(f"tenement: stopping {self.settings.unit} (and with it every instance)")
         try:

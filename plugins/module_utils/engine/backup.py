@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from .. import safe_fs
-from .._common import BackupError, Log, no_log, utc_now
+from .._common import BackupError, Log, VerificationError, no_log, utc_now
 from ..apps.base import Application, Facts
 from ..sets.codec import compressor_for
 from ..sets.create import Created, create
@@ -87,16 +87,23 @@ def plan(app: Application, mode: str, options: Options, units: list[str] | None 
             for path in app.unit_paths(unit, facts):
                 if not os.path.isdir(path):
                     raise BackupError(f"{app.unit_word} {unit} has no data dir at {path}")
+    else:
+        missing = [p for p in facts.paths if not os.path.lexists(p)]
+        if missing:
+            raise BackupError(f"{missing[0]} does not exist, so {app.name} cannot be backed up")
+    if mode == "cold":
+        app.check_can_restart()
     kind = compressor_for(options.compression)
     host = options.host or default_host()
     labels = [f"instance-{u.replace(':', '-')}" for u in chosen] if chosen else [options.label or mode]
     names = [set_name(app.name, host, utc_now(), label, kind) for label in labels]
     result = Plan(app.name, mode, facts, chosen, names)
+    # What goes into the set besides the paths (Tomo's document) is made as the run would make it, and
+    # thrown away: what would refuse it refuses it now, before anything stops.
+    preview = facts if chosen else app.before_archive(facts, options.dest, True)
     if check:
-        if not chosen:  # what goes into the set besides the paths (Tomo's document), made as the run would
-            facts = result.facts = app.before_archive(facts, options.dest, True)
-        paths = [p for u in chosen for p in app.unit_paths(u, facts)] if chosen else facts.paths
-        found = scan([p for p in paths if os.path.lexists(p)], [*options.excludes, *facts.excludes])
+        paths = [p for u in chosen for p in app.unit_paths(u, facts)] if chosen else preview.paths
+        found = scan(paths, [*options.excludes, *preview.excludes])
         result.files = found.count("file") + found.count("sqlite")
         result.databases = found.count("sqlite")
         result.bytes_in = found.bytes
@@ -186,5 +193,5 @@ def _finish(made: Created, options: Options, log: Log, **extra: object) -> dict[
         entry["verified"] = checked.ok
         entry["warnings"] = checked.warnings
         if not checked.ok:
-            raise BackupError(checked.summary)
+            raise VerificationError(checked.summary)
     return entry

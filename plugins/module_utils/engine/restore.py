@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from .._common import AppError, Error, Log, RestoreError, no_log
+from .._common import AppError, Error, Log, RestoreError, RollbackError, no_log
 from ..apps.base import Application, Facts
 from ..sets.catalog import catalog
 from . import swap
@@ -55,17 +55,21 @@ class Result:
     bytes: int = 0
     recovered: list[dict[str, object]] = field(default_factory=list)
     committed: bool = False
+    warning: str = ""
 
 
 def newest(directory: str, app: str, units: list[str] | None = None) -> str:
-    """The newest set of ``app`` in ``directory``. For chosen units: the newest holding them all, that is a
-    unit's own set (``instance-SERVICE-ID``, for one unit) or a whole-application one."""
-    sets = catalog(directory, app=app)
-    if units:
-        labels = {"hot", "cold"} | ({"instance-" + units[0].replace(":", "-")} if len(units) == 1 else set())
-        sets = [s for s in sets if s.get("label") in labels]
+    """The newest set of ``app`` in ``directory`` that holds what is restored: for the whole application, a set of
+    the whole of it (never one instance's ``instance-SERVICE-ID``); for one unit, its own set or a whole one; for
+    several, a whole one."""
+    own = {"instance-" + units[0].replace(":", "-")} if units and len(units) == 1 else set()
+    sets = [
+        s
+        for s in catalog(directory, app=app)
+        if s.get("label") in own or not str(s.get("label", "")).startswith("instance-")
+    ]
     if not sets:
-        what = f"no {app} backup set holding {', '.join(units)}" if units else f"no {app} backup set"
+        what = f"no {app} backup set holding {', '.join(units)}" if units else f"no {app} backup set of the whole {app}"
         raise RestoreError(f"there is {what} in {directory}")
     return str(sets[0]["path"])
 
@@ -99,6 +103,8 @@ def plan(
     app_of_set = manifest.get("app")
     if app_of_set not in (app.name, None):
         raise RestoreError(f"{os.path.basename(archive)} is a backup of {app_of_set}, not of {app.name}")
+    if not units:
+        app.check_can_restart()
     start = list(units) if units else app.units_to_start(manifest)
     return Plan(
         app.name,
@@ -113,13 +119,16 @@ def plan(
 
 
 def run(app: Application, planned: Plan, options: Options, log: Log = no_log) -> Result:
-    """Carry out a plan; on failure the previous data is back and running, and the error says so."""
+    """Carry out a plan; on failure the previous data is back and running, and the error says so.
+
+    Once the restored application runs and is healthy, the restore stands: a commit that does not finish (its
+    safety copies not all deleted) is left to the next run on the host to finish, and said in ``warning``."""
     steps = _Steps(app, planned, options.health_timeout, log)
     name = os.path.basename(planned.archive)
     result = Result(planned)
-    steps.stop()
     restored: swap.Restored | None = None
     try:
+        steps.stop()
         restored = swap.restore(
             planned.archive, dest_root=options.dest_root, only=planned.paths, log=log, state_dir=options.state_dir
         )
@@ -127,9 +136,6 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
         result.recovered = restored.recovered
         app.fix_up(restored.manifest, restored.targets, log)
         steps.start_restored()
-        swap.commit(restored.restore_id, options.state_dir, keep_safety=options.keep_safety)
-        result.committed = True
-        return result
     except BaseException as exc:
         reason = _sentence(exc)
         log(f"restoring {steps.what} from {name} failed ({reason}); putting the previous data back")
@@ -139,13 +145,23 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
                 swap.rollback(restored.restore_id, options.state_dir)
             steps.start_previous()
         except Error as again:
-            raise RestoreError(
+            raise RollbackError(
                 f"restoring {steps.what} from {name} failed ({reason}), and putting the previous data back "
                 f"failed too ({again}); see selfhost-dr status"
             ) from exc
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise RestoreError(f"restoring {steps.what} from {name} failed ({reason}); {steps.back}") from exc
+    try:
+        swap.commit(restored.restore_id, options.state_dir, keep_safety=options.keep_safety)
+        result.committed = True
+    except (Error, OSError) as exc:
+        result.warning = (
+            f"{steps.what} runs on the restored data, but dropping the safety copies did not finish "
+            f"({_sentence(exc)}); the next restore or backup on this host finishes it"
+        )
+        log(result.warning)
+    return result
 
 
 class _Steps:

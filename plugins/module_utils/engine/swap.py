@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from .. import safe_fs
-from .._common import BackupError, JournalError, Log, RestoreError, no_log
+from .._common import BackupError, JournalError, Log, RestoreError, VerificationError, no_log
 from ..sets.manifest import NewerFormatError, read_manifest
 from ..sets.names import Sidecars
 from ..sets.restore import StagingUnpacker, Unit, is_under, make_staging, open_unit_parent, plan
@@ -186,6 +186,8 @@ def _restore(
             journal.save(record)
         if isinstance(exc, KeyboardInterrupt):
             raise
+        if isinstance(exc, VerificationError) and reason == str(exc):
+            raise VerificationError(reason) from exc  # nothing else went wrong: the set did not verify
         raise RestoreError(reason) from exc
     finally:
         for fd in fds + [f for f in staged if f >= 0]:
@@ -257,7 +259,7 @@ def _verify(archive: str, log: Log, unpacker: StagingUnpacker | None, verified_n
         log("restore: this content passed verification before; checking its whole-file sha256 and member list")
     checked = verify(archive, record=False, log=log, unpack=unpacker, deep=deep)
     if not checked.ok or checked.manifest is None:
-        raise RestoreError(f"refusing to restore: {checked.summary}")
+        raise VerificationError(f"refusing to restore: {checked.summary}")
     return checked
 
 
