@@ -157,7 +157,7 @@ def test_a_restore_that_does_not_start_puts_the_previous_data_back_and_starts_wh
         restore.run(app, restore.plan(app, archive, options), options)
     sentence = str(failed.value)
     assert sentence.startswith(f"restoring files from {os.path.basename(archive)} failed (files failed to start )")
-    assert sentence.endswith("the previous data is back and files runs it again")
+    assert sentence.endswith("the previous data are back and files runs them again")
     # stopped, restored, fixed up, failed to start; stopped again, rolled back, started with what ran before
     assert app.calls == ["stop", "fix_up", "start ", "stop", "start svc:a"]
     assert (dest / "srv" / "app" / "one" / "notes.txt").read_text() == "current notes\n"
@@ -241,7 +241,7 @@ def test_a_failed_stop_starts_again_what_it_stopped(tmp_path: Path, dest: Path) 
     archive = _good_set(tmp_path)
     app = Recorder("files", PATHS, fail="stop")
     options = restore.Options(dest_root=str(dest))
-    with pytest.raises(RestoreError, match=r"failed \(files failed to stop\); the previous data is back"):
+    with pytest.raises(RestoreError, match=r"failed \(files failed to stop\); the previous data are back"):
         restore.run(app, restore.plan(app, archive, options), options)
     assert app.calls == ["stop", "stop", "start svc:a"]
     assert (dest / "srv" / "app" / "one" / "notes.txt").read_text() == "current notes\n"

@@ -33,6 +33,7 @@ class Application:
     name = "app"
     modes: tuple[str, ...] = ("hot", "cold")
     unit_word = "unit"
+    data_words = "data"  # what a full restore puts back, in words: "the previous {data_words} are back"
 
     def inspect(self) -> Facts:
         raise NotImplementedError

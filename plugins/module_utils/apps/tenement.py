@@ -177,6 +177,7 @@ class Tenement(Application):
     name = "tenement"
     modes = ("hot", "cold", "instances")
     unit_word = "instance"
+    data_words = "config and data"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -36,6 +36,7 @@ class Settings:
 class Tomo(Application):
     name = "tomo"
     modes = ("hot", "cold")
+    data_words = "database and files"
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -175,7 +175,10 @@ class _Steps:
             self.back = "it runs on its previous data again" if len(units) == 1 else "they run on their previous data"
         else:
             self.what = app.name
-            self.back = "the previous data is back" + (f" and {app.name} runs it again" if planned.before else "")
+            words = app.data_words
+            self.back = f"the previous {words} are back" + (
+                f" and {app.name} runs them again" if planned.before else ""
+            )
 
     def stop(self) -> None:
         if self.planned.units:
