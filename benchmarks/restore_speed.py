@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
     work = Path(args.work)
+    # The benchmark's restores are journaled in its own state directory, never in the host's.
+    os.environ["SELFHOST_DR_STATE_DIR"] = str(work / "state")
     tree = Path(dataset(str(work), args.scale))
     sets = work / "restore-sets"
     shutil.rmtree(sets, ignore_errors=True)

@@ -335,6 +335,23 @@ def _text(command: str, result: dict[str, Any]) -> str:
     if command == "restore" and "restore_id" in result:
         started = ", ".join(result["started"]) or "nothing else"
         return f"restored {', '.join(result['targets'])} from {result['path']}; running: {started}"
+    if command == "status":
+        lines = [f"backup directory {result['directory']}"]
+        for app, about in result["apps"].items():
+            lines.append(
+                f"{app}: {about['sets']} set(s); newest {about['newest']}, {about['age_hours']} h old, "
+                f"{about['verification']}"
+            )
+        lines += [f"restore {r['restore_id']} of {r['archive']} is {r['state']}" for r in result["pending_restores"]]
+        if result["leftovers"]:
+            lines.append(f"{len(result['leftovers'])} leftover(s) of interrupted runs (swept by the next backup)")
+        return "\n".join(lines if len(lines) > 1 else [*lines, "no sets yet"])
+    if command == "verify":
+        return str(result["summary"])
+    if command == "prune":
+        return (
+            f"deleted {len(result['deleted'])} set(s), freed {result['freed_bytes']} bytes; kept {len(result['kept'])}"
+        )
     return json.dumps(result, indent=2, sort_keys=True, default=str)
 
 
