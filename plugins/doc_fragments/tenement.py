@@ -4,25 +4,38 @@ from __future__ import annotations
 
 
 class ModuleDocFragment:
-    # Where tenement is on a host and how ten serve is kept running: one name and one default each, shared by
-    # every module that works on tenement (plugins/module_utils/apps/registry.py TENEMENT_SPEC).
+    # Where tenement is on a host: one name and one default each, shared by every module that works on tenement
+    # (plugins/module_utils/apps/registry.py TENEMENT_CLIENT_SPEC). The short names are aliases kept for the
+    # modules that used them first (tenement_info, tenement_instance).
     DOCUMENTATION = r"""
+options:
+  tenement_server:
+    description: The URL of the tenement server's API.
+    type: str
+    default: http://127.0.0.1:8080
+    aliases: [server]
+  tenement_data_dir:
+    description:
+      - tenement's data dir, when C(ten serve) runs with C(--data-dir) or C(TENEMENT_DATA_DIR); the API token is read
+        from C(api_token) in it.
+      - Otherwise the C([settings] data_dir) of C(tenement.toml) (for the modules that read it), else
+        C(/var/lib/tenement).
+    type: path
+    aliases: [data_dir]
+  tenement_ten_bin:
+    description: The C(ten) command; found on E(PATH) or in C(/usr/local/bin) when not given.
+    type: path
+    aliases: [ten_bin]
+"""
+
+    # How ten serve is kept running and what a backup of it holds (plugins/module_utils/apps/registry.py
+    # TENEMENT_SERVICE_SPEC): for the modules that stop and start tenement.
+    SERVICE = r"""
 options:
   tenement_config_dir:
     description: The directory holding C(tenement.toml); C(ten serve) runs in it.
     type: path
     default: /etc/tenement
-  tenement_data_dir:
-    description: tenement's data dir; by default the one C(tenement.toml) sets (C([settings] data_dir)).
-    type: path
-  tenement_server:
-    description: The URL of the tenement server's API.
-    type: str
-    default: http://127.0.0.1:8080
-  tenement_ten_bin:
-    description: The C(ten) command.
-    type: path
-    default: /usr/local/bin/ten
   tenement_service_manager:
     description:
       - How C(ten serve) is kept running, for stopping and starting it. V(auto) is V(systemd) when systemd runs the

@@ -85,6 +85,7 @@ options:
     default: 60
 extends_documentation_fragment:
   - selfhost.dr.tenement
+  - selfhost.dr.tenement.service
   - selfhost.dr.tomo
   - selfhost.dr.state_dir
 seealso:

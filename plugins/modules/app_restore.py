@@ -64,6 +64,7 @@ options:
     default: /
 extends_documentation_fragment:
   - selfhost.dr.tenement
+  - selfhost.dr.tenement.service
   - selfhost.dr.tomo
   - selfhost.dr.state_dir
 seealso:

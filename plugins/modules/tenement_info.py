@@ -29,23 +29,12 @@ options:
     description: Path of C(tenement.toml).
     type: path
     default: /etc/tenement/tenement.toml
-  data_dir:
-    description:
-      - The data dir, when C(ten serve) is started with C(--data-dir) or C(TENEMENT_DATA_DIR).
-      - Otherwise the config's C([settings] data_dir), relative to the config's directory, or C(tenement-data) there.
-    type: path
-  server:
-    description: URL of the tenement server.
-    type: str
-    default: http://127.0.0.1:8080
-  ten_bin:
-    description: The C(ten) command.
-    type: path
-    default: /usr/local/bin/ten
   timeout:
     description: Seconds to wait for the server's answer.
     type: float
     default: 10
+extends_documentation_fragment:
+  - selfhost.dr.tenement
 seealso:
   - module: selfhost.dr.tenement_instance
   - role: selfhost.dr.tenement_server
@@ -98,6 +87,7 @@ server_error: {description: Why the instance list could not be read, or empty., 
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import TENEMENT_CLIENT_SPEC, ten_command
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement import TenementError, describe_host
 
 
@@ -105,16 +95,15 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             config=dict(type="path", default="/etc/tenement/tenement.toml"),
-            data_dir=dict(type="path"),
-            server=dict(type="str", default="http://127.0.0.1:8080"),
-            ten_bin=dict(type="path", default="/usr/local/bin/ten"),
             timeout=dict(type="float", default=10.0),
+            **TENEMENT_CLIENT_SPEC,
         ),
         supports_check_mode=True,
     )
     p = module.params
     try:
-        info = describe_host(p["config"], p["data_dir"], p["server"], p["ten_bin"], p["timeout"])
+        ten_bin = ten_command(p["tenement_ten_bin"])
+        info = describe_host(p["config"], p["tenement_data_dir"], p["tenement_server"], ten_bin, p["timeout"])
     except TenementError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, **info)

@@ -42,20 +42,9 @@ options:
     type: str
     choices: [running, stopped, restarted]
     default: running
-  server:
-    description: URL of the tenement server.
-    type: str
-    default: http://localhost:8080
-  data_dir:
-    description: The tenement data dir; the API token is read from C(api_token) in it when O(token) is not given.
-    type: path
-    default: /var/lib/tenement
   token:
     description: The admin API token. Defaults to the content of C({data_dir}/api_token).
     type: str
-  ten_bin:
-    description: The C(ten) executable. Found on E(PATH) or in C(/usr/local/bin) when not given.
-    type: path
   wait:
     description: Wait until a running instance answers its health check.
     type: bool
@@ -64,6 +53,8 @@ options:
     description: Seconds to wait for health before failing.
     type: int
     default: 60
+extends_documentation_fragment:
+  - selfhost.dr.tenement
 notes:
   - Tenement does not respawn instances when its server restarts; the roles of this collection record
     and respawn them with this module.
@@ -105,7 +96,9 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import TENEMENT_CLIENT_SPEC, ten_command
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import (
+    DEFAULT_DATA_DIR,
     TenementClient,
     TenementError,
     parse_instance,
@@ -118,10 +111,8 @@ def main() -> None:
         argument_spec=dict(
             name=dict(type="str", required=True),
             state=dict(type="str", default="running", choices=["running", "stopped", "restarted"]),
-            server=dict(type="str", default="http://localhost:8080"),
-            data_dir=dict(type="path", default="/var/lib/tenement"),
             token=dict(type="str", no_log=True),
-            ten_bin=dict(type="path"),
+            **TENEMENT_CLIENT_SPEC,
             wait=dict(type="bool", default=True),
             timeout=dict(type="int", default=60),
         ),
@@ -130,11 +121,12 @@ def main() -> None:
     p = module.params
     try:
         name = ":".join(parse_instance(p["name"]))
-        ten_bin = p["ten_bin"] or module.get_bin_path("ten", opt_dirs=["/usr/local/bin"])
-        if not ten_bin or not os.path.exists(ten_bin):
-            raise TenementError("the tenement command 'ten' is not installed on this host (set ten_bin)")
-        token = p["token"] or read_token(p["data_dir"])
-        client = TenementClient(ten_bin, server=p["server"], token=token, data_dir=p["data_dir"])
+        ten_bin = ten_command(p["tenement_ten_bin"])
+        if not os.path.exists(ten_bin):
+            raise TenementError("the tenement command 'ten' is not installed on this host (set tenement_ten_bin)")
+        data_dir = p["tenement_data_dir"] or DEFAULT_DATA_DIR
+        token = p["token"] or read_token(data_dir)
+        client = TenementClient(ten_bin, server=p["tenement_server"], token=token, data_dir=data_dir)
         before = client.instances().get(name)
         previous = "running" if before else "stopped"
         want = p["state"]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Mapping
 
 from .._common import AppError
@@ -19,17 +20,20 @@ from .tomo_schema import CATEGORIES
 APPS = ("tenement", "tomo")
 
 # Ansible argument specs, and the keys of config.toml's [tenement] and [tomo] tables (without the prefix).
-TENEMENT_SPEC: dict[str, dict[str, object]] = {
+TENEMENT_CLIENT_SPEC: dict[str, dict[str, object]] = {
+    "tenement_server": {"type": "str", "default": "http://127.0.0.1:8080", "aliases": ["server"]},
+    "tenement_data_dir": {"type": "path", "aliases": ["data_dir"]},
+    "tenement_ten_bin": {"type": "path", "aliases": ["ten_bin"]},
+}
+TENEMENT_SERVICE_SPEC: dict[str, dict[str, object]] = {
     "tenement_config_dir": {"type": "path", "default": "/etc/tenement"},
-    "tenement_data_dir": {"type": "path"},
-    "tenement_server": {"type": "str", "default": "http://127.0.0.1:8080"},
-    "tenement_ten_bin": {"type": "path", "default": "/usr/local/bin/ten"},
     "tenement_service_manager": {"type": "str", "default": "auto", "choices": ["auto", "systemd", "process"]},
     "tenement_unit": {"type": "str", "default": "tenement"},
     "tenement_pidfile": {"type": "path", "default": "/run/tenement.pid"},
     "tenement_start_command": {"type": "list", "elements": "str", "default": []},
     "tenement_acme": {"type": "bool", "default": True},
 }
+TENEMENT_SPEC = {**TENEMENT_CLIENT_SPEC, **TENEMENT_SERVICE_SPEC}
 TOMO_SPEC: dict[str, dict[str, object]] = {
     "tomo_database": {"type": "path"},
     "tomo_service": {"type": "str", "default": "tomo.service"},
@@ -39,6 +43,13 @@ TOMO_SPEC: dict[str, dict[str, object]] = {
     "tomo_version": {"type": "str"},
     "tomo_settle": {"type": "float", "default": 2.0},
 }
+
+
+def ten_command(given: object = None) -> str:
+    """The ``ten`` command: the one given, else the one on PATH, else ``/usr/local/bin/ten``."""
+    if given:
+        return str(given)
+    return shutil.which("ten") or shutil.which("ten", path="/usr/local/bin") or "/usr/local/bin/ten"
 
 
 def _default(spec: dict[str, dict[str, object]], key: str) -> object:
@@ -60,7 +71,7 @@ def application(name: str, options: Mapping[str, object]) -> Application:
                 config_dir=str(get(t, "tenement_config_dir")),
                 data_dir=str(options["tenement_data_dir"]) if options.get("tenement_data_dir") else None,
                 server=str(get(t, "tenement_server")),
-                ten_bin=str(get(t, "tenement_ten_bin")),
+                ten_bin=ten_command(options.get("tenement_ten_bin")),
                 service_manager=str(get(t, "tenement_service_manager")),
                 unit=str(get(t, "tenement_unit")),
                 pidfile=str(get(t, "tenement_pidfile")),
