@@ -19,6 +19,7 @@ fsynced before it is renamed into place.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import sqlite3
@@ -328,40 +329,16 @@ def snapshot_bytes(
     """Copy the live database ``source`` into memory consistently; return its bytes and what was made.
 
     The same one-step online backup as :func:`snapshot`, into an in-memory
-    database, then serialized: nothing touches the disk, which is what
-    ``backup_create`` wants for the many small databases of a tree. The bytes
-    are a complete database file with the source's journal mode in its header.
-    ``digest=False`` leaves ``sha256`` empty for a caller that hashes the bytes as it writes them.
+    database, then serialized: nothing touches the disk. The bytes are a complete database file with the
+    source's journal mode in its header (one more copy than :func:`snapshot_in_memory`, which leaves that to
+    its reader). ``digest=False`` leaves ``sha256`` empty for a caller that hashes the bytes as it writes them.
     """
-    started = clock()
-    dst, attempts, source_mode = _snapshot_to_memory(source, lock_timeout, clock, expect)
-    try:
-        with contextlib.closing(dst):
-            integrity = integrity_of(dst) if check_integrity else "not checked"
-            pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
-            page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
-            data = dst.serialize()
-    except BaseException as exc:
-        raise _translate(exc, source, "memory", lock_timeout) from exc
-    if check_integrity and integrity != "ok":
-        raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
-    # The header's bytes 18 and 19 say WAL (2) or rollback (1); the backup copies them from the source.
-    version = b"\x02\x02" if source_mode == "wal" else b"\x01\x01"
+    data, snap, version = snapshot_in_memory(
+        source, lock_timeout=lock_timeout, check_integrity=check_integrity, expect=expect, clock=clock
+    )
     if data[18:20] != version:
         data = data[:18] + version + data[20:]
-    return data, Snapshot(
-        source=source,
-        path="",
-        size=len(data),
-        pages=pages,
-        page_size=page_size,
-        sha256=hashlib.sha256(data).hexdigest() if digest else "",
-        journal_mode=source_mode,
-        method="backup",
-        duration=round(clock() - started, 6),
-        attempts=attempts,
-        integrity=integrity,
-    )
+    return data, dataclasses.replace(snap, sha256=hashlib.sha256(data).hexdigest()) if digest else snap
 
 
 def integrity_of(conn: sqlite3.Connection) -> str:
@@ -432,12 +409,16 @@ def _remove(path: str) -> None:
 
 
 def snapshot_in_memory(
-    source: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
+    source: str,
+    *,
+    lock_timeout: float,
+    check_integrity: bool,
+    expect: Identity | None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[bytes, Snapshot, bytes]:
     """:func:`snapshot_bytes`, less one copy of the database: the header's bytes 18 and 19 (the source's journal
     mode, :func:`journal_version`) are returned for the reader to put in the first chunk it streams. The rest, the
     one-step backup and the check of the file SQLite opened (``expect``), is the same."""
-    clock = time.monotonic
     started = clock()
     dst, attempts, mode = _snapshot_to_memory(source, lock_timeout, clock, expect)
     try:

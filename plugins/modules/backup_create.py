@@ -290,6 +290,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client i
     read_token,
 )
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_instance import backup_instance
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.backup import described
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.swap import recover_interrupted
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.codec import compressor_for
@@ -401,26 +402,7 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"the backup failed: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
-    manifest = made.manifest
-    totals = manifest["totals"]
-    module.exit_json(
-        changed=True,
-        path=made.path,
-        name=made.name,
-        sha256=made.sha256,
-        size=made.size,
-        manifest_path=made.manifest_path,
-        files=totals["files"],
-        databases=totals["databases"],
-        bytes_in=totals["bytes"],
-        snapshots=manifest["snapshots"],
-        left_out=manifest["skipped"],
-        changed_during_backup=manifest["changed_during_backup"],
-        notes=manifest["notes"],
-        links=manifest["links"],
-        stats=made.stats,
-        **extra,
-    )
+    module.exit_json(changed=True, **described(made, **extra))
 
 
 if __name__ == "__main__":

@@ -167,10 +167,11 @@ def _create(app: Application, facts: Facts, options: Options, mode: str, log: Lo
         raise BackupError(str(exc)) from exc
 
 
-def _finish(made: Created, options: Options, log: Log, **extra: object) -> dict[str, object]:
+def described(made: Created, **extra: object) -> dict[str, object]:
+    """A set just written, as the modules and the host command report it."""
     manifest = made.manifest
     totals = dict(manifest["totals"])  # type: ignore[call-overload]
-    entry: dict[str, object] = dict(
+    return dict(
         path=made.path,
         name=made.name,
         sha256=made.sha256,
@@ -188,6 +189,10 @@ def _finish(made: Created, options: Options, log: Log, **extra: object) -> dict[
         stats=made.stats,
         **extra,
     )
+
+
+def _finish(made: Created, options: Options, log: Log, **extra: object) -> dict[str, object]:
+    entry = described(made, **extra)
     if options.verify:
         checked: Verification = verify(made.path, log=log)
         entry["verified"] = checked.ok
