@@ -293,18 +293,28 @@ def snapshot_connection(
     return conn, _attempts
 
 
+def _memory_db(memdb: bool) -> sqlite3.Connection:
+    """An empty in-memory database: SQLite's ``memdb`` VFS (its pages in one buffer, which ``serialize`` hands over
+    without copying) when ``memdb`` and SQLite has it, else ``:memory:`` (pages in the page cache)."""
+    if memdb:
+        with contextlib.suppress(sqlite3.Error):
+            # A name without a leading "/" is private to this connection.
+            return sqlite3.connect("file:snapshot?vfs=memdb", uri=True, isolation_level=None)
+    return sqlite3.connect(":memory:", isolation_level=None)
+
+
 def _snapshot_to_memory(
-    source: str, lock_timeout: float, clock: Callable[[], float], expect: Identity | None
+    source: str, lock_timeout: float, clock: Callable[[], float], expect: Identity | None, memdb: bool = False
 ) -> tuple[sqlite3.Connection, int, str]:
     deadline = clock() + lock_timeout
     if expect is None:
         check_source(source)
-    dst = sqlite3.connect(":memory:", isolation_level=None)
+    dst = _memory_db(memdb)
 
     def fresh_copy() -> None:
         nonlocal dst
         dst.close()
-        dst = sqlite3.connect(":memory:", isolation_level=None)
+        dst = _memory_db(memdb)
 
     try:
         src, mode = _open_source(source, lock_timeout, expect)
@@ -420,13 +430,23 @@ def snapshot_in_memory(
     mode, :func:`journal_version`) are returned for the reader to put in the first chunk it streams. The rest, the
     one-step backup and the check of the file SQLite opened (``expect``), is the same."""
     started = clock()
-    dst, attempts, mode = _snapshot_to_memory(source, lock_timeout, clock, expect)
+    # Unchecked copies go to a memdb database, whose pages serialize() hands over without an extra copy: one copy of
+    # the database less at the peak. It is only serialized: its header may say WAL, which a memdb database cannot
+    # open again for a query, so the page size and count are read from the bytes.
+    dst, attempts, mode = _snapshot_to_memory(source, lock_timeout, clock, expect, memdb=not check_integrity)
     try:
         with contextlib.closing(dst):
-            integrity = integrity_of(dst) if check_integrity else "not checked"
-            pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
-            page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
-            data = dst.serialize()
+            if check_integrity:
+                integrity = integrity_of(dst)
+                pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+                page_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
+                data = dst.serialize()
+            else:
+                integrity = "not checked"
+                data = dst.serialize()
+                page_size = int.from_bytes(data[16:18], "big") if len(data) >= 100 else 0
+                page_size = 65536 if page_size == 1 else page_size
+                pages = len(data) // page_size if page_size else 0
     except BaseException as exc:
         raise _translate(exc, source, "memory", lock_timeout) from exc
     if check_integrity and integrity != "ok":
