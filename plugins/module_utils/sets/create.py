@@ -5,12 +5,10 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
 import stat
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterable
@@ -23,7 +21,7 @@ from ..sqlite_snapshot import (
     fsync_dir,
 )
 from .catalog import sweep
-from .codec import CHUNK, Pump, compressor_for, write_error
+from .codec import CHUNK, Pump, compressor_for, write_error, zstd_options
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from .members import DEFAULT_MEMORY_LIMIT, Snapshotter, file_chunks, left_out, open_member
 from .names import Sidecars, default_host, set_name
@@ -48,29 +46,6 @@ def _record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
     if entry.kind == "symlink":
         rec["target"] = entry.target
     return rec
-
-
-# zstd's multithreaded jobs at the fast levels (window 2 MiB) are 8 MiB by default, and it holds several per worker:
-# 4 MiB jobs take about 25 MiB less (66 -> 41 MiB on benchmarks/backup_speed.py's tree, 2 workers) for the same CPU
-# time and size. Only there: the higher levels' larger windows want their larger jobs.
-ZSTD_JOB_SIZE = "4MiB"
-
-
-def _zstd_job_size(level: int) -> list[str]:
-    return [f"-B{ZSTD_JOB_SIZE}", *_zstd_no_asyncio()] if level <= 5 else [*_zstd_no_asyncio()]
-
-
-@functools.lru_cache(maxsize=1)
-def _zstd_no_asyncio() -> tuple[str, ...]:
-    """``--no-asyncio`` when this zstd has it (1.5.3+): its I/O thread only adds CPU time and buffers when reading
-    a pipe and writing a file (about 0.2 s and 2 MiB less on benchmarks/backup_speed.py's tree)."""
-    try:
-        help_text = subprocess.run(
-            ["zstd", "-H"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return ("--no-asyncio",) if b"--[no-]asyncio" in help_text else ()
 
 
 @dataclass
@@ -167,7 +142,7 @@ def create(
     temps = [tmp, sidecars.checksum + ".partial", sidecars.manifest + ".partial"]
     zstd_level = max(1, min(level, 19))
     argv = (
-        ["zstd", f"-{zstd_level}", f"-T{threads}", *_zstd_job_size(zstd_level), "-q", "-c"]
+        ["zstd", f"-{zstd_level}", f"-T{threads}", *zstd_options(zstd_level), "-q", "-c"]
         if kind == "zstd"
         else ["gzip", f"-{max(1, min(level, 9))}", "-n", "-c"]
     )
