@@ -139,7 +139,7 @@ running:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
-from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import TENEMENT_SPEC, TOMO_SPEC, application
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
 
@@ -147,7 +147,6 @@ from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            app=dict(type="str", required=True, choices=["tenement", "tomo"]),
             mode=dict(type="str", default="hot", choices=["hot", "cold", "instances"]),
             instances=dict(type="list", elements="str", default=[]),
             dest=dict(type="path", default="/var/backups/selfhost-dr"),
@@ -158,9 +157,7 @@ def main() -> None:
             lock_timeout=dict(type="float", default=30.0),
             host=dict(type="str"),
             verify=dict(type="bool", default=True),
-            health_timeout=dict(type="float", default=60.0),
-            **TENEMENT_SPEC,
-            **TOMO_SPEC,
+            **APP_SPEC,
             **STATE_DIR_SPEC,
         ),
         supports_check_mode=True,

@@ -125,7 +125,7 @@ recovered:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
-from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import TENEMENT_SPEC, TOMO_SPEC, application
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import restore
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
 
@@ -133,15 +133,12 @@ from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import 
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            app=dict(type="str", required=True, choices=["tenement", "tomo"]),
             path=dict(type="path"),
             dir=dict(type="path", default="/var/backups/selfhost-dr"),
             instances=dict(type="list", elements="str", default=[]),
             keep_safety=dict(type="bool", default=False),
-            health_timeout=dict(type="float", default=60.0),
             dest_root=dict(type="path", default="/"),
-            **TENEMENT_SPEC,
-            **TOMO_SPEC,
+            **APP_SPEC,
             **STATE_DIR_SPEC,
         ),
         supports_check_mode=True,

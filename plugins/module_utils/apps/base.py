@@ -6,8 +6,12 @@ procedure, post-restore fix-ups and the health check. One subclass per applicati
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .._common import AppError, Log, no_log
+
+if TYPE_CHECKING:
+    from .tenement_instance import InstanceBackup
 
 
 @dataclass
@@ -86,3 +90,9 @@ class Application:
 
     def start_unit(self, unit: str, timeout: float, log: Log = no_log) -> None:
         raise AppError(f"{self.name} has no {self.unit_word}s")
+
+    def backup_unit(
+        self, unit: str, facts: Facts, dest: str, health_timeout: float, log: Log, create_args: dict[str, object]
+    ) -> InstanceBackup:
+        """One unit's own set (tenement: stop, copy, spawn, compress)."""
+        raise AppError(f"{self.name} has no {self.unit_word}s to back up one at a time")

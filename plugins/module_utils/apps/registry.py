@@ -45,6 +45,15 @@ TOMO_SPEC: dict[str, dict[str, object]] = {
 }
 
 
+# What every application-level module takes (app_backup, app_restore): the application and where it is.
+APP_SPEC: dict[str, dict[str, object]] = {
+    "app": {"type": "str", "required": True, "choices": list(APPS)},
+    "health_timeout": {"type": "float", "default": 60.0},
+    **TENEMENT_SPEC,
+    **TOMO_SPEC,
+}
+
+
 def ten_command(given: object = None) -> str:
     """The ``ten`` command: the one given, else the one on PATH, else ``/usr/local/bin/ten``."""
     if given:

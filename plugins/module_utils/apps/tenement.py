@@ -275,7 +275,6 @@ class Tenement(Application):
         service, _ = parse_instance(unit)
         services = facts.metadata.get("services") or {}
         persist = bool(dict(services.get(service) or {}).get("storage_persist"))  # type: ignore[union-attr]
-        meta = {k: facts.metadata[k] for k in ("config_sha256", "tenement_version", "data_dir")}
         return backup_instance(
             self.client,
             unit,
@@ -284,13 +283,5 @@ class Tenement(Application):
             storage_persist=persist,
             health_timeout=health_timeout,
             log=log,
-            **{**create_args, "metadata": {**dict(create_args.get("metadata") or {}), **meta}},  # type: ignore[dict-item]
+            **create_args,  # type: ignore[arg-type]
         )
-
-    def set_for_unit(self, unit: str, sets: Sequence[dict[str, object]]) -> dict[str, object] | None:
-        """The newest set holding ``unit``: its own (``instance-SERVICE-ID``), else a whole-server one."""
-        own = "instance-" + unit.replace(":", "-")
-        for entry in sets:
-            if entry.get("label") in (own, "hot", "cold"):
-                return entry
-        return None

@@ -77,9 +77,6 @@ class Tomo(Application):
         paths = [str(p) for p in manifest.get("paths", [])]  # type: ignore[attr-defined]
         return [p for p in paths if not document or os.path.basename(p) != document]
 
-    def units_to_start(self, manifest: dict[str, object]) -> list[str]:
-        return []
-
     def stop(self, log: Log = no_log) -> bool:
         log(f"tomo: stopping {self.settings.service}")
         return self.service.stop()

@@ -124,7 +124,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
     if planned.mode == "instances":
         for unit in planned.units:
             args = _create_args(app, facts, options, planned.mode, label=f"instance-{unit.replace(':', '-')}")
-            done = app.backup_unit(unit, facts, options.dest, options.health_timeout, log, args)  # type: ignore[attr-defined]
+            done = app.backup_unit(unit, facts, options.dest, options.health_timeout, log, args)
             extra = {"downtime": done.downtime, "copy_seconds": done.copy_seconds, "hot_reason": done.hot_reason}
             result.sets.append(_finish(done.created, options, log, unit=unit, **extra))
         return result

@@ -94,15 +94,16 @@ def plan(
         before = app.inspect()
     except AppError:
         before = None  # nothing to note (a new server): a failed restore leaves it stopped
-    if units:
-        facts = before or Facts(app.name)
-        chosen = [p for u in units for p in app.unit_paths(u, facts)]
-        manifest, planned = swap.check(archive, options.dest_root, chosen, options.state_dir, log)
-    else:
-        manifest, planned = swap.check(archive, options.dest_root, None, options.state_dir, log, app.restore_paths)
-    app_of_set = manifest.get("app")
-    if app_of_set not in (app.name, None):
-        raise RestoreError(f"{os.path.basename(archive)} is a backup of {app_of_set}, not of {app.name}")
+    chosen = [p for u in units for p in app.unit_paths(u, before or Facts(app.name))] if units else None
+
+    def choose(manifest: dict[str, object]) -> list[str] | None:
+        # The set's own application, from its manifest, before the whole set is read to verify it.
+        app_of_set = manifest.get("app")
+        if app_of_set not in (app.name, None):
+            raise RestoreError(f"{os.path.basename(archive)} is a backup of {app_of_set}, not of {app.name}")
+        return chosen if units else app.restore_paths(manifest)
+
+    manifest, planned = swap.check(archive, options.dest_root, None, options.state_dir, log, choose)
     if not units:
         app.check_can_restart()
     start = list(units) if units else app.units_to_start(manifest)
@@ -137,7 +138,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
         app.fix_up(restored.manifest, restored.targets, log)
         steps.start_restored()
     except BaseException as exc:
-        reason = _sentence(exc)
+        reason = swap.sentence(exc)
         log(f"restoring {steps.what} from {name} failed ({reason}); putting the previous data back")
         try:
             steps.stop()
@@ -158,7 +159,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
     except (Error, OSError) as exc:
         result.warning = (
             f"{steps.what} runs on the restored data, but dropping the safety copies did not finish "
-            f"({_sentence(exc)}); the next restore or backup on this host finishes it"
+            f"({swap.sentence(exc)}); the next restore or backup on this host finishes it"
         )
         log(result.warning)
     return result
@@ -199,13 +200,3 @@ class _Steps:
             self.start_restored()  # the same units, on their previous data
         elif self.planned.before is not None:
             self.app.start(self.planned.before.running, self.timeout, self.log)
-
-
-def _sentence(exc: BaseException) -> str:
-    if isinstance(exc, Error):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    return f"{type(exc).__name__}: {exc}"

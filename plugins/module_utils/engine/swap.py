@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
 from .. import safe_fs
-from .._common import BackupError, JournalError, Log, RestoreError, VerificationError, no_log
+from .._common import BackupError, Error, JournalError, Log, RestoreError, VerificationError, no_log
 from ..sets.manifest import NewerFormatError, read_manifest
 from ..sets.names import Sidecars
 from ..sets.restore import StagingUnpacker, Unit, is_under, make_staging, open_unit_parent, plan
@@ -174,12 +174,12 @@ def _restore(
     except BaseException as exc:
         if unpacker is not None:
             unpacker.close()
-        reason = _sentence(exc)
+        reason = sentence(exc)
         try:
             _undo(record)
             record.state = "aborted" if record.state == "staging" else "rolled_back"
         except (JournalError, OSError) as undo_exc:
-            reason += f"; putting things back failed too: {_sentence(undo_exc)}"
+            reason += f"; putting things back failed too: {sentence(undo_exc)}"
             record.state = "stuck"
         record.reason = reason
         with contextlib.suppress(OSError):
@@ -240,8 +240,9 @@ def _manifest_of(archive: str, log: Log) -> tuple[dict[str, object], bool]:
         return _verify(archive, log, None, False).manifest or {}, True
 
 
-def _sentence(exc: BaseException) -> str:
-    if isinstance(exc, (RestoreError, BackupError, JournalError)):
+def sentence(exc: BaseException) -> str:
+    """What went wrong, in one sentence: an Error's own, or an OSError's file and reason."""
+    if isinstance(exc, Error):
         return str(exc)
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if exc.filename else ""
@@ -401,7 +402,7 @@ def recover(journal: Journal, log: Log = no_log) -> list[dict[str, object]]:
         except (JournalError, OSError) as exc:
             record.state = "stuck"
             record.reason = f"interrupted while {_said(was)[len('interrupted while ') :]}, and could not be finished: "
-            record.reason += _sentence(exc)
+            record.reason += sentence(exc)
         journal.save(record)
         log(f"restore {record.id} of {record.archive} was {_said(was)}; now {record.state.replace('_', ' ')}")
         done.append(record.summary())
@@ -481,7 +482,7 @@ def commit(restore_id: str, state_dir: str | None = None, check: bool = False, k
             raise
         except OSError as exc:  # some may be gone: the commit stays under way, and the next run finishes it
             raise JournalError(
-                f"committing restore {restore_id} failed: {_sentence(exc)}; the next commit (or restore) on this "
+                f"committing restore {restore_id} failed: {sentence(exc)}; the next commit (or restore) on this "
                 "host finishes it"
             ) from exc
         record.state = "committed"
@@ -515,7 +516,7 @@ def rollback(restore_id: str, state_dir: str | None = None, check: bool = False)
             raise
         except OSError as exc:
             raise JournalError(
-                f"rolling back restore {restore_id} failed: {_sentence(exc)}; the next roll back (or restore) on "
+                f"rolling back restore {restore_id} failed: {sentence(exc)}; the next roll back (or restore) on "
                 "this host tries again"
             ) from exc
         record.state = "rolled_back"
