@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 from ._common import Error, fsync_dir
@@ -131,22 +131,35 @@ def _open_source(source: str, lock_timeout: float, expect: Identity | None = Non
     follows links, so the descriptor it holds is found among those it opened and compared, and the header
     is read from that descriptor. Otherwise ``ReplacedError``.
     """
+    conn, mode, _fd = _open_checked(source, lock_timeout, expect)
+    return conn, mode
+
+
+def _open_checked(
+    source: str, lock_timeout: float, expect: Identity | None, any_thread: bool = False
+) -> tuple[sqlite3.Connection, str, int]:
+    """:func:`_open_source`, and SQLite's own descriptor of the file it opened (-1 without ``expect``).
+
+    ``any_thread``: the connection may be used (never concurrently) from another thread than this one.
+    """
     # The connection's timeout is SQLite's busy timeout for each statement. Reading
     # through mmap saves a copy per page; it changes nothing on disk.
     before = _fds_of(expect) if expect is not None else set()
     if expect is None:
-        conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None)
+        conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None, check_same_thread=not any_thread)
     else:
         # mode=rw: SQLite never creates the file, so a link swapped in before it opens cannot make root create one
         # anywhere; read-write (not read-only) because opening a FIFO swapped in for reading would block forever.
         # Nothing is read or written before the descriptor is checked below. SQLite (3.40) refuses a -wal or -shm
         # that is a link (tests/unit/test_attack_backup.py swaps both).
         uri = f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=rw"
-        conn = sqlite3.connect(uri, timeout=lock_timeout, isolation_level=None, uri=True)
+        conn = sqlite3.connect(
+            uri, timeout=lock_timeout, isolation_level=None, uri=True, check_same_thread=not any_thread
+        )
     try:
         if expect is None:
             conn.execute("PRAGMA mmap_size = 1073741824")
-            return conn, journal_mode_of_file(source)
+            return conn, journal_mode_of_file(source), -1
         # SQLite opened the file in connect(); check it before it reads anything.
         opened = sorted(_fds_of(expect) - before)
         if not opened:
@@ -155,7 +168,7 @@ def _open_source(source: str, lock_timeout: float, expect: Identity | None = Non
         if len(header) < 20 or not header.startswith(SQLITE_HEADER):
             raise NotADatabaseError(f"{source} is not a SQLite database")
         conn.execute("PRAGMA mmap_size = 1073741824")
-        return conn, "wal" if header[18] == 2 and header[19] == 2 else "rollback"
+        return conn, "wal" if header[18] == 2 and header[19] == 2 else "rollback", opened[0]
     except BaseException:
         conn.close()
         raise
@@ -473,7 +486,13 @@ def journal_version(mode: str) -> bytes:
 
 
 def snapshot_to_scratch(
-    source: str, staged: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
+    source: str,
+    staged: str,
+    *,
+    lock_timeout: float,
+    check_integrity: bool,
+    expect: Identity,
+    opened: tuple[sqlite3.Connection, str] | None = None,
 ) -> tuple[Snapshot, bytes]:
     """A consistent copy of the live database ``source`` in the private file ``staged``, made to be read once.
 
@@ -484,7 +503,8 @@ def snapshot_to_scratch(
     read without mmap, whose pages would count in this process's memory for the whole size of the database. Also
     returns the
     header's bytes 18 and 19 (WAL or rollback, the source's journal mode) for the reader to put in, as
-    :func:`snapshot_in_memory` does.
+    :func:`snapshot_in_memory` does. ``opened``: the connection to ``source`` (checked to be ``expect``, with no
+    transaction open) and its journal mode, to use (and close) instead of opening it again.
     """
     clock = time.monotonic
     started = clock()
@@ -502,7 +522,8 @@ def snapshot_to_scratch(
         dst.execute("PRAGMA synchronous = OFF")
 
     try:
-        src, mode = _open_source(source, lock_timeout, expect)
+        src, mode = opened if opened is not None else _open_source(source, lock_timeout, expect)
+        opened = None
         with contextlib.closing(src):
             src.execute("PRAGMA mmap_size = 0")
             fresh()
@@ -520,6 +541,8 @@ def snapshot_to_scratch(
             header = handle.read(100)
         size = os.path.getsize(staged)
     except BaseException as exc:
+        if opened is not None:
+            opened[0].close()
         if dst is not None:
             dst.close()
         with contextlib.suppress(FileNotFoundError):
@@ -544,3 +567,190 @@ def snapshot_to_scratch(
         integrity=integrity,
     )
     return snap, journal_version(mode)
+
+
+# -- the database file itself, read while a read transaction keeps it from changing ---------------------------
+#
+# Why the file's bytes are one point in time, the state of the read transaction that is held until the last byte:
+#
+# Rollback journal (delete, truncate, persist, ...): the read transaction holds a SHARED lock on the database file
+# (taken by BEGIN + the first SELECT; a hot journal left by a crashed writer is rolled back before it is granted).
+# A writer writes the database file only under an EXCLUSIVE lock, which it cannot get while any SHARED lock is held:
+# the file is the transaction's snapshot until COMMIT.
+#
+# WAL: a writer appends frames to the -wal; only a checkpoint writes the database file (and truncates it). A
+# checkpoint copies frames up to the smallest read mark held by a reader (a reader keeps WAL_READ_LOCK(i) shared,
+# i > 0, with the last frame of its snapshot as mark i), and copies nothing without WAL_READ_LOCK(0) exclusive,
+# which it cannot get while a reader holds it shared: a reader on slot 0 is one that ignores the -wal because all
+# of it was already in the database file when it began (wal.c, walTryBeginRead and walCheckpoint). So the file is
+# this transaction's snapshot, and stays it, when the snapshot has no frame (its last frame is 0: every page comes
+# from the file, and a checkpoint may copy frames up to 0) or when it reads from slot 0. The copy is made only when
+# the -wal that SQLite opened for this connection (its own descriptor, found like the database's) is empty while
+# the transaction is held, which implies one of the two: a snapshot with frames was made from a -wal that held them,
+# and the -wal only shrinks to 0 bytes by a TRUNCATE checkpoint, which needs WAL_READ_LOCK(1..) exclusive (it
+# waits for every reader on a slot i > 0), or when the last connection closes, which needs an EXCLUSIVE lock on the
+# database file (every connection in WAL mode holds a SHARED one). Leaving WAL mode needs that EXCLUSIVE lock too.
+# A -wal that is not empty (a busy writer, or frames not yet checkpointed) makes :func:`snapshot_file` return
+# None, and the caller makes its copy with the backup API instead. This module never checkpoints the source.
+#
+# The descriptor read is SQLite's own (os.pread, never closed here): closing another descriptor of the file in
+# this process would drop SQLite's POSIX locks on it. The copy is the file's first page_count pages, byte for
+# byte: it differs from what the backup API writes for the same content only in the header's change counter
+# (bytes 24-27), version-valid-for (92-95) and the SQLite version that last wrote it (96-99), which the backup API
+# sets as a fresh database's (1, 1, this process's SQLite), and here are the source's.
+
+
+class FileCopy:
+    """A consistent copy of a live database read from its file: :attr:`snapshot` says what it is, :meth:`chunks`
+    yields its bytes once, the header's bytes 18 and 19 set to ``version`` (:func:`journal_version`), while the read
+    transaction is held; it ends after the last chunk, or with :meth:`close`."""
+
+    def __init__(self, conn: sqlite3.Connection, fd: int, snap: Snapshot, version: bytes) -> None:
+        self._conn: sqlite3.Connection | None = conn
+        self._fd = fd
+        self.snapshot = snap
+        self.version = version
+
+    def chunks(self, buf: bytearray | None = None) -> Iterator[memoryview]:
+        """The database's ``snapshot.size`` bytes, each a view of one buffer (valid until the next is asked for)."""
+        view = memoryview(buf if buf is not None else bytearray(_CHUNK))
+        size, offset = self.snapshot.size, 0
+        try:
+            while offset < size:
+                want = view[: min(len(view), size - offset)]
+                got = os.preadv(self._fd, [want], offset)
+                if got <= 0:  # cannot happen while the transaction is held; never padded
+                    raise SnapshotError(f"{self.snapshot.source} ended at byte {offset} of {size} while it was copied")
+                if offset == 0 and got >= 20:
+                    want[18:20] = self.version
+                offset += got
+                yield want[:got]
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Ends the read transaction and closes the connection (again: nothing)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            conn.close()
+
+
+def _side_fd(fd: int, suffix: str, before: set[int]) -> int | None:
+    """The one descriptor opened since ``before`` on the file named as ``fd``'s file plus ``suffix``, or None."""
+    try:
+        name = os.readlink(f"/proc/self/fd/{fd}") + suffix
+        numbers = {int(n) for n in os.listdir("/proc/self/fd")} - before
+    except OSError:
+        return None
+    found = []
+    for number in numbers:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{number}") == name:
+                found.append(number)
+    return found[0] if len(found) == 1 else None
+
+
+def snapshot_file(
+    source: str, staged: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
+) -> FileCopy | tuple[Snapshot, bytes]:
+    """A consistent copy of the live database ``source`` read straight from its file (see the comment above); when
+    that is not safe now (a WAL database whose -wal holds frames) or the source is busy, what
+    :func:`snapshot_to_scratch` makes in ``staged`` with the same connection (one more connection to the file from
+    this process could be handed the descriptor this one leaves, which SQLite keeps open while another connection
+    of this process holds a lock on the file: its check of the file opened would fail). The same check of the file
+    SQLite opened (``expect``) as :func:`snapshot`.
+
+    The read transaction is held until the copy's last byte is read: in rollback journal mode writers wait for it
+    (as they wait for a backup API copy), in WAL mode checkpoints do. ``check_integrity`` runs
+    ``PRAGMA integrity_check`` in the same transaction, on the same content.
+    """
+    clock = time.monotonic
+    started = clock()
+    try:
+        before = {int(n) for n in os.listdir("/proc/self/fd")}
+    except OSError:
+        before = set()
+    try:
+        conn, header_mode, fd = _open_checked(source, lock_timeout, expect, any_thread=True)
+    except BaseException as exc:
+        raise _translate(exc, source, "memory", lock_timeout) from exc
+    copy = _file_copy(conn, fd, before, source, check_integrity, started, clock) if before else None
+    if copy is not None:
+        return copy
+    with contextlib.suppress(sqlite3.Error):
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+    return snapshot_to_scratch(
+        source,
+        staged,
+        lock_timeout=lock_timeout,
+        check_integrity=check_integrity,
+        expect=expect,
+        opened=(conn, header_mode),
+    )
+
+
+def _file_copy(
+    conn: sqlite3.Connection,
+    fd: int,
+    before: set[int],
+    source: str,
+    check_integrity: bool,
+    started: float,
+    clock: Callable[[], float],
+) -> FileCopy | None:
+    """:func:`snapshot_file`'s copy from the file, its read transaction begun, or None when that is not safe now."""
+    copy: FileCopy | None = None
+    try:
+        # Pages SQLite reads (the schema, integrity_check) are not mapped: they would count in this process's memory.
+        conn.execute("PRAGMA mmap_size = 0")
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction holds from here
+        wal = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        header = os.pread(fd, 100, 0)
+        in_header = int.from_bytes(header[16:18], "big") if len(header) == 100 else 0
+        if (
+            len(header) < 100
+            or not header.startswith(SQLITE_HEADER)
+            or (65536 if in_header == 1 else in_header) != page_size
+            or (header[18] == 2 and header[19] == 2) != wal
+            or pages < 1
+            or os.fstat(fd).st_size < pages * page_size
+        ):
+            return None
+        if wal:
+            wal_fd = _side_fd(fd, "-wal", before)
+            if wal_fd is None or os.fstat(wal_fd).st_size != 0:
+                return None
+        integrity = integrity_of(conn) if check_integrity else "not checked"
+        if check_integrity and integrity != "ok":
+            raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
+        mode = "wal" if wal else "rollback"
+        snap = Snapshot(
+            source=source,
+            path="",
+            size=pages * page_size,
+            pages=pages,
+            page_size=page_size,
+            sha256="",
+            journal_mode=mode,
+            method="file",
+            duration=round(clock() - started, 6),
+            attempts=1,
+            integrity=integrity,
+        )
+        copy = FileCopy(conn, fd, snap, journal_version(mode))
+        return copy
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            return None
+        conn.close()
+        raise _translate(exc, source, "memory", 0) from exc
+    except BaseException as exc:
+        conn.close()
+        raise _translate(exc, source, "memory", 0) from exc

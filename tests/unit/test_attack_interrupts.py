@@ -491,7 +491,8 @@ def big_tree(tmp_path: Path) -> Path:
 
 CREATE_KILLS = [
     ("Pump.write", 8, False),  # mid-stream
-    ("snapshot_to_scratch", 1, True),  # a database staged on disk (memory_limit 0)
+    ("snapshot_file", 1, True),  # a database read from its file, its read transaction held (memory_limit 0)
+    ("snapshot_to_scratch", 1, True),  # a database staged on disk (memory_limit 0, reading the file refused)
     ("atomic_write", 1, True),  # the manifest sidecar written, the archive not renamed
     ("os.replace", 3, False),  # everything written, the final rename not done
 ]
@@ -507,10 +508,13 @@ def install_create_kill(where: str, n: int, after: bool, pidfile: Path) -> None:
     codec.Pump.__init__ = init  # type: ignore[method-assign]
     owners: dict[str, tuple[object, str]] = {
         "Pump.write": (codec.Pump, "write"),
+        "snapshot_file": (members, "snapshot_file"),
         "snapshot_to_scratch": (members, "snapshot_to_scratch"),
         "atomic_write": (create_module, "atomic_write"),
         "os.replace": (os, "replace"),
     }
+    if where == "snapshot_to_scratch":
+        members.snapshot_file = lambda *_args, **_kwargs: None  # type: ignore[assignment]
     owner, name = owners[where]
     kill_on_call(owner, name, n, after)
 

@@ -262,7 +262,7 @@ def _archive(
                 continue
             snap: dict[str, object] | None = None
             if entry.kind == "sqlite":
-                got = snapshotter.next()
+                got = snapshotter.next(dirs)
                 if isinstance(got, str):
                     left_out(found, changed, entry, got)
                     continue

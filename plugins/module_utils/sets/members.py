@@ -20,9 +20,11 @@ from .. import safe_fs
 from .._common import MIB, BackupError
 from ..sqlite_snapshot import (
     CannotOpenError,
+    FileCopy,
     NotADatabaseError,
     ReplacedError,
     SnapshotError,
+    snapshot_file,
     snapshot_in_memory,
     snapshot_to_scratch,
 )
@@ -92,14 +94,24 @@ class _Snapped:
     replaced: bool = False
 
 
+@dataclass
+class _Deferred:
+    """A database too large to wait in memory: the writer takes its snapshot when it reaches it (see next())."""
+
+    entry: Entry
+    staged: str
+
+
 class Snapshotter(threading.Thread):
     """Takes the databases' snapshots in archive order, ahead of the writer.
 
     SQLite releases the GIL while it copies, so snapshots are made while the
     writer streams the other files (which come first in the archive). Finished
     snapshots wait in memory up to ``memory_limit`` bytes in all, the one being
-    made included; larger ones wait in a staging file. Each item is a snapshot, the reason a database was
-    left out (a string), or the exception that ends the backup.
+    made included. Larger ones are taken by the writer itself when it reaches them (:meth:`next`): read from the
+    database file under a read transaction held while it is written (:func:`snapshot_file`), which must not start
+    long before, or when that is not safe now copied to a staging file. Each item is a snapshot, the reason a
+    database was left out (a string), or the exception that ends the backup.
     """
 
     def __init__(
@@ -117,7 +129,7 @@ class Snapshotter(threading.Thread):
         self._staging = staging
         self._args = (lock_timeout, integrity_check, memory_limit)
         self._budget = memory_limit
-        self._ready: collections.deque[tuple[_Snapped | str | BaseException, int]] = collections.deque()
+        self._ready: collections.deque[tuple[_Snapped | _Deferred | str | BaseException, int]] = collections.deque()
         self._pending = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -140,10 +152,12 @@ class Snapshotter(threading.Thread):
                     self._cond.wait()
                 if self._stopping:
                     return
-            item: _Snapped | str | BaseException
+            item: _Snapped | _Deferred | str | BaseException
             held = 0
+            staged = os.path.join(self._staging, f"{index}.db")
             try:
-                item = _snapshot_member(entry, dirs, os.path.join(self._staging, f"{index}.db"), *self._args)
+                # A deferred one is taken by the writer (next()): its read transaction must not start long before.
+                item = _snapshot_member(entry, dirs, staged, *self._args) if expected else _Deferred(entry, staged)
                 held = item.held if isinstance(item, _Snapped) else 0
             except BaseException as exc:  # handed to the writer, which raises it
                 item = exc
@@ -154,8 +168,8 @@ class Snapshotter(threading.Thread):
             if isinstance(item, BaseException):
                 return
 
-    def next(self) -> _Snapped | str:
-        """The next database's snapshot, or why it was left out."""
+    def next(self, dirs: Dirs) -> _Snapped | str:
+        """The next database's snapshot, or why it was left out; ``dirs`` are the caller's (for a deferred one)."""
         with self._cond:
             while not self._ready:
                 self._cond.wait()
@@ -164,6 +178,8 @@ class Snapshotter(threading.Thread):
             self._cond.notify_all()
         if isinstance(item, BaseException):
             raise item
+        if isinstance(item, _Deferred):
+            return _snapshot_member(item.entry, dirs, item.staged, *self._args, in_file=True)
         return item
 
     def stop(self) -> None:
@@ -211,14 +227,22 @@ def file_chunks(
 
 
 def _snapshot_member(
-    entry: Entry, dirs: Dirs, staged: str, lock_timeout: float, integrity_check: bool, memory_limit: int
+    entry: Entry,
+    dirs: Dirs,
+    staged: str,
+    lock_timeout: float,
+    integrity_check: bool,
+    memory_limit: int,
+    in_file: bool = False,
 ) -> _Snapped | str:
     """A consistent copy of the database ``entry``, checked to be the file that was scanned.
 
     SQLite opens a database and its ``-wal``/``-shm`` by name, following links, so the file is looked at
     first through its verified directory: it must still be a regular file, its side files must not be links,
     and the file SQLite then holds open must be that same file (device and inode). A file that only looks
-    like a database (its header) is archived as a plain file, with a note.
+    like a database (its header) is archived as a plain file, with a note. ``in_file``: a database too large
+    for memory is read from its file when that is safe now (:func:`snapshot_file`), its read transaction held
+    until its chunks are read: only for a snapshot written right away.
     """
     name = entry.rel[-1]
     try:
@@ -246,11 +270,18 @@ def _snapshot_member(
             size = held = len(data)
         else:
             os.makedirs(os.path.dirname(staged), mode=0o700, exist_ok=True)
-            snap, version = snapshot_to_scratch(
-                entry.path, staged, lock_timeout=lock_timeout, check_integrity=integrity_check, expect=expect
-            )
-            size, held = snap.size, 0
-            chunks = _staged_chunks(staged, version)
+            args = {"lock_timeout": lock_timeout, "check_integrity": integrity_check, "expect": expect}
+            # From the file, or when that is not safe now staged on disk (see snapshot_file).
+            made = snapshot_file(entry.path, staged, **args) if in_file else None  # type: ignore[arg-type]
+            if made is None:
+                made = snapshot_to_scratch(entry.path, staged, **args)  # type: ignore[arg-type]
+            if isinstance(made, FileCopy):
+                snap, size, held = made.snapshot, made.snapshot.size, 0
+                chunks = made.chunks()
+            else:
+                snap, version = made
+                size, held = snap.size, 0
+                chunks = _staged_chunks(staged, version)
     except ReplacedError:
         return "was replaced while it was being copied (not followed)"
     except SnapshotError as exc:
