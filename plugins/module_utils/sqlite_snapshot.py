@@ -596,8 +596,9 @@ def snapshot_to_scratch(
 # The descriptor read is SQLite's own (os.pread, never closed here): closing another descriptor of the file in
 # this process would drop SQLite's POSIX locks on it. The copy is the file's first page_count pages, byte for
 # byte: it differs from what the backup API writes for the same content only in the header's change counter
-# (bytes 24-27), version-valid-for (92-95) and the SQLite version that last wrote it (96-99), which the backup API
-# sets as a fresh database's (1, 1, this process's SQLite), and here are the source's.
+# (bytes 24-27), schema cookie (40-43), version-valid-for (92-95) and the SQLite version that last wrote it
+# (96-99), which the backup API sets as a new database's (1, 1, 1, this process's SQLite), and here are the
+# source's (tests/unit/test_sqlite_file_copy.py). Bytes 18-19 are set as before (the source's journal mode).
 
 
 class FileCopy:
