@@ -67,8 +67,9 @@ def checkpointer(path: str, seed: int, stop: multiprocessing.synchronize.Event) 
     conn.close()
 
 
-def problem(path: Path) -> str:
-    """What is wrong with the copy at ``path`` ("" when it is one consistent point in time)."""
+def problem(path: Path, seen: tuple[int, int] | None = None) -> str:
+    """What is wrong with the copy at ``path`` ("" when it is one consistent point in time, and with ``seen`` the
+    point in time that the read transaction saw: meta.rows and the last log id)."""
     try:
         conn = sqlite3.connect(path, isolation_level=None)
         try:
@@ -77,12 +78,15 @@ def problem(path: Path) -> str:
                 return f"integrity_check: {rows[:3]}"
             total = conn.execute("SELECT sum(bal) FROM acct").fetchone()[0]
             count, recorded = conn.execute("SELECT (SELECT count(*) FROM log), rows FROM meta").fetchone()
+            last = conn.execute("SELECT max(id) FROM log").fetchone()[0]
         finally:
             conn.close()
     except sqlite3.DatabaseError as exc:
         return f"unreadable: {exc}"
     if total != TOTAL or count != recorded:
         return f"not one point in time: sum {total} != {TOTAL} or rows {count} != {recorded}"
+    if seen is not None and (recorded, last) != seen:
+        return f"another point in time than the transaction's: (rows, last id) {(recorded, last)} != {seen}"
     return ""
 
 
@@ -115,14 +119,17 @@ def copies(tmp_path: Path, mode: str, hold: bool, seconds: float) -> tuple[int, 
                 os.unlink(staged)
                 continue
             from_file += 1
+            # What the read transaction sees: the copy must be that point in time, not an older one.
+            conn = made._conn  # type: ignore[union-attr]
+            seen = conn.execute("SELECT rows, (SELECT max(id) FROM log) FROM meta").fetchone()  # type: ignore[union-attr]
             if not hold:
-                made._conn.execute("COMMIT")  # type: ignore[union-attr]  # the bug the control makes on purpose
+                conn.execute("COMMIT")  # type: ignore[union-attr]  # the bug the control makes on purpose
             with open(out, "wb") as handle:
                 for chunk in made.chunks(bytearray(32 * 1024)):
                     handle.write(chunk)
                     time.sleep(0.0005)  # a slow reader: writers and checkpoints go on meanwhile
             assert made.snapshot.size == out.stat().st_size == made.snapshot.pages * made.snapshot.page_size
-            if found := problem(out):
+            if found := problem(out, seen):
                 problems.append(found)
             for name in (out, Path(f"{out}-wal"), Path(f"{out}-shm")):
                 name.unlink(missing_ok=True)
