@@ -678,7 +678,7 @@ def snapshot_file(
         conn, header_mode, fd = _open_checked(source, lock_timeout, expect, any_thread=True)
     except BaseException as exc:
         raise _translate(exc, source, "memory", lock_timeout) from exc
-    copy = _file_copy(conn, fd, before, source, check_integrity, started, clock) if before else None
+    copy = _file_copy(conn, fd, before, source, check_integrity, started + lock_timeout, clock) if before else None
     if copy is not None:
         return copy
     with contextlib.suppress(sqlite3.Error):
@@ -700,10 +700,12 @@ def _file_copy(
     before: set[int],
     source: str,
     check_integrity: bool,
-    started: float,
+    deadline: float,
     clock: Callable[[], float],
 ) -> FileCopy | None:
-    """:func:`snapshot_file`'s copy from the file, its read transaction begun, or None when that is not safe now."""
+    """:func:`snapshot_file`'s copy from the file, its read transaction begun, or None when that is not safe now
+    (or the source was busy, before ``deadline``: a lock held longer fails as the backup API's copy does)."""
+    started = clock()
     copy: FileCopy | None = None
     try:
         # Pages SQLite reads (the schema, integrity_check) are not mapped: they would count in this process's memory.
@@ -748,9 +750,11 @@ def _file_copy(
         copy = FileCopy(conn, fd, snap, journal_version(mode))
         return copy
     except sqlite3.OperationalError as exc:
-        if _is_busy(exc):
+        if _is_busy(exc) and clock() < deadline:
             return None
         conn.close()
+        if _is_busy(exc):
+            raise SnapshotError(f"database {source} stayed locked by another process for too long") from exc
         raise _translate(exc, source, "memory", 0) from exc
     except BaseException as exc:
         conn.close()

@@ -108,10 +108,11 @@ class Snapshotter(threading.Thread):
     SQLite releases the GIL while it copies, so snapshots are made while the
     writer streams the other files (which come first in the archive). Finished
     snapshots wait in memory up to ``memory_limit`` bytes in all, the one being
-    made included. Larger ones are taken by the writer itself when it reaches them (:meth:`next`): read from the
-    database file under a read transaction held while it is written (:func:`snapshot_file`), which must not start
-    long before, or when that is not safe now copied to a staging file. Each item is a snapshot, the reason a
-    database was left out (a string), or the exception that ends the backup.
+    made included. Larger ones (without ``integrity_check``) are taken by the writer itself when it reaches them
+    (:meth:`next`): read from the database file under a read transaction held while it is written
+    (:func:`snapshot_file`), which must not start long before, or when that is not safe now copied to a staging
+    file. Each item is a snapshot, the reason a database was left out (a string), or the exception that ends the
+    backup.
     """
 
     def __init__(
@@ -157,7 +158,10 @@ class Snapshotter(threading.Thread):
             staged = os.path.join(self._staging, f"{index}.db")
             try:
                 # A deferred one is taken by the writer (next()): its read transaction must not start long before.
-                item = _snapshot_member(entry, dirs, staged, *self._args) if expected else _Deferred(entry, staged)
+                # With integrity_check, the staging file's copy is made and checked here, beside the writer: the
+                # check would stop the writer for as long as it takes (a second or more for 200 MiB).
+                deferred = not expected and not self._args[1]
+                item = _Deferred(entry, staged) if deferred else _snapshot_member(entry, dirs, staged, *self._args)
                 held = item.held if isinstance(item, _Snapped) else 0
             except BaseException as exc:  # handed to the writer, which raises it
                 item = exc
