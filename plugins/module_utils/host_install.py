@@ -9,14 +9,12 @@ link."""
 from __future__ import annotations
 
 import io
-import json
 import os
-import re
 import stat
 import zipfile
 from collections.abc import Mapping
 
-from . import cli, safe_fs
+from . import cli, safe_fs, toml_writer
 from ._common import Error, atomic_write, fsync_dir
 
 PACKAGE = "selfhost_dr"
@@ -67,36 +65,14 @@ def zipapp(files: Mapping[str, bytes], interpreter: str = "/usr/bin/python3") ->
     return buffer.getvalue()
 
 
-_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_string(value: str, where: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise Error(f"{where} cannot be written to config.toml: it is not valid Unicode text") from exc
-    # A JSON string is a TOML basic string once DEL is escaped too (json escapes the other control characters).
-    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
 def _toml_value(value: object, where: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise Error(f"{where} cannot be written to config.toml: {value} is not a number")
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value, where)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
-    raise Error(f"{where} cannot be written to config.toml: {type(value).__name__} is not a TOML value")
+    if isinstance(value, Mapping):  # config.toml's tables are one level deep: no inline tables
+        raise Error(f"{where} cannot be written to config.toml: {type(value).__name__} is not a TOML value")
+    return toml_writer.value(value, where, "config.toml")
 
 
 def _key(key: object, where: str) -> str:
-    if not isinstance(key, str) or not _KEY.match(key):
+    if not isinstance(key, str) or not toml_writer.BARE_KEY.match(key):
         raise Error(f"{where}{key!r} cannot be a key of config.toml: use letters, digits, '_' and '-'")
     return key
 
