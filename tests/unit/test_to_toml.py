@@ -127,7 +127,7 @@ def test_insertion_order_is_kept_and_output_is_stable() -> None:
         ({"s": "\ud800"}, r"^s cannot be written to tenement\.toml: it is not valid Unicode text"),
         ({"b": b"bytes"}, r"^b cannot be written to tenement\.toml: bytes is not a TOML value"),
         ({"o": object()}, r"object is not a TOML value"),
-        ({"t": datetime.time(1, 2, tzinfo=datetime.timezone.utc)}, r"no time of day with a time zone"),
+        ({"t": datetime.time(1, 2, tzinfo=datetime.UTC)}, r"no time of day with a time zone"),
         ({"x": {"\ud800": 1}}, r"not valid Unicode text"),
     ],
 )
