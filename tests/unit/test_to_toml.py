@@ -1,18 +1,28 @@
 """selfhost.dr.to_toml and module_utils/toml_writer: what is written reads back with tomllib as exactly what was
-given; what TOML cannot say is refused in one sentence."""
+given; what TOML cannot say is refused in one sentence.
+
+The filter itself is run in a child Python: importing Ansible's controller side (``ansible.errors``) here would
+switch module_utils to controller mode for every later test in this process (module warnings go to the display)."""
 
 from __future__ import annotations
 
 import datetime
+import json
+import subprocess
+import sys
 import tomllib
+from pathlib import Path
 
 import pytest
-from ansible.errors import AnsibleFilterError
 
-from ansible_collections.selfhost.dr.plugins.filter.to_toml import FilterModule
 from ansible_collections.selfhost.dr.plugins.module_utils.toml_writer import TomlError, dumps
 
-to_toml = FilterModule().filters()["to_toml"]
+COLLECTIONS = Path(__file__).resolve().parents[2] / ".cache" / "collections"  # as tests/conftest.py
+
+
+def to_toml(data: object, document: str = "a TOML document") -> str:
+    return dumps(data, document)  # type: ignore[arg-type]
+
 
 HOSTILE = [
     "plain",
@@ -132,7 +142,7 @@ def test_insertion_order_is_kept_and_output_is_stable() -> None:
     ],
 )
 def test_what_toml_cannot_say_is_refused_in_one_sentence(config: dict[object, object], message: str) -> None:
-    with pytest.raises(AnsibleFilterError, match=message) as info:
+    with pytest.raises(TomlError, match=message) as info:
         to_toml(config, "tenement.toml")
     assert "\n" not in str(info.value)
 
@@ -149,7 +159,7 @@ def test_a_document_that_contains_itself_is_refused() -> None:
 
 
 def test_only_a_mapping_is_a_document() -> None:
-    with pytest.raises(AnsibleFilterError, match=r"must be written from a mapping, not list"):
+    with pytest.raises(TomlError, match=r"must be written from a mapping, not list"):
         to_toml(["a"])
 
 
@@ -157,3 +167,41 @@ def test_the_same_object_twice_is_not_a_loop() -> None:
     shared = {"k": "v"}
     config = {"a": shared, "b": shared, "c": [shared, shared]}
     assert tomllib.loads(to_toml(config)) == config
+
+
+_FILTER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from ansible.errors import AnsibleFilterError
+from ansible_collections.selfhost.dr.plugins.filter.to_toml import FilterModule
+to_toml = FilterModule().filters()["to_toml"]
+data = json.loads(sys.stdin.read())
+try:
+    print(json.dumps({"text": to_toml(data["doc"], *data["args"])}))
+except AnsibleFilterError as exc:
+    print(json.dumps({"error": str(exc)}))
+"""
+
+
+def run_filter(doc: object, *args: str) -> dict[str, str]:
+    done = subprocess.run(
+        [sys.executable, "-c", _FILTER, str(COLLECTIONS)],
+        input=json.dumps({"doc": doc, "args": list(args)}),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return dict(json.loads(done.stdout))
+
+
+def test_the_filter_writes_what_tomllib_reads_back() -> None:
+    config = tenement_like()
+    assert tomllib.loads(run_filter(config)["text"]) == config
+
+
+def test_the_filter_refuses_in_one_sentence_as_an_ansible_filter_error() -> None:
+    result = run_filter({"settings": {"tls": {"domain": None}}}, "tenement.toml")
+    assert result == {
+        "error": "settings.tls.domain cannot be written to tenement.toml: TOML has no null (leave the key out instead)"
+    }
