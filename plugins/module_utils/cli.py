@@ -78,11 +78,18 @@ def app_options(config: dict[str, Any]) -> dict[str, object]:
             kind = str(spec[name]["type"])
             if kind == "list":
                 ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            elif kind == "dict":
+                ok = isinstance(value, dict)
             else:
                 ok = isinstance(value, _TYPES[kind]) and not (kind == "float" and isinstance(value, bool))
             choices = spec[name].get("choices")
             if not ok or (choices and value not in choices):  # type: ignore[operator]
-                want = {"list": "a list of strings", "bool": "true or false", "float": "a number"}.get(kind, "a string")
+                want = {
+                    "list": "a list of strings",
+                    "dict": "a table",
+                    "bool": "true or false",
+                    "float": "a number",
+                }.get(kind, "a string")
                 if choices:
                     want = "one of " + ", ".join(str(c) for c in choices)  # type: ignore[attr-defined]
                 raise UsageError(f"[{table}] {key} must be {want}, not {value!r}")
@@ -179,7 +186,7 @@ def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
     if args.check:
         return {"app": name, "mode": mode, "would_write": planned.names, "stops": planned.stops, "files": planned.files}
     done = backup.run(app, planned, options, log)
-    return {"app": name, "mode": mode, "stops": planned.stops, "sets": done.sets}
+    return {"app": name, "mode": mode, "stops": planned.stops, "sets": done.sets, "actions": done.actions}
 
 
 def cmd_verify(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
@@ -224,7 +231,13 @@ def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress)
     if args.check:
         return result
     done = restore.run(app, planned, options, log)
-    result.update(restore_id=done.restore_id, files=done.files, recovered=done.recovered, warning=done.warning)
+    result.update(
+        restore_id=done.restore_id,
+        files=done.files,
+        recovered=done.recovered,
+        warning=done.warning,
+        actions=done.actions,
+    )
     return result
 
 
@@ -331,10 +344,12 @@ def _text(command: str, result: dict[str, Any]) -> str:
             rows.append(f"{entry['name']}  {entry.get('size', 0)} bytes  {state}")
         return "\n".join(rows) or f"no sets in {result['directory']}"
     if command == "backup" and "sets" in result:
-        return "\n".join(f"wrote {s['path']} ({s['files']} files, {s['databases']} databases)" for s in result["sets"])
+        lines = [f"wrote {s['path']} ({s['files']} files, {s['databases']} databases)" for s in result["sets"]]
+        return "\n".join([*lines, *result.get("actions", [])])
     if command == "restore" and "restore_id" in result:
         started = ", ".join(result["started"]) or "nothing else"
-        return f"restored {', '.join(result['targets'])} from {result['path']}; running: {started}"
+        lines = [f"restored {', '.join(result['targets'])} from {result['path']}; running: {started}"]
+        return "\n".join([*lines, *result.get("actions", []), *([result["warning"]] if result.get("warning") else [])])
     if command == "status":
         lines = [f"backup directory {result['directory']}"]
         for app, about in result["apps"].items():

@@ -66,7 +66,7 @@ def zipapp(files: Mapping[str, bytes], interpreter: str = "/usr/bin/python3") ->
 
 
 def _toml_value(value: object, where: str) -> str:
-    if isinstance(value, Mapping):  # config.toml's tables are one level deep: no inline tables
+    if isinstance(value, Mapping):  # config.toml's tables are two levels deep at most: no inline tables
         raise Error(f"{where} cannot be written to config.toml: {type(value).__name__} is not a TOML value")
     return toml_writer.value(value, where, "config.toml")
 
@@ -78,7 +78,8 @@ def _key(key: object, where: str) -> str:
 
 
 def toml(config: Mapping[str, object]) -> str:
-    """``config`` as TOML: top-level values, then one table per mapping (one level deep; None left out)."""
+    """``config`` as TOML: top-level values, then one table per mapping, and one sub-table per mapping in a table
+    (``[tenement.instance_data]``; two levels deep at most; None left out)."""
     lines = ["# Written by selfhost.dr (the roles' dr_* variables); read by selfhost-dr. Edits are overwritten."]
     tables = {k: v for k, v in config.items() if isinstance(v, Mapping)}
     for key, value in config.items():
@@ -86,9 +87,16 @@ def toml(config: Mapping[str, object]) -> str:
             lines.append(f"{_key(key, '')} = {_toml_value(value, key)}")
     for name, table in tables.items():
         lines.append(f"\n[{_key(name, '')}]")
+        subtables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
         for key, value in table.items():
-            if value is not None:
+            if value is not None and key not in subtables:
                 lines.append(f"{_key(key, f'[{name}] ')} = {_toml_value(value, f'{name}.{key}')}")
+        for sub, inner in subtables.items():
+            lines.append(f"\n[{name}.{_key(sub, f'[{name}] ')}]")
+            for key, value in inner.items():
+                if value is not None:
+                    where = f"{name}.{sub}.{key}"
+                    lines.append(f"{_key(key, f'[{name}.{sub}] ')} = {_toml_value(value, where)}")
     return "\n".join(lines) + "\n"
 
 

@@ -544,3 +544,15 @@ def snapshot_to_scratch(
         integrity=integrity,
     )
     return snap, journal_version(mode)
+
+
+def open_checked(source: str, lock_timeout: float, expect: Identity) -> sqlite3.Connection:
+    """A read-write connection to the existing database ``source``, which must be the file ``expect`` (device,
+    inode): the same check as a snapshot's, for the few writes the collection makes to a restored database."""
+    try:
+        conn, _ = _open_source(source, lock_timeout, expect)
+    except SnapshotError:
+        raise
+    except sqlite3.Error as exc:
+        raise SnapshotError(f"cannot open {source}: {exc}") from exc
+    return conn
