@@ -13,6 +13,7 @@ import os
 import sqlite3
 import stat
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "tomo"
 import tomo_fixture
 
 CATEGORIES = list(tomo_schema.CATEGORIES)
+AGENT_WEB1 = tomo_fixture.SOURCE["agents"][0][0]
+AGENT_NAS = tomo_fixture.TARGET["agents"][0][0]
+
+
+def installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str | None) -> None:
+    """This host's Tomo package, as dpkg's status file names it (none when version is None)."""
+    status = tmp_path / "dpkg-status"
+    package = f"Package: tomo\nStatus: install ok installed\nVersion: {version}-1\n" if version else ""
+    status.write_text(f"Package: sqlite3\nStatus: install ok installed\nVersion: 3.40.1-2\n\n{package}")
+    monkeypatch.setattr(tomo_schema, "DPKG_STATUS", str(status))
+
+
+@pytest.fixture(autouse=True)
+def tomo_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target's Tomo is the package 1.2.1 (component_versions holds Tomo's 1.0.0 placeholders)."""
+    installed(tmp_path, monkeypatch, "1.2.1")
 
 
 def db(tmp_path: Path, variant: str, name: str = "", **kwargs: object) -> str:
@@ -59,7 +76,7 @@ USERS = "SELECT id, username, email, password_hash FROM users ORDER BY username"
 def exported(tmp_path: Path) -> str:
     out = tmp_path / "backups"
     out.mkdir()
-    return str(tomo_export.export(db(tmp_path, "source"), str(out))["path"])
+    return str(tomo_export.export(db(tmp_path, "source"), str(out), application_version="1.2.0")["path"])
 
 
 # --- export ------------------------------------------------------------------------------------
@@ -68,7 +85,7 @@ def exported(tmp_path: Path) -> str:
 def test_export_writes_the_guides_document(tmp_path: Path) -> None:
     source = db(tmp_path, "source")
     (tmp_path / "out").mkdir()
-    result = tomo_export.export(source, str(tmp_path / "out"))
+    result = tomo_export.export(source, str(tmp_path / "out"), application_version="1.2.0")
 
     path = Path(result["path"])
     assert tomo_schema.NAME_PATTERN.match(path.name)
@@ -89,7 +106,7 @@ def test_export_writes_the_guides_document(tmp_path: Path) -> None:
     }
     web1 = next(s for s in doc["data"]["servers"] if s["name"] == "web1")
     assert web1["credentials"]["encrypted_data"] == "gAAAAABsrc-web1-key"  # still encrypted, as stored
-    assert web1["agent"]["id"] == "agent-web1-src"
+    assert web1["id"].startswith("server-") and web1["agent"]["id"] == AGENT_WEB1
     assert {u["username"]: u["password_hash"] for u in doc["data"]["users"]}["alice"].startswith("$2b$12$srcAlice")
     # References are natural keys, not ids.
     nginx = next(a for a in doc["data"]["applications"] if a["app_id"] == "nginx")
@@ -102,7 +119,10 @@ def test_export_writes_the_guides_document(tmp_path: Path) -> None:
         ("carol", "ui.theme"),
     }
     text = path.read_text()
-    for secret in ("secret-token", "sess-source", "C-agent-web1-src"):  # sessions, registration codes
+    # Users named outside foreign keys are named by name too.
+    (info,) = doc["data"]["settings"]["system_info"]
+    assert (info["setup_by_username"], info["installation_id"]) == ("admin", tomo_fixture.SOURCE["installation_id"])
+    for secret in ("secret-token", "sess-source", f"C-{AGENT_WEB1}"):  # sessions, csrf tokens, registration codes
         assert secret not in text
     for table in tomo_schema.EXCLUDED_TABLES:
         assert f'"{table}"' not in text
@@ -149,11 +169,12 @@ def _busy_admin(path: str, stop: multiprocessing.synchronize.Event, ready: multi
     i = 0
     while not stop.is_set():
         conn.execute("BEGIN IMMEDIATE")
-        cur = conn.execute("INSERT INTO users (username, password_hash) VALUES (?, 'x')", (f"user{i}",))
+        uid = str(uuid.uuid4())
+        conn.execute("INSERT INTO users (id, username, password_hash) VALUES (?, ?, 'x')", (uid, f"user{i}"))
         conn.execute(
             "INSERT INTO user_settings (user_id, setting_key, setting_value, category)"
             " VALUES (?, 'ui.theme', '1', 'ui')",
-            (cur.lastrowid,),
+            (uid,),
         )
         conn.execute("COMMIT")
         i += 1
@@ -194,9 +215,9 @@ def test_merge_adds_and_updates_and_keeps_the_rest(tmp_path: Path, exported: str
     result = tomo_import.import_document(exported, target, ["servers", "preferences"], "merge")
 
     assert rows(target, SERVERS) == [
-        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
+        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", AGENT_WEB1),
         ("db1", "10.0.0.12", 22, "admin", "password", "gAAAAABsrc-db1-password", None),  # updated from the backup
-        ("old-nas", "10.0.0.30", 22, "root", "password", "gAAAAABtgt-nas-password", "agent-nas-tgt"),  # kept
+        ("old-nas", "10.0.0.30", 22, "root", "password", "gAAAAABtgt-nas-password", AGENT_NAS),  # kept
         ("media", "10.0.0.40", 2222, "media", "key", "gAAAAABsrc-media-key", None),
     ]
     # alice is user 2 in the source and user 3 here: her preferences follow her name.
@@ -226,9 +247,9 @@ def test_skip_duplicates_adds_only_what_has_no_match(tmp_path: Path, exported: s
     result = tomo_import.import_document(exported, target, ["servers", "preferences"], "skip_duplicates")
 
     assert rows(target, SERVERS) == [
-        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
+        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", AGENT_WEB1),
         ("database", "10.0.0.12", 22, "admin", "key", "gAAAAABtgt-database-key", None),  # as it was
-        ("old-nas", "10.0.0.30", 22, "root", "password", "gAAAAABtgt-nas-password", "agent-nas-tgt"),
+        ("old-nas", "10.0.0.30", 22, "root", "password", "gAAAAABtgt-nas-password", AGENT_NAS),
         ("media", "10.0.0.40", 2222, "media", "key", "gAAAAABsrc-media-key", None),
     ]
     assert rows(target, PREFS) == [
@@ -246,7 +267,7 @@ def test_replace_makes_the_category_the_backups(tmp_path: Path, exported: str) -
     result = tomo_import.import_document(exported, target, ["servers", "preferences"], "replace")
 
     assert rows(target, SERVERS) == [
-        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", "agent-web1-src"),
+        ("web1", "10.0.0.11", 22, "root", "key", "gAAAAABsrc-web1-key", AGENT_WEB1),
         ("db1", "10.0.0.12", 22, "admin", "password", "gAAAAABsrc-db1-password", None),
         ("media", "10.0.0.40", 2222, "media", "key", "gAAAAABsrc-media-key", None),
     ]
@@ -264,37 +285,58 @@ def test_replace_makes_the_category_the_backups(tmp_path: Path, exported: str) -
     assert rows(target, "SELECT count(*) FROM users") == [(3,)]  # users not chosen: untouched
 
 
-def test_full_restore_into_an_empty_tomo_reproduces_every_row(tmp_path: Path, exported: str) -> None:
-    source = str(tmp_path / "source.db")
+@pytest.mark.parametrize("schema", tomo_fixture.SCHEMAS)
+def test_full_restore_into_an_empty_tomo_reproduces_every_row(tmp_path: Path, schema: str) -> None:
+    source = db(tmp_path, "source", schema=schema)
+    exported = tomo_export.export(source, str(tmp_path), application_version="1.2.0")["path"]
     empty = str(tmp_path / "empty.db")
     with sqlite3.connect(empty) as conn:
-        conn.executescript((Path(tomo_fixture.HERE) / "schema.sql").read_text())
-        conn.execute("INSERT INTO component_versions (component, version) VALUES ('backend', '1.2.0')")
+        conn.executescript(tomo_fixture.schema_sql(schema))
     tomo_import.import_document(exported, empty, CATEGORIES, "replace")
+    with sqlite3.connect(source) as conn:
+        present = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     for table in tomo_schema.TABLES:
-        sql = f"SELECT * FROM {table.name} ORDER BY 1, 2"  # noqa: S608 - names from tomo_schema.TABLES
-        assert rows(empty, sql) == rows(source, sql), table.name
+        if table.name in present:
+            sql = f"SELECT * FROM {table.name} ORDER BY 1, 2"  # noqa: S608 - names from tomo_schema.TABLES
+            assert rows(empty, sql) == rows(source, sql), table.name
+            assert rows(empty, sql), table.name
 
 
-def test_full_restore_over_another_install_matches_the_source_by_natural_keys(tmp_path: Path, exported: str) -> None:
-    target = db(tmp_path, "target")
+# Ids of the install, and the columns that name its users by id or hold its identity: never the backup's.
+LOCAL = {"id", "setup_by_user_id", "updated_by_user_id", "updated_by", "installation_id"}
+
+
+def _local_aside(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _local_aside(v) for k, v in value.items() if k not in LOCAL}
+    if isinstance(value, list):
+        return [_local_aside(v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("schema", tomo_fixture.SCHEMAS)
+def test_full_restore_over_another_install_matches_the_source_by_natural_keys(tmp_path: Path, schema: str) -> None:
+    source, target = db(tmp_path, "source", schema=schema), db(tmp_path, "target", schema=schema)
+    exported = tomo_export.export(source, str(tmp_path), application_version="1.2.0")["path"]
     result = tomo_import.import_document(exported, target, CATEGORIES, "replace")
+    (tmp_path / "backups").mkdir()
     again = tomo_export.export(target, str(tmp_path / "backups"))
     a = json.loads(Path(exported).read_text())["data"]
     b = json.loads(Path(again["path"]).read_text())["data"]
+    for doc in (a, b):  # Tomo's own trigger sets it to the time of the import
+        del doc["settings"]["system_info"][0]["updated_at"]
 
-    def without_ids(value: object) -> object:
-        if isinstance(value, dict):
-            return {k: without_ids(v) for k, v in value.items() if k != "id"}
-        if isinstance(value, list):
-            return [without_ids(v) for v in value]
-        return value
-
-    # Ids differ between installs (matched rows keep theirs); everything else is the source's.
+    # Ids differ between installs (matched rows keep theirs); everything else is the source's, users named
+    # outside foreign keys included (by this install's ids).
     for category in ("servers", "applications", "settings", "users", "preferences"):
-        assert without_ids(b[category]) == without_ids(a[category]), category
+        assert _local_aside(b[category]) == _local_aside(a[category]), category
     assert b["repositories"] == a["repositories"]  # keyed by their id: the very same rows
+    (info,) = b["settings"]["system_info"]
+    admin = rows(target, "SELECT id FROM users WHERE username = 'admin'")[0][0]
+    assert (info["setup_by_user_id"], info["setup_by_username"]) == (admin, "admin")
+    assert info["installation_id"] == tomo_fixture.TARGET["installation_id"]  # the install's identity stays
     assert result["changed"] is True
+    assert rows(target, "PRAGMA foreign_key_check") == []
 
 
 def test_importing_twice_changes_nothing_the_second_time(tmp_path: Path, exported: str) -> None:
@@ -412,8 +454,8 @@ def test_a_newer_document_format_is_refused(tmp_path: Path, exported: str) -> No
 
 
 def test_a_backup_from_a_newer_tomo_is_refused(tmp_path: Path) -> None:
-    source = db(tmp_path, "source", version="1.3.0")
-    path = tomo_export.export(source, str(tmp_path))["path"]
+    source = db(tmp_path, "source")
+    path = tomo_export.export(source, str(tmp_path), application_version="1.3.0")["path"]
     target = db(tmp_path, "target")  # Tomo 1.2.1
     before = sha(target)
     with pytest.raises(tomo_schema.NewerError) as err:
@@ -492,10 +534,11 @@ def test_a_locked_database_times_out_with_a_sentence(tmp_path: Path, exported: s
     )
 
 
-def test_unknown_version_of_the_target_is_refused_unless_given(tmp_path: Path, exported: str) -> None:
-    target = db(tmp_path, "target")
-    with sqlite3.connect(target) as conn:
-        conn.execute("DELETE FROM component_versions")
+def test_unknown_version_of_the_target_is_refused_unless_given(
+    tmp_path: Path, exported: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = db(tmp_path, "target")  # component_versions says 1.0.0, a placeholder: never read
+    installed(tmp_path, monkeypatch, None)
     with pytest.raises(TomoError, match=r"set application_version to the installed Tomo's version"):
         tomo_import.import_document(exported, target, ["users"], "merge")
     result = tomo_import.import_document(exported, target, ["users"], "merge", application_version="1.2.0")

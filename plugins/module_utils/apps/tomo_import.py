@@ -360,8 +360,12 @@ def apply(conn: sqlite3.Connection, doc: dict[str, Any], categories: Sequence[st
             table, _, parent, _ = next(iter(new))
             raise TomoError(f"the import would leave rows of {table} pointing at missing {parent} rows")
         after = _counts(conn)
-        tomo_audit.put_back(conn, audit_triggers)
-        conn.execute("COMMIT")
+        if any(c.changed for tables in changes.values() for c in tables.values()) or importer.dependents:
+            tomo_audit.put_back(conn, audit_triggers)
+            conn.execute("COMMIT")
+        else:  # nothing to change: not even Tomo's triggers are touched
+            conn.execute("ROLLBACK")
+            tomo_audit.drop_temporary(conn)
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
@@ -464,8 +468,9 @@ def _check_app_version(backup: str | None, target: str | None, path: str) -> Non
         return
     if target is None:
         raise TomoError(
-            f"{path} comes from Tomo {backup}, and the version of this Tomo is unknown (its database has no "
-            "component_versions row): set application_version to the installed Tomo's version"
+            f"{path} comes from Tomo {backup}, and the version of this Tomo is unknown (no tomo package is "
+            "installed here, and component_versions only holds placeholders): set application_version to the "
+            "installed Tomo's version"
         )
     if parse_app_version(backup) > parse_app_version(target):
         raise NewerError(
