@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import tomo_audit
+from . import tomo_audit, tomo_enc
 from .tomo_document import load
 from .tomo_export import _check_categories, _parent_keys, consistent_copy
 from .tomo_schema import (
@@ -395,8 +395,13 @@ def import_document(
     application_version: str | None = None,
     lock_timeout: float = 30.0,
     check: bool = False,
+    password: str | None = None,
 ) -> dict[str, Any]:
     """Import the document at ``path`` into the Tomo database ``database``.
+
+    A path ending in ``.enc`` is Tomo's own encrypted backup, read with
+    ``password`` and imported as the guide's document it amounts to
+    (``tomo_enc``).
 
     ``check=True`` runs the very same import on a private copy of the
     database and throws the copy away: it reports what would change and
@@ -405,7 +410,7 @@ def import_document(
     The document is read and checked whole (``load``) before the database is
     opened: a malformed document fails without the database being touched.
     """
-    doc = load(path)
+    doc = tomo_enc.load_enc(path, password) if tomo_enc.is_enc(path) else load(path)
     if not os.path.exists(database):
         raise TomoError(f"Tomo's database {database} does not exist")
     with consistent_copy(database, lock_timeout) if check else _open_live(database, lock_timeout) as conn:
@@ -431,8 +436,13 @@ def import_document(
             "target_application_version": target_version,
             "categories": list(categories),
             "mode": mode,
+            "source_format": doc.get("_source_format", "document"),
         }
     )
+    if doc.get("_app_configs"):
+        result["note"] = (
+            f"the backup's {doc['_app_configs']} app_configs entries were not imported (no table holds them)"
+        )
     return result
 
 
