@@ -270,3 +270,16 @@ def test_the_version_is_the_callers_or_the_packages_never_component_versions(
     assert tomo_schema.installed_version(str(status)) is None  # removed: not installed
     status.write_text("Package: tomo\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1:1.3.0-2\n")
     assert tomo_schema.installed_version(str(status)) == "1.3.0"
+
+
+def test_what_tomos_triggers_maintain_never_makes_a_second_import_change_anything(tmp_path: Path) -> None:
+    """system_info.updated_at is set by Tomo's trigger on every update: it is never compared, or it always differs."""
+    document, target = pair(tmp_path, "full")
+    doc = json.loads(Path(document).read_text())
+    doc["data"]["settings"]["system_info"][0]["updated_at"] = "2001-01-01 00:00:00"
+    path = tmp_path / "tomo-backup-2026-11-22T03-51-00.json"
+    path.write_text(json.dumps(doc))
+    assert tomo_import.import_document(str(path), target, CATEGORIES, "merge")["changed"] is True
+    before = Path(target).read_bytes()
+    assert tomo_import.import_document(str(path), target, CATEGORIES, "merge")["changed"] is False
+    assert Path(target).read_bytes() == before

@@ -19,6 +19,7 @@ from .tomo_schema import (
     BY_NAME,
     CATEGORIES,
     IDENTITY,
+    MAINTAINED,
     MODES,
     TABLES,
     USER_REFS,
@@ -190,7 +191,8 @@ class _Importer:
                     change.skipped.append(label)
                     continue
                 fixed = set(shape.pk) | ({table.link.column} if table.link else set())
-                fixed |= set(IDENTITY.get(table.name, ())) | set(unresolved)  # the target's stay
+                # The install's identity, what Tomo's triggers maintain and users not here: the target's stay.
+                fixed |= set(IDENTITY.get(table.name, ())) | set(MAINTAINED.get(table.name, ())) | set(unresolved)
                 updates = {c: v for c, v in values.items() if c not in fixed and match.get(c) != v}
                 if not updates:
                     change.unchanged += 1

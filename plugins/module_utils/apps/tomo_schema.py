@@ -212,6 +212,10 @@ USER_REFS = {
 IDENTITY = {"system_info": ("installation_id", "license_type", "license_key", "license_expires_at")}
 
 
+# Columns Tomo's own triggers set on every update (to the time of the update): an update never compares or writes them.
+MAINTAINED = {"system_info": ("updated_at",)}
+
+
 def new_id(table: str) -> str:
     """A fresh id in Tomo's own format for a row of ``table`` whose id is taken here."""
     hex8 = uuid.uuid4().hex[:8]
