@@ -10,7 +10,8 @@ roles write from the same variables.
     selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
     selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
     selfhost-dr status
-    selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] | tomo list
+    selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M]
+        [--password-file F (a .enc)] | tomo list
 
 Every command takes ``--json`` (one result object on stdout) and ``--config PATH``. Exit codes: 0 done;
 1 the operation failed (the sentence is on stderr, or in the JSON's ``error``) and the previous data is as it
@@ -274,15 +275,43 @@ def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
         return dict(tomo_export.export(database, args.output or _dir(config), application_version=version))
     if args.verb == "restore":
         if not args.input:
-            raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document)")
+            raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document or Tomo's .enc backup)")
         categories = args.categories.split(",") if args.categories else list(tomo_schema.CATEGORIES)
         version = str(options.get("tomo_version") or "") or None
+        password = _tomo_password(args.password_file) if args.input.endswith(".enc") else None
         return dict(
             tomo_import.import_document(
-                args.input, database, categories, args.mode, application_version=version, check=args.check
+                args.input,
+                database,
+                categories,
+                args.mode,
+                application_version=version,
+                check=args.check,
+                password=password,
             )
         )
     return {"documents": tomo_document.catalog(args.output or _dir(config))}
+
+
+TOMO_PASSWORD_ENV = "SELFHOST_DR_TOMO_PASSWORD"  # noqa: S105 - the name of the variable, not a password
+
+
+def _tomo_password(password_file: str | None) -> str | None:
+    """The password of Tomo's .enc backup: from --password-file (``-`` for stdin), else $SELFHOST_DR_TOMO_PASSWORD.
+
+    Never from argv, where any user of the host could read it.
+    """
+    if not password_file:
+        return os.environ.get(TOMO_PASSWORD_ENV) or None
+    try:
+        if password_file == "-":  # noqa: S105 - stdin, not a password
+            text = sys.stdin.readline()
+        else:
+            with open(password_file, encoding="utf-8") as handle:
+                text = handle.readline()
+    except OSError as exc:
+        raise UsageError(f"the password file {password_file} cannot be read: {exc.strerror}") from None
+    return text.rstrip("\r\n") or None
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dict[str, object]]] = {
@@ -328,7 +357,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tomo", parents=[common], help="Tomo's JSON document: create, restore, list")
     p.add_argument("verb", choices=["create", "restore", "list"])
     p.add_argument("--output", help="create: the directory to write to; list: the directory to look in")
-    p.add_argument("--input", help="restore: the document")
+    p.add_argument("--input", help="restore: the document, or Tomo's own encrypted backup (.enc)")
+    p.add_argument(
+        "--password-file",
+        help=f"restore of a .enc: a file whose first line is its password, - for stdin (default ${TOMO_PASSWORD_ENV})",
+    )
     p.add_argument("--categories", help="restore: comma-separated categories (default: all)")
     p.add_argument("--mode", default="merge", choices=list(tomo_schema.MODES))
     p.add_argument("--check", action="store_true")

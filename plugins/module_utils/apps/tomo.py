@@ -18,7 +18,7 @@ from .._common import AppError, Log, no_log
 from .base import Application, Facts
 from .service import Service
 from .tomo_export import export
-from .tomo_schema import CATEGORIES, locate_database
+from .tomo_schema import CATEGORIES, installed_version, locate_database
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Settings:
     environment: str = "/etc/tomo/environment"
     known_hosts: str = "/var/lib/tomo/.ssh/known_hosts"
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
-    version: str = ""  # Tomo's version when its database does not record it
+    version: str = ""  # Tomo's version; empty: the installed package's (component_versions holds placeholders)
     settle: float = 2.0  # seconds Tomo must keep running after a start
     lock_timeout: float = 30.0
 
@@ -49,7 +49,7 @@ class Tomo(Application):
         running = self.service.active()
         return Facts(
             app=self.name,
-            version=s.version,
+            version=s.version or installed_version() or "",
             paths=[database, *extras],
             metadata={"database": database, "service": s.service, "service_was_running": running},
             unreachable="" if running else f"{s.service} is not running",
