@@ -112,8 +112,12 @@ def test_a_link_in_place_of_a_data_dir_is_refused_and_nothing_moves(tmp_path: Pa
     first = _instance(tmp_path, "scratch:a")
     (tmp_path / "scratch" / "b").symlink_to("/etc")
     with pytest.raises(AppError, match=r"scratch:b.*symbolic link"):
-        hazards.keep_aside(str(tmp_path), ["scratch:a", "scratch:b"])
+        hazards.keep_aside(str(tmp_path), ["scratch:a", "scratch:b"], must=["scratch:a", "scratch:b"])
     assert (first / "app.db").exists(), "the first was not put back"
+    # Not known to be deleted by tenement: a link is left alone, and the others are kept aside all the same.
+    kept = hazards.keep_aside(str(tmp_path), ["scratch:a", "scratch:b"])
+    assert [k.unit for k in kept] == ["scratch:a"] and (tmp_path / "scratch" / "b").is_symlink()
+    hazards.put_back(kept)
     with pytest.raises(AppError, match=r"storage_persist = false.*symbolic link"):
         hazards.refuse_unkeepable(str(tmp_path), ["scratch:b"], "stopping tenement")
 

@@ -317,36 +317,41 @@ class Tenement(Application):
         hazards.refuse_unkeepable(self.data_dir, self._not_persistent(facts.running), f"stopping {self.settings.unit}")
 
     def stop(self, log: Log = no_log) -> bool:
-        """Stop ``ten serve`` and with it every instance; the data of those that do not persist is kept aside
-        while tenement stops them, and is in place again afterwards."""
+        """Stop ``ten serve`` and with it every instance; the data dirs of the instances are kept aside while tenement
+        stops them (it deletes those of instances spawned with ``storage_persist = false``), and are in place again
+        afterwards."""
         hazards.put_back_all(self.data_dir, log)
+        on_disk: list[str] = []
+        with contextlib.suppress(TenementError):
+            on_disk = [str(u) for u in (self._facts or self.inspect()).details.get("on_disk") or []]  # type: ignore[attr-defined]
         try:
             running: dict[str, Instance] = self.client.instances()
-            fragile = self._not_persistent(sorted(running))
         except TenementError:
-            # The server does not answer: keep aside every instance dir on disk of a service that does not persist.
-            running, fragile = {}, []
-            with contextlib.suppress(TenementError):
-                on_disk = (self._facts or self.inspect()).details.get("on_disk") or []
-                fragile = self._not_persistent([str(u) for u in on_disk])  # type: ignore[attr-defined]
+            running = {}  # the server does not answer: every instance dir on disk is kept aside
         self._weights.update({name: inst.weight for name, inst in running.items()})
-        kept = hazards.keep_aside(self.data_dir, fragile, log)
+        units = sorted(set(running) | set(on_disk))
+        must = self._not_persistent(units)
+        kept = hazards.keep_aside(self.data_dir, units, log, must=must)
         log(f"tenement: stopping {self.settings.unit} (and with it every instance)")
         try:
             return self.service.stop()
         finally:
             self._client = None  # the token may change with a restore
-            problems = hazards.put_back(kept, log)
-            if kept and not problems:
-                self.did(
-                    f"kept the data of {', '.join(k.unit for k in kept)} (storage_persist = false) aside while "
-                    f"{self.settings.unit} stopped: tenement would have deleted it"
-                )
-            for problem in problems:
-                self.did(problem)
+            self._said_kept(kept, must, hazards.put_back(kept, log), f"{self.settings.unit} stopped")
+
+    def _said_kept(self, kept: list[hazards.Kept], must: list[str], problems: list[str], when: str) -> None:
+        fragile = [k.unit for k in kept if k.unit in must]
+        if fragile and not problems:
+            self.did(
+                f"kept the data of {', '.join(fragile)} (storage_persist = false) aside while {when}: "
+                "tenement would have deleted it"
+            )
+        for problem in problems:
+            self.did(problem)
 
     def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
-        hazards.put_back_all(self.data_dir, log)
+        for problem in hazards.put_back_all(self.data_dir, log):
+            self.did(problem)
         log(f"tenement: starting {self.settings.unit}, then {len(units)} instance(s)")
         self.service.start()
         self._wait_listening()
@@ -368,23 +373,44 @@ class Tenement(Application):
         it lists); take the set's routing weights for the instances that did not run here before."""
         metadata = dict(manifest.get("metadata") or {})  # type: ignore[call-overload]
         data_dir = os.path.normpath(str(metadata.get("data_dir") or self.data_dir))
-        for target in targets:
-            database = os.path.join(target, "tenement.db")
-            if os.path.normpath(target).endswith(data_dir) and hazards.clear_instance_state(database, log):
+        for database in _restored_under(data_dir, targets, "tenement.db"):
+            if hazards.clear_instance_state(database, log):
                 self.did("emptied instance_state in the restored tenement.db, so ten serve kills no process")
         weights = metadata.get("weights")
         for unit, weight in weights.items() if isinstance(weights, dict) else ():
-            if isinstance(weight, int):
+            if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
                 self._weights.setdefault(str(unit), weight)
 
     # -- one instance at a time
     def unit_paths(self, unit: str, facts: Facts) -> list[str]:
+        """Where ``unit`` keeps its data: ``{data_dir}/{service}/{id}`` and the paths its service's env builds from
+        ``{id}``, or those ``instance_data`` names. A path that would take in more than this instance's own data
+        (the data dir or above it, the config dir, the TLS certificates, a service's dir) is refused."""
         service, _ = parse_instance(unit)
         services: dict[str, dict[str, object]] = facts.details.get("services") or {}  # type: ignore[assignment]
         templates = self.settings.instance_data.get(service) or data_templates(dict(services.get(service) or {}))
+        shared = {
+            self.data_dir: "the data dir",
+            self.settings.config_dir: "the config dir",
+            os.path.join(self.data_dir, "acme"): "the TLS certificates",
+            str(facts.details.get("tls_cache_dir") or ""): "the TLS certificates",
+            **{os.path.join(self.data_dir, name): f"the dir of service {name}" for name in services},
+        }
         paths: list[str] = []
         for template in templates:
-            path = expand(str(template), self.data_dir, unit)
+            text = str(template)
+            if "{id}" not in text.rstrip("/").rsplit("/", 1)[-1] or "/../" in f"{text}/" or "/./" in f"{text}/":
+                raise TenementError(
+                    f"the data path {text!r} of service {service} must end in a part holding {{id}}, with no '.' "
+                    "or '..' parts, so that it names one instance's data"
+                )
+            path = expand(text, self.data_dir, unit)
+            for other, what in shared.items():
+                if other and _under(other, [path]):
+                    raise TenementError(
+                        f"the data path {path} of instance {unit} would take in {what} ({other}), not only the "
+                        "instance's own data; name its data in tenement_instance_data"
+                    )
             if not _under(path, paths):
                 paths = [p for p in paths if not _under(p, [path])] + [path]
         return paths
@@ -396,20 +422,16 @@ class Tenement(Application):
         running = self.client.instances()
         if unit not in running:
             return
+        for problem in hazards.put_back_all(self.data_dir, log):
+            self.did(problem)
         self._weights[unit] = running[unit].weight
-        kept = hazards.keep_aside(self.data_dir, self._not_persistent([unit]), log)
+        must = self._not_persistent([unit])
+        kept = hazards.keep_aside(self.data_dir, [unit], log, must=must)
         log(f"tenement: stopping instance {unit}")
         try:
             self.client.stop(unit)
         finally:
-            problems = hazards.put_back(kept, log)
-            if kept and not problems:
-                self.did(
-                    f"kept the data of {unit} (storage_persist = false) aside while it stopped: "
-                    "tenement would have deleted it"
-                )
-            for problem in problems:
-                self.did(problem)
+            self._said_kept(kept, must, hazards.put_back(kept, log), "it stopped")
 
     def start_unit(self, unit: str, timeout: float, log: Log = no_log) -> None:
         if unit not in self.client.instances():
@@ -440,6 +462,23 @@ class Tenement(Application):
             log=log,
             **create_args,  # type: ignore[arg-type]
         )
+
+
+def _restored_under(original: str, targets: list[str], name: str) -> list[str]:
+    """Where ``original/name`` is after a restore to ``targets``: under the target that is ``original`` or one of its
+    parents (the restore may have put everything under another root: a target ends with the original path)."""
+    found = []
+    for target in targets:
+        target = os.path.normpath(target)
+        parent = original
+        while True:
+            if target == parent or (parent != "/" and target.endswith(parent)):
+                found.append(os.path.join(target, os.path.relpath(original, parent), name))
+                break
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
+    return [os.path.normpath(f) for f in found]
 
 
 def _under(path: str, parents: Sequence[str]) -> bool:

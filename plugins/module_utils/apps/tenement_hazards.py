@@ -24,6 +24,7 @@ import errno
 import os
 import sqlite3
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .. import safe_fs
@@ -91,14 +92,21 @@ def refuse_unkeepable(data_dir: str, units: list[str], doing: str) -> None:
             )
 
 
-def keep_aside(data_dir: str, units: list[str], log: Log = no_log) -> list[Kept]:
+def keep_aside(data_dir: str, units: list[str], log: Log = no_log, must: Iterable[str] = ()) -> list[Kept]:
     """Rename the data dir of each of ``units`` aside, so that tenement finds nothing to delete when it stops them.
-    All or nothing: on failure the ones already renamed are put back, and one sentence says why."""
+
+    tenement decides with the ``storage_persist`` an instance was *spawned* with, which tenement.toml may no
+    longer say (the role writes the new config, then restarts): so every instance's dir is kept aside, and only for
+    those of ``must`` (known not to persist) is one that cannot be kept aside an error; the others are left where
+    they are. All or nothing: on failure the ones already renamed are put back, and one sentence says why."""
     kept: list[Kept] = []
+    required = set(must)
     try:
         for unit in units:
             path = instance_dir(data_dir, unit)
             problem = why_not_keepable(data_dir, unit)
+            if problem and unit not in required:
+                continue
             if problem:
                 raise AppError(
                     f"the data of {unit} (storage_persist = false) cannot be kept aside while tenement stops it: "
@@ -109,12 +117,15 @@ def keep_aside(data_dir: str, units: list[str], log: Log = no_log) -> list[Kept]
             try:
                 os.rename(path, _aside(path))
             except OSError as exc:
+                if unit not in required:
+                    continue
                 raise AppError(
                     f"the data of {unit} (storage_persist = false) cannot be kept aside while tenement stops it: "
                     f"renaming {path} failed: {exc.strerror}"
                 ) from exc
             kept.append(Kept(unit, path, _aside(path)))
-            log(f"tenement: {unit} does not persist its data; {path} kept aside while it stops")
+            if unit in required:
+                log(f"tenement: {unit} does not persist its data; {path} kept aside while it stops")
     except BaseException:
         put_back(kept)
         raise
@@ -203,14 +214,26 @@ def clear_instance_state(database: str, log: Log = no_log) -> int:
     except SnapshotError as exc:
         raise AppError(f"cannot clear the instance state of {database}: {exc}") from exc
     try:
-        has = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'instance_state'").fetchone()
-        if not has:
+        # tenement makes a plain table; a view, a trigger or a second spelling of it could keep rows for ten serve.
+        odd = conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE (lower(name) = 'instance_state' AND type != 'table') "
+            "OR (type = 'trigger' AND lower(tbl_name) = 'instance_state')"
+        ).fetchone()
+        if odd:
+            raise AppError(
+                f"cannot clear the instance state of {database}: it has a {odd[0]} {odd[1]!r} on instance_state, "
+                "which tenement never makes"
+            )
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE lower(name) = 'instance_state'").fetchone():
             return 0
         removed = conn.execute("DELETE FROM instance_state").rowcount
+        left = int(conn.execute("SELECT count(*) FROM instance_state").fetchone()[0])
     except sqlite3.Error as exc:
         raise AppError(f"cannot clear the instance state of {database}: {exc}") from exc
     finally:
         conn.close()
+    if left:
+        raise AppError(f"cannot clear the instance state of {database}: {left} row(s) are still there")
     if removed:
         log(
             f"tenement: emptied instance_state in {database} ({removed} row(s)): ten serve would otherwise kill "
