@@ -57,7 +57,18 @@ options:
     elements: str
     default: []
   tenement_acme:
-    description: Archive the ACME certificates (C({data_dir}/acme)).
+    description:
+      - Archive the TLS certificates tenement keeps (C([settings.tls] cache_dir), else C({data_dir}/acme)).
     type: bool
     default: true
+  tenement_instance_data:
+    description:
+      - "Per service, where its instances keep their data, as path templates with tenement's placeholders
+        C({data_dir}), C({name}) (the service) and C({id}), for example C({api: [{data_dir}/{id}]})."
+      - A service not named here keeps its data in C({data_dir}/{name}/{id}) and in every path of its
+        C([service.NAME.env]) built from C({id}) (cut after the part holding C({id})), as upstream's examples
+        (C(DATA_DIR = "{data_dir}/{id}")) do.
+      - Used by per-instance backups and restores; a per-instance backup that would hold nothing is refused.
+    type: dict
+    default: {}
 """

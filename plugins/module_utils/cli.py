@@ -10,7 +10,8 @@ roles write from the same variables.
     selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
     selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
     selfhost-dr status
-    selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] | tomo list
+    selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M]
+        [--password-file F (a .enc)] | tomo list
 
 Every command takes ``--json`` (one result object on stdout) and ``--config PATH``. Exit codes: 0 done;
 1 the operation failed (the sentence is on stderr, or in the JSON's ``error``) and the previous data is as it
@@ -78,11 +79,18 @@ def app_options(config: dict[str, Any]) -> dict[str, object]:
             kind = str(spec[name]["type"])
             if kind == "list":
                 ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            elif kind == "dict":
+                ok = isinstance(value, dict)
             else:
                 ok = isinstance(value, _TYPES[kind]) and not (kind == "float" and isinstance(value, bool))
             choices = spec[name].get("choices")
             if not ok or (choices and value not in choices):  # type: ignore[operator]
-                want = {"list": "a list of strings", "bool": "true or false", "float": "a number"}.get(kind, "a string")
+                want = {
+                    "list": "a list of strings",
+                    "dict": "a table",
+                    "bool": "true or false",
+                    "float": "a number",
+                }.get(kind, "a string")
                 if choices:
                     want = "one of " + ", ".join(str(c) for c in choices)  # type: ignore[attr-defined]
                 raise UsageError(f"[{table}] {key} must be {want}, not {value!r}")
@@ -179,7 +187,7 @@ def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
     if args.check:
         return {"app": name, "mode": mode, "would_write": planned.names, "stops": planned.stops, "files": planned.files}
     done = backup.run(app, planned, options, log)
-    return {"app": name, "mode": mode, "stops": planned.stops, "sets": done.sets}
+    return {"app": name, "mode": mode, "stops": planned.stops, "sets": done.sets, "actions": done.actions}
 
 
 def cmd_verify(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
@@ -224,7 +232,13 @@ def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress)
     if args.check:
         return result
     done = restore.run(app, planned, options, log)
-    result.update(restore_id=done.restore_id, files=done.files, recovered=done.recovered, warning=done.warning)
+    result.update(
+        restore_id=done.restore_id,
+        files=done.files,
+        recovered=done.recovered,
+        warning=done.warning,
+        actions=done.actions,
+    )
     return result
 
 
@@ -261,15 +275,43 @@ def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
         return dict(tomo_export.export(database, args.output or _dir(config), application_version=version))
     if args.verb == "restore":
         if not args.input:
-            raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document)")
+            raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document or Tomo's .enc backup)")
         categories = args.categories.split(",") if args.categories else list(tomo_schema.CATEGORIES)
         version = str(options.get("tomo_version") or "") or None
+        password = _tomo_password(args.password_file) if args.input.endswith(".enc") else None
         return dict(
             tomo_import.import_document(
-                args.input, database, categories, args.mode, application_version=version, check=args.check
+                args.input,
+                database,
+                categories,
+                args.mode,
+                application_version=version,
+                check=args.check,
+                password=password,
             )
         )
     return {"documents": tomo_document.catalog(args.output or _dir(config))}
+
+
+TOMO_PASSWORD_ENV = "SELFHOST_DR_TOMO_PASSWORD"  # noqa: S105 - the name of the variable, not a password
+
+
+def _tomo_password(password_file: str | None) -> str | None:
+    """The password of Tomo's .enc backup: from --password-file (``-`` for stdin), else $SELFHOST_DR_TOMO_PASSWORD.
+
+    Never from argv, where any user of the host could read it.
+    """
+    if not password_file:
+        return os.environ.get(TOMO_PASSWORD_ENV) or None
+    try:
+        if password_file == "-":  # noqa: S105 - stdin, not a password
+            text = sys.stdin.readline()
+        else:
+            with open(password_file, encoding="utf-8") as handle:
+                text = handle.readline()
+    except OSError as exc:
+        raise UsageError(f"the password file {password_file} cannot be read: {exc.strerror}") from None
+    return text.rstrip("\r\n") or None
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dict[str, object]]] = {
@@ -315,7 +357,11 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tomo", parents=[common], help="Tomo's JSON document: create, restore, list")
     p.add_argument("verb", choices=["create", "restore", "list"])
     p.add_argument("--output", help="create: the directory to write to; list: the directory to look in")
-    p.add_argument("--input", help="restore: the document")
+    p.add_argument("--input", help="restore: the document, or Tomo's own encrypted backup (.enc)")
+    p.add_argument(
+        "--password-file",
+        help=f"restore of a .enc: a file whose first line is its password, - for stdin (default ${TOMO_PASSWORD_ENV})",
+    )
     p.add_argument("--categories", help="restore: comma-separated categories (default: all)")
     p.add_argument("--mode", default="merge", choices=list(tomo_schema.MODES))
     p.add_argument("--check", action="store_true")
@@ -331,10 +377,12 @@ def _text(command: str, result: dict[str, Any]) -> str:
             rows.append(f"{entry['name']}  {entry.get('size', 0)} bytes  {state}")
         return "\n".join(rows) or f"no sets in {result['directory']}"
     if command == "backup" and "sets" in result:
-        return "\n".join(f"wrote {s['path']} ({s['files']} files, {s['databases']} databases)" for s in result["sets"])
+        lines = [f"wrote {s['path']} ({s['files']} files, {s['databases']} databases)" for s in result["sets"]]
+        return "\n".join([*lines, *result.get("actions", [])])
     if command == "restore" and "restore_id" in result:
         started = ", ".join(result["started"]) or "nothing else"
-        return f"restored {', '.join(result['targets'])} from {result['path']}; running: {started}"
+        lines = [f"restored {', '.join(result['targets'])} from {result['path']}; running: {started}"]
+        return "\n".join([*lines, *result.get("actions", []), *([result["warning"]] if result.get("warning") else [])])
     if command == "status":
         lines = [f"backup directory {result['directory']}"]
         for app, about in result["apps"].items():

@@ -9,14 +9,12 @@ link."""
 from __future__ import annotations
 
 import io
-import json
 import os
-import re
 import stat
 import zipfile
 from collections.abc import Mapping
 
-from . import cli, safe_fs
+from . import cli, safe_fs, toml_writer
 from ._common import Error, atomic_write, fsync_dir
 
 PACKAGE = "selfhost_dr"
@@ -67,42 +65,21 @@ def zipapp(files: Mapping[str, bytes], interpreter: str = "/usr/bin/python3") ->
     return buffer.getvalue()
 
 
-_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_string(value: str, where: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise Error(f"{where} cannot be written to config.toml: it is not valid Unicode text") from exc
-    # A JSON string is a TOML basic string once DEL is escaped too (json escapes the other control characters).
-    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
 def _toml_value(value: object, where: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise Error(f"{where} cannot be written to config.toml: {value} is not a number")
-        return repr(value)
-    if isinstance(value, str):
-        return _toml_string(value, where)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v, where) for v in value) + "]"
-    raise Error(f"{where} cannot be written to config.toml: {type(value).__name__} is not a TOML value")
+    if isinstance(value, Mapping):  # config.toml's tables are two levels deep at most: no inline tables
+        raise Error(f"{where} cannot be written to config.toml: {type(value).__name__} is not a TOML value")
+    return toml_writer.value(value, where, "config.toml")
 
 
 def _key(key: object, where: str) -> str:
-    if not isinstance(key, str) or not _KEY.match(key):
+    if not isinstance(key, str) or not toml_writer.BARE_KEY.match(key):
         raise Error(f"{where}{key!r} cannot be a key of config.toml: use letters, digits, '_' and '-'")
     return key
 
 
 def toml(config: Mapping[str, object]) -> str:
-    """``config`` as TOML: top-level values, then one table per mapping (one level deep; None left out)."""
+    """``config`` as TOML: top-level values, then one table per mapping, and one sub-table per mapping in a table
+    (``[tenement.instance_data]``; two levels deep at most; None left out)."""
     lines = ["# Written by selfhost.dr (the roles' dr_* variables); read by selfhost-dr. Edits are overwritten."]
     tables = {k: v for k, v in config.items() if isinstance(v, Mapping)}
     for key, value in config.items():
@@ -110,9 +87,16 @@ def toml(config: Mapping[str, object]) -> str:
             lines.append(f"{_key(key, '')} = {_toml_value(value, key)}")
     for name, table in tables.items():
         lines.append(f"\n[{_key(name, '')}]")
+        subtables = {k: v for k, v in table.items() if isinstance(v, Mapping)}
         for key, value in table.items():
-            if value is not None:
+            if value is not None and key not in subtables:
                 lines.append(f"{_key(key, f'[{name}] ')} = {_toml_value(value, f'{name}.{key}')}")
+        for sub, inner in subtables.items():
+            lines.append(f"\n[{name}.{_key(sub, f'[{name}] ')}]")
+            for key, value in inner.items():
+                if value is not None:
+                    where = f"{name}.{sub}.{key}"
+                    lines.append(f"{_key(key, f'[{name}.{sub}] ')} = {_toml_value(value, where)}")
     return "\n".join(lines) + "\n"
 
 

@@ -713,6 +713,10 @@ def _file_copy(
         conn.execute("BEGIN")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction holds from here
         wal = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+        if not wal:
+            # Safe too (the SHARED lock keeps writers out), but writers would wait for the whole stream, a few
+            # times longer than for the backup API's copy: rollback-journal databases keep that copy.
+            return None
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
         header = os.pread(fd, 100, 0)
@@ -759,3 +763,15 @@ def _file_copy(
     except BaseException as exc:
         conn.close()
         raise _translate(exc, source, "memory", 0) from exc
+
+
+def open_checked(source: str, lock_timeout: float, expect: Identity) -> sqlite3.Connection:
+    """A read-write connection to the existing database ``source``, which must be the file ``expect`` (device,
+    inode): the same check as a snapshot's, for the few writes the collection makes to a restored database."""
+    try:
+        conn, _ = _open_source(source, lock_timeout, expect)
+    except SnapshotError:
+        raise
+    except sqlite3.Error as exc:
+        raise SnapshotError(f"cannot open {source}: {exc}") from exc
+    return conn

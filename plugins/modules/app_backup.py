@@ -129,6 +129,13 @@ document:
   description: Tomo's JSON document written beside the set (path, counts, versions); empty for tenement.
   returned: success
   type: dict
+actions:
+  description:
+    - What the application did beyond the plain procedure, in sentences (tenement, cold backup
+      - the data of instances with C(storage_persist = false) kept aside while C(ten serve) stopped).
+  returned: success
+  type: list
+  elements: str
 running:
   description: The units (tenement instances) that ran, and run again afterwards.
   returned: always
@@ -190,7 +197,7 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"the backup failed: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
-    module.exit_json(sets=done.sets, document=done.document, **common)
+    module.exit_json(sets=done.sets, document=done.document, actions=done.actions, **common)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,18 @@ metadata:
   description: The application's facts recorded in the set.
   returned: always
   type: dict
+actions:
+  description:
+    - What the application did beyond the plain procedure, in sentences (tenement - C(instance_state) emptied in
+      the restored C(tenement.db); the data of instances with C(storage_persist = false) kept aside while
+      C(ten serve) stopped).
+  returned: not in check mode
+  type: list
+  elements: str
+warning:
+  description: Set when the restore stands but dropping its safety copies did not finish (the next run does).
+  returned: not in check mode
+  type: str
 recovered:
   description: Restores of this host that were interrupted and are now finished or undone.
   returned: not in check mode
@@ -165,7 +177,16 @@ def main() -> None:
         module.fail_json(msg=str(exc))
     except OSError as exc:
         module.fail_json(msg=f"the restore failed: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
-    module.exit_json(restore_id=done.restore_id, files=done.files, recovered=done.recovered, **common)
+    if done.warning:
+        module.warn(done.warning)
+    module.exit_json(
+        restore_id=done.restore_id,
+        files=done.files,
+        recovered=done.recovered,
+        actions=done.actions,
+        warning=done.warning,
+        **common,
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ description:
   - Brings the instance O(name) of a tenement server to O(state), and waits until it answers its health check.
   - Asks the server which instances run (C(GET /api/instances)) and acts with the C(ten) CLI only when the
     state differs, so running it twice changes nothing the second time.
-  - Speaks whichever C(spawn) syntax the installed C(ten) accepts (C(svc:id), or C(svc --id id) of older versions).
+  - For an instance whose service sets C(storage_persist = false), tenement 0.2.2 deletes the data dir when it stops
+    the instance; V(stopped) and V(restarted) rename the data dir aside while tenement stops it and back afterwards,
+    so that nothing is lost (C(tenement.toml) in O(tenement_config_dir) says which services do not persist).
+  - A restart sets the instance's routing weight back (a spawn resets it to 100).
   - The API token reaches C(ten) in its environment, never on its command line.
 author:
   - selfhost.dr developers
@@ -36,9 +39,8 @@ options:
   state:
     description:
       - V(running) spawns the instance when it does not run.
-      - V(stopped) stops it when it runs. Careful, tenement deletes the data dir of an instance whose
-        service has C(storage_persist = false) when it stops.
-      - V(restarted) restarts it when it runs and spawns it when it does not.
+      - V(stopped) stops it when it runs; its data stays, also when its service does not persist it.
+      - V(restarted) stops and spawns it again when it runs, and spawns it when it does not.
     type: str
     choices: [running, stopped, restarted]
     default: running
@@ -53,6 +55,10 @@ options:
     description: Seconds to wait for health before failing.
     type: int
     default: 60
+  tenement_config_dir:
+    description: The directory holding C(tenement.toml), read for the services' C(storage_persist).
+    type: path
+    default: /etc/tenement
 extends_documentation_fragment:
   - selfhost.dr.tenement
 notes:
@@ -96,13 +102,18 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import TENEMENT_CLIENT_SPEC, ten_command
+from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import (
+    TENEMENT_CLIENT_SPEC,
+    TENEMENT_SERVICE_SPEC,
+    application,
+    ten_command,
+)
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement import Tenement
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import (
     DEFAULT_DATA_DIR,
-    TenementClient,
     TenementError,
     parse_instance,
-    read_token,
 )
 
 
@@ -113,6 +124,7 @@ def main() -> None:
             state=dict(type="str", default="running", choices=["running", "stopped", "restarted"]),
             token=dict(type="str", no_log=True),
             **TENEMENT_CLIENT_SPEC,
+            tenement_config_dir=TENEMENT_SERVICE_SPEC["tenement_config_dir"],
             wait=dict(type="bool", default=True),
             timeout=dict(type="int", default=60),
         ),
@@ -125,35 +137,36 @@ def main() -> None:
         if not os.path.exists(ten_bin):
             raise TenementError("the tenement command 'ten' is not installed on this host (set tenement_ten_bin)")
         data_dir = p["tenement_data_dir"] or DEFAULT_DATA_DIR
-        token = p["token"] or read_token(data_dir)
-        client = TenementClient(ten_bin, server=p["tenement_server"], token=token, data_dir=data_dir)
+        app = application("tenement", {**p, "tenement_ten_bin": ten_bin, "tenement_data_dir": data_dir})
+        assert isinstance(app, Tenement)  # noqa: S101 - application("tenement") is one
+        client = app.client
+        if p["token"]:
+            client.token = p["token"]
         before = client.instances().get(name)
         previous = "running" if before else "stopped"
         want = p["state"]
         changed = (want == "running" and not before) or (want == "stopped" and before) or want == "restarted"
-        result: dict[str, object] = dict(changed=bool(changed), previous_state=previous, instance={})
+        result: dict[str, object] = dict(changed=bool(changed), previous_state=previous, instance={}, actions=[])
         if module.check_mode:
             result["instance"] = before.to_dict() if before else {}
             module.exit_json(**result)
+        if want in ("stopped", "restarted") and before:
+            app.stop_unit(name, module.log)  # the data of an instance that does not persist is kept
         if want == "stopped":
-            if before:
-                client.stop(name)
+            result["actions"] = app.actions()
             module.exit_json(**result)
-        if want == "running" and not before:
-            client.spawn(name)
-        elif want == "restarted":
-            if before:
-                client.restart(name)
-            else:
-                client.spawn(name)
         if p["wait"]:
-            now = client.wait_healthy(name, timeout=p["timeout"])
-            result["health"] = now.health
+            app.start_unit(name, p["timeout"], module.log)
+            now = client.instances().get(name)
+            result["health"] = "healthy"
         else:
+            if name not in client.instances():
+                client.spawn(name)
             now = client.instances().get(name) or before
         result["instance"] = now.to_dict() if now else {}
+        result["actions"] = app.actions()
         module.exit_json(**result)
-    except TenementError as exc:
+    except Error as exc:
         module.fail_json(msg=str(exc))
 
 

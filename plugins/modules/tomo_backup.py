@@ -14,7 +14,13 @@ description:
     entry per category). O(state=imported) puts a document's categories back into a Tomo database.
   - "The categories and their tables: C(servers) (C(servers), C(server_credentials), C(agents)), C(applications)
     (C(installed_apps)), C(settings) (C(system_settings), C(retention_settings), C(system_info)), C(users) (C(users),
-    with their password hashes), C(preferences) (C(user_settings)), C(repositories) (C(marketplace_repos))."
+    with their password hashes), C(preferences) (C(user_settings)), C(repositories) (C(marketplace_repos), each with
+    its C(marketplace_apps))."
+  - "Tomo's own encrypted backup (a C(.enc) file made by Tomo's backup feature: a 16-byte salt and a Fernet token whose
+    key is PBKDF2-SHA256, 480000 iterations, of a password) is imported too, given O(password): a way from Tomo's
+    backup to the guide's. It holds users (without password hashes), servers (without credentials) and settings
+    only; a user new to this Tomo cannot be added from it and is reported. Decrypting it needs the Python package
+    C(cryptography) on the host (C(python3-cryptography) on Debian); only this path needs it."
   - Sessions, CSRF tokens, account locks, rate limits, logs, metrics, notifications, the settings audit and agent
     registration codes are never exported.
   - Server credentials stay encrypted as Tomo stored them. They can only be decrypted with the C(TOMO_MASTER_PASSWORD)
@@ -30,6 +36,14 @@ description:
     users by C(username); preferences by user name and C(setting_key); repositories by C(id). References
     (C(installed_apps.server_id), C(server_credentials.server_id), C(user_settings.user_id)) are written as the natural
     key of the row they point to and mapped to this install's ids on import.
+  - Users named outside foreign keys (C(system_info.setup_by_user_id), C(retention_settings.updated_by_user_id),
+    C(system_settings.updated_by)) are written with the user's name too and pointed at this install's user of that
+    name; when there is none, an existing row keeps its own value and a new one gets null. A user removed by
+    V(replace) is named nowhere any more. An install's identity (C(system_info.installation_id) and the license) is
+    never changed by an import; only a restore of the whole set carries it.
+  - Tomo's audit triggers on C(system_settings) and C(user_settings) (whose DELETE variant fails on a NOT NULL column)
+    are set aside during the import, which records each change in C(settings_audit) itself, as made by
+    C(selfhost.dr) and by no person; Tomo's triggers are back when the import commits.
   - An import is one SQLite transaction with Tomo's foreign keys enforced; it is applied whole or not at all.
   - A document is hostile input until checked, and all of it is checked before the database is opened. O(src) must be
     a regular file (not a symbolic link, which is never followed, nor a FIFO or a device) of at most 16 MiB, read with
@@ -39,7 +53,9 @@ description:
   - A document whose format is newer than this module knows, or that comes from a newer Tomo than the one imported
     into, is refused. Older documents are migrated forward; columns an older Tomo did not have take this Tomo's
     defaults, and columns this Tomo no longer has are left out (and reported).
-  - Tables that one of the two Tomo versions does not have are reported, not an error.
+  - Tables that one of the two Tomo versions does not have are reported, not an error. A Tomo with only its start-up
+    tables (no settings tables, no marketplace) is a Tomo too.
+  - Removing a repository (V(replace)) removes its apps and their ratings first, as Tomo does.
 author:
   - selfhost.dr developers
 attributes:
@@ -77,7 +93,13 @@ options:
     description:
       - The document to import (O(state=imported)).
       - A regular file of at most 16 MiB; a symbolic link is refused, not followed.
+      - A name ending in C(.enc) is Tomo's own encrypted backup, read with O(password).
     type: path
+  password:
+    description:
+      - The password of Tomo's encrypted backup, when O(src) is a C(.enc) file.
+      - A wrong one fails with one sentence, and nothing is changed.
+    type: str
   categories:
     description:
       - The categories to export or import. All of them by default; a list of some is a selective restore.
@@ -101,8 +123,9 @@ options:
   application_version:
     description:
       - The version of the Tomo the database belongs to.
-      - Read from the database's C(component_versions) table when not set. An import refuses a document from a newer
-        Tomo; when the version cannot be read, it must be set.
+      - When not set, the version of the installed C(tomo) package (dpkg). Never the database's C(component_versions),
+        which holds placeholders. An import refuses a document from a newer Tomo; when the version is unknown, it must
+        be set.
     type: str
   lock_timeout:
     description: Seconds to wait for a lock that Tomo holds on the database before giving up.
@@ -147,6 +170,13 @@ EXAMPLES = r"""
     state: imported
     src: "{{ export.path }}"
     mode: replace
+
+- name: Move from Tomo's own encrypted backup to this collection's (users, servers, settings)
+  selfhost.dr.tomo_backup:
+    state: imported
+    src: /var/lib/tomo/backups/tomo-2026-11-01.enc
+    password: "{{ vault_tomo_backup_password }}"
+    mode: merge
 
 - name: Merge the preferences of another install; users are matched by name
   selfhost.dr.tomo_backup:
@@ -240,6 +270,15 @@ target_application_version:
   returned: when O(state=imported)
   type: str
   sample: 1.2.1
+source_format:
+  description: V(document) for the guide's JSON document, V(tomo-enc) for Tomo's own encrypted backup.
+  returned: when O(state=imported)
+  type: str
+  sample: document
+note:
+  description: What the import left out of the backup as a whole (Tomo's C(app_configs) of a C(.enc) file).
+  returned: when there is something to say
+  type: str
 rows_before:
   description: Rows per table before the import.
   returned: when O(state=imported)
@@ -261,8 +300,12 @@ from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema impor
     locate_database,
 )
 
-SIGNS = (("added", "+"), ("updated", "~"), ("removed", "-"), ("skipped", "="), ("orphaned", "="))
-WHY = {"orphaned": " (its server or user is not in this Tomo)", "skipped": " (kept as it is)"}
+SIGNS = (("added", "+"), ("updated", "~"), ("removed", "-"), ("skipped", "="), ("orphaned", "="), ("incomplete", "="))
+WHY = {
+    "orphaned": " (its server or user is not in this Tomo)",
+    "skipped": " (kept as it is)",
+    "incomplete": " (new here, and the backup lacks a column it needs)",
+}
 
 
 def _diff(changes: dict) -> str:
@@ -288,6 +331,7 @@ def main() -> None:
             mode=dict(type="str", choices=list(MODES), default="merge"),
             application_version=dict(type="str"),
             lock_timeout=dict(type="float", default=30),
+            password=dict(type="str", no_log=True),
         ),
         required_if=[("state", "exported", ["dest"]), ("state", "imported", ["src"])],
         supports_check_mode=True,
@@ -313,6 +357,7 @@ def main() -> None:
             application_version=p["application_version"],
             lock_timeout=p["lock_timeout"],
             check=module.check_mode,
+            password=p["password"],
         )
     except TomoError as exc:
         module.fail_json(msg=str(exc))

@@ -93,7 +93,7 @@ def test_an_instance_that_does_not_persist_is_never_stopped(not_persisting: Serv
     pid = stats(client, "demo:alpha")["pid"]
     done = backup_instance(client, "demo:alpha", str(live.data_dir), str(tmp_path), storage_persist=False)
     assert not done.stopped and done.downtime == 0
-    assert "does not set storage_persist" in done.hot_reason
+    assert "sets storage_persist = false" in done.hot_reason
     assert stats(client, "demo:alpha")["pid"] == pid
     assert (live.data_dir / "demo" / "alpha" / "app.db").exists()
     assert verify(done.created.path).ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,14 @@ def test_a_failed_restore_puts_the_previous_state_back(tmp_path: Path, free_port
         "tenement_server_wheel": wheel,
         "tenement_server_port": free_port,
     }
-    done = run_playbook(PLAYBOOK, variables)
+    try:
+        done = run_playbook(PLAYBOOK, variables)
+    finally:
+        # Whatever the playbook did, the ten serve it started (and its instances, on ports from 30000) stops here,
+        # or every later tenement test of the run fails on a taken port.
+        pidfile = str(variables["tenement_server_pidfile"])
+        stop = ["start-stop-daemon", "--stop", "--retry", "TERM/10/KILL/5", "--remove-pidfile", "--pidfile", pidfile]
+        subprocess.run(stop, check=False, capture_output=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     result = json.loads((tmp_path / "result.json").read_text())
     assert "the previous config and data are back and tenement runs them again" in result["failure"], result

@@ -26,7 +26,6 @@ def client_for(live: LiveTenement, token: str | None = None) -> TenementClient:
 
 def test_spawn_health_list_stop(live: LiveTenement) -> None:
     client = client_for(live)
-    assert client.syntax() == "colon"
     assert client.version() == "0.2.2"
     assert client.instances() == {}
 

@@ -42,6 +42,9 @@ def assert_untouched(tmp_path: Path) -> None:
         ({"tenement_server_instances": ["api:one"]}, 'tenement_server_instances: "api:one" must be'),
         ({"tenement_server_wheel": "/nonexistent/tenement-0.2.2-py3-none-any.whl"}, "tenement_server_wheel"),
         ({"tenement_server_version": "latest"}, "tenement_server_version must be a version"),
+        ({"tenement_server_settings": {"data_dir": "/srv"}}, "tenement_server_settings must be a dict"),
+        ({"tenement_server_settings": {"tls": "on"}}, "tenement_server_settings must be a dict"),
+        ({"tenement_server_routing": ["demo"]}, "argument 'tenement_server_routing' is of type list"),
     ],
 )
 def test_bad_input_fails_before_anything_changes(tmp_path: Path, overrides: dict[str, object], message: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from .ansible_run import run_module
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures" / "tomo"))
+import tomo_enc_file
 import tomo_fixture
 
 
@@ -24,14 +25,13 @@ def test_export_list_check_diff_import(tmp_path: Path) -> None:
     tomo_fixture.create(str(target), "target")
     backups.mkdir()
 
-    planned = run_module(
-        "tomo_backup", {"state": "exported", "database": str(source), "dest": str(backups)}, check=True
-    )
+    export = {"state": "exported", "database": str(source), "dest": str(backups), "application_version": "1.2.0"}
+    planned = run_module("tomo_backup", export, check=True)
     assert planned["changed"] is True and not planned.get("failed"), planned
     assert planned["counts"]["servers"] == 3
     assert list(backups.iterdir()) == []
 
-    made = run_module("tomo_backup", {"state": "exported", "database": str(source), "dest": str(backups)})
+    made = run_module("tomo_backup", export)
     assert made["changed"] is True and not made.get("failed"), made
     doc = Path(made["path"])
     assert json.loads(doc.read_text())["data"]["users"][0]["username"] == "admin"
@@ -43,6 +43,7 @@ def test_export_list_check_diff_import(tmp_path: Path) -> None:
     assert listed["latest"]["application_version"] == "1.2.0"
 
     args = {"state": "imported", "database": str(target), "src": str(doc), "categories": ["servers"], "mode": "replace"}
+    args["application_version"] = "1.2.1"  # no tomo package on this host to read it from
     before = sha(target)
     checked = run_module("tomo_backup", args, check=True, diff=True)
     assert checked["changed"] is True and not checked.get("failed"), checked
@@ -84,3 +85,20 @@ def test_failures_are_one_sentence(tmp_path: Path) -> None:
         "tomo_backup", {"state": "exported", "database": str(tmp_path / "no.db"), "dest": str(tmp_path)}
     )
     assert missing["msg"] == f"Tomo's database {tmp_path / 'no.db'} does not exist"
+
+
+def test_import_of_tomos_encrypted_backup_keeps_the_password_out_of_the_result(tmp_path: Path) -> None:
+    source, target = tmp_path / "source.db", tmp_path / "target.db"
+    tomo_fixture.create(str(source), "source")
+    tomo_fixture.create(str(target), "target", schema="startup")
+    password = "Tomo-backup-passphrase-5c1e"
+    enc = tomo_enc_file.write(str(tmp_path / "tomo-backup.enc"), str(source), password)
+    args = {"state": "imported", "database": str(target), "src": enc, "password": password}
+    args["application_version"] = "1.2.1"
+    done = run_module("tomo_backup", args, diff=True)
+    assert done["changed"] is True and done["source_format"] == "tomo-enc", done
+    assert password not in json.dumps(done)
+    assert "= users/users: carol (new here, and the backup lacks a column it needs)" in done["diff"]["prepared"]
+    wrong = run_module("tomo_backup", {**args, "password": "not-it"})
+    assert wrong["msg"] == f"{enc} cannot be decrypted: the password is wrong, or the file was changed"
+    assert "not-it" not in json.dumps(wrong)

@@ -48,6 +48,7 @@ def run(tmp_path: Path, config: str, *args: str, capsys: pytest.CaptureFixture[s
         ('[retention]\nkeep_daily = "seven"\n', ["prune"], "the [retention] rules of the configuration are not valid"),
         ("[retention]\n", ["prune"], "the configuration has no [retention] rules"),
         ("tenement = 3\n", ["restore"], "[tenement] of the configuration must be a table"),
+        ('[tenement]\ninstance_data = "x"\n', ["restore"], "[tenement] instance_data must be a table, not 'x'"),
         ("app = [\n", ["status"], "cannot be read"),
         ("", ["backup", "--instance", "a:b"], "use it with --mode instances"),
         ("", ["restore", "--mode", "x"], "unrecognized arguments: --mode"),
@@ -77,7 +78,11 @@ def test_status_of_a_host_with_nothing_yet(tmp_path: Path, capsys: pytest.Captur
     "value", ["plain", 'quote " and \\ backslash', "new\nline\ttab", "\x01\x7f", "emoji \U0001f600", "é", ""]
 )
 def test_config_toml_reads_back_what_was_written(value: str) -> None:
-    config = {"app": value, "tenement": {"start_command": [value, "x"], "acme": False, "n": 1.5}, "empty": {}}
+    config = {
+        "app": value,
+        "tenement": {"start_command": [value, "x"], "acme": False, "n": 1.5, "instance_data": {"api": [value]}},
+        "empty": {},
+    }
     assert tomllib.loads(toml(config)) == config
 
 

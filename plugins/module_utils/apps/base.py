@@ -5,6 +5,8 @@ procedure, post-restore fix-ups and the health check. One subclass per applicati
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,19 @@ class Facts:
     details: dict[str, object] = field(default_factory=dict)
 
 
+def nothing_to_archive(word: str, unit: str, trees: list[str]) -> str:
+    """Why a backup of one unit would hold nothing ("" when one of its ``trees`` holds something)."""
+    for tree in trees:
+        if os.path.isdir(tree) and not os.path.islink(tree):
+            with contextlib.suppress(OSError), os.scandir(tree) as entries:
+                if any(True for _ in entries):
+                    return ""
+    return (
+        f"a backup of {word} {unit} would hold nothing: {', '.join(trees)} "
+        f"{'is' if len(trees) == 1 else 'are'} missing or empty"
+    )
+
+
 class Application:
     """The procedures' view of one application. Methods raise :class:`AppError` with one sentence."""
 
@@ -41,6 +56,14 @@ class Application:
 
     def inspect(self) -> Facts:
         raise NotImplementedError
+
+    def did(self, sentence: str) -> None:
+        """Say in the operation's result something the application did beyond the plain procedure."""
+        self.__dict__.setdefault("_done", []).append(sentence)
+
+    def actions(self) -> list[str]:
+        """What :meth:`did` said, in order, since the application was built."""
+        return list(self.__dict__.get("_done", []))
 
     def refuse_backup(self, mode: str, facts: Facts) -> None:
         """Raise for a backup this mode cannot make now (before anything is stopped)."""
@@ -84,6 +107,10 @@ class Application:
     # -- units (tenement instances): restored and backed up one at a time, the others keep running
     def unit_paths(self, unit: str, facts: Facts) -> list[str]:
         raise AppError(f"{self.name} has no {self.unit_word}s to restore one at a time")
+
+    def elsewhere(self, unit: str) -> str:
+        """How to name where a unit's data is, when it was not found ("; ..." or "")."""
+        return ""
 
     def stop_unit(self, unit: str, log: Log = no_log) -> None:
         raise AppError(f"{self.name} has no {self.unit_word}s")

@@ -13,6 +13,7 @@ from .._common import AppError
 from .base import Application
 from .tenement import Settings as TenementSettings
 from .tenement import Tenement
+from .tenement_client import check_name
 from .tomo import Settings as TomoSettings
 from .tomo import Tomo
 from .tomo_schema import CATEGORIES
@@ -32,6 +33,7 @@ TENEMENT_SERVICE_SPEC: dict[str, dict[str, object]] = {
     "tenement_pidfile": {"type": "path", "default": "/run/tenement.pid"},
     "tenement_start_command": {"type": "list", "elements": "str", "default": []},
     "tenement_acme": {"type": "bool", "default": True},
+    "tenement_instance_data": {"type": "dict", "default": {}},
 }
 TENEMENT_SPEC = {**TENEMENT_CLIENT_SPEC, **TENEMENT_SERVICE_SPEC}
 TOMO_SPEC: dict[str, dict[str, object]] = {
@@ -61,6 +63,20 @@ def ten_command(given: object = None) -> str:
     return shutil.which("ten") or shutil.which("ten", path="/usr/local/bin") or "/usr/local/bin/ten"
 
 
+def instance_data(value: object) -> dict[str, list[str]]:
+    """``tenement_instance_data``: per service, the path templates of its instances' data."""
+    if not isinstance(value, Mapping):
+        raise AppError(f"tenement_instance_data must map service names to lists of paths, not {value!r}")
+    found: dict[str, list[str]] = {}
+    for service, paths in value.items():
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or not paths:
+            raise AppError(f"tenement_instance_data for service {service} must be a list of paths, not {paths!r}")
+        found[str(check_name("service", service))] = list(paths)
+    return found
+
+
 def _default(spec: dict[str, dict[str, object]], key: str) -> object:
     value = spec[key].get("default")
     return list(value) if isinstance(value, list) else value
@@ -86,6 +102,7 @@ def application(name: str, options: Mapping[str, object]) -> Application:
                 pidfile=str(get(t, "tenement_pidfile")),
                 start_command=[str(a) for a in get(t, "tenement_start_command")],  # type: ignore[attr-defined]
                 acme=bool(get(t, "tenement_acme")),
+                instance_data=instance_data(get(t, "tenement_instance_data")),
             )
         )
     if name == "tomo":

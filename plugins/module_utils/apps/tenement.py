@@ -10,6 +10,7 @@ before a restore) and spawned again, each waited for until its health check pass
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .._common import Log, no_log
+from . import tenement_hazards as hazards
 from .base import Application, Facts
 from .service import Service
 from .tenement_client import (
@@ -29,7 +31,7 @@ from .tenement_client import (
     parse_instance,
     read_token,
 )
-from .tenement_instance import InstanceBackup, backup_instance
+from .tenement_instance import ELSEWHERE, InstanceBackup, backup_instance
 
 # -- what is on a host ------------------------------------------------------
 
@@ -67,8 +69,8 @@ def resolve_data_dir(config: dict[str, object], config_path: str, override: str 
 
 
 def services_of(config: dict[str, object]) -> dict[str, dict[str, object]]:
-    """Each ``[service.NAME]`` with its ``storage_persist`` (false when not set: the safe reading, since
-    ``ten stop`` deletes the data of a service that does not persist)."""
+    """Each ``[service.NAME]`` as tenement 0.2.2 reads it: ``storage_persist`` true and ``isolation``
+    ``namespace`` when not set (``config.rs`` defaults), and its ``env`` (for where an instance's data is)."""
     table = config.get("service")
     if not isinstance(table, dict):
         return {}
@@ -76,14 +78,60 @@ def services_of(config: dict[str, object]) -> dict[str, dict[str, object]]:
     for name, svc in sorted(table.items()):
         if not isinstance(svc, dict):
             continue
+        env = svc.get("env")
         services[name] = {
             "command": svc.get("command", ""),
             "health": svc.get("health", ""),
-            "isolation": svc.get("isolation", ""),
-            "storage_persist": svc.get("storage_persist") is True,
+            "isolation": svc.get("isolation", "namespace"),
+            "storage_persist": svc.get("storage_persist", True) is not False,
             "storage_persist_set": "storage_persist" in svc,
+            "env": {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {},
         }
     return services
+
+
+def data_templates(service: dict[str, object]) -> list[str]:
+    """Where an instance of ``service`` keeps data, as tenement path templates: ``{data_dir}/{name}/{id}`` (the dir
+    tenement makes) and every path in its ``env`` built from ``{id}`` (upstream examples set
+    ``DATA_DIR = "{data_dir}/{id}"``), cut after the part that names the instance."""
+    found = ["{data_dir}/{name}/{id}"]
+    env = service.get("env")
+    for value in (env or {}).values() if isinstance(env, dict) else ():
+        text = str(value)
+        start = text.find("{data_dir}")
+        if start < 0:
+            start = 0 if text.startswith("/") else -1
+        if start < 0 or "{id}" not in text[start:]:
+            continue
+        parts = text[start:].split("/")
+        cut = next(i for i, part in enumerate(parts) if "{id}" in part)
+        template = "/".join(parts[: cut + 1])
+        if template not in found:
+            found.append(template)
+    return found
+
+
+def expand(template: str, data_dir: str, unit: str) -> str:
+    """A path template with tenement's placeholders ``{data_dir}``, ``{name}`` and ``{id}`` filled in."""
+    service, ident = parse_instance(unit)
+    path = template.replace("{data_dir}", data_dir).replace("{name}", service).replace("{id}", ident)
+    if "{" in path or not os.path.isabs(path):
+        raise TenementError(
+            f"the data path {template!r} of service {service} must be absolute and use only "
+            "{data_dir}, {name} and {id}"
+        )
+    return os.path.normpath(path)
+
+
+def tls_cache_dir(config: dict[str, object], config_path: str, data_dir: str) -> str:
+    """Where tenement keeps its TLS certificates: ``[settings.tls] cache_dir`` (relative to the config's
+    directory), else ``{data_dir}/acme``."""
+    settings = config.get("settings")
+    tls = settings.get("tls") if isinstance(settings, dict) else None
+    cache = tls.get("cache_dir") if isinstance(tls, dict) else None
+    if not cache:
+        return os.path.join(data_dir, "acme")
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), str(cache)))
 
 
 def instances_on_disk(data_dir: str, services: Sequence[str]) -> list[str]:
@@ -129,6 +177,8 @@ def describe_host(
         version = None
     on_disk = instances_on_disk(resolved, list(services))
     return {
+        "tls_cache_dir": tls_cache_dir(config, config_path, resolved),
+        "weights": {name: inst.weight for name, inst in sorted(running.items())},
         "config_path": os.path.abspath(config_path),
         "config_dir": os.path.dirname(os.path.abspath(config_path)),
         "config_sha256": config_sha256,
@@ -149,8 +199,9 @@ def describe_host(
     }
 
 
-# Never archived: sockets, and what tenement 0.2.2 does not write but instances may (logs, metrics).
-EXCLUDES = ("*.sock", "*.log", "*/logs", "*/metrics")
+# Never archived: sockets. (tenement 0.2.2 writes no log or metrics files: instance logs are rows of tenement.db,
+# and whatever else is in an instance's dir is its data.)
+EXCLUDES = ("*.sock",)
 
 
 @dataclass
@@ -165,8 +216,11 @@ class Settings:
     unit: str = "tenement"
     pidfile: str = "/run/tenement.pid"
     start_command: list[str] = field(default_factory=list)
-    acme: bool = True  # archive {data_dir}/acme (the TLS certificates)
+    acme: bool = True  # archive the TLS certificates ({data_dir}/acme, or [settings.tls] cache_dir)
     start_timeout: float = 30.0
+    # Per service, where its instances keep data (templates with {data_dir}, {name}, {id}); else found from
+    # tenement.toml (data_templates).
+    instance_data: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def config_path(self) -> str:
@@ -183,6 +237,9 @@ class Tenement(Application):
         self.settings = settings
         self._client: TenementClient | None = None
         self._service: Service | None = None
+        self._facts: Facts | None = None
+        # Routing weights (in tenement's memory only, reset to 100 by a spawn): read before a stop, set back after.
+        self._weights: dict[str, int] = {}
 
     # -- facts
     def inspect(self) -> Facts:
@@ -190,32 +247,60 @@ class Tenement(Application):
         host = describe_host(s.config_path, s.data_dir, s.server, s.ten_bin)
         data_dir = str(host["data_dir"])
         self.settings.data_dir = data_dir
-        excludes = [*EXCLUDES, *([] if s.acme else [os.path.join(data_dir, "acme")])]
+        tls = str(host["tls_cache_dir"])
+        paths = [s.config_dir, data_dir]
+        if s.acme and not _under(tls, paths) and os.path.isdir(tls):
+            paths.append(tls)
+        excludes = [*EXCLUDES, *([] if s.acme else [tls])]
         reachable = bool(host["reachable"])
-        return Facts(
+        services: dict[str, dict[str, object]] = host["services"]  # type: ignore[assignment]
+        running = list(host["running"])  # type: ignore[call-overload]
+        facts = Facts(
             app=self.name,
             version=str(host["version"] or ""),
-            paths=[s.config_dir, data_dir],
+            paths=paths,
             excludes=excludes,
             metadata={
                 "running": host["running"],
+                "weights": host["weights"],
                 "config_sha256": host["config_sha256"],
                 "tenement_version": host["version"],
                 "config_dir": s.config_dir,
                 "data_dir": data_dir,
-                "services": host["services"],
+                "services": {name: {k: v for k, v in svc.items() if k != "env"} for name, svc in services.items()},
+                "not_persistent": [u for u in running if not self._persists(u, services)],
             },
-            running=list(host["running"]),  # type: ignore[call-overload]
+            running=running,
             unreachable="" if reachable else f"the tenement server {s.server} does not answer ({host['server_error']})",
             details=host,
         )
+        self._facts = facts
+        return facts
+
+    @staticmethod
+    def _persists(unit: str, services: dict[str, dict[str, object]]) -> bool:
+        return bool(dict(services.get(unit.split(":", 1)[0]) or {}).get("storage_persist", True))
+
+    def _not_persistent(self, units: list[str]) -> list[str]:
+        """Those of ``units`` whose service does not persist their data: all of them when tenement.toml cannot be
+        read (keeping a dir aside across a stop is harmless for one that persists)."""
+        try:
+            facts = self._facts or self.inspect()
+        except TenementError:
+            return list(units)
+        services: dict[str, dict[str, object]] = facts.details.get("services") or {}  # type: ignore[assignment]
+        return [u for u in units if not self._persists(u, services)]
+
+    @property
+    def data_dir(self) -> str:
+        return self.settings.data_dir or DEFAULT_DATA_DIR
 
     @property
     def client(self) -> TenementClient:
         if self._client is None:
             s = self.settings
-            data_dir = s.data_dir or DEFAULT_DATA_DIR
-            self._client = TenementClient(s.ten_bin, server=s.server, token=read_token(data_dir), data_dir=data_dir)
+            token = read_token(self.data_dir)
+            self._client = TenementClient(s.ten_bin, server=s.server, token=token, data_dir=self.data_dir)
         return self._client
 
     @property
@@ -228,15 +313,45 @@ class Tenement(Application):
     # -- the whole server
     def check_can_restart(self) -> None:
         _ = self.service  # a plain process with no pidfile or start command is refused here
+        facts = self._facts or self.inspect()
+        hazards.refuse_unkeepable(self.data_dir, self._not_persistent(facts.running), f"stopping {self.settings.unit}")
 
     def stop(self, log: Log = no_log) -> bool:
+        """Stop ``ten serve`` and with it every instance; the data dirs of the instances are kept aside while tenement
+        stops them (it deletes those of instances spawned with ``storage_persist = false``), and are in place again
+        afterwards."""
+        hazards.put_back_all(self.data_dir, log)
+        on_disk: list[str] = []
+        with contextlib.suppress(TenementError):
+            on_disk = [str(u) for u in (self._facts or self.inspect()).details.get("on_disk") or []]  # type: ignore[attr-defined]
+        try:
+            running: dict[str, Instance] = self.client.instances()
+        except TenementError:
+            running = {}  # the server does not answer: every instance dir on disk is kept aside
+        self._weights.update({name: inst.weight for name, inst in running.items()})
+        units = sorted(set(running) | set(on_disk))
+        must = self._not_persistent(units)
+        kept = hazards.keep_aside(self.data_dir, units, log, must=must)
         log(f"tenement: stopping {self.settings.unit} (and with it every instance)")
         try:
             return self.service.stop()
         finally:
             self._client = None  # the token may change with a restore
+            self._said_kept(kept, must, hazards.put_back(kept, log), f"{self.settings.unit} stopped")
+
+    def _said_kept(self, kept: list[hazards.Kept], must: list[str], problems: list[str], when: str) -> None:
+        fragile = [k.unit for k in kept if k.unit in must]
+        if fragile and not problems:
+            self.did(
+                f"kept the data of {', '.join(fragile)} (storage_persist = false) aside while {when}: "
+                "tenement would have deleted it"
+            )
+        for problem in problems:
+            self.did(problem)
 
     def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
+        for problem in hazards.put_back_all(self.data_dir, log):
+            self.did(problem)
         log(f"tenement: starting {self.settings.unit}, then {len(units)} instance(s)")
         self.service.start()
         self._wait_listening()
@@ -253,35 +368,119 @@ class Tenement(Application):
                 )
             time.sleep(0.2)
 
+    def fix_up(self, manifest: dict[str, object], targets: list[str], log: Log = no_log) -> None:
+        """Empty the restored ``tenement.db``'s ``instance_state`` (or ``ten serve`` kills whatever holds the pids
+        it lists); take the set's routing weights for the instances that did not run here before."""
+        metadata = dict(manifest.get("metadata") or {})  # type: ignore[call-overload]
+        data_dir = os.path.normpath(str(metadata.get("data_dir") or self.data_dir))
+        for database in _restored_under(data_dir, targets, "tenement.db"):
+            if hazards.clear_instance_state(database, log):
+                self.did("emptied instance_state in the restored tenement.db, so ten serve kills no process")
+        weights = metadata.get("weights")
+        for unit, weight in weights.items() if isinstance(weights, dict) else ():
+            if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
+                self._weights.setdefault(str(unit), weight)
+
     # -- one instance at a time
     def unit_paths(self, unit: str, facts: Facts) -> list[str]:
-        service, ident = parse_instance(unit)
-        return [os.path.join(self.settings.data_dir or DEFAULT_DATA_DIR, service, ident)]
+        """Where ``unit`` keeps its data: ``{data_dir}/{service}/{id}`` and the paths its service's env builds from
+        ``{id}``, or those ``instance_data`` names. A path that would take in more than this instance's own data
+        (the data dir or above it, the config dir, the TLS certificates, a service's dir) is refused."""
+        service, _ = parse_instance(unit)
+        services: dict[str, dict[str, object]] = facts.details.get("services") or {}  # type: ignore[assignment]
+        templates = self.settings.instance_data.get(service) or data_templates(dict(services.get(service) or {}))
+        shared = {
+            self.data_dir: "the data dir",
+            self.settings.config_dir: "the config dir",
+            os.path.join(self.data_dir, "acme"): "the TLS certificates",
+            str(facts.details.get("tls_cache_dir") or ""): "the TLS certificates",
+            **{os.path.join(self.data_dir, name): f"the dir of service {name}" for name in services},
+        }
+        paths: list[str] = []
+        for template in templates:
+            text = str(template)
+            if "{id}" not in text.rstrip("/").rsplit("/", 1)[-1] or "/../" in f"{text}/" or "/./" in f"{text}/":
+                raise TenementError(
+                    f"the data path {text!r} of service {service} must end in a part holding {{id}}, with no '.' "
+                    "or '..' parts, so that it names one instance's data"
+                )
+            path = expand(text, self.data_dir, unit)
+            for other, what in shared.items():
+                if other and _under(other, [path]):
+                    raise TenementError(
+                        f"the data path {path} of instance {unit} would take in {what} ({other}), not only the "
+                        "instance's own data; name its data in tenement_instance_data"
+                    )
+            if not _under(path, paths):
+                paths = [p for p in paths if not _under(p, [path])] + [path]
+        return paths
+
+    def elsewhere(self, unit: str) -> str:
+        return "; " + ELSEWHERE.format(service=unit.split(":", 1)[0])
 
     def stop_unit(self, unit: str, log: Log = no_log) -> None:
-        if unit in self.client.instances():
-            log(f"tenement: stopping instance {unit}")
+        running = self.client.instances()
+        if unit not in running:
+            return
+        for problem in hazards.put_back_all(self.data_dir, log):
+            self.did(problem)
+        self._weights[unit] = running[unit].weight
+        must = self._not_persistent([unit])
+        kept = hazards.keep_aside(self.data_dir, [unit], log, must=must)
+        log(f"tenement: stopping instance {unit}")
+        try:
             self.client.stop(unit)
+        finally:
+            self._said_kept(kept, must, hazards.put_back(kept, log), "it stopped")
 
     def start_unit(self, unit: str, timeout: float, log: Log = no_log) -> None:
         if unit not in self.client.instances():
             log(f"tenement: spawning instance {unit}")
             self.client.spawn(unit)
-        self.client.wait_healthy(unit, timeout=timeout, interval=0.2)
+        self.client.wait_healthy(unit, timeout=timeout, interval=0.1)
+        weight = self._weights.get(unit, 100)
+        if weight != 100:
+            self.client.set_weight(unit, weight)
+            log(f"tenement: routing weight of {unit} set back to {weight}")
 
     def backup_unit(
         self, unit: str, facts: Facts, dest: str, health_timeout: float, log: Log, create_args: dict[str, object]
     ) -> InstanceBackup:
-        service, _ = parse_instance(unit)
-        services = facts.metadata.get("services") or {}
-        persist = bool(dict(services.get(service) or {}).get("storage_persist"))  # type: ignore[union-attr]
+        def start() -> None:
+            self.start_unit(unit, health_timeout, log)
+
         return backup_instance(
             self.client,
             unit,
-            self.settings.data_dir or DEFAULT_DATA_DIR,
+            self.data_dir,
             dest,
-            storage_persist=persist,
+            storage_persist=not self._not_persistent([unit]),
+            trees=self.unit_paths(unit, facts),
+            stop=lambda: self.stop_unit(unit, log),
+            start=start,
             health_timeout=health_timeout,
             log=log,
             **create_args,  # type: ignore[arg-type]
         )
+
+
+def _restored_under(original: str, targets: list[str], name: str) -> list[str]:
+    """Where ``original/name`` is after a restore to ``targets``: under the target that is ``original`` or one of its
+    parents (the restore may have put everything under another root: a target ends with the original path)."""
+    found = []
+    for target in targets:
+        target = os.path.normpath(target)
+        parent = original
+        while True:
+            if target == parent or (parent != "/" and target.endswith(parent)):
+                found.append(os.path.join(target, os.path.relpath(original, parent), name))
+                break
+            if parent == "/":
+                break
+            parent = os.path.dirname(parent)
+    return [os.path.normpath(f) for f in found]
+
+
+def _under(path: str, parents: Sequence[str]) -> bool:
+    """Whether ``path`` is one of ``parents`` or inside one."""
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in parents)

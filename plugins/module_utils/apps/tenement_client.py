@@ -68,6 +68,7 @@ class Instance:
     uptime_secs: int
     health: str
     restarts: int
+    weight: int = 100  # routing weight, 0-100: kept in memory by tenement only, reset to 100 by every spawn
 
     @property
     def service(self) -> str:
@@ -97,6 +98,10 @@ def read_token(data_dir: str) -> str | None:
 Runner = Callable[..., "subprocess.CompletedProcess[str]"]
 
 
+def _weight(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 100 else 100
+
+
 class TenementClient:
     """The tenement server of one host, through its HTTP API and the ``ten`` CLI."""
 
@@ -117,11 +122,12 @@ class TenementClient:
         self.data_dir = data_dir
         self.timeout = timeout
         self._run = runner
-        self._syntax: str | None = None
 
     # -- HTTP API ---------------------------------------------------------
-    def _get(self, path: str) -> object:
-        request = urllib.request.Request(self.server + path)  # noqa: S310 - scheme checked in __init__
+    def _get(self, path: str, method: str = "GET", body: bytes | None = None) -> object:
+        request = urllib.request.Request(self.server + path, data=body, method=method)  # noqa: S310 - scheme checked
+        if body is not None:
+            request.add_header("Content-Type", "application/json")
         if self.token:
             request.add_header("Authorization", f"Bearer {self.token}")
         try:
@@ -138,6 +144,14 @@ class TenementClient:
             raise TenementError(
                 f"the tenement server {self.server} sent something that is not JSON for {path}"
             ) from exc
+
+    def set_weight(self, name: str, weight: int) -> None:
+        """Set an instance's routing weight (``PUT /api/instances/{service:id}/weight``)."""
+        service, ident = parse_instance(name)
+        if not 0 <= weight <= 100:
+            raise TenementError(f"the routing weight of {name} must be 0 to 100, not {weight}")
+        body = json.dumps({"weight": weight}).encode()
+        self._get(f"/api/instances/{service}:{ident}/weight", method="PUT", body=body)
 
     def reachable(self) -> bool:
         """True when the server answers HTTP at all (any status)."""
@@ -162,6 +176,7 @@ class TenementClient:
                 uptime_secs=int(item.get("uptime_secs") or 0),
                 health=str(item.get("health", "unknown")),
                 restarts=int(item.get("restarts") or 0),
+                weight=_weight(item.get("weight")),
             )
             found[inst.name] = inst
         return found
@@ -191,18 +206,8 @@ class TenementClient:
         except subprocess.TimeoutExpired as exc:
             raise TenementError(f"'ten {' '.join(args)}' did not finish within {exc.timeout:.0f} s") from exc
 
-    def syntax(self) -> str:
-        """``colon`` (``ten spawn svc:id``, 0.2.x) or ``id-flag`` (``ten spawn svc --id id``, older)."""
-        if self._syntax is None:
-            out = self._ten(["spawn", "--help"])
-            text = out.stdout + out.stderr
-            self._syntax = "id-flag" if re.search(r"(^|\s)--id\b", text) else "colon"
-        return self._syntax
-
     def _instance_args(self, verb: str, name: str) -> list[str]:
         service, ident = parse_instance(name)
-        if self.syntax() == "id-flag":
-            return [verb, service, "--id", ident]
         return [verb, f"{service}:{ident}"]
 
     def _act(self, verb: str, name: str) -> str:

@@ -11,14 +11,40 @@ SSH ``known_hosts``, and a copy of the JSON document. A full restore puts back a
 from __future__ import annotations
 
 import os
+import sqlite3
+import stat
 import time
 from dataclasses import dataclass, field
 
 from .._common import AppError, Log, no_log
+from ..sqlite_snapshot import SnapshotError, open_checked
 from .base import Application, Facts
 from .service import Service
 from .tomo_export import export
-from .tomo_schema import CATEGORIES, locate_database
+from .tomo_schema import CATEGORIES, installed_version, locate_database
+
+
+def settle(given: str, log: Log = no_log) -> None:
+    """Finish what a stopped Tomo left beside its database: a hot ``-journal`` (a crash mid-transaction) rolled back
+    and a ``-wal`` checkpointed into the file, by SQLite itself, as Tomo's next start would. A restore swaps only
+    ``tomo.db``: a journal left beside the restored file would be played into it."""
+    try:
+        database = locate_database(given or None)
+        st = os.lstat(database)
+    except (AppError, OSError):
+        return
+    if not stat.S_ISREG(st.st_mode) or not any(os.path.lexists(database + x) for x in ("-journal", "-wal")):
+        return
+    try:
+        conn = open_checked(database, 30.0, (st.st_dev, st.st_ino))
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls a hot journal back
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+    except (SnapshotError, sqlite3.Error) as exc:
+        raise AppError(f"cannot settle {database} after stopping Tomo: {exc}") from exc
+    log(f"tomo: settled {database} (its journal finished by SQLite) before anything replaces it")
 
 
 @dataclass
@@ -28,7 +54,7 @@ class Settings:
     environment: str = "/etc/tomo/environment"
     known_hosts: str = "/var/lib/tomo/.ssh/known_hosts"
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
-    version: str = ""  # Tomo's version when its database does not record it
+    version: str = ""  # Tomo's version; empty: the installed package's (component_versions holds placeholders)
     settle: float = 2.0  # seconds Tomo must keep running after a start
     lock_timeout: float = 30.0
 
@@ -49,7 +75,7 @@ class Tomo(Application):
         running = self.service.active()
         return Facts(
             app=self.name,
-            version=s.version,
+            version=s.version or installed_version() or "",
             paths=[database, *extras],
             metadata={"database": database, "service": s.service, "service_was_running": running},
             unreachable="" if running else f"{s.service} is not running",
@@ -79,7 +105,9 @@ class Tomo(Application):
 
     def stop(self, log: Log = no_log) -> bool:
         log(f"tomo: stopping {self.settings.service}")
-        return self.service.stop()
+        was = self.service.stop()
+        settle(self.settings.database or "", log)
+        return was
 
     def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
         s = self.settings

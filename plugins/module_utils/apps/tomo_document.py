@@ -209,10 +209,26 @@ def _check_category(category: str, value: Any) -> None:
     for table in nested:
         for i, entry in enumerate(value):
             child = entry.get(table.nested_as)
-            if child is not None:
+            if table.many and child is not None:
+                _check_nested_list(table, child, f"{where}[{i}].{table.nested_as}")
+            elif child is not None:
                 if not isinstance(child, dict):
                     raise TomoError(f"{where}[{i}].{table.nested_as} must be an object or null, not {_a_json(child)}")
                 _check_row(table, child, f"{where}[{i}].{table.nested_as}", nested=True)
+
+
+def _check_nested_list(table: Table, rows: Any, where: str) -> None:
+    if not isinstance(rows, list):
+        raise TomoError(f"{where} must be a list or null, not {_a_json(rows)}")
+    seen: set[Key] = set()
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TomoError(f"{where}[{i}] must be an object, not {_a_json(row)}")
+        _check_row(table, row, f"{where}[{i}]", nested=True)
+        key = tuple(row.get(k) for k in table.key)
+        if key in seen:
+            raise TomoError(f"{where} holds two rows for {_shown(_label(key), 80)}")
+        seen.add(key)
 
 
 def _check_rows(table: Table, rows: Any, where: str) -> None:

@@ -25,6 +25,7 @@ from .tomo_schema import (
     MEMORY_LIMIT,
     NAME_FORMAT,
     TABLES,
+    USER_REFS,
     Key,
     Link,
     Row,
@@ -40,7 +41,7 @@ from .tomo_schema import (
     _sort_key,
     _table_exists,
     _to_json,
-    application_version_of,
+    installed_version,
     tables_of,
 )
 
@@ -104,14 +105,19 @@ def build_document(
     categories: Sequence[str] = CATEGORIES,
 ) -> Export:
     """The document for the database behind ``conn`` (a private, consistent copy)."""
-    app_version = application_version or application_version_of(conn)
+    app_version = application_version or installed_version()
     present = {t.name for t in TABLES if _table_exists(conn, t.name)}
+    names = _user_names(conn) if "users" in present else {}
     absent = sorted(t.name for t in TABLES if t.category in categories and t.name not in present)
     rows: dict[str, list[Row]] = {}
     for table in TABLES:
         if table.category not in categories or table.name not in present:
             continue
         table_rows = _read_table(conn, table)
+        for column, field in USER_REFS.get(table.name, ()):
+            for row in table_rows:  # a user named outside a foreign key: by name too, which means the same here
+                if row.get(column) in names:
+                    row[field] = names[row[column]]
         if table.link:
             parents = _parent_keys(conn, table.link) if table.link.parent in present else {}
             parent = BY_NAME[table.link.parent]
@@ -136,6 +142,13 @@ def build_document(
     return Export(document, counts, absent)
 
 
+def _user_names(conn: sqlite3.Connection) -> dict[Any, str]:
+    """User id → user name."""
+    if not {"id", "username"} <= set(_columns(conn, "users")):
+        return {}
+    return {r[0]: r[1] for r in conn.execute("SELECT id, username FROM users")}
+
+
 def _join(category: str, rows: dict[str, list[Row]]) -> Any:
     """Per-table rows → the category's shape in the document."""
     if category == "settings":
@@ -145,13 +158,16 @@ def _join(category: str, rows: dict[str, list[Row]]) -> Any:
     for table in nested:
         if table.name not in rows:
             continue  # absent here: recorded in absent_tables, no field at all
-        by_parent = {}
+        by_parent: dict[Key, Any] = {}
         for row in rows[table.name]:
             ref = row.pop(table.link.field)
-            if isinstance(ref, dict):
-                by_parent[tuple(ref.get(k) for k in main.key)] = row
+            ref_key = tuple(ref.get(k) for k in main.key) if isinstance(ref, dict) else (ref,)
+            if table.many:
+                by_parent.setdefault(ref_key, []).append(row)
+            elif ref is not None:
+                by_parent[ref_key] = row
         for entry in entries:
-            entry[table.nested_as] = by_parent.get(tuple(entry.get(k) for k in main.key))
+            entry[table.nested_as] = by_parent.get(tuple(entry.get(k) for k in main.key), [] if table.many else None)
     return entries
 
 

@@ -22,7 +22,17 @@ the natural key of the row it points to:
 - ``users``: ``users`` rows with their password hashes. Key: ``username``.
 - ``preferences``: ``user_settings`` rows, each with ``username``. Key: the
   user and ``setting_key``.
-- ``repositories``: ``marketplace_repos`` rows. Key: ``id``.
+- ``repositories``: ``marketplace_repos`` rows, each with its
+  ``marketplace_apps`` nested in it as ``apps`` (a list). Keys: ``id``; the
+  repository and ``id``.
+
+Ids are Tomo's TEXT ids (users uuid4, servers ``server-`` + 8 hex...). Users
+are also named outside foreign keys, in ``system_info.setup_by_user_id``,
+``retention_settings.updated_by_user_id`` and ``system_settings.updated_by``:
+the document carries each as the user's name too (``setup_by_username``,
+``updated_by_username``), and an import points it at this install's user of
+that name. ``system_info``'s identity (``installation_id`` and the license) is
+never changed on an existing row.
 
 Tables of Tomo's that hold sessions, logs, metrics and the like are never
 read. A table this Tomo does not have is listed in ``absent_tables`` and
@@ -51,6 +61,7 @@ import math
 import os
 import re
 import sqlite3
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,8 +95,8 @@ EXCLUDED_TABLES = frozenset(
 )
 
 
-# Where the version of the Tomo a database belongs to is kept.
-VERSION_COMPONENTS = ("backend", "tomo", "app")
+# The Debian package database, where a packaged Tomo's version is (``component_versions`` holds placeholders).
+DPKG_STATUS = "/var/lib/dpkg/status"
 
 
 NAME_FORMAT = "tomo-backup-%Y-%m-%dT%H-%M-%S.json"
@@ -167,13 +178,15 @@ class Table:
     category: str
     key: tuple[str, ...]  # natural key columns, after the link's key when there is a link
     link: Link | None = None
-    nested_as: str = ""  # one row per parent, nested in the parent's entry under this field
+    nested_as: str = ""  # nested in the parent's entry under this field: one row per parent, or a list (many)
+    many: bool = False
 
 
 SERVER = Link("server_id", "servers", "server")
 
 
 TABLES = (
+    Table("users", "users", ("username",)),
     Table("servers", "servers", ("host", "port", "username")),
     Table("server_credentials", "servers", (), SERVER, nested_as="credentials"),
     Table("agents", "servers", (), SERVER, nested_as="agent"),
@@ -181,10 +194,34 @@ TABLES = (
     Table("system_settings", "settings", ("setting_key",)),
     Table("retention_settings", "settings", ("id",)),
     Table("system_info", "settings", ("id",)),
-    Table("users", "users", ("username",)),
     Table("user_settings", "preferences", ("setting_key",), Link("user_id", "users", "username")),
     Table("marketplace_repos", "repositories", ("id",)),
+    Table("marketplace_apps", "repositories", ("id",), Link("repo_id", "marketplace_repos", "repo"), "apps", True),
 )
+
+
+# Columns naming a user outside any foreign key, and the document field that names the same user by name.
+USER_REFS = {
+    "system_info": (("setup_by_user_id", "setup_by_username"),),
+    "retention_settings": (("updated_by_user_id", "updated_by_username"),),
+    "system_settings": (("updated_by", "updated_by_username"),),
+}
+
+
+# An install's identity: only a restore of the whole install (the set) carries it; an import never changes it.
+IDENTITY = {"system_info": ("installation_id", "license_type", "license_key", "license_expires_at")}
+
+
+# Columns Tomo's own triggers set on every update (to the time of the update): an update never compares or writes them.
+MAINTAINED = {"system_info": ("updated_at",)}
+
+
+def new_id(table: str) -> str:
+    """A fresh id in Tomo's own format for a row of ``table`` whose id is taken here."""
+    hex8 = uuid.uuid4().hex[:8]
+    return {"servers": f"server-{hex8}", "installed_apps": f"inst-{hex8}", "marketplace_repos": hex8}.get(
+        table, str(uuid.uuid4())
+    )
 
 
 BY_NAME = {t.name: t for t in TABLES}
@@ -212,17 +249,23 @@ def parse_app_version(value: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
-def application_version_of(conn: sqlite3.Connection) -> str | None:
-    """The Tomo version recorded in the database (``component_versions``), or None."""
-    if not _table_exists(conn, "component_versions"):
+def installed_version(status: str | None = None) -> str | None:
+    """The version of the installed Tomo package (``dpkg``'s status file, without the Debian revision), or None.
+
+    Never ``component_versions``: Tomo fills it with ``1.0.0`` placeholders and
+    never updates them.
+    """
+    try:
+        with open(status or DPKG_STATUS, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(64 * 1024 * 1024)
+    except OSError:
         return None
-    cols = _columns(conn, "component_versions")
-    if not {"component", "version"} <= set(cols):
-        return None
-    for component in VERSION_COMPONENTS:
-        row = conn.execute("SELECT version FROM component_versions WHERE component = ?", (component,)).fetchone()
-        if row and row[0]:
-            return str(row[0])
+    for stanza in text.split("\n\n"):
+        fields = dict(line.split(":", 1) for line in stanza.splitlines() if ":" in line and not line.startswith(" "))
+        if fields.get("Package", "").strip() == "tomo" and "installed" in fields.get("Status", "").split():
+            version = fields.get("Version", "").strip()
+            version = version.split(":", 1)[-1].rsplit("-", 1)[0] if "-" in version else version.split(":", 1)[-1]
+            return version or None
     return None
 
 
@@ -279,13 +322,15 @@ class _Shape:
     columns: list[str]
     pk: list[str]  # primary key columns, in order
     integer_pk: bool  # a single INTEGER PRIMARY KEY: SQLite numbers new rows itself
+    required: list[str]  # NOT NULL without a default: a new row cannot do without them
 
 
 def _shape(conn: sqlite3.Connection, table: str) -> _Shape:
     info = conn.execute(f"PRAGMA table_info({_q(table)})").fetchall()
     pk = [str(r[1]) for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
     integer_pk = len(pk) == 1 and any(str(r[1]) == pk[0] and str(r[2]).upper() == "INTEGER" for r in info)
-    return _Shape([str(r[1]) for r in info], pk, integer_pk)
+    required = [str(r[1]) for r in info if r[3] and r[4] is None and not (integer_pk and str(r[1]) == pk[0])]
+    return _Shape([str(r[1]) for r in info], pk, integer_pk, required)
 
 
 def _sort_key(key: Key) -> tuple[Any, ...]:
@@ -359,6 +404,7 @@ def locate_database(database: str | None = None, candidates: Sequence[str] | Non
 def _reserved_fields(table: Table) -> set[str]:
     """Fields of the table's entries in the document that are not columns: its link, its nested children."""
     fields = {t.nested_as for t in TABLES if t.nested_as and t.link and t.link.parent == table.name}
+    fields.update(field for _, field in USER_REFS.get(table.name, ()))
     if table.link and not table.nested_as:
         fields.add(table.link.field)
     return fields

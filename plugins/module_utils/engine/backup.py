@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .. import safe_fs
 from .._common import BackupError, Log, VerificationError, no_log, utc_now
-from ..apps.base import Application, Facts
+from ..apps.base import Application, Facts, nothing_to_archive
 from ..sets.codec import compressor_for
 from ..sets.create import Created, create
 from ..sets.names import default_host, set_name
@@ -70,6 +70,7 @@ class Result:
     plan: Plan
     sets: list[dict[str, object]] = field(default_factory=list)
     document: dict[str, object] = field(default_factory=dict)  # Tomo: the JSON document written beside the set
+    actions: list[str] = field(default_factory=list)  # what the application did beyond the procedure, in sentences
 
 
 def plan(app: Application, mode: str, options: Options, units: list[str] | None = None, check: bool = False) -> Plan:
@@ -84,9 +85,9 @@ def plan(app: Application, mode: str, options: Options, units: list[str] | None 
         if not chosen:
             raise BackupError(f"no {app.unit_word} of {app.name} runs, and none was named to back up")
         for unit in chosen:
-            for path in app.unit_paths(unit, facts):
-                if not os.path.isdir(path):
-                    raise BackupError(f"{app.unit_word} {unit} has no data dir at {path}")
+            empty = nothing_to_archive(app.unit_word, unit, app.unit_paths(unit, facts))
+            if empty:
+                raise BackupError(f"{empty}{app.elsewhere(unit)}")
     else:
         missing = [p for p in facts.paths if not os.path.lexists(p)]
         if missing:
@@ -127,6 +128,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
             done = app.backup_unit(unit, facts, options.dest, options.health_timeout, log, args)
             extra = {"downtime": done.downtime, "copy_seconds": done.copy_seconds, "hot_reason": done.hot_reason}
             result.sets.append(_finish(done.created, options, log, unit=unit, **extra))
+        result.actions = app.actions()
         return result
     if planned.mode == "cold":
         was_running = True
@@ -142,6 +144,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
         made = _create(app, facts, options, planned.mode, log)
     result.document = dict(facts.details.get("document") or {})  # type: ignore[call-overload]
     result.sets.append(_finish(made, options, log, hot_reason=""))
+    result.actions = app.actions()
     return result
 
 

@@ -56,6 +56,7 @@ class Result:
     recovered: list[dict[str, object]] = field(default_factory=list)
     committed: bool = False
     warning: str = ""
+    actions: list[str] = field(default_factory=list)  # what the application did beyond the procedure, in sentences
 
 
 def newest(directory: str, app: str, units: list[str] | None = None) -> str:
@@ -157,11 +158,13 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
         swap.commit(restored.restore_id, options.state_dir, keep_safety=options.keep_safety)
         result.committed = True
     except (Error, OSError) as exc:
+        result.actions = app.actions()
         result.warning = (
             f"{steps.what} runs on the restored data, but dropping the safety copies did not finish "
             f"({swap.sentence(exc)}); the next restore or backup on this host finishes it"
         )
         log(result.warning)
+    result.actions = app.actions()
     return result
 
 
