@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import FileCopy, snapshot_file
+from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_stream import FileCopy, snapshot_file
 
 ACCOUNTS = 40
 TOTAL = ACCOUNTS * 1000

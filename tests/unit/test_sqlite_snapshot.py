@@ -15,8 +15,8 @@ from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import
     journal_mode_of_file,
     sha256_file,
     snapshot,
-    snapshot_bytes,
 )
+from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_stream import snapshot_bytes
 
 from .sqlite_helpers import consistent, make_db, writer_running
 

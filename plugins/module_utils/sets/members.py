@@ -20,14 +20,11 @@ from .. import safe_fs
 from .._common import MIB, BackupError
 from ..sqlite_snapshot import (
     CannotOpenError,
-    FileCopy,
     NotADatabaseError,
     ReplacedError,
     SnapshotError,
-    snapshot_file,
-    snapshot_in_memory,
-    snapshot_to_scratch,
 )
+from ..sqlite_stream import FileCopy, snapshot_file, snapshot_in_memory, snapshot_to_scratch
 from .codec import CHUNK
 from .scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, read_error, special_kind
 
