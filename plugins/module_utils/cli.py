@@ -10,7 +10,7 @@ roles write from the same variables.
     selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
     selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
     selfhost-dr status
-    selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M]
+    selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] [--live]
         [--password-file F (a .enc)] | tomo list
 
 Every command takes ``--json`` (one result object on stdout) and ``--config PATH``. Exit codes: 0 done;
@@ -31,8 +31,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._common import Error, RollbackError, VerificationError
-from .apps import tomo_document, tomo_export, tomo_import, tomo_schema
+from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
+from .apps.tomo import Tomo
 from .engine import backup, prune, restore, swap
 from .sets.catalog import catalog, leftovers
 from .sets.verify import verify
@@ -277,17 +278,12 @@ def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
         if not args.input:
             raise UsageError("tomo restore needs --input PATH (a tomo-backup-*.json document or Tomo's .enc backup)")
         categories = args.categories.split(",") if args.categories else list(tomo_schema.CATEGORIES)
-        version = str(options.get("tomo_version") or "") or None
         password = _tomo_password(args.password_file) if args.input.endswith(".enc") else None
+        tomo = application("tomo", {**options, "tomo_database": database})
+        assert isinstance(tomo, Tomo)  # noqa: S101 - application("tomo") is one
         return dict(
-            tomo_import.import_document(
-                args.input,
-                database,
-                categories,
-                args.mode,
-                application_version=version,
-                check=args.check,
-                password=password,
+            tomo.import_document(
+                args.input, categories, args.mode, password=password, check=args.check, stop=not args.live, log=log
             )
         )
     return {"documents": tomo_document.catalog(args.output or _dir(config))}
@@ -365,6 +361,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--categories", help="restore: comma-separated categories (default: all)")
     p.add_argument("--mode", default="merge", choices=list(tomo_schema.MODES))
     p.add_argument("--check", action="store_true")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="restore: import while Tomo runs (by default it is stopped while its data changes, then started again)",
+    )
     return top
 
 

@@ -100,6 +100,22 @@ options:
       - The password of Tomo's encrypted backup, when O(src) is a C(.enc) file.
       - A wrong one fails with one sentence, and nothing is changed.
     type: str
+  stop_service:
+    description:
+      - With O(state=imported), stop O(service) while the import changes the database (after planning it on a
+        private copy, so a bad document stops nothing), settle the database's journal, and start it again
+        afterwards if it ran, whatever the import did. Nothing is stopped when the import changes nothing.
+      - Without it the import runs while Tomo runs (it waits for Tomo's locks).
+    type: bool
+    default: false
+  service:
+    description: Tomo's systemd unit, for O(stop_service).
+    type: str
+    default: tomo.service
+  settle:
+    description: Seconds Tomo must keep running after it is started again, for O(stop_service).
+    type: float
+    default: 2
   categories:
     description:
       - The categories to export or import. All of them by default; a list of some is a selective restore.
@@ -291,12 +307,12 @@ rows_after:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.selfhost.dr.plugins.module_utils._common import AppError
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo import Settings, Tomo
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_export import export
-from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_import import import_document
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema import (
     CATEGORIES,
     MODES,
-    TomoError,
     locate_database,
 )
 
@@ -332,6 +348,9 @@ def main() -> None:
             application_version=dict(type="str"),
             lock_timeout=dict(type="float", default=30),
             password=dict(type="str", no_log=True),
+            stop_service=dict(type="bool", default=False),
+            service=dict(type="str", default="tomo.service"),
+            settle=dict(type="float", default=2.0),
         ),
         required_if=[("state", "exported", ["dest"]), ("state", "imported", ["src"])],
         supports_check_mode=True,
@@ -349,17 +368,25 @@ def main() -> None:
                 write=not module.check_mode,
             )
             module.exit_json(changed=True, database=database, **result)
-        result = import_document(
-            p["src"],
-            database,
-            categories=p["categories"],
-            mode=p["mode"],
-            application_version=p["application_version"],
-            lock_timeout=p["lock_timeout"],
-            check=module.check_mode,
-            password=p["password"],
+        tomo = Tomo(
+            Settings(
+                database=database,
+                service=p["service"],
+                version=p["application_version"] or "",
+                settle=p["settle"],
+                lock_timeout=p["lock_timeout"],
+            )
         )
-    except TomoError as exc:
+        result = tomo.import_document(
+            p["src"],
+            p["categories"],
+            p["mode"],
+            password=p["password"],
+            check=module.check_mode,
+            stop=p["stop_service"],
+            log=module.log,
+        )
+    except AppError as exc:
         module.fail_json(msg=str(exc))
     result["changed"] = result.pop("changed")
     if module._diff:

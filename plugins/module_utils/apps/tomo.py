@@ -14,10 +14,13 @@ import os
 import sqlite3
 import stat
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._common import AppError, Log, no_log
 from ..sqlite_snapshot import SnapshotError, open_checked
+from . import tomo_import
 from .base import Application, Facts
 from .service import Service
 from .tomo_export import export
@@ -108,6 +111,38 @@ class Tomo(Application):
         was = self.service.stop()
         settle(self.settings.database or "", log)
         return was
+
+    def import_document(
+        self,
+        src: str,
+        categories: Sequence[str] = CATEGORIES,
+        mode: str = "merge",
+        password: str | None = None,
+        check: bool = False,
+        stop: bool = True,
+        log: Log = no_log,
+    ) -> dict[str, Any]:
+        """Import the guide's document (or Tomo's own ``.enc`` backup) into this Tomo.
+
+        The import is planned first on a private copy (what check mode reports, and what refuses a bad document
+        before anything stops). When it would change something and ``stop`` is set, Tomo is stopped while its data
+        changes (its journal settled), and started again afterwards if it ran, whatever the import did."""
+        s = self.settings
+        database = locate_database(s.database or None)
+        args = dict(application_version=s.version or None, lock_timeout=s.lock_timeout, password=password)
+        planned = tomo_import.import_document(src, database, categories, mode, check=True, **args)  # type: ignore[arg-type]
+        if check or not planned["changed"]:
+            return planned
+        if not stop:
+            return tomo_import.import_document(src, database, categories, mode, **args)  # type: ignore[arg-type]
+        was = self.stop(log)
+        try:
+            done = tomo_import.import_document(src, database, categories, mode, **args)  # type: ignore[arg-type]
+        finally:
+            if was:
+                self.start([], 0.0, log)
+        done["stopped"] = was
+        return done
 
     def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
         s = self.settings
