@@ -20,8 +20,8 @@ from ansible_collections.selfhost.dr.plugins.module_utils.engine import heartbea
 
 from .test_engine import Recorder
 
-TOKEN = "5f1c9e2a-token-0f0f-4b4b-secretsecret"  # noqa: S105 - a stand-in for a check's UUID
-PUSH_TOKEN = "PushTok3n"  # noqa: S105
+TOKEN = "5f1c9e2a-token-0f0f-4b4b-secretsecret"
+PUSH_TOKEN = "PushTok3n"
 
 
 class Hits:
@@ -99,7 +99,9 @@ def run_json(capsys: pytest.CaptureFixture[str], config: Path, *args: str) -> tu
 
 
 def _beats(url: str, timeout: float = 5) -> str:
-    return f'\n[heartbeat]\nbackup = "{url}/ping/{TOKEN}"\npush = "{url}/api/push/{PUSH_TOKEN}?k=1"\ntimeout = {timeout}\n'
+    return (
+        f'\n[heartbeat]\nbackup = "{url}/ping/{TOKEN}"\npush = "{url}/api/push/{PUSH_TOKEN}?k=1"\ntimeout = {timeout}\n'
+    )
 
 
 def test_a_successful_run_pings_start_and_success_with_one_rid_and_pushes_up(
@@ -146,7 +148,11 @@ def test_the_body_is_the_tail_of_the_log_capped_at_a_character_boundary() -> Non
 
 
 def test_a_long_log_reaches_the_check_capped(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, server: tuple[str, Hits], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    app: Recorder,
+    server: tuple[str, Hits],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     url, hits = server
     chatty = app.before_archive

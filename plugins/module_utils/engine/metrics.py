@@ -87,7 +87,7 @@ def render(state: dict[str, object], sets: list[dict[str, object]] | None) -> st
         metric = f"selfhost_dr_{name}"
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
         lines += [f"{metric}{{{labels}}} {_number(value)}" for labels, value in samples[name]]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" if lines else ""
 
 
 def write(directory: str, text: str) -> str:
