@@ -150,3 +150,28 @@ def test_the_kernel_releases_the_lock_of_a_killed_holder(state_dir: Path) -> Non
     assert held() is None
     with HostLock(None, "backup", 0):  # no stale lock to clean up, no waiting
         assert held() is not None
+
+
+def test_the_dr_status_module_returns_state_and_sets_and_changes_nothing(state_dir: Path, tmp_path: Path) -> None:
+    store = state.Store()
+    store.record(_finished("backup", 1, "the disk is full"))
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"ANSIBLE_MODULE_ARGS": {"path": str(tmp_path / "none"), "_ansible_check_mode": True}}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / ".cache" / "collections"), SELFHOST_DR_STATE_DIR=str(state_dir))
+    before = (state_dir / "state.json").read_bytes()
+    done = subprocess.run(
+        [sys.executable, "-m", "ansible_collections.selfhost.dr.plugins.modules.dr_status", str(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    result = json.loads(done.stdout)
+    assert result["changed"] is False and result["running"] is None and result["state_problem"] == ""
+    assert result["operations"]["backup"]["last_failure"]["reason"] == "the disk is full"
+    assert result["sets"] == {
+        "count": 0,
+        "states": {"verified": 0, "unverified": 0, "failed": 0, "changed": 0},
+        "latest": {},
+    }
+    assert (state_dir / "state.json").read_bytes() == before
