@@ -184,7 +184,7 @@ def monitoring(config: dict[str, Any]) -> dict[str, Any]:
     for key in _section(config, "lock"):
         if key != "wait":
             raise UsageError(f"[lock] {key} is not a setting selfhost-dr knows")
-    if wait < 0:
+    if not wait >= 0:  # also NaN
         raise UsageError(f"[lock] wait must be 0 or more seconds, not {wait:g}")
     textfile_dir = _section(config, "metrics").get("textfile_dir", metrics.DEFAULT_TEXTFILE_DIR)
     for key in _section(config, "metrics"):
@@ -199,15 +199,15 @@ def monitoring(config: dict[str, Any]) -> dict[str, Any]:
         if key != "timeout" and value != "" and heartbeat.problem(value):
             raise UsageError(f"[heartbeat] {key} {heartbeat.problem(value)}")
     timeout = _number(config, "heartbeat", "timeout", heartbeat.DEFAULT_TIMEOUT)
-    if timeout <= 0:
-        raise UsageError(f"[heartbeat] timeout must be more than 0 seconds, not {timeout:g}")
+    if not 0 < timeout <= 600:  # also NaN
+        raise UsageError(f"[heartbeat] timeout must be more than 0 and at most 600 seconds, not {timeout:g}")
     every: dict[str, float] = {}
     for key in _section(config, "schedule"):
         operation = key.removesuffix("_every")
         if operation == key or operation not in state.OPERATIONS:
             raise UsageError(f"[schedule] {key} is not a setting selfhost-dr knows")
         hours = _number(config, "schedule", key, 0)
-        if hours <= 0:
+        if not hours > 0:  # also NaN
             raise UsageError(f"[schedule] {key} must be more than 0 hours, not {hours:g}")
         every[operation] = hours
     return {"wait": wait, "textfile_dir": textfile_dir, "heartbeat": beats, "timeout": timeout, "every": every}
@@ -225,8 +225,8 @@ class Monitor:
         if schedule and not state.SCHEDULE_RE.match(schedule):
             raise UsageError(f"--schedule must be a name of letters, digits, '.', '_' and '-', not {schedule!r}")
         wait = self.settings["wait"] if args.wait is None else args.wait
-        if wait < 0:
-            raise UsageError(f"--wait must be 0 or more seconds, not {wait:g}")
+        if not wait >= 0:  # also NaN
+            raise UsageError(f"--wait must be 0 or more seconds (inf: for ever), not {wait:g}")
         self.store = state.Store(config.get("state_dir"))
         self.run = state.Run.start(self.operation, schedule, _app(args, config))
         self.lock = HostLock(config.get("state_dir"), self.operation, wait, schedule, log)
@@ -248,12 +248,16 @@ class Monitor:
         return Monitor(args, config, log)
 
     def begin(self) -> None:
-        """Take the host lock (or fail: nothing recorded), ping the start, record the attempt."""
+        """Take the host lock (or fail: nothing recorded), ping the start, record the attempt. A state.json that
+        cannot be written (a full disk) is a warning: the run goes on, and its outcome is still exported and pinged."""
         self.lock.__enter__()
         try:
             self._ping(self.beats.start)
             self.run = state.Run.start(self.operation, self.run.schedule, self.run.app, self.run.run_id)
-            self.store.record(self.run)
+            try:
+                self.store.record(self.run)
+            except state.StateError as exc:
+                self._warn(str(exc))
         except BaseException:
             self.lock.__exit__()
             raise
@@ -305,7 +309,8 @@ class Monitor:
         except (Error, OSError):
             sets = None
         try:
-            return metrics.write(directory, metrics.render(self.store.read(), sets))
+            # What was recorded, also when state.json could not be written (a full disk): the failure is exported.
+            return metrics.write(directory, metrics.render(self.store.latest or self.store.read(), sets))
         except OSError as exc:
             self._warn(f"cannot write the metrics textfile in {directory}: {exc.strerror or exc}")
             return ""

@@ -214,7 +214,8 @@ def test_a_check_that_answers_500_is_tried_twice_then_a_warning(
         (f'push = "https:///{TOKEN}"', "[heartbeat] push must be an http or https URL with a host"),
         ("verify = 3", "[heartbeat] verify must be an http or https URL, not a int"),
         (f'backups = "https://hc.example/{TOKEN}"', "[heartbeat] backups is not a setting selfhost-dr knows"),
-        ("timeout = 0", "[heartbeat] timeout must be more than 0 seconds, not 0"),
+        ("timeout = 0", "[heartbeat] timeout must be more than 0 and at most 600 seconds, not 0"),
+        ("timeout = nan", "[heartbeat] timeout must be more than 0 and at most 600 seconds, not nan"),
         ('timeout = "10"', "[heartbeat] timeout must be a number, not '10'"),
     ],
 )

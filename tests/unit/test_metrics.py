@@ -153,6 +153,8 @@ def test_no_textfile_when_disabled_or_the_directory_is_absent(
         ("[metrics]\ntextfile_dir = 3", '[metrics] textfile_dir must be an absolute path or "", not 3'),
         ('[metrics]\ndir = "/x"', "[metrics] dir is not a setting selfhost-dr knows"),
         ("[lock]\nwait = -1", "[lock] wait must be 0 or more seconds, not -1"),
+        ("[lock]\nwait = nan", "[lock] wait must be 0 or more seconds, not nan"),
+        ("[schedule]\nverify_every = nan", "[schedule] verify_every must be more than 0 hours, not nan"),
         ("[lock]\ntimeout = 5", "[lock] timeout is not a setting selfhost-dr knows"),
         ("[schedule]\nbackup_every = 0", "[schedule] backup_every must be more than 0 hours, not 0"),
         ("[schedule]\nbackups_every = 24", "[schedule] backups_every is not a setting selfhost-dr knows"),

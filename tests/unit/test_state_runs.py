@@ -167,3 +167,22 @@ def test_status_reports_a_damaged_state_file_and_a_run_that_never_finished(
     state.Store().record(state.Run.start("prune"))  # then SIGKILLed
     cli.main(["status", "--config", str(config_of(tmp_path))])
     assert "prune: never succeeded; a run started " in capsys.readouterr().out
+
+
+def test_a_state_file_that_cannot_be_written_is_a_warning_and_the_run_is_still_exported_and_pinged(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, state_dir: Path, server: tuple[str, Hits]
+) -> None:
+    url, hits = server
+    (state_dir / "state.json").mkdir()  # every write of state.json fails, as on a full disk
+    code, result = run_json(capsys, config_of(tmp_path, _beats(url)), "backup")
+    assert code == 0 and len(result["sets"]) == 1  # type: ignore[arg-type]
+    assert any(w.startswith(f"cannot write {state_dir}/state.json") for w in result["warnings"])  # type: ignore[union-attr]
+    assert [h[1] for h in hits.requests] == [f"/ping/{TOKEN}/start", f"/ping/{TOKEN}", "/api/push/PushTok3n"]
+    got = parse((tmp_path / "prom" / "selfhost_dr.prom").read_text())
+    assert got[("selfhost_dr_last_attempt_success", "backup")] == 1.0  # exported from what could not be saved
+
+
+def test_a_wait_that_is_not_a_number_of_seconds_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for wait in ("nan", "-1"):
+        code, result = run_json(capsys, config_of(tmp_path), "prune", f"--wait={wait}")
+        assert code == 2 and str(result["error"]).startswith("--wait must be 0 or more seconds (inf: for ever)")

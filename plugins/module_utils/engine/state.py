@@ -113,6 +113,7 @@ class Store:
         self.dir = state_dir(directory)
         self.path = os.path.join(self.dir, STATE_FILE)
         self.problem = ""  # why the file could not be read, when it could not
+        self.latest: dict[str, object] | None = None  # what ``record`` last meant to write (even when it could not)
 
     def read(self, set_aside: bool = False) -> dict[str, object]:
         """The store (empty when missing or damaged; ``problem`` then says why). With ``set_aside``, a damaged file
@@ -158,6 +159,7 @@ class Store:
         about["last_attempt"] = entry
         if run.finished_at:
             about["last_success" if run.ok else "last_failure"] = entry
+        self.latest = data
         self._write(data)
 
     def note(self, operation: str, key: str, value: object) -> None:
