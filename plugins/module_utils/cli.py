@@ -243,9 +243,12 @@ class Monitor:
 
     @staticmethod
     def of(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> Monitor | None:
-        if args.command not in MONITORED or getattr(args, "check", False) or getattr(args, "dry_run", False):
+        """The run's monitor; None for a run that changes nothing (``--check``, ``--dry-run``), which takes no lock
+        and is not recorded, but whose settings are checked all the same."""
+        if args.command not in MONITORED:
             return None
-        return Monitor(args, config, log)
+        monitor = Monitor(args, config, log)
+        return None if getattr(args, "check", False) or getattr(args, "dry_run", False) else monitor
 
     def begin(self) -> None:
         """Take the host lock (or fail: nothing recorded), ping the start, record the attempt. A state.json that
@@ -626,7 +629,10 @@ def _operation_lines(result: dict[str, Any]) -> list[str]:
             parts.append(f"last success {success['finished_at']} ({success['age_hours']} h ago{size})")
         else:
             parts.append("never succeeded")
-        if attempt and not attempt.get("finished_at"):
+        running = result.get("running") or {}
+        if attempt and not attempt.get("finished_at") and running.get("operation") == operation:
+            parts.append(f"running since {attempt['started_at']}")
+        elif attempt and not attempt.get("finished_at"):
             parts.append(f"a run started {attempt['started_at']} never finished")
         elif attempt and not attempt.get("ok"):
             parts.append(f"last attempt {attempt['finished_at']} failed: {attempt['reason']}")

@@ -186,3 +186,26 @@ def test_a_wait_that_is_not_a_number_of_seconds_is_refused(tmp_path: Path, capsy
     for wait in ("nan", "-1"):
         code, result = run_json(capsys, config_of(tmp_path), "prune", f"--wait={wait}")
         assert code == 2 and str(result["error"]).startswith("--wait must be 0 or more seconds (inf: for ever)")
+
+
+def test_status_tells_a_run_under_way_from_one_that_was_killed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], state_dir: Path
+) -> None:
+    run = state.Run.start("backup")
+    state.Store().record(run)
+    with HostLock(None, "backup", 0, schedule="nightly"):
+        code, status = run_json(capsys, config_of(tmp_path), "status")
+        assert code == 0 and status["running"]["operation"] == "backup"  # type: ignore[index]
+        cli.main(["status", "--config", str(config_of(tmp_path))])
+        assert f"backup: never succeeded; running since {run.started_at}" in capsys.readouterr().out
+    cli.main(["status", "--config", str(config_of(tmp_path))])
+    assert f"backup: never succeeded; a run started {run.started_at} never finished" in capsys.readouterr().out
+
+
+def test_a_check_run_refuses_a_wrong_monitoring_setting_like_the_real_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = config_of(tmp_path, '\n[heartbeat]\nbackup = "ftp://example.org/x"\n')
+    for args in (["backup", "--check"], ["prune", "--dry-run"], ["backup"]):
+        code, result = run_json(capsys, config, *args)
+        assert code == 2 and result["error"] == "[heartbeat] backup must be an http or https URL with a host"
