@@ -230,3 +230,15 @@ def test_a_wrong_heartbeat_setting_is_one_sentence_without_the_url(
 def test_public_names_only_scheme_host_and_port() -> None:
     assert heartbeat.public(f"https://user:pw@hc-ping.com:8443/{TOKEN}?x=1") == "https://hc-ping.com:8443"
     assert heartbeat.public("http://[::1]/a") == "http://[::1]"
+
+
+def test_each_operation_pings_its_own_check_and_every_one_the_push_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], server: tuple[str, Hits]
+) -> None:
+    url, hits = server
+    extra = f'\n[retention]\nkeep_last = 3\n[heartbeat]\nbackup = "{url}/b"\nprune = "{url}/p"\npush = "{url}/push"\n'
+    (tmp_path / "sets").mkdir()
+    code, result = run_json(capsys, config_of(tmp_path, extra), "prune")
+    assert code == 0
+    rid = result["run"]["run_id"]  # type: ignore[index]
+    assert [(h[1], h[2].get("rid")) for h in hits.requests] == [("/p/start", [rid]), ("/p", [rid]), ("/push", None)]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils._common import parse_iso
+from ansible_collections.selfhost.dr.plugins.module_utils._common import iso, parse_iso
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import state
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.lock import HostLock, LockError, held
 
@@ -88,10 +88,14 @@ def test_due_counts_from_the_last_success_never_from_the_last_attempt(state_dir:
     started = parse_iso(success.started_at)
     assert state.due(store.read(), "backup", 3600, started + timedelta(minutes=59)) is False
     assert state.due(store.read(), "backup", 3600, started + timedelta(minutes=61)) is True
-    store.record(_finished("backup", 1, "it failed"))  # a later failed attempt does not postpone it ...
-    store.record(state.Run.start("backup"))  # ... nor does one that never finished
+    later = iso(started + timedelta(minutes=30))
+    failed = state.Run(run_id="f", operation="backup", started_at=later)
+    failed.finish(1, "it failed", when=started + timedelta(minutes=31))
+    store.record(failed)  # a failed attempt 30 minutes later does not postpone it ...
     assert state.due(store.read(), "backup", 3600, started + timedelta(minutes=61)) is True
-    assert state.due(store.read(), "backup", 3600, started + timedelta(minutes=59)) is False
+    store.record(state.Run(run_id="k", operation="backup", started_at=later))  # ... nor does one that never finished
+    assert state.due(store.read(), "backup", 3600, started + timedelta(minutes=61)) is True
+    assert store.due("backup", 3600, started + timedelta(minutes=59)) is False
 
 
 def _holder(state_dir: Path, operation: str = "backup", hold: float = 60) -> subprocess.Popen[str]:

@@ -162,6 +162,10 @@ class Store:
         self.latest = data
         self._write(data)
 
+    def due(self, operation: str, every_seconds: float, now: datetime | None = None) -> bool:
+        """:func:`due` of this host's store."""
+        return due(self.read(), operation, every_seconds, now)
+
     def note(self, operation: str, key: str, value: object) -> None:
         """Another fact of the operation's last run (its heartbeats)."""
         data = self.read(set_aside=True)
