@@ -13,7 +13,9 @@ roles write from the same variables.
     selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] [--live]
         [--password-file F (a .enc)] | tomo list
 
-Every command takes ``--json`` (one result object on stdout) and ``--config PATH``. Exit codes: 0 done;
+Every command takes ``--json`` (one result object on stdout) and ``--config PATH``. backup, verify, prune and
+restore (not ``--check`` or ``--dry-run``) run under the host lock (``--wait SECONDS``), are recorded in state.json
+(``--schedule NAME`` with them), then export the node_exporter textfile and send their heartbeats. Exit codes: 0 done;
 1 the operation failed (the sentence is on stderr, or in the JSON's ``error``) and the previous data is as it
 was; 2 usage or configuration error; 3 a set failed verification; 4 a restore failed and putting the previous
 data back failed too (see ``status``); 130 interrupted (SIGINT, SIGTERM or SIGHUP).
@@ -22,11 +24,13 @@ data back failed too (see ``status``); 130 interrupted (SIGINT, SIGTERM or SIGHU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,7 +38,8 @@ from ._common import Error, RollbackError, VerificationError
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import backup, prune, restore, swap
+from .engine import backup, heartbeat, metrics, prune, restore, state, swap
+from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .sets.catalog import catalog, leftovers
 from .sets.verify import verify
 
@@ -127,8 +132,11 @@ class Progress:
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
         self.started = time.monotonic()
+        self.lines: deque[str] = deque(maxlen=500)  # the run's log, whose tail the heartbeats carry
 
     def __call__(self, line: str) -> None:
+        if not line.startswith("archive: "):
+            self.lines.append(line)
         if self.quiet:
             return
         stamp = f"[{time.monotonic() - self.started:6.1f}s]"
@@ -164,6 +172,171 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise UsageError(f"[{name}] of the configuration must be a table")
     return value
+
+
+MONITORED = state.OPERATIONS  # the commands that take the host lock and are recorded, exported and pinged
+_HEARTBEAT_KEYS = (*state.OPERATIONS, "push", "timeout")
+
+
+def monitoring(config: dict[str, Any]) -> dict[str, Any]:
+    """The [lock], [metrics], [heartbeat] and [schedule] tables, checked: one sentence (exit 2) for a wrong one.
+    A URL is never quoted back: it may hold a token."""
+    wait = _number(config, "lock", "wait", DEFAULT_WAIT)
+    for key in _section(config, "lock"):
+        if key != "wait":
+            raise UsageError(f"[lock] {key} is not a setting selfhost-dr knows")
+    if not wait >= 0:  # also NaN
+        raise UsageError(f"[lock] wait must be 0 or more seconds, not {wait:g}")
+    textfile_dir = _section(config, "metrics").get("textfile_dir", metrics.DEFAULT_TEXTFILE_DIR)
+    for key in _section(config, "metrics"):
+        if key != "textfile_dir":
+            raise UsageError(f"[metrics] {key} is not a setting selfhost-dr knows")
+    if not isinstance(textfile_dir, str) or (textfile_dir and not os.path.isabs(textfile_dir)):
+        raise UsageError(f'[metrics] textfile_dir must be an absolute path or "", not {textfile_dir!r}')
+    beats = _section(config, "heartbeat")
+    for key, value in beats.items():
+        if key not in _HEARTBEAT_KEYS:
+            raise UsageError(f"[heartbeat] {key} is not a setting selfhost-dr knows")
+        if key != "timeout" and value != "" and heartbeat.problem(value):
+            raise UsageError(f"[heartbeat] {key} {heartbeat.problem(value)}")
+    timeout = _number(config, "heartbeat", "timeout", heartbeat.DEFAULT_TIMEOUT)
+    if not 0 < timeout <= 600:  # also NaN
+        raise UsageError(f"[heartbeat] timeout must be more than 0 and at most 600 seconds, not {timeout:g}")
+    every: dict[str, float] = {}
+    for key in _section(config, "schedule"):
+        operation = key.removesuffix("_every")
+        if operation == key or operation not in state.OPERATIONS:
+            raise UsageError(f"[schedule] {key} is not a setting selfhost-dr knows")
+        hours = _number(config, "schedule", key, 0)
+        if not hours > 0:  # also NaN
+            raise UsageError(f"[schedule] {key} must be more than 0 hours, not {hours:g}")
+        every[operation] = hours
+    return {"wait": wait, "textfile_dir": textfile_dir, "heartbeat": beats, "timeout": timeout, "every": every}
+
+
+class Monitor:
+    """One recorded run of backup, verify, prune or restore: the host lock, state.json, the textfile, heartbeats."""
+
+    def __init__(self, args: argparse.Namespace, config: dict[str, Any], log: Progress) -> None:
+        self.settings = monitoring(config)
+        self.operation = str(args.command)
+        self.config = config
+        self.log = log
+        schedule = args.schedule or ""
+        if schedule and not state.SCHEDULE_RE.match(schedule):
+            raise UsageError(f"--schedule must be a name of letters, digits, '.', '_' and '-', not {schedule!r}")
+        wait = self.settings["wait"] if args.wait is None else args.wait
+        if not wait >= 0:  # also NaN
+            raise UsageError(f"--wait must be 0 or more seconds (inf: for ever), not {wait:g}")
+        self.store = state.Store(config.get("state_dir"))
+        self.run = state.Run.start(self.operation, schedule, _app(args, config))
+        self.lock = HostLock(config.get("state_dir"), self.operation, wait, schedule, log)
+        beats = self.settings["heartbeat"]
+        self.beats = heartbeat.Heartbeats(
+            str(beats.get(self.operation, "")),
+            str(beats.get("push", "")),
+            self.run.run_id,
+            self.operation,
+            self.settings["timeout"],
+        )
+        self.begun = False
+        self.warnings: list[str] = []
+
+    @staticmethod
+    def of(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> Monitor | None:
+        """The run's monitor; None for a run that changes nothing (``--check``, ``--dry-run``), which takes no lock
+        and is not recorded, but whose settings are checked all the same."""
+        if args.command not in MONITORED:
+            return None
+        monitor = Monitor(args, config, log)
+        return None if getattr(args, "check", False) or getattr(args, "dry_run", False) else monitor
+
+    def begin(self) -> None:
+        """Take the host lock (or fail: nothing recorded), ping the start, record the attempt. A state.json that
+        cannot be written (a full disk) is a warning: the run goes on, and its outcome is still exported and pinged."""
+        self.lock.__enter__()
+        try:
+            self._ping(self.beats.start)
+            self.run = state.Run.start(self.operation, self.run.schedule, self.run.app, self.run.run_id)
+            try:
+                self.store.record(self.run)
+            except state.StateError as exc:
+                self._warn(str(exc))
+        except BaseException:
+            self.lock.__exit__()
+            raise
+        self.begun = True
+        if self.store.problem:
+            self._warn(self.store.problem)
+
+    def end(self, code: int, result: dict[str, Any]) -> dict[str, object]:
+        """Record the outcome, write the textfile, ping; the exit status stays ``code`` whatever fails here."""
+        try:
+            self.run.finish(code, str(result.get("error", "")))
+            self._set_facts(result)
+            try:
+                self.store.record(self.run)
+            except state.StateError as exc:
+                self._warn(str(exc))
+            exported = self._export()
+            self._ping(lambda: self.beats.finish(code, self.run.reason or "ok", self._tail()))
+            if self.beats.sent:
+                with contextlib.suppress(state.StateError):
+                    self.store.note(self.operation, "heartbeats", [b.as_dict() for b in self.beats.sent])
+        finally:
+            self.lock.__exit__()
+        run = {"run_id": self.run.run_id, "schedule": self.run.schedule, "duration_seconds": self.run.duration_seconds}
+        return {"run": run, "metrics": exported, "heartbeats": [b.as_dict() for b in self.beats.sent]}
+
+    def _set_facts(self, result: dict[str, Any]) -> None:
+        paths = [str(s["path"]) for s in result.get("sets", []) if isinstance(s, dict) and "path" in s]
+        if not paths and result.get("path"):
+            paths = [str(result["path"])]
+        if not paths:
+            return
+        self.run.set_path, self.run.sets = paths[-1], len(paths)
+        try:
+            self.run.set_bytes = sum(os.stat(p).st_size for p in paths)
+        except OSError:
+            self.run.set_bytes = None
+
+    def _export(self) -> str:
+        directory = self.settings["textfile_dir"]
+        if not directory:
+            return ""
+        if not os.path.isdir(directory):
+            self.log(f"metrics: {directory} does not exist, so no textfile was written")
+            return ""
+        backups = _dir(self.config)
+        try:
+            sets: list[dict[str, object]] | None = catalog(backups) if os.path.isdir(backups) else []
+        except (Error, OSError):
+            sets = None
+        try:
+            # What was recorded, also when state.json could not be written (a full disk): the failure is exported.
+            return metrics.write(directory, metrics.render(self.store.latest or self.store.read(), sets))
+        except OSError as exc:
+            self._warn(f"cannot write the metrics textfile in {directory}: {exc.strerror or exc}")
+            return ""
+
+    def _ping(self, send: Callable[[], list[heartbeat.Sent]]) -> None:
+        try:
+            for sent in send():
+                if sent.error:
+                    self._warn(f"heartbeat: {sent.error}")
+        except KeyboardInterrupt:
+            self._warn("heartbeat: interrupted, not sent")
+
+    def _tail(self) -> bytes:
+        lines = [
+            *self.log.lines,
+            f"selfhost-dr {self.operation}: {self.run.reason or 'ok'} (exit {self.run.exit_code})",
+        ]
+        return heartbeat.tail("\n".join(lines) + "\n")
+
+    def _warn(self, sentence: str) -> None:
+        self.warnings.append(sentence)
+        self.log(f"warning: {sentence}")
 
 
 def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
@@ -260,11 +433,35 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
             "age_hours": round((now - mtime) / 3600, 1),
             "verification": dict(newest.get("verification") or {}).get("state", "unknown"),  # type: ignore[call-overload]
         }
+    every = monitoring(config)["every"]
+    store = state.Store(config.get("state_dir"))
+    recorded = store.read()
+    operations: dict[str, object] = {}
+    for operation in state.OPERATIONS:
+        about = dict(dict(recorded.get("operations") or {}).get(operation) or {})  # type: ignore[call-overload]
+        if not about and operation not in every:
+            continue
+        for key in ("last_attempt", "last_success", "last_failure"):
+            entry = about.get(key)
+            when = state.timestamp(entry.get("finished_at") or entry.get("started_at")) if entry else None
+            if entry and when is not None:
+                about[key] = {**entry, "age_hours": round((now - when) / 3600, 1)}
+        if operation in every:
+            about["every_hours"] = every[operation]
+            about["due"] = state.due(recorded, operation, every[operation] * 3600)
+            success = state.last(recorded, operation, "last_success")
+            started = state.timestamp(success["started_at"]) if success else None
+            about["overdue"] = started is None or now - started > 2 * every[operation] * 3600
+        operations[operation] = about
     return {
         "directory": directory,
         "apps": apps,
         "pending_restores": swap.pending(config.get("state_dir")),
         "leftovers": leftovers(directory) if os.path.isdir(directory) else [],
+        "operations": operations,
+        "state_file": store.path,
+        "state_problem": store.problem,
+        "running": held(config.get("state_dir")),
     }
 
 
@@ -332,24 +529,37 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--config", help=f"configuration file (default ${CONFIG_ENV}, else {CONFIG})")
     common.add_argument("--json", action="store_true", help="print one JSON result object on stdout")
     common.add_argument("--app", choices=APPS, help="the application (default: the configuration's app)")
+    runs = _Parser(add_help=False)
+    runs.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help=f"wait this long for another run to release the host lock, 0 not at all "
+        f"(default [lock] wait, else {DEFAULT_WAIT:g})",
+    )
+    runs.add_argument("--schedule", metavar="NAME", help="the schedule (timer) that started this run, recorded with it")
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    p = sub.add_parser("backup", parents=[common], help="write a backup set (and verify it)")
+    p = sub.add_parser("backup", parents=[common, runs], help="write a backup set (and verify it)")
     p.add_argument("--mode", choices=["hot", "cold", "instances"])
     p.add_argument("--instance", action="append", default=[], help="with --mode instances: service:id (repeat)")
     p.add_argument("--label", default="")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--check", action="store_true", help="refuse what the backup would refuse; change nothing")
-    p = sub.add_parser("verify", parents=[common], help="verify a set end to end (default: the newest)")
+    p = sub.add_parser("verify", parents=[common, runs], help="verify a set end to end (default: the newest)")
     p.add_argument("set", nargs="?")
     sub.add_parser("list", parents=[common], help="the sets, newest first")
-    p = sub.add_parser("prune", parents=[common], help="apply the [retention] rules")
+    p = sub.add_parser("prune", parents=[common, runs], help="apply the [retention] rules")
     p.add_argument("--dry-run", action="store_true")
-    p = sub.add_parser("restore", parents=[common], help="restore a set (default: the newest) and start the app")
+    p = sub.add_parser("restore", parents=[common, runs], help="restore a set (default: the newest) and start the app")
     p.add_argument("set", nargs="?")
     p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
     p.add_argument("--keep-safety", action="store_true")
     p.add_argument("--check", action="store_true", help="verify and plan, refusing what the restore would refuse")
-    sub.add_parser("status", parents=[common], help="newest set per app, pending restores, leftovers")
+    sub.add_parser(
+        "status",
+        parents=[common],
+        help="last success, attempt and failure per operation; newest set per app; leftovers",
+    )
     p = sub.add_parser("tomo", parents=[common], help="Tomo's JSON document: create, restore, list")
     p.add_argument("verb", choices=["create", "restore", "list"])
     p.add_argument("--output", help="create: the directory to write to; list: the directory to look in")
@@ -391,6 +601,7 @@ def _text(command: str, result: dict[str, Any]) -> str:
                 f"{app}: {about['sets']} set(s); newest {about['newest']}, {about['age_hours']} h old, "
                 f"{about['verification']}"
             )
+        lines += _operation_lines(result)
         lines += [f"restore {r['restore_id']} of {r['archive']} is {r['state']}" for r in result["pending_restores"]]
         if result["leftovers"]:
             lines.append(f"{len(result['leftovers'])} leftover(s) of interrupted runs (swept by the next backup)")
@@ -402,6 +613,38 @@ def _text(command: str, result: dict[str, Any]) -> str:
             f"deleted {len(result['deleted'])} set(s), freed {result['freed_bytes']} bytes; kept {len(result['kept'])}"
         )
     return json.dumps(result, indent=2, sort_keys=True, default=str)
+
+
+def _operation_lines(result: dict[str, Any]) -> list[str]:
+    lines = [f"warning: {result['state_problem']}"] if result.get("state_problem") else []
+    if result.get("running"):
+        about = result["running"]
+        lines.append(
+            f"running now: {about.get('operation', '?')} (pid {about.get('pid', '?')}, since {about.get('since', '?')})"
+        )
+    for operation, about in result.get("operations", {}).items():
+        success, attempt, failure = (about.get(k) for k in ("last_success", "last_attempt", "last_failure"))
+        parts = []
+        if success:
+            size = f", {success['set_bytes']} bytes" if success.get("set_bytes") is not None else ""
+            parts.append(f"last success {success['finished_at']} ({success['age_hours']} h ago{size})")
+        else:
+            parts.append("never succeeded")
+        running = result.get("running") or {}
+        if attempt and not attempt.get("finished_at") and running.get("operation") == operation:
+            parts.append(f"running since {attempt['started_at']}")
+        elif attempt and not attempt.get("finished_at"):
+            parts.append(f"a run started {attempt['started_at']} never finished")
+        elif attempt and not attempt.get("ok"):
+            parts.append(f"last attempt {attempt['finished_at']} failed: {attempt['reason']}")
+        elif failure:
+            parts.append(f"last failure {failure['finished_at']} ({failure['age_hours']} h ago): {failure['reason']}")
+        if about.get("overdue"):
+            parts.append(f"OVERDUE (every {about['every_hours']:g} h)")
+        elif about.get("due"):
+            parts.append("due")
+        lines.append(f"{operation}: " + "; ".join(parts))
+    return lines
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -422,10 +665,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     log = Progress(quiet=as_json)
     code, command = EXIT_OK, ""
+    monitor: Monitor | None = None
     try:
         args = parser().parse_args([a for a in args_in if a != "--json"])
         command = args.command
         config = load_config(args.config)
+        monitor = Monitor.of(args, config, log)
+        if monitor is not None:
+            monitor.begin()
         result = COMMANDS[command](args, config, log)
     except SystemExit as exc:  # --help
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
@@ -442,6 +689,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, code = {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
     except KeyboardInterrupt as exc:
         result, code = {"error": f"interrupted{' by ' + str(exc) if str(exc) else ''}"}, EXIT_INTERRUPTED
+    if monitor is not None and monitor.begun:
+        try:
+            result = {**result, **monitor.end(code, result)}
+        except KeyboardInterrupt:  # a second signal while recording: the lock is released, the record may lag
+            code = code or EXIT_INTERRUPTED
+    warnings = monitor.warnings if monitor is not None else []
+    if warnings:
+        result["warnings"] = warnings
     if as_json:
         print(json.dumps({"ok": code == 0, "command": command, **result}, sort_keys=True, default=str))
     elif code:

@@ -1,0 +1,98 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The node_exporter textfile ``selfhost_dr.prom``, from state.json and the catalog of sets.
+
+Standard library only. Timestamps, not ages: a value survives a reboot as it was (node_exporter reads the file
+again), so nothing looks stale after a restart and the alert rules compute ages with ``time()``. The file is
+written to a temp name in the same directory (``selfhost_dr.prom.partial``, which the textfile collector ignores)
+and renamed over the old one: a reader never sees half a file, and a link at the name is replaced, never written
+through.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+from .._common import atomic_write, fsync_dir
+from .state import OPERATIONS, last, timestamp
+
+TEXTFILE = "selfhost_dr.prom"
+DEFAULT_TEXTFILE_DIR = "/var/lib/node_exporter"
+SET_STATES = ("verified", "unverified", "failed", "changed")
+
+HELP = {
+    "last_success_timestamp_seconds": "When the operation's last successful run ended (Unix time).",
+    "last_attempt_timestamp_seconds": "When the operation's last run started (Unix time), whatever its outcome.",
+    "last_attempt_success": "1 when the operation's last run succeeded, 0 when it failed or never finished.",
+    "last_duration_seconds": "How long the operation's last finished run took.",
+    "last_set_bytes": "Bytes of the set(s) the operation's last successful run wrote, verified or restored.",
+    "last_verified_timestamp_seconds": "When a set of the application was last verified successfully (Unix time).",
+    "sets": "Sets in the backup directory by verification state.",
+}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isfinite(value) and value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    return repr(float(value))
+
+
+def render(state: dict[str, object], sets: list[dict[str, object]] | None) -> str:
+    """The textfile: a HELP and TYPE line per metric, then its samples. ``sets`` None: the directory could not be
+    listed, and the set metrics are left out rather than reported as zero."""
+    samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}
+    for operation in OPERATIONS:
+        attempt = last(state, operation, "last_attempt")
+        if attempt is None:
+            continue
+        label = f'operation="{operation}"'
+        success = last(state, operation, "last_success")
+        when = timestamp(success.get("finished_at")) if success else None
+        if when is not None:
+            samples["last_success_timestamp_seconds"].append((label, when))
+        started = timestamp(attempt.get("started_at"))
+        if started is not None:
+            samples["last_attempt_timestamp_seconds"].append((label, started))
+        ok = bool(attempt.get("finished_at")) and attempt.get("ok") is True
+        samples["last_attempt_success"].append((label, 1.0 if ok else 0.0))
+        finished = attempt if attempt.get("finished_at") else last(state, operation, "last_failure")
+        if finished and finished.get("finished_at"):
+            samples["last_duration_seconds"].append((label, float(finished.get("duration_seconds") or 0)))  # type: ignore[arg-type]
+        if success and isinstance(success.get("set_bytes"), int):
+            samples["last_set_bytes"].append((label, float(success["set_bytes"])))  # type: ignore[arg-type]
+    if sets is not None:
+        newest: dict[str, float] = {}
+        counts = dict.fromkeys(SET_STATES, 0)
+        for entry in sets:
+            verification = dict(entry.get("verification") or {})  # type: ignore[call-overload]
+            state_name = str(verification.get("state", "unverified"))
+            counts[state_name if state_name in counts else "unverified"] += 1
+            when = timestamp(verification.get("verified_at")) if state_name == "verified" else None
+            app = str(entry.get("app") or "")
+            if when is not None and when > newest.get(app, 0.0):
+                newest[app] = when
+        for app, when in sorted(newest.items()):
+            samples["last_verified_timestamp_seconds"].append((f'app="{_escape(app)}"', when))
+        for state_name in SET_STATES:
+            samples["sets"].append((f'state="{state_name}"', float(counts[state_name])))
+    lines: list[str] = []
+    for name, help_text in HELP.items():
+        if not samples[name]:
+            continue
+        metric = f"selfhost_dr_{name}"
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+        lines += [f"{metric}{{{labels}}} {_number(value)}" for labels, value in samples[name]]
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def write(directory: str, text: str) -> str:
+    """Write the textfile into ``directory`` (which must exist) atomically; its path."""
+    path = os.path.join(directory, TEXTFILE)
+    atomic_write(path, text.encode(), 0o644)
+    fsync_dir(directory)
+    return path
