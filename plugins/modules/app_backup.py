@@ -88,6 +88,7 @@ extends_documentation_fragment:
   - selfhost.dr.tenement.service
   - selfhost.dr.tomo
   - selfhost.dr.state_dir
+  - selfhost.dr.state_dir.lock
 seealso:
   - module: selfhost.dr.app_restore
   - module: selfhost.dr.backup_create
@@ -149,6 +150,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
 
 
 def main() -> None:
@@ -166,6 +168,7 @@ def main() -> None:
             verify=dict(type="bool", default=True),
             **APP_SPEC,
             **STATE_DIR_SPEC,
+            **LOCK_SPEC,
         ),
         supports_check_mode=True,
     )
@@ -192,7 +195,11 @@ def main() -> None:
                 for n in planned.names
             ]
             module.exit_json(sets=would, bytes_in=planned.bytes_in, left_out=planned.left_out, **common)
-        done = backup.run(app, planned, options, module.log)
+        with recorded(p["state_dir"], "backup", p["app"], p["lock_wait"], module.log) as run:
+            done = backup.run(app, planned, options, module.log)
+            run.set_path = str(done.sets[-1]["path"]) if done.sets else ""
+            run.sets = len(done.sets)
+            run.set_bytes = sum(int(str(s.get("size") or 0)) for s in done.sets)
     except Error as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

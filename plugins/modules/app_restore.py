@@ -67,6 +67,7 @@ extends_documentation_fragment:
   - selfhost.dr.tenement.service
   - selfhost.dr.tomo
   - selfhost.dr.state_dir
+  - selfhost.dr.state_dir.lock
 seealso:
   - module: selfhost.dr.app_backup
   - module: selfhost.dr.backup_restore
@@ -140,6 +141,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import restore
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
 
 
 def main() -> None:
@@ -152,6 +154,7 @@ def main() -> None:
             dest_root=dict(type="path", default="/"),
             **APP_SPEC,
             **STATE_DIR_SPEC,
+            **LOCK_SPEC,
         ),
         supports_check_mode=True,
     )
@@ -172,7 +175,9 @@ def main() -> None:
         )
         if module.check_mode:
             module.exit_json(**common)
-        done = restore.run(app, planned, options, module.log)
+        with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
+            run.set_path, run.sets = archive, 1
+            done = restore.run(app, planned, options, module.log)
     except Error as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
