@@ -318,6 +318,9 @@ class Monitor:
         except OSError as exc:
             self._warn(f"cannot write the metrics textfile in {directory}: {exc.strerror or exc}")
             return ""
+        except Exception as exc:
+            self._warn(f"cannot write the metrics textfile in {directory}: {type(exc).__name__}: {exc}")
+            return ""
 
     def _ping(self, send: Callable[[], list[heartbeat.Sent]]) -> None:
         try:
@@ -326,6 +329,8 @@ class Monitor:
                     self._warn(f"heartbeat: {sent.error}")
         except KeyboardInterrupt:
             self._warn("heartbeat: interrupted, not sent")
+        except Exception as exc:
+            self._warn(f"heartbeat: not sent ({type(exc).__name__})")
 
     def _tail(self) -> bytes:
         lines = [
@@ -478,11 +483,19 @@ def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
         password = _tomo_password(args.password_file) if args.input.endswith(".enc") else None
         tomo = application("tomo", {**options, "tomo_database": database})
         assert isinstance(tomo, Tomo)  # noqa: S101 - application("tomo") is one
-        return dict(
-            tomo.import_document(
-                args.input, categories, args.mode, password=password, check=args.check, stop=not args.live, log=log
+
+        def run() -> dict[str, object]:
+            return dict(
+                tomo.import_document(
+                    args.input, categories, args.mode, password=password, check=args.check, stop=not args.live, log=log
+                )
             )
-        )
+
+        if args.check:
+            return run()
+        # Under the host lock, as a restore: never while a timer backs Tomo up or restores it.
+        with HostLock(config.get("state_dir"), "restore", monitoring(config)["wait"], "", log):
+            return run()
     return {"documents": tomo_document.catalog(args.output or _dir(config))}
 
 
@@ -626,21 +639,25 @@ def _operation_lines(result: dict[str, Any]) -> list[str]:
         success, attempt, failure = (about.get(k) for k in ("last_success", "last_attempt", "last_failure"))
         parts = []
         if success:
-            size = f", {success['set_bytes']} bytes" if success.get("set_bytes") is not None else ""
-            parts.append(f"last success {success['finished_at']} ({success['age_hours']} h ago{size})")
+            size = f", {success.get('set_bytes')} bytes" if success.get("set_bytes") is not None else ""
+            parts.append(
+                f"last success {success.get('finished_at', '?')} ({success.get('age_hours', '?')} h ago{size})"
+            )
         else:
             parts.append("never succeeded")
         running = result.get("running") or {}
         if attempt and not attempt.get("finished_at") and running.get("operation") == operation:
-            parts.append(f"running since {attempt['started_at']}")
+            parts.append(f"running since {attempt.get('started_at', '?')}")
         elif attempt and not attempt.get("finished_at"):
-            parts.append(f"a run started {attempt['started_at']} never finished")
+            parts.append(f"a run started {attempt.get('started_at', '?')} never finished")
         elif attempt and not attempt.get("ok"):
-            parts.append(f"last attempt {attempt['finished_at']} failed: {attempt['reason']}")
+            parts.append(f"last attempt {attempt.get('finished_at', '?')} failed: {attempt.get('reason', '?')}")
         elif failure:
-            parts.append(f"last failure {failure['finished_at']} ({failure['age_hours']} h ago): {failure['reason']}")
+            when, age = failure.get("finished_at", "?"), failure.get("age_hours", "?")
+            parts.append(f"last failure {when} ({age} h ago): {failure.get('reason', '?')}")
         if about.get("overdue"):
-            parts.append(f"OVERDUE (every {about['every_hours']:g} h)")
+            every = about.get("every_hours")
+            parts.append(f"OVERDUE (every {every:g} h)" if isinstance(every, (int, float)) else "OVERDUE")
         elif about.get("due"):
             parts.append("due")
         lines.append(f"{operation}: " + "; ".join(parts))
@@ -689,6 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result, code = {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
     except KeyboardInterrupt as exc:
         result, code = {"error": f"interrupted{' by ' + str(exc) if str(exc) else ''}"}, EXIT_INTERRUPTED
+    except Exception as exc:
+        result = {"error": f"{command or 'selfhost-dr'} failed unexpectedly: {type(exc).__name__}: {exc}"}
+        code = EXIT_FAILED
     if monitor is not None and monitor.begun:
         try:
             result = {**result, **monitor.end(code, result)}

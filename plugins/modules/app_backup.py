@@ -187,19 +187,29 @@ def main() -> None:
     )
     try:
         app = application(p["app"], p)
-        planned = backup.plan(app, p["mode"], options, p["instances"], check=module.check_mode)
-        common = dict(changed=True, mode=planned.mode, stops=planned.stops, running=planned.facts.running)
-        if module.check_mode:
+        if module.check_mode:  # reads only: no lock
+            planned = backup.plan(app, p["mode"], options, p["instances"], check=True)
             would = [
                 dict(name=n, path=f"{options.dest}/{n}", files=planned.files, databases=planned.databases)
                 for n in planned.names
             ]
-            module.exit_json(sets=would, bytes_in=planned.bytes_in, left_out=planned.left_out, **common)
+            module.exit_json(
+                changed=True,
+                mode=planned.mode,
+                stops=planned.stops,
+                running=planned.facts.running,
+                sets=would,
+                bytes_in=planned.bytes_in,
+                left_out=planned.left_out,
+            )
+        # Planned under the host lock: what runs and what stops is read after any other run let go of the host.
         with recorded(p["state_dir"], "backup", p["app"], p["lock_wait"], module.log) as run:
+            planned = backup.plan(app, p["mode"], options, p["instances"])
             done = backup.run(app, planned, options, module.log)
             run.set_path = str(done.sets[-1]["path"]) if done.sets else ""
             run.sets = len(done.sets)
             run.set_bytes = sum(int(str(s.get("size") or 0)) for s in done.sets)
+        common = dict(changed=True, mode=planned.mode, stops=planned.stops, running=planned.facts.running)
     except Error as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

@@ -164,20 +164,25 @@ def main() -> None:
     try:
         app = application(p["app"], p)
         archive = p["path"] or restore.newest(p["dir"], p["app"], units)
-        planned = restore.plan(app, archive, options, units, module.log, check=module.check_mode)
-        common = dict(
-            changed=True,
-            path=archive,
-            paths=planned.paths,
-            targets=planned.targets,
-            started=planned.start,
-            metadata=planned.manifest.get("metadata", {}),
-        )
-        if module.check_mode:
-            module.exit_json(**common)
+
+        def described(planned: restore.Plan) -> dict[str, object]:
+            return dict(
+                changed=True,
+                path=archive,
+                paths=planned.paths,
+                targets=planned.targets,
+                started=planned.start,
+                metadata=planned.manifest.get("metadata", {}),
+            )
+
+        if module.check_mode:  # reads only: no lock
+            module.exit_json(**described(restore.plan(app, archive, options, units, module.log, check=True)))
+        # Planned under the host lock: what runs before the restore is read after any other run let go of the host.
         with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
             run.set_path, run.sets = archive, 1
+            planned = restore.plan(app, archive, options, units, module.log)
             done = restore.run(app, planned, options, module.log)
+        common = described(planned)
     except Error as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

@@ -147,6 +147,9 @@ options:
     description: Seconds to wait for a lock that Tomo holds on the database before giving up.
     type: float
     default: 30
+extends_documentation_fragment:
+  - selfhost.dr.state_dir
+  - selfhost.dr.state_dir.lock
 notes:
   - Stop C(tomo.service) around an import (the C(selfhost.dr.restore) role does), so that Tomo does not keep
     stale rows in memory. The import itself waits for Tomo's locks and is safe while Tomo runs.
@@ -307,7 +310,7 @@ rows_after:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.selfhost.dr.plugins.module_utils._common import AppError
+from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo import Settings, Tomo
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_export import export
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema import (
@@ -315,6 +318,8 @@ from ansible_collections.selfhost.dr.plugins.module_utils.apps.tomo_schema impor
     MODES,
     locate_database,
 )
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
 
 SIGNS = (("added", "+"), ("updated", "~"), ("removed", "-"), ("skipped", "="), ("orphaned", "="), ("incomplete", "="))
 WHY = {
@@ -351,6 +356,8 @@ def main() -> None:
             stop_service=dict(type="bool", default=False),
             service=dict(type="str", default="tomo.service"),
             settle=dict(type="float", default=2.0),
+            **STATE_DIR_SPEC,
+            **LOCK_SPEC,
         ),
         required_if=[("state", "exported", ["dest"]), ("state", "imported", ["src"])],
         supports_check_mode=True,
@@ -377,16 +384,24 @@ def main() -> None:
                 lock_timeout=p["lock_timeout"],
             )
         )
-        result = tomo.import_document(
-            p["src"],
-            p["categories"],
-            p["mode"],
-            password=p["password"],
-            check=module.check_mode,
-            stop=p["stop_service"],
-            log=module.log,
-        )
-    except AppError as exc:
+
+        def imported() -> dict[str, object]:
+            return tomo.import_document(
+                p["src"],
+                p["categories"],
+                p["mode"],
+                password=p["password"],
+                check=module.check_mode,
+                stop=p["stop_service"],
+                log=module.log,
+            )
+
+        if module.check_mode:
+            result = imported()
+        else:  # under the host lock, recorded as a restore: never while a timer backs Tomo up or restores it
+            with recorded(p["state_dir"], "restore", "tomo", p["lock_wait"], module.log):
+                result = imported()
+    except Error as exc:
         module.fail_json(msg=str(exc))
     result["changed"] = result.pop("changed")
     if module._diff:

@@ -103,3 +103,20 @@ def test_a_live_import_stops_nothing(tmp_path: Path) -> None:
     service = Recorder()
     tomo, _target, document = _tomo(tmp_path, service)
     assert tomo.import_document(document, stop=False)["changed"] and service.calls == []
+
+
+def test_tomo_runs_again_when_settling_its_journal_fails_after_the_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ansible_collections.selfhost.dr.plugins.module_utils.apps import tomo as tomo_module
+
+    service = Recorder()
+    tomo, _target, document = _tomo(tmp_path, service)
+
+    def stuck(*_args: object) -> None:
+        raise TomoError("cannot settle tomo.db after stopping Tomo: database is locked")
+
+    monkeypatch.setattr(tomo_module, "settle", stuck)
+    with pytest.raises(TomoError, match="database is locked"):
+        tomo.import_document(document)
+    assert service.calls == ["stop", "start"] and service.running

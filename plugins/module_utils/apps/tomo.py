@@ -135,12 +135,19 @@ class Tomo(Application):
             return planned
         if not stop:
             return tomo_import.import_document(src, database, categories, mode, **args)  # type: ignore[arg-type]
-        was = self.stop(log)
+        was = self.service.active()
         try:
+            self.stop(log)  # then the journal is settled, which may fail: Tomo is started again all the same
             done = tomo_import.import_document(src, database, categories, mode, **args)  # type: ignore[arg-type]
-        finally:
+        except BaseException as exc:
             if was:
-                self.start([], 0.0, log)
+                try:
+                    self.start([], 0.0, log)
+                except AppError as again:
+                    raise AppError(f"{exc}; and starting {s.service} again failed too: {again}") from exc
+            raise
+        if was:
+            self.start([], 0.0, log)
         done["stopped"] = was
         return done
 

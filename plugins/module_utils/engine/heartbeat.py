@@ -103,7 +103,7 @@ def send(url: str, kind: str, body: bytes | None, timeout: float = DEFAULT_TIMEO
             reason = exc.reason
             why = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
             error = f"{kind} ping to {where} failed: {why}"
-        except (OSError, ValueError) as exc:  # timeouts, resets, a bad answer
+        except Exception as exc:
             error = f"{kind} ping to {where} failed: {getattr(exc, 'strerror', None) or str(exc) or type(exc).__name__}"
     return Sent(kind, where, _scrub(error, url))
 

@@ -61,8 +61,9 @@ def render(state: dict[str, object], sets: list[dict[str, object]] | None) -> st
         ok = bool(attempt.get("finished_at")) and attempt.get("ok") is True
         samples["last_attempt_success"].append((label, 1.0 if ok else 0.0))
         finished = attempt if attempt.get("finished_at") else last(state, operation, "last_failure")
-        if finished and finished.get("finished_at"):
-            samples["last_duration_seconds"].append((label, float(finished.get("duration_seconds") or 0)))  # type: ignore[arg-type]
+        duration = finished.get("duration_seconds") if finished and finished.get("finished_at") else None
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool):  # a hand-edited value is left out
+            samples["last_duration_seconds"].append((label, float(duration)))
         if success and isinstance(success.get("set_bytes"), int):
             samples["last_set_bytes"].append((label, float(success["set_bytes"])))  # type: ignore[arg-type]
     if sets is not None:
