@@ -409,8 +409,6 @@ def open_checked(source: str, lock_timeout: float, expect: Identity) -> sqlite3.
     inode): the same check as a snapshot's, for the few writes the collection makes to a restored database."""
     try:
         conn, _ = _open_source(source, lock_timeout, expect)
-    except SnapshotError:
-        raise
     except sqlite3.Error as exc:
         raise SnapshotError(f"cannot open {source}: {exc}") from exc
     return conn

@@ -259,7 +259,7 @@ def test_per_instance_backup_and_restore_of_data_outside_the_instance_dir(host: 
     app = host.app()
     with pytest.raises(Exception, match=r"would hold nothing.*tenement_instance_data for service flat"):
         backup.plan(app, "instances", options, ["flat:one"])
-    assert host.client.instances()["flat:one"].uptime_secs >= 0
+    assert "flat:one" in host.client.instances(), "the refused backup stopped the instance"
 
 
 def test_routing_weights_survive_a_per_instance_backup_and_a_cold_backup(host: Host) -> None:
