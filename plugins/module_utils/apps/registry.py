@@ -19,6 +19,7 @@ from .tomo import Tomo
 from .tomo_schema import CATEGORIES
 
 APPS = ("tenement", "tomo")
+MODES: dict[str, tuple[str, ...]] = {"tenement": Tenement.modes, "tomo": Tomo.modes}  # how each is backed up
 
 # Ansible argument specs, and the keys of config.toml's [tenement] and [tomo] tables (without the prefix).
 TENEMENT_CLIENT_SPEC: dict[str, dict[str, object]] = {

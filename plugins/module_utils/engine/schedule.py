@@ -1,0 +1,268 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Schedules: when a host backs itself up, what each run does, and how long its sets are kept.
+
+A schedule is what the ``schedule`` role's ``schedule_list`` says of one timer: a name, a calendar (``every:
+daily | weekly | monthly`` at a time, or any systemd ``OnCalendar`` expression), the operations each run does in
+order (backup, verify, prune), the app, mode and label of its sets, and the retention of the sets it made. The role
+writes them to ``/etc/selfhost-dr/schedules.toml`` (a ``[schedules.NAME]`` table each) and a systemd timer and
+service per schedule that run ``selfhost-dr run NAME``. Standard library only: :func:`parse` checks an entry and
+says what is wrong in one sentence; :func:`table` and :func:`from_table` are the two directions of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .._common import Error
+from ..sets.retention import RetentionError
+from .prune import RULES, policy_of
+from .state import SCHEDULE_RE
+
+OPERATIONS = ("backup", "verify", "prune")  # in the order a run does them
+EVERY = {"daily": 24.0, "weekly": 168.0, "monthly": 744.0}  # hours between runs (a month: 31 days at most)
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+UNIT_PREFIX = "selfhost-dr-"
+SCHEDULES_FILE = "schedules.toml"
+RETENTION_KEYS = (*(f"keep_{rule}" for rule in RULES), "keep_within", "keep_all", "timezone")
+DEFAULT_TIMEOUT = 6 * 3600  # a run still going after this is stopped (SIGTERM: the app is started again)
+DEFAULT_SHARE_WITHIN = 900
+_AT_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+_SPAN_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s?)?$")
+_KNOWN = {
+    "name",
+    "every",
+    "at",
+    "weekday",
+    "day",
+    "randomized_delay",
+    "operations",
+    "app",
+    "mode",
+    "label",
+    "retention",
+    "share_within",
+    "timeout",
+    "heartbeat",
+    "every_hours",
+}
+
+
+class ScheduleError(Error):
+    """A schedule that cannot be run, in one sentence."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    calendar: str  # systemd OnCalendar
+    operations: tuple[str, ...]
+    app: str
+    mode: str
+    label: str = ""  # "" : the [backup] label, else the mode
+    randomized_delay: int = 0  # seconds (RandomizedDelaySec)
+    timeout: int = DEFAULT_TIMEOUT  # seconds (TimeoutStartSec)
+    share_within: int = DEFAULT_SHARE_WITHIN  # seconds: another schedule's set this recent is shared, not remade
+    retention: Mapping[str, object] = field(default_factory=dict)  # keep_* options; {}: the [retention] rules
+    heartbeat: str = ""  # a healthchecks.io-style URL pinged for the whole run (a secret: never shown)
+    every_hours: float = 0.0  # how often it runs, for "due" and "overdue" (0: unknown)
+
+    @property
+    def unit(self) -> str:
+        """The systemd unit name without its suffix: ``selfhost-dr-NAME``."""
+        return UNIT_PREFIX + self.name
+
+
+def seconds(value: object, what: str) -> int:
+    """A duration as seconds: a number, or ``1d2h30m10s`` (any of the parts, ``min`` for ``m``)."""
+    if isinstance(value, bool):
+        raise ScheduleError(f"{what} must be a duration such as 30m, 2h or 90 (seconds), not {value!r}")
+    if isinstance(value, int) and value >= 0:
+        return value
+    match = _SPAN_RE.match(value.strip()) if isinstance(value, str) and value.strip() else None
+    if not match or not any(match.groups()):
+        raise ScheduleError(f"{what} must be a duration such as 30m, 2h or 90 (seconds), not {value!r}")
+    days, hours, minutes, secs = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + secs
+
+
+def calendar(entry: Mapping[str, object], where: str) -> str:
+    """The OnCalendar expression of an entry: ``every`` daily/weekly/monthly with ``at``, ``weekday`` and ``day``,
+    or ``every`` itself (any systemd calendar expression; ``systemd-analyze calendar`` decides whether it is one)."""
+    every = entry.get("every", "daily")
+    if not isinstance(every, str) or not every.strip() or "\n" in every or len(every) > 200:
+        raise ScheduleError(f"{where}: every must be daily, weekly, monthly or a systemd calendar expression")
+    every = every.strip()
+    extra = [key for key in ("at", "weekday", "day") if entry.get(key) not in (None, "")]
+    if every not in EVERY:
+        if extra:
+            raise ScheduleError(
+                f"{where}: {extra[0]} goes with every daily, weekly or monthly; put it into the calendar "
+                f"expression {every!r} instead"
+            )
+        return every
+    at = entry.get("at") or "03:00"
+    match = _AT_RE.match(at) if isinstance(at, str) else None
+    if not match:
+        raise ScheduleError(f'{where}: at must be a time "HH:MM" (00:00 to 23:59), not {at!r}')
+    time = f"{int(match[1]):02d}:{match[2]}:00"
+    if every == "daily":
+        for key in ("weekday", "day"):
+            if key in extra:
+                raise ScheduleError(f"{where}: {key} goes with every {'weekly' if key == 'weekday' else 'monthly'}")
+        return f"*-*-* {time}"
+    if every == "weekly":
+        if "day" in extra:
+            raise ScheduleError(f"{where}: day goes with every monthly; a weekly schedule takes weekday")
+        weekday = entry.get("weekday") or "Sun"
+        chosen = weekday[:3].capitalize() if isinstance(weekday, str) else None
+        if chosen not in WEEKDAYS or not str(weekday).lower().startswith(str(chosen).lower()):
+            raise ScheduleError(f"{where}: weekday must be one of {', '.join(WEEKDAYS)}, not {weekday!r}")
+        return f"{chosen} *-*-* {time}"
+    if "weekday" in extra:
+        raise ScheduleError(f"{where}: weekday goes with every weekly; a monthly schedule takes day")
+    day = entry.get("day") or 1
+    if day == "last":
+        return f"*-*~01 {time}"
+    if isinstance(day, bool) or not isinstance(day, int) or not 1 <= day <= 28:
+        raise ScheduleError(
+            f'{where}: day must be 1 to 28 or "last", not {day!r}: not every month has a day {day}'
+            if isinstance(day, int) and not isinstance(day, bool) and 29 <= day <= 31
+            else f'{where}: day must be 1 to 28 or "last", not {day!r}'
+        )
+    return f"*-*-{day:02d} {time}"
+
+
+def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, default_mode: str) -> Schedule:
+    """One entry of ``schedule_list``, checked. ``apps`` maps each application to its backup modes."""
+    if not isinstance(entry, Mapping):
+        raise ScheduleError(f"a schedule must be a mapping with a name, not {entry!r}")
+    name = entry.get("name")
+    if not isinstance(name, str) or not SCHEDULE_RE.match(name):
+        raise ScheduleError(
+            f"a schedule's name must be 1 to 64 letters, digits, '.', '_' and '-' (starting with a letter or digit), "
+            f"not {name!r}"
+        )
+    where = f"schedule {name!r}"
+    unknown = sorted(str(k) for k in entry if k not in _KNOWN)
+    if unknown:
+        raise ScheduleError(f"{where}: {unknown[0]} is not a schedule setting ({', '.join(sorted(_KNOWN))})")
+    operations = entry.get("operations", ["backup", "prune"])
+    if isinstance(operations, str):
+        operations = [operations]
+    if not isinstance(operations, (list, tuple)) or not operations:
+        raise ScheduleError(f"{where}: operations must be a list of {', '.join(OPERATIONS)}")
+    for operation in operations:
+        if operation not in OPERATIONS:
+            raise ScheduleError(f"{where}: unknown operation {operation!r} (one of {', '.join(OPERATIONS)})")
+    if len(set(operations)) != len(operations):
+        raise ScheduleError(f"{where}: an operation is listed twice in {list(operations)}")
+    app = entry.get("app") or default_app
+    if app not in apps:
+        raise ScheduleError(f"{where}: app must be one of {', '.join(apps)}, not {app!r}")
+    mode = entry.get("mode") or (default_mode if default_mode in apps[str(app)] else apps[str(app)][0])
+    if mode not in apps[str(app)]:
+        raise ScheduleError(f"{where}: {app} backs up in mode {', '.join(apps[str(app)])}, not {mode!r}")
+    label = entry.get("label") or ""
+    if not isinstance(label, str) or (label and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", label)):
+        raise ScheduleError(f"{where}: label must be letters, digits, '.', '_' and '-', not {label!r}")
+    retention = entry.get("retention") or {}
+    if not isinstance(retention, Mapping):
+        raise ScheduleError(f"{where}: retention must be a mapping of keep_* rules, not {retention!r}")
+    retention = {k: v for k, v in retention.items() if v not in (None, "", 0, False)}
+    for key in retention:
+        if key not in RETENTION_KEYS:
+            raise ScheduleError(f"{where}: retention {key} is not a rule ({', '.join(RETENTION_KEYS)})")
+    try:
+        policy_of(retention)
+    except (RetentionError, TypeError, ValueError) as exc:
+        raise ScheduleError(f"{where}: its retention is not valid: {exc}") from None
+    heartbeat = entry.get("heartbeat") or ""
+    if not isinstance(heartbeat, str) or (heartbeat and not re.match(r"^https?://[^\s]+$", heartbeat)):
+        raise ScheduleError(f"{where}: heartbeat must be an http(s) URL")  # never quoted: it may hold a token
+    every_hours = entry.get("every_hours", EVERY.get(str(entry.get("every", "daily")).strip(), 0.0))
+    if isinstance(every_hours, bool) or not isinstance(every_hours, (int, float)) or not every_hours >= 0:
+        raise ScheduleError(f"{where}: every_hours must be a number of hours, not {every_hours!r}")
+    timeout = seconds(entry.get("timeout", DEFAULT_TIMEOUT), f"{where}: timeout")
+    if timeout < 60:
+        raise ScheduleError(f"{where}: timeout must be a minute or more, not {timeout} seconds")
+    return Schedule(
+        name=name,
+        calendar=calendar(entry, where),
+        operations=tuple(o for o in OPERATIONS if o in operations),
+        app=str(app),
+        mode=str(mode),
+        label=label,
+        randomized_delay=seconds(entry.get("randomized_delay", 0), f"{where}: randomized_delay"),
+        timeout=timeout,
+        share_within=seconds(entry.get("share_within", DEFAULT_SHARE_WITHIN), f"{where}: share_within"),
+        retention=retention,
+        heartbeat=heartbeat,
+        every_hours=float(every_hours),
+    )
+
+
+def parse_all(
+    entries: object, apps: Mapping[str, tuple[str, ...]], default_app: str, default_mode: str
+) -> list[Schedule]:
+    """Every entry, checked, with unique names (unit names are case-sensitive, but two names that differ only in
+    case are refused: they read as one)."""
+    if entries is None:
+        return []
+    if not isinstance(entries, (list, tuple)):
+        raise ScheduleError(f"the schedules must be a list, not {type(entries).__name__}")
+    schedules = [parse(e, apps, default_app, default_mode) for e in entries]
+    seen: dict[str, str] = {}
+    for s in schedules:
+        if s.name.lower() in seen:
+            raise ScheduleError(f"two schedules are named {seen[s.name.lower()]!r} and {s.name!r}")
+        seen[s.name.lower()] = s.name
+    return schedules
+
+
+def prunable(schedules: list[Schedule], default_retention: Mapping[str, object]) -> None:
+    """Refuse a schedule that prunes with no retention rule of its own and none in [retention]."""
+    fallback = policy_of(default_retention) if default_retention else None
+    for s in schedules:
+        if "prune" in s.operations and not s.retention and (fallback is None or fallback.empty):
+            raise ScheduleError(
+                f"schedule {s.name!r} prunes but has no retention rule (keep_last, keep_within, keep_daily, ... or "
+                "keep_all) and the backup retention has none either"
+            )
+
+
+def table(s: Schedule) -> dict[str, object]:
+    """The ``[schedules.NAME]`` table of schedules.toml (the retention's keep_* rules among its keys)."""
+    row: dict[str, object] = {
+        "calendar": s.calendar,
+        "every_hours": s.every_hours,
+        "operations": list(s.operations),
+        "app": s.app,
+        "mode": s.mode,
+        "label": s.label,
+        "randomized_delay": s.randomized_delay,
+        "timeout": s.timeout,
+        "share_within": s.share_within,
+    }
+    if s.heartbeat:
+        row["heartbeat"] = s.heartbeat
+    row.update(s.retention)
+    return row
+
+
+def from_table(name: str, row: object) -> Schedule:
+    """A ``[schedules.NAME]`` table as :func:`table` writes it (or a person does), checked as :func:`parse`
+    checks an entry."""
+    if not isinstance(row, Mapping):
+        raise ScheduleError(f"[schedules.{name}] must be a table")
+    retention = {k: v for k, v in row.items() if k in RETENTION_KEYS}
+    rest = {k: v for k, v in row.items() if k not in RETENTION_KEYS and k != "calendar"}
+    cal = row.get("calendar")
+    if not isinstance(cal, str) or not cal.strip():
+        raise ScheduleError(f"[schedules.{name}] needs calendar, a systemd OnCalendar expression")
+    from ..apps.registry import MODES  # the apps and their modes, read only when a file is
+
+    parsed = parse({**rest, "name": name, "every": cal, "retention": retention}, MODES, "tenement", "hot")
+    return parsed
