@@ -53,6 +53,10 @@ class JournalError(Error):
     """The on-host journal of restores cannot be read or written."""
 
 
+class UsageError(Error):
+    """The command line or the configuration of the host command is wrong (its exit status 2)."""
+
+
 class AppError(Error):
     """An application (tenement, Tomo) cannot be inspected, stopped, started or checked."""
 

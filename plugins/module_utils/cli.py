@@ -24,7 +24,6 @@ data back failed too (see ``status``); 130 interrupted (SIGINT, SIGTERM or SIGHU
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -32,15 +31,18 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
-from ._common import Error, RollbackError, VerificationError
+from ._common import Error, RollbackError, UsageError, VerificationError, iso, utc_now
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import backup, heartbeat, metrics, prune, restore, state, swap
+from .engine import backup, monitor, prune, restore, schedule, state, swap
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .sets.catalog import catalog, leftovers
+from .sets.names import default_host
+from .sets.tags import add_tag
 from .sets.verify import verify
 
 CONFIG = "/etc/selfhost-dr/config.toml"
@@ -48,12 +50,12 @@ CONFIG_ENV = "SELFHOST_DR_CONFIG"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNVERIFIED, EXIT_ROLLBACK, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
-class UsageError(Error):
-    """The command line or the configuration is wrong."""
+_SCHEDULES_PATH = "\x00schedules.toml"  # where load_config noted schedules.toml's path (no TOML key can be this)
 
 
-def load_config(path: str | None) -> dict[str, Any]:
-    """The host's configuration; an absent default file is an empty one (every option takes its default)."""
+def load_config(path: str | None, missing_ok: bool = False) -> dict[str, Any]:
+    """The host's configuration; an absent default file is an empty one (every option takes its default). The
+    schedules live in schedules.toml beside it (see :func:`schedules`)."""
     chosen = path or os.environ.get(CONFIG_ENV) or CONFIG
     try:
         import tomllib
@@ -61,13 +63,15 @@ def load_config(path: str | None) -> dict[str, Any]:
         raise UsageError("selfhost-dr needs Python 3.11 or newer (tomllib) to read its configuration") from exc
     try:
         with open(chosen, "rb") as handle:
-            return tomllib.load(handle)
+            config = tomllib.load(handle)
     except FileNotFoundError as exc:
-        if path:
+        if path and not missing_ok:
             raise UsageError(f"the configuration {chosen} does not exist") from exc
-        return {}
+        config = {}
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"the configuration {chosen} cannot be read: {exc}") from exc
+    config[_SCHEDULES_PATH] = os.path.join(os.path.dirname(os.path.abspath(chosen)), schedule.SCHEDULES_FILE)
+    return config
 
 
 _TYPES: dict[str, tuple[type, ...]] = {"str": (str,), "path": (str,), "bool": (bool,), "float": (int, float)}
@@ -175,193 +179,98 @@ def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 MONITORED = state.OPERATIONS  # the commands that take the host lock and are recorded, exported and pinged
-_HEARTBEAT_KEYS = (*state.OPERATIONS, "push", "timeout")
 
 
-def monitoring(config: dict[str, Any]) -> dict[str, Any]:
-    """The [lock], [metrics], [heartbeat] and [schedule] tables, checked: one sentence (exit 2) for a wrong one.
-    A URL is never quoted back: it may hold a token."""
-    wait = _number(config, "lock", "wait", DEFAULT_WAIT)
-    for key in _section(config, "lock"):
-        if key != "wait":
-            raise UsageError(f"[lock] {key} is not a setting selfhost-dr knows")
-    if not wait >= 0:  # also NaN
-        raise UsageError(f"[lock] wait must be 0 or more seconds, not {wait:g}")
-    textfile_dir = _section(config, "metrics").get("textfile_dir", metrics.DEFAULT_TEXTFILE_DIR)
-    for key in _section(config, "metrics"):
-        if key != "textfile_dir":
-            raise UsageError(f"[metrics] {key} is not a setting selfhost-dr knows")
-    if not isinstance(textfile_dir, str) or (textfile_dir and not os.path.isabs(textfile_dir)):
-        raise UsageError(f'[metrics] textfile_dir must be an absolute path or "", not {textfile_dir!r}')
-    beats = _section(config, "heartbeat")
-    for key, value in beats.items():
-        if key not in _HEARTBEAT_KEYS:
-            raise UsageError(f"[heartbeat] {key} is not a setting selfhost-dr knows")
-        if key != "timeout" and value != "" and heartbeat.problem(value):
-            raise UsageError(f"[heartbeat] {key} {heartbeat.problem(value)}")
-    timeout = _number(config, "heartbeat", "timeout", heartbeat.DEFAULT_TIMEOUT)
-    if not 0 < timeout <= 600:  # also NaN
-        raise UsageError(f"[heartbeat] timeout must be more than 0 and at most 600 seconds, not {timeout:g}")
-    every: dict[str, float] = {}
-    for key in _section(config, "schedule"):
-        operation = key.removesuffix("_every")
-        if operation == key or operation not in state.OPERATIONS:
-            raise UsageError(f"[schedule] {key} is not a setting selfhost-dr knows")
-        hours = _number(config, "schedule", key, 0)
-        if not hours > 0:  # also NaN
-            raise UsageError(f"[schedule] {key} must be more than 0 hours, not {hours:g}")
-        every[operation] = hours
-    return {"wait": wait, "textfile_dir": textfile_dir, "heartbeat": beats, "timeout": timeout, "every": every}
+def monitoring(config: dict[str, Any]) -> monitor.Settings:
+    """The [lock], [metrics], [heartbeat] and [schedule] tables, checked (exit 2 for a wrong one)."""
+    try:
+        return monitor.settings(config)
+    except monitor.SettingsError as exc:
+        raise UsageError(str(exc)) from None
 
 
-class Monitor:
-    """One recorded run of backup, verify, prune or restore: the host lock, state.json, the textfile, heartbeats."""
-
-    def __init__(self, args: argparse.Namespace, config: dict[str, Any], log: Progress) -> None:
-        self.settings = monitoring(config)
-        self.operation = str(args.command)
-        self.config = config
-        self.log = log
-        schedule = args.schedule or ""
-        if schedule and not state.SCHEDULE_RE.match(schedule):
-            raise UsageError(f"--schedule must be a name of letters, digits, '.', '_' and '-', not {schedule!r}")
-        wait = self.settings["wait"] if args.wait is None else args.wait
-        if not wait >= 0:  # also NaN
-            raise UsageError(f"--wait must be 0 or more seconds (inf: for ever), not {wait:g}")
-        self.store = state.Store(config.get("state_dir"))
-        self.run = state.Run.start(self.operation, schedule, _app(args, config))
-        self.lock = HostLock(config.get("state_dir"), self.operation, wait, schedule, log)
-        beats = self.settings["heartbeat"]
-        self.beats = heartbeat.Heartbeats(
-            str(beats.get(self.operation, "")),
-            str(beats.get("push", "")),
-            self.run.run_id,
-            self.operation,
-            self.settings["timeout"],
-        )
-        self.begun = False
-        self.warnings: list[str] = []
-
-    @staticmethod
-    def of(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> Monitor | None:
-        """The run's monitor; None for a run that changes nothing (``--check``, ``--dry-run``), which takes no lock
-        and is not recorded, but whose settings are checked all the same."""
-        if args.command not in MONITORED:
-            return None
-        monitor = Monitor(args, config, log)
-        return None if getattr(args, "check", False) or getattr(args, "dry_run", False) else monitor
-
-    def begin(self) -> None:
-        """Take the host lock (or fail: nothing recorded), ping the start, record the attempt. A state.json that
-        cannot be written (a full disk) is a warning: the run goes on, and its outcome is still exported and pinged."""
-        self.lock.__enter__()
-        try:
-            self._ping(self.beats.start)
-            self.run = state.Run.start(self.operation, self.run.schedule, self.run.app, self.run.run_id)
+def schedules(config: dict[str, Any]) -> dict[str, schedule.Schedule]:
+    """The schedules: config.toml's [schedules.NAME] tables and those of schedules.toml beside it (which the
+    schedule role writes), checked; a name in both is refused."""
+    found: dict[str, schedule.Schedule] = {}
+    for source, tables in (("config.toml", config.get("schedules")), (schedule.SCHEDULES_FILE, _scheduled(config))):
+        if tables is None:
+            continue
+        if not isinstance(tables, dict):
+            raise UsageError(f"[schedules] of {source} must be a table of schedules")
+        for name, row in tables.items():
+            if name in found:
+                raise UsageError(f"the schedule {name!r} is in both config.toml and {schedule.SCHEDULES_FILE}")
             try:
-                self.store.record(self.run)
-            except state.StateError as exc:
-                self._warn(str(exc))
-        except BaseException:
-            self.lock.__exit__()
-            raise
-        self.begun = True
-        if self.store.problem:
-            self._warn(self.store.problem)
-
-    def end(self, code: int, result: dict[str, Any]) -> dict[str, object]:
-        """Record the outcome, write the textfile, ping; the exit status stays ``code`` whatever fails here."""
-        try:
-            self.run.finish(code, str(result.get("error", "")))
-            self._set_facts(result)
-            try:
-                self.store.record(self.run)
-            except state.StateError as exc:
-                self._warn(str(exc))
-            exported = self._export()
-            self._ping(lambda: self.beats.finish(code, self.run.reason or "ok", self._tail()))
-            if self.beats.sent:
-                with contextlib.suppress(state.StateError):
-                    self.store.note(self.operation, "heartbeats", [b.as_dict() for b in self.beats.sent])
-        finally:
-            self.lock.__exit__()
-        run = {"run_id": self.run.run_id, "schedule": self.run.schedule, "duration_seconds": self.run.duration_seconds}
-        return {"run": run, "metrics": exported, "heartbeats": [b.as_dict() for b in self.beats.sent]}
-
-    def _set_facts(self, result: dict[str, Any]) -> None:
-        paths = [str(s["path"]) for s in result.get("sets", []) if isinstance(s, dict) and "path" in s]
-        if not paths and result.get("path"):
-            paths = [str(result["path"])]
-        if not paths:
-            return
-        self.run.set_path, self.run.sets = paths[-1], len(paths)
-        try:
-            self.run.set_bytes = sum(os.stat(p).st_size for p in paths)
-        except OSError:
-            self.run.set_bytes = None
-
-    def _export(self) -> str:
-        directory = self.settings["textfile_dir"]
-        if not directory:
-            return ""
-        if not os.path.isdir(directory):
-            self.log(f"metrics: {directory} does not exist, so no textfile was written")
-            return ""
-        backups = _dir(self.config)
-        try:
-            sets: list[dict[str, object]] | None = catalog(backups) if os.path.isdir(backups) else []
-        except (Error, OSError):
-            sets = None
-        try:
-            # What was recorded, also when state.json could not be written (a full disk): the failure is exported.
-            return metrics.write(directory, metrics.render(self.store.latest or self.store.read(), sets))
-        except OSError as exc:
-            self._warn(f"cannot write the metrics textfile in {directory}: {exc.strerror or exc}")
-            return ""
-        except Exception as exc:
-            self._warn(f"cannot write the metrics textfile in {directory}: {type(exc).__name__}: {exc}")
-            return ""
-
-    def _ping(self, send: Callable[[], list[heartbeat.Sent]]) -> None:
-        try:
-            for sent in send():
-                if sent.error:
-                    self._warn(f"heartbeat: {sent.error}")
-        except KeyboardInterrupt:
-            self._warn("heartbeat: interrupted, not sent")
-        except Exception as exc:
-            self._warn(f"heartbeat: not sent ({type(exc).__name__})")
-
-    def _tail(self) -> bytes:
-        lines = [
-            *self.log.lines,
-            f"selfhost-dr {self.operation}: {self.run.reason or 'ok'} (exit {self.run.exit_code})",
-        ]
-        return heartbeat.tail("\n".join(lines) + "\n")
-
-    def _warn(self, sentence: str) -> None:
-        self.warnings.append(sentence)
-        self.log(f"warning: {sentence}")
+                found[name] = schedule.from_table(name, row)
+            except schedule.ScheduleError as exc:
+                raise UsageError(f"{source}: {exc}") from None
+    return found
 
 
-def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+def _scheduled(config: dict[str, Any]) -> object:
+    path = config.get(_SCHEDULES_PATH)
+    if not path:
+        return None
+    loaded = load_config(str(path), missing_ok=True)
+    return loaded.get("schedules")
+
+
+def _next_runs(config: dict[str, Any]) -> Callable[[], dict[str, float]]:
+    def upcoming() -> dict[str, float]:
+        found = schedules(config)
+        if not found:
+            return {}
+        from .engine import timers  # systemd-analyze, only when there are schedules
+
+        runs = timers.next_runs([s.calendar for s in found.values()])
+        return {name: runs[s.calendar][0].timestamp() for name, s in found.items() if runs.get(s.calendar)}
+
+    return upcoming
+
+
+def _monitor(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> monitor.Monitor | None:
+    """The run's monitor; None for a command that changes nothing (``--check``, ``--dry-run``, list, status), which
+    takes no lock and is not recorded, but whose settings are checked all the same."""
+    if args.command not in MONITORED:
+        return None
+    watcher = _new_monitor(config, args.command, log, args.wait, args.schedule or "")
+    return None if getattr(args, "check", False) or getattr(args, "dry_run", False) else watcher
+
+
+def _new_monitor(
+    config: dict[str, Any], operation: str, log: Progress, wait: float | None, name: str
+) -> monitor.Monitor:
+    if name and not state.SCHEDULE_RE.match(name):
+        raise UsageError(f"--schedule must be a name of letters, digits, '.', '_' and '-', not {name!r}")
+    try:
+        return monitor.Monitor(config, operation, _dir(config), log, log.lines, wait, name, _next_runs(config))
+    except monitor.SettingsError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _backup_options(config: dict[str, Any], label: str, verify_sets: bool) -> backup.Options:
     settings = _section(config, "backup")
-    name = _app(args, config)
-    app = application(name, app_options(config))
-    mode = args.mode or str(settings.get("mode", "hot"))
-    if args.instance and mode != "instances":
-        raise UsageError("--instance backs up instances one at a time: use it with --mode instances")
-    options = backup.Options(
+    return backup.Options(
         dest=_dir(config),
-        label=args.label or str(settings.get("label", "")),
+        label=label or str(settings.get("label", "")),
         excludes=_strings(config, "backup", "exclude"),
         compression=str(settings.get("compression", "auto")),
         level=int(_number(config, "backup", "compression_level", 3)),
         lock_timeout=_number(config, "backup", "lock_timeout", 30),
-        verify=_flag(config, "backup", "verify", True) and not args.no_verify,
+        verify=_flag(config, "backup", "verify", True) and verify_sets,
         health_timeout=_number(config, "backup", "health_timeout", 60),
         state_dir=config.get("state_dir"),
     )
+
+
+def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    name = _app(args, config)
+    app = application(name, app_options(config))
+    mode = args.mode or str(_section(config, "backup").get("mode", "hot"))
+    if args.instance and mode != "instances":
+        raise UsageError("--instance backs up instances one at a time: use it with --mode instances")
+    options = _backup_options(config, args.label, not args.no_verify)
     planned = backup.plan(app, mode, options, args.instance, check=args.check)
     if args.check:
         return {"app": name, "mode": mode, "would_write": planned.names, "stops": planned.stops, "files": planned.files}
@@ -383,16 +292,26 @@ def cmd_list(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
 
 
 def cmd_prune(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    return _prune(config, _app(args, config), args.dry_run)
+
+
+def _prune(config: dict[str, Any], app: str, check: bool) -> dict[str, object]:
+    """The [retention] rules over the sets made by hand, and each schedule's retention over the sets made for it."""
     rules = _section(config, "retention")
-    if not rules:
+    found = schedules(config)
+    if not rules and not found:
         raise UsageError("the configuration has no [retention] rules, so nothing would be pruned")
     try:
-        policy = prune.policy_of(rules)
+        default = prune.policy_of(rules) if rules else None
+        policies = {name: prune.policy_of(s.retention) if s.retention else None for name, s in found.items()}
     except (TypeError, ValueError) as exc:
         raise UsageError(f"the [retention] rules of the configuration are not valid: {exc}") from exc
-    done = prune.prune(
-        _dir(config), policy, {"app": _app(args, config), "host": None, "label": None}, check=args.dry_run
-    )
+    wanted: dict[str, str | None] = {"app": app, "host": None, "label": None}
+    if found:
+        done = prune.prune_by_schedule(_dir(config), policies, default, wanted, check=check)
+    else:
+        assert default is not None  # noqa: S101 - rules were given
+        done = prune.prune(_dir(config), default, wanted, check=check)
     return {"deleted": done.deleted, "kept": done.kept, "future": done.future, "freed_bytes": done.freed_bytes}
 
 
@@ -438,36 +357,183 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
             "age_hours": round((now - mtime) / 3600, 1),
             "verification": dict(newest.get("verification") or {}).get("state", "unknown"),  # type: ignore[call-overload]
         }
-    every = monitoring(config)["every"]
+    found = schedules(config)
+    every = dict(monitoring(config).every)
+    for s in found.values():  # an operation a schedule runs is due as often as its most frequent schedule
+        for operation in s.operations:
+            if s.every_hours > 0 and operation not in monitoring(config).every:
+                every[operation] = min(every.get(operation, s.every_hours), s.every_hours)
     store = state.Store(config.get("state_dir"))
     recorded = store.read()
     operations: dict[str, object] = {}
     for operation in state.OPERATIONS:
-        about = dict(dict(recorded.get("operations") or {}).get(operation) or {})  # type: ignore[call-overload]
-        if not about and operation not in every:
-            continue
-        for key in ("last_attempt", "last_success", "last_failure"):
-            entry = about.get(key)
-            when = state.timestamp(entry.get("finished_at") or entry.get("started_at")) if entry else None
-            if entry and when is not None:
-                about[key] = {**entry, "age_hours": round((now - when) / 3600, 1)}
-        if operation in every:
-            about["every_hours"] = every[operation]
-            about["due"] = state.due(recorded, operation, every[operation] * 3600)
-            success = state.last(recorded, operation, "last_success")
-            started = state.timestamp(success["started_at"]) if success else None
-            about["overdue"] = started is None or now - started > 2 * every[operation] * 3600
-        operations[operation] = about
+        about = _timeline(recorded, "operations", operation, every.get(operation, 0.0), now)
+        if about or operation in every:
+            operations[operation] = about
+    upcoming: dict[str, float] = {}
+    if found:
+        try:
+            upcoming = _next_runs(config)()
+        except Exception as exc:  # a nicety: status never fails for it
+            log(f"warning: the next scheduled runs are unknown ({type(exc).__name__}: {exc})")
+    scheduled: dict[str, object] = {}
+    for name, s in found.items():
+        about = _timeline(recorded, "schedules", name, s.every_hours, now)
+        about.update(calendar=s.calendar, operations=list(s.operations), app=s.app, mode=s.mode)
+        about["sets"] = sum(1 for entry in sets if name in list(entry.get("schedules") or []))  # type: ignore[call-overload]
+        if name in upcoming:
+            about["next_run"] = iso(datetime.fromtimestamp(upcoming[name], timezone.utc))
+        scheduled[name] = about
+    if args.export:
+        watcher = _new_monitor(config, "status", log, 0, "")
+        watcher.next_runs = lambda: upcoming
+        exported = watcher.export()
+        if watcher.warnings:
+            raise Error(watcher.warnings[0])
+    else:
+        exported = ""
     return {
         "directory": directory,
         "apps": apps,
         "pending_restores": swap.pending(config.get("state_dir")),
         "leftovers": leftovers(directory) if os.path.isdir(directory) else [],
         "operations": operations,
+        "schedules": scheduled,
+        "metrics": exported,
         "state_file": store.path,
         "state_problem": store.problem,
         "running": held(config.get("state_dir")),
     }
+
+
+def run_schedule(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> tuple[dict[str, Any], int]:
+    """``selfhost-dr run NAME``: the schedule's operations in order (backup, verify, prune) under one hold of the host
+    lock, each recorded and pinged as itself (with the schedule's name), the whole run recorded under the schedule
+    and pinged on its own URL; the first failure ends the run. A backup shares the set another schedule wrote moments
+    before (see :func:`schedule.shared_set`) instead of writing a second one."""
+    invoked = utc_now()
+    found = schedules(config)
+    chosen = found.get(args.name)
+    if chosen is None:
+        known = ", ".join(sorted(found)) or "none"
+        raise UsageError(f"there is no schedule {args.name!r} in the configuration (schedules: {known})")
+    watcher = _new_monitor(config, "run", log, args.wait, chosen.name)
+    whole = watcher.recorder(",".join(chosen.operations), chosen.app, chosen.name, True, chosen.heartbeat)
+    result: dict[str, Any] = {"schedule": chosen.name, "operations": {}}
+    code = EXIT_OK
+    watcher.begin()
+    try:
+        whole.begin()
+        made: list[str] = []
+        for operation in chosen.operations:
+            step = watcher.recorder(operation, chosen.app, chosen.name, step=True)
+            step.begin()
+            try:
+                outcome, step_code = _STEPS[operation](chosen, config, log, invoked, made), EXIT_OK
+            except BaseException as exc:  # every failure is recorded, then the run stops
+                outcome, step_code = _failed(exc, operation)
+            outcome.update(step.end(step_code, outcome))
+            result["operations"][operation] = outcome
+            if step_code:
+                code = step_code
+                result["error"] = f"{operation}: {outcome['error']}"
+                break
+        result.update(whole.end(code, {**result, "sets": [{"path": p} for p in made]}))
+    finally:
+        result["metrics"] = watcher.end()
+        if watcher.warnings:
+            result["warnings"] = watcher.warnings
+    return result, code
+
+
+def _step_backup(
+    chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
+) -> dict[str, Any]:
+    options = _backup_options(config, chosen.label, "verify" not in chosen.operations)
+    label = options.label or chosen.mode
+    directory = _dir(config)
+    sets = catalog(directory, app=chosen.app) if os.path.isdir(directory) else []
+    shared = schedule.shared_set(sets, chosen, label, default_host(), invoked, utc_now())
+    if shared is not None:
+        path = str(shared["path"])
+        tags = add_tag(path, chosen.name)
+        others = ", ".join(t for t in tags if t != chosen.name)
+        log(f"shared {shared['name']}, written moments ago for schedule {others}")
+        made.append(path)
+        return {"app": chosen.app, "mode": chosen.mode, "shared": True, "sets": [{"path": path, "schedules": tags}]}
+    app = application(chosen.app, app_options(config))
+    planned = backup.plan(app, chosen.mode, options)
+    done = backup.run(app, planned, options, log)
+    for written in done.sets:
+        add_tag(str(written["path"]), chosen.name)
+        made.append(str(written["path"]))
+    return {"app": chosen.app, "mode": chosen.mode, "shared": False, "sets": done.sets, "actions": done.actions}
+
+
+def _step_verify(
+    chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
+) -> dict[str, Any]:
+    archives = made or [restore.newest(_dir(config), chosen.app)]
+    results = []
+    for archive in archives:
+        checked = verify(archive, log=log)
+        if not checked.ok:
+            raise VerificationError(checked.summary)
+        results.append({"path": archive, "ok": True, "summary": checked.summary})
+    return {"path": archives[-1], "verified": results}
+
+
+def _step_prune(
+    chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
+) -> dict[str, Any]:
+    done = _prune(config, chosen.app, check=False)
+    log(f"pruned: deleted {len(done['deleted'])} set(s), freed {done['freed_bytes']} bytes")  # type: ignore[arg-type]
+    return done
+
+
+_STEPS: dict[str, Callable[[schedule.Schedule, dict[str, Any], Progress, datetime, list[str]], dict[str, Any]]] = {
+    "backup": _step_backup,
+    "verify": _step_verify,
+    "prune": _step_prune,
+}
+
+
+def _failed(exc: BaseException, command: str) -> tuple[dict[str, Any], int]:
+    """The result and exit status of a command that raised ``exc``: one sentence each."""
+    if isinstance(exc, UsageError):
+        return {"error": str(exc)}, EXIT_USAGE
+    if isinstance(exc, VerificationError):
+        return {"error": str(exc)}, EXIT_UNVERIFIED
+    if isinstance(exc, RollbackError):
+        return {"error": str(exc)}, EXIT_ROLLBACK
+    if isinstance(exc, Error):
+        return {"error": str(exc)}, EXIT_FAILED
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
+    if isinstance(exc, KeyboardInterrupt):
+        return {"error": f"interrupted{' by ' + str(exc) if str(exc) else ''}"}, EXIT_INTERRUPTED
+    if isinstance(exc, Exception):
+        return {"error": f"{command or 'selfhost-dr'} failed unexpectedly: {type(exc).__name__}: {exc}"}, EXIT_FAILED
+    raise exc  # SystemExit and the like
+
+
+def _timeline(recorded: dict[str, object], section: str, name: str, every_hours: float, now: float) -> dict[str, Any]:
+    """An operation's or a schedule's last attempt, success and failure with their ages; with ``every_hours``, whether
+    it is due (its last success started that long ago) and overdue (twice that long ago, or never succeeded)."""
+    about = dict(dict(recorded.get(section) or {}).get(name) or {})  # type: ignore[call-overload]
+    for key in ("last_attempt", "last_success", "last_failure"):
+        entry = about.get(key)
+        when = state.timestamp(entry.get("finished_at") or entry.get("started_at")) if entry else None
+        if entry and when is not None:
+            about[key] = {**entry, "age_hours": round((now - when) / 3600, 1)}
+    if every_hours > 0:
+        about["every_hours"] = every_hours
+        about["due"] = state.due(recorded, name, every_hours * 3600, section=section)
+        success = state.last(recorded, name, "last_success", section)
+        started = state.timestamp(success["started_at"]) if success else None
+        about["overdue"] = started is None or now - started > 2 * every_hours * 3600
+    return about
 
 
 def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
@@ -494,7 +560,7 @@ def cmd_tomo(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
         if args.check:
             return run()
         # Under the host lock, as a restore: never while a timer backs Tomo up or restores it.
-        with HostLock(config.get("state_dir"), "restore", monitoring(config)["wait"], "", log):
+        with HostLock(config.get("state_dir"), "restore", monitoring(config).wait, "", log):
             return run()
     return {"documents": tomo_document.catalog(args.output or _dir(config))}
 
@@ -568,10 +634,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
     p.add_argument("--keep-safety", action="store_true")
     p.add_argument("--check", action="store_true", help="verify and plan, refusing what the restore would refuse")
-    sub.add_parser(
+    p = sub.add_parser(
         "status",
         parents=[common],
-        help="last success, attempt and failure per operation; newest set per app; leftovers",
+        help="last success, attempt and failure per operation and schedule; newest set per app; leftovers",
+    )
+    p.add_argument("--export", action="store_true", help="also write the node_exporter textfile now")
+    p = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a schedule now: its operations in order, as its timer does (schedules.toml)",
+    )
+    p.add_argument("name", help="the schedule")
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help=f"wait this long for another run to release the host lock (default [lock] wait, else {DEFAULT_WAIT:g})",
     )
     p = sub.add_parser("tomo", parents=[common], help="Tomo's JSON document: create, restore, list")
     p.add_argument("verb", choices=["create", "restore", "list"])
@@ -635,33 +714,41 @@ def _operation_lines(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"running now: {about.get('operation', '?')} (pid {about.get('pid', '?')}, since {about.get('since', '?')})"
         )
+    running = result.get("running") or {}
     for operation, about in result.get("operations", {}).items():
-        success, attempt, failure = (about.get(k) for k in ("last_success", "last_attempt", "last_failure"))
-        parts = []
-        if success:
-            size = f", {success.get('set_bytes')} bytes" if success.get("set_bytes") is not None else ""
-            parts.append(
-                f"last success {success.get('finished_at', '?')} ({success.get('age_hours', '?')} h ago{size})"
-            )
-        else:
-            parts.append("never succeeded")
-        running = result.get("running") or {}
-        if attempt and not attempt.get("finished_at") and running.get("operation") == operation:
-            parts.append(f"running since {attempt.get('started_at', '?')}")
-        elif attempt and not attempt.get("finished_at"):
-            parts.append(f"a run started {attempt.get('started_at', '?')} never finished")
-        elif attempt and not attempt.get("ok"):
-            parts.append(f"last attempt {attempt.get('finished_at', '?')} failed: {attempt.get('reason', '?')}")
-        elif failure:
-            when, age = failure.get("finished_at", "?"), failure.get("age_hours", "?")
-            parts.append(f"last failure {when} ({age} h ago): {failure.get('reason', '?')}")
-        if about.get("overdue"):
-            every = about.get("every_hours")
-            parts.append(f"OVERDUE (every {every:g} h)" if isinstance(every, (int, float)) else "OVERDUE")
-        elif about.get("due"):
-            parts.append("due")
-        lines.append(f"{operation}: " + "; ".join(parts))
+        lines.append(f"{operation}: " + "; ".join(_run_parts(about, running.get("operation") == operation)))
+    for name, about in result.get("schedules", {}).items():
+        what = f"{', '.join(about['operations'])} of {about['app']} at {about['calendar']}"
+        parts = _run_parts(about, running.get("operation") == "run" and running.get("schedule") == name)
+        if about.get("next_run"):
+            parts.append(f"next run {about['next_run']}")
+        lines.append(f"schedule {name} ({what}, {about['sets']} set(s) kept): " + "; ".join(parts))
     return lines
+
+
+def _run_parts(about: dict[str, Any], running_now: bool) -> list[str]:
+    success, attempt, failure = (about.get(k) for k in ("last_success", "last_attempt", "last_failure"))
+    parts = []
+    if success:
+        size = f", {success.get('set_bytes')} bytes" if success.get("set_bytes") is not None else ""
+        parts.append(f"last success {success.get('finished_at', '?')} ({success.get('age_hours', '?')} h ago{size})")
+    else:
+        parts.append("never succeeded")
+    if attempt and not attempt.get("finished_at") and running_now:
+        parts.append(f"running since {attempt.get('started_at', '?')}")
+    elif attempt and not attempt.get("finished_at"):
+        parts.append(f"a run started {attempt.get('started_at', '?')} never finished")
+    elif attempt and not attempt.get("ok"):
+        parts.append(f"last attempt {attempt.get('finished_at', '?')} failed: {attempt.get('reason', '?')}")
+    elif failure:
+        when, age = failure.get("finished_at", "?"), failure.get("age_hours", "?")
+        parts.append(f"last failure {when} ({age} h ago): {failure.get('reason', '?')}")
+    if about.get("overdue"):
+        every = about.get("every_hours")
+        parts.append(f"OVERDUE (every {every:g} h)" if isinstance(every, (int, float)) else "OVERDUE")
+    elif about.get("due"):
+        parts.append("due")
+    return parts
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -682,41 +769,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, _interrupt)
     log = Progress(quiet=as_json)
     code, command = EXIT_OK, ""
-    monitor: Monitor | None = None
+    watcher: monitor.Monitor | None = None
+    recorder: monitor.Recorder | None = None
+    begun = False
+    result: dict[str, Any] = {}
     try:
         args = parser().parse_args([a for a in args_in if a != "--json"])
         command = args.command
         config = load_config(args.config)
-        monitor = Monitor.of(args, config, log)
-        if monitor is not None:
-            monitor.begin()
-        result = COMMANDS[command](args, config, log)
+        if command == "run":
+            result, code = run_schedule(args, config, log)
+        else:
+            watcher = _monitor(args, config, log)
+            if watcher is not None:
+                recorder = watcher.recorder(command, _app(args, config), args.schedule or "")
+                watcher.begin()
+                recorder.begin()
+                begun = True
+            result = COMMANDS[command](args, config, log)
     except SystemExit as exc:  # --help
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE
-    except UsageError as exc:
-        result, code = {"error": str(exc)}, EXIT_USAGE
-    except VerificationError as exc:
-        result, code = {"error": str(exc)}, EXIT_UNVERIFIED
-    except RollbackError as exc:
-        result, code = {"error": str(exc)}, EXIT_ROLLBACK
-    except Error as exc:
-        result, code = {"error": str(exc)}, EXIT_FAILED
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        result, code = {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
-    except KeyboardInterrupt as exc:
-        result, code = {"error": f"interrupted{' by ' + str(exc) if str(exc) else ''}"}, EXIT_INTERRUPTED
-    except Exception as exc:
-        result = {"error": f"{command or 'selfhost-dr'} failed unexpectedly: {type(exc).__name__}: {exc}"}
-        code = EXIT_FAILED
-    if monitor is not None and monitor.begun:
-        try:
-            result = {**result, **monitor.end(code, result)}
-        except KeyboardInterrupt:  # a second signal while recording: the lock is released, the record may lag
-            code = code or EXIT_INTERRUPTED
-    warnings = monitor.warnings if monitor is not None else []
-    if warnings:
-        result["warnings"] = warnings
+    except BaseException as exc:  # each becomes its exit status and one sentence
+        result, code = _failed(exc, command)
+    try:
+        if recorder is not None and begun:
+            result.update(recorder.end(code, result))
+        if watcher is not None and watcher.held:
+            result["metrics"] = watcher.end()
+    except KeyboardInterrupt:  # a second signal while recording: the lock is released, the record may lag
+        code = code or EXIT_INTERRUPTED
+    finally:
+        if watcher is not None and watcher.held:
+            watcher.end()
+    if watcher is not None and watcher.warnings:
+        result["warnings"] = watcher.warnings
     if as_json:
         print(json.dumps({"ok": code == 0, "command": command, **result}, sort_keys=True, default=str))
     elif code:

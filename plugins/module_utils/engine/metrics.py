@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable, Mapping
 
 from .._common import atomic_write, fsync_dir
 from .state import OPERATIONS, last, timestamp
@@ -29,6 +30,12 @@ HELP = {
     "last_set_bytes": "Bytes of the set(s) the operation's last successful run wrote, verified or restored.",
     "last_verified_timestamp_seconds": "When a set of the application was last verified successfully (Unix time).",
     "sets": "Sets in the backup directory by verification state.",
+    "schedule_last_success_timestamp_seconds": "When the schedule's last successful run ended (Unix time).",
+    "schedule_last_attempt_timestamp_seconds": "When the schedule's last run started (Unix time).",
+    "schedule_last_attempt_success": "1 when the schedule's last run succeeded, 0 when it failed or never finished.",
+    "schedule_last_duration_seconds": "How long the schedule's last finished run took.",
+    "schedule_next_run_timestamp_seconds": "When the schedule's timer fires next (Unix time, before its random delay).",
+    "schedule_sets": "Sets in the backup directory made for the schedule (kept by its retention).",
 }
 
 
@@ -42,31 +49,53 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def render(state: dict[str, object], sets: list[dict[str, object]] | None) -> str:
-    """The textfile: a HELP and TYPE line per metric, then its samples. ``sets`` None: the directory could not be
-    listed, and the set metrics are left out rather than reported as zero."""
-    samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}
-    for operation in OPERATIONS:
-        attempt = last(state, operation, "last_attempt")
+def _runs(
+    samples: dict[str, list[tuple[str, float]]], state: dict[str, object], section: str, names: Iterable[str]
+) -> None:
+    prefix = "schedule_" if section == "schedules" else ""
+    for name in names:
+        attempt = last(state, name, "last_attempt", section)
         if attempt is None:
             continue
-        label = f'operation="{operation}"'
-        success = last(state, operation, "last_success")
+        label = f'{section[:-1]}="{_escape(name)}"'
+        success = last(state, name, "last_success", section)
         when = timestamp(success.get("finished_at")) if success else None
         if when is not None:
-            samples["last_success_timestamp_seconds"].append((label, when))
+            samples[prefix + "last_success_timestamp_seconds"].append((label, when))
         started = timestamp(attempt.get("started_at"))
         if started is not None:
-            samples["last_attempt_timestamp_seconds"].append((label, started))
+            samples[prefix + "last_attempt_timestamp_seconds"].append((label, started))
         ok = bool(attempt.get("finished_at")) and attempt.get("ok") is True
-        samples["last_attempt_success"].append((label, 1.0 if ok else 0.0))
-        finished = attempt if attempt.get("finished_at") else last(state, operation, "last_failure")
+        samples[prefix + "last_attempt_success"].append((label, 1.0 if ok else 0.0))
+        finished = attempt if attempt.get("finished_at") else last(state, name, "last_failure", section)
         duration = finished.get("duration_seconds") if finished and finished.get("finished_at") else None
         if isinstance(duration, (int, float)) and not isinstance(duration, bool):  # a hand-edited value is left out
-            samples["last_duration_seconds"].append((label, float(duration)))
-        if success and isinstance(success.get("set_bytes"), int):
+            samples[prefix + "last_duration_seconds"].append((label, float(duration)))
+        if not prefix and success and isinstance(success.get("set_bytes"), int):
             samples["last_set_bytes"].append((label, float(success["set_bytes"])))  # type: ignore[arg-type]
+
+
+def render(
+    state: dict[str, object], sets: list[dict[str, object]] | None, next_runs: Mapping[str, float] | None = None
+) -> str:
+    """The textfile: a HELP and TYPE line per metric, then its samples. ``sets`` None: the directory could not be
+    listed, and the set metrics are left out rather than reported as zero. ``next_runs``: each configured schedule's
+    next run (Unix time); the schedules' metrics cover those and the ones state.json recorded."""
+    samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}
+    _runs(samples, state, "operations", OPERATIONS)
+    recorded = state.get("schedules")
+    schedules = sorted({*(recorded if isinstance(recorded, dict) else {}), *(next_runs or {})})
+    _runs(samples, state, "schedules", schedules)
+    for name, when in sorted((next_runs or {}).items()):
+        samples["schedule_next_run_timestamp_seconds"].append((f'schedule="{_escape(name)}"', float(when)))
     if sets is not None:
+        made: dict[str, int] = dict.fromkeys(next_runs or {}, 0)
+        for entry in sets:
+            tags = entry.get("schedules")
+            for tag in tags if isinstance(tags, list) else []:
+                made[str(tag)] = made.get(str(tag), 0) + 1
+        for name, count in sorted(made.items()):
+            samples["schedule_sets"].append((f'schedule="{_escape(name)}"', float(count)))
         newest: dict[str, float] = {}
         counts = dict.fromkeys(SET_STATES, 0)
         for entry in sets:

@@ -2,10 +2,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pruning a directory of sets by retention rules: which sets a prune may look at (their name and manifest must
 agree), the plan, and the deletion. Never the newest verified set of a group; a set dated in the future takes no
-rule's slot and is kept."""
+rule's slot and is kept.
+
+Sets made by schedules (``SET.schedules.json``, see ``sets/tags.py``) are pruned by their schedules' retention
+(:func:`prune_by_schedule`): a set is kept while any schedule it was made for keeps it among that schedule's sets.
+:func:`prune`, which knows no schedule, keeps every set a schedule made."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +28,7 @@ from ..sets.retention import (
 )
 
 FIELDS = ("app", "host", "label")
+_SECOND_RE = re.compile(r"-[2-9]|-[1-9][0-9]+")
 
 
 def as_in_name(key: str, value: object) -> str | None:
@@ -80,6 +86,12 @@ def select(
         parts = parse_name(name)
         in_name = {key: str(parts[key]) for key in FIELDS} if parts else None
         in_manifest = {key: as_in_name(key, entry.get(key)) for key in FIELDS}
+        if (
+            in_name
+            and in_manifest["label"]
+            and _SECOND_RE.fullmatch(in_name["label"].removeprefix(in_manifest["label"]))
+        ):
+            in_name["label"] = in_manifest["label"]  # a second set in the same second: "{label}-2" (create())
         by_name = in_name is not None and all(in_name[key] == value for key, value in want.items())
         by_manifest = all(in_manifest[key] == value for key, value in want.items())
         if not (by_name or by_manifest):
@@ -148,6 +160,25 @@ def policy_of(options: Mapping[str, object]) -> Policy:
     )
 
 
+def _kept_for_schedules(selection: Selection) -> list[dict[str, object]]:
+    """Take the sets a schedule made out of ``selection.items`` (they are kept): their schedules' retention decides."""
+    kept, mine = [], []
+    for item in selection.items:
+        tags = _tags(selection.sets[item.name])
+        if tags:
+            why = f"made by schedule {', '.join(tags)}: its retention decides (selfhost-dr prune)"
+            kept.append({"name": item.name, "reasons": [why]})
+        else:
+            mine.append(item)
+    selection.items = mine
+    return kept
+
+
+def _tags(entry: Mapping[str, object]) -> list[str]:
+    tags = entry.get("schedules")
+    return [str(t) for t in tags] if isinstance(tags, list) else []
+
+
 def prune(
     directory: str,
     policy: Policy,
@@ -157,11 +188,23 @@ def prune(
 ) -> Pruned:
     """Delete the sets of ``directory`` under ``wanted`` (app, host, label) that ``policy`` does not keep."""
     selection = select(read_catalog(directory), wanted, group_by)
+    scheduled = _kept_for_schedules(selection)
     decisions = plan(selection.items, policy)
-    by_name = selection.sets
     doomed = [d.item.name for d in decisions if not d.keep]
-    kept = [{"name": d.item.name, "reasons": d.reasons} for d in decisions if d.keep] + selection.refused
+    kept = [{"name": d.item.name, "reasons": d.reasons} for d in decisions if d.keep] + scheduled + selection.refused
     future = [d.item.name for d in decisions if FUTURE in d.reasons]
+    return _delete(selection, doomed, kept, future, policy, check)
+
+
+def _delete(
+    selection: Selection,
+    doomed: list[str],
+    kept: list[dict[str, object]],
+    future: list[str],
+    policy: Policy,
+    check: bool,
+) -> Pruned:
+    by_name = selection.sets
     freed = 0
     if check:
         freed = sum(_size(by_name[n]) for n in doomed)
@@ -169,3 +212,40 @@ def prune(
         for name in doomed:
             freed += remove_set(str(by_name[name]["path"]))
     return Pruned(doomed, kept, future, freed, sorted(by_name), policy)
+
+
+def prune_by_schedule(
+    directory: str,
+    schedules: Mapping[str, Policy | None],
+    default: Policy | None,
+    wanted: Mapping[str, str | None],
+    check: bool = False,
+    now: datetime | None = None,
+) -> Pruned:
+    """Delete the sets under ``wanted`` that no retention keeps: each schedule's ``Policy`` (None: ``default``) over
+    the sets made for it, and ``default`` over the sets made for no schedule of ``schedules`` (by hand, or by a
+    schedule since removed). Without a ``default`` those sets are kept. A set is deleted only when every plan it is
+    in lets it go; each plan keeps its newest verified set, so the newest verified set of all is kept too.
+    """
+    selection = select(read_catalog(directory), wanted, FIELDS)
+    reasons: dict[str, list[str]] = {item.name: [] for item in selection.items}
+    future: set[str] = set()
+    plans: list[tuple[str, Policy | None, list[Item]]] = []
+    for name, policy in sorted(schedules.items()):
+        mine = [i for i in selection.items if name in _tags(selection.sets[i.name])]
+        plans.append((f"{name}: ", policy or default, mine))
+    rest = [i for i in selection.items if not set(_tags(selection.sets[i.name])) & set(schedules)]
+    plans.append(("", default, rest))
+    for prefix, policy, items in plans:
+        if policy is None:
+            for item in items:
+                why = "made by no schedule" if not prefix else f"{prefix}no retention rule"
+                reasons[item.name].append(f"{why}, and no [retention] rule applies")
+            continue
+        for decision in plan(items, policy, now):
+            reasons[decision.item.name] += [prefix + r for r in decision.reasons]
+            if FUTURE in decision.reasons:
+                future.add(decision.item.name)
+    doomed = [item.name for item in selection.items if not reasons[item.name]]
+    kept = [{"name": n, "reasons": r} for n, r in reasons.items() if r] + selection.refused
+    return _delete(selection, doomed, kept, sorted(future), default or Policy(keep_all=True), check)

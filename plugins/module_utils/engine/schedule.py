@@ -15,8 +15,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from .._common import Error
+from .._common import Error, parse_iso
 from ..sets.retention import RetentionError
 from .prune import RULES, policy_of
 from .state import SCHEDULE_RE
@@ -266,3 +267,33 @@ def from_table(name: str, row: object) -> Schedule:
 
     parsed = parse({**rest, "name": name, "every": cal, "retention": retention}, MODES, "tenement", "hot")
     return parsed
+
+
+def shared_set(
+    sets: list[Mapping[str, object]], schedule: Schedule, label: str, host: str, invoked: datetime, now: datetime
+) -> Mapping[str, object] | None:
+    """The set another schedule's run wrote moments ago that this run shares instead of writing its own: the newest
+    set of ``sets`` (a catalog, newest first) of the same app, host, mode and label, made for another schedule and not
+    for this one, started no earlier than ``share_within`` before this run was invoked (before it waited for the
+    lock) and not after ``now``, with a usable manifest and not failed or changed since its verification."""
+    if schedule.mode not in ("hot", "cold") or schedule.share_within <= 0:
+        return None  # mode instances writes a set per instance: never shared
+    earliest = invoked - timedelta(seconds=schedule.share_within)
+    for entry in sets:
+        tags = entry.get("schedules")
+        if not isinstance(tags, list) or not tags or schedule.name in tags or entry.get("manifest") != "ok":
+            continue
+        metadata = entry.get("metadata")
+        mode = metadata.get("mode") if isinstance(metadata, Mapping) else None
+        verification = entry.get("verification")
+        state = verification.get("state") if isinstance(verification, Mapping) else None
+        made = (entry.get("app"), entry.get("host"), entry.get("label"), mode)
+        if made != (schedule.app, host, label, schedule.mode) or state in ("failed", "changed"):
+            continue
+        try:
+            when = parse_iso(str(entry.get("time")))
+        except ValueError:
+            continue
+        if earliest <= when <= now:
+            return entry
+    return None

@@ -1,7 +1,7 @@
 # Copyright: selfhost.dr contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The status store: per operation, the last attempt, the last success and the last failure, in
-``{state_dir}/state.json``.
+"""The status store: per operation, and per schedule (a whole ``selfhost-dr run NAME``), the last attempt, the last
+success and the last failure, in ``{state_dir}/state.json`` (``operations`` and ``schedules``).
 
 Standard library only. Written only by a run that holds the host lock (:mod:`.lock`), atomically, mode 0644: it
 holds no secret (a heartbeat is named by scheme and host, never by its URL), and monitoring may read it. A run
@@ -97,12 +97,16 @@ def _check(data: object) -> str:
         return "it is not an object with operations"
     if data.get("format") != FORMAT:
         return f"its format is {data.get('format')!r}, not {FORMAT}"
-    for name, about in data["operations"].items():
-        if name not in OPERATIONS or not isinstance(about, dict):
-            return f"it has an unknown operation {name!r}"
-        for key in _RUN_KEYS:
-            if about.get(key) is not None and not _valid_run(about[key]):
-                return f"its {name} {key} is malformed"
+    schedules = data.get("schedules", {})
+    if not isinstance(schedules, dict):
+        return "its schedules are not an object"
+    for section, known in (("operations", OPERATIONS), ("schedules", None)):
+        for name, about in data.get(section, {}).items():
+            if (name not in known if known else not SCHEDULE_RE.match(name)) or not isinstance(about, dict):
+                return f"it has an unknown {section[:-1]} {name!r}"
+            for key in _RUN_KEYS:
+                if about.get(key) is not None and not _valid_run(about[key]):
+                    return f"its {name} {key} is malformed"
     return ""
 
 
@@ -151,10 +155,12 @@ class Store:
         except OSError as exc:
             raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
 
-    def record(self, run: Run) -> None:
-        """``run`` as the operation's last attempt and, once it ended, its last success or last failure."""
+    def record(self, run: Run, whole_schedule: bool = False) -> None:
+        """``run`` as the operation's last attempt and, once it ended, its last success or last failure; with
+        ``whole_schedule``, as its schedule's (``run.schedule``), the run of all the schedule's operations."""
         data = self.read(set_aside=True)
-        about = data["operations"].setdefault(run.operation, {})  # type: ignore[attr-defined]
+        section, key = ("schedules", run.schedule) if whole_schedule else ("operations", run.operation)
+        about = data.setdefault(section, {}).setdefault(key, {})  # type: ignore[attr-defined]
         entry = asdict(run)
         about["last_attempt"] = entry
         if run.finished_at:
@@ -173,17 +179,24 @@ class Store:
         self._write(data)
 
 
-def last(data: dict[str, object], operation: str, key: str) -> dict[str, object] | None:
-    """The operation's ``last_attempt``, ``last_success`` or ``last_failure`` record, or None."""
-    about = dict(data.get("operations") or {}).get(operation) or {}  # type: ignore[call-overload]
+def last(data: dict[str, object], operation: str, key: str, section: str = "operations") -> dict[str, object] | None:
+    """The operation's (or with ``section="schedules"`` the schedule's) ``last_attempt``, ``last_success`` or
+    ``last_failure`` record, or None."""
+    about = dict(data.get(section) or {}).get(operation) or {}  # type: ignore[call-overload]
     value = about.get(key)
     return value if isinstance(value, dict) else None
 
 
-def due(data: dict[str, object], operation: str, every_seconds: float, now: datetime | None = None) -> bool:
-    """True when the operation's last success started ``every_seconds`` ago or longer, or there is none; failed
-    and unfinished attempts do not count."""
-    success = last(data, operation, "last_success")
+def due(
+    data: dict[str, object],
+    operation: str,
+    every_seconds: float,
+    now: datetime | None = None,
+    section: str = "operations",
+) -> bool:
+    """True when the operation's (or schedule's) last success started ``every_seconds`` ago or longer, or there is
+    none; failed and unfinished attempts do not count."""
+    success = last(data, operation, "last_success", section)
     if success is None:
         return True
     started = parse_iso(str(success["started_at"]))

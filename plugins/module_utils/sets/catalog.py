@@ -13,6 +13,7 @@ from .. import safe_fs
 from .._common import BackupError, iso
 from .manifest import read_manifest
 from .names import Sidecars, is_set_file, parse_name
+from .tags import read_tags
 from .verify import verification_state
 
 
@@ -54,6 +55,7 @@ def describe(archive: str) -> dict[str, object]:
             }
         )
     info["verification"] = verification_state(archive)
+    info["schedules"] = read_tags(archive)
     return info
 
 
@@ -74,16 +76,17 @@ def catalog(directory: str, **match: str | None) -> list[dict[str, object]]:
     return sets
 
 
+_SIDECARS = r"(?:sha256|manifest\.json|verified\.json|schedules\.json)"
 _LEFTOVERS = (
     (re.compile(r"^\..+\.partial-\d+$"), "partial archive"),
     (re.compile(r"^\..+\.staging-\d+$"), "snapshot staging directory"),
     (re.compile(r"^\..+\.copy-\d+$"), "per-instance copy"),
     (re.compile(r"^\.selfhost-dr-verify-.+$"), "verify temporary directory"),
-    (re.compile(r"^[^.].*\.tar\.(?:zst|gz)\.(?:sha256|manifest\.json|verified\.json)\.partial$"), "partial sidecar"),
+    (re.compile(rf"^[^.].*\.tar\.(?:zst|gz)\.{_SIDECARS}\.partial$"), "partial sidecar"),
 )
 
 
-_SIDECAR_RE = re.compile(r"^([^.].*\.tar\.(?:zst|gz))\.(?:sha256|manifest\.json|verified\.json)$")
+_SIDECAR_RE = re.compile(rf"^([^.].*\.tar\.(?:zst|gz))\.{_SIDECARS}$")
 
 
 def leftovers(directory: str) -> list[dict[str, object]]:
@@ -154,7 +157,7 @@ def remove_set(archive: str) -> int:
     freed = 0
     sidecars = Sidecars.of(archive)
     # The archive goes first: an interrupted removal leaves sidecars, never a set without its checksum.
-    for path in (archive, sidecars.verified, sidecars.checksum, sidecars.manifest):
+    for path in (archive, sidecars.verified, sidecars.schedules, sidecars.checksum, sidecars.manifest):
         try:
             freed += os.stat(path).st_size
             os.unlink(path)

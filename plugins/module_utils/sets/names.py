@@ -54,10 +54,13 @@ class Sidecars:
     checksum: str
     manifest: str
     verified: str
+    schedules: str  # the schedules it was made for (sets/tags.py)
 
     @classmethod
     def of(cls, archive: str) -> Sidecars:
-        return cls(archive + ".sha256", archive + ".manifest.json", archive + ".verified.json")
+        return cls(
+            archive + ".sha256", archive + ".manifest.json", archive + ".verified.json", archive + ".schedules.json"
+        )
 
 
 def is_set_file(name: str) -> bool:
