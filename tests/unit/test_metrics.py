@@ -169,3 +169,54 @@ def test_a_wrong_monitoring_setting_is_one_sentence_and_exit_status_2(
     for command in ("prune", "status"):
         code, result = run_json(capsys, config, command)
         assert code == 2 and str(result["error"]).startswith(sentence) and "\n" not in str(result["error"])
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def test_every_metric_the_dashboard_and_the_alert_rules_query_is_one_the_textfile_writes() -> None:
+    """A renamed metric must not leave the documented alerts and the dashboard silently empty."""
+    written = {f"selfhost_dr_{name}" for name in metrics.HELP}
+    dashboard = json.loads((DOCS / "grafana-selfhost-dr.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    rules = (DOCS / "monitoring.md").read_text().split("```yaml", 1)[1].split("```", 1)[0]
+    queried = set(re.findall(r"selfhost_dr_[a-z_]+", "\n".join(exprs) + rules))
+    assert queried - written == set()
+    assert len(queried & written) >= 12  # the rules and the dashboard cover the schedules too
+    labels = set(re.findall(r"\$labels\.([a-z]+)", rules)) | set(re.findall(r"\{\{([a-z]+)\}\}", json.dumps(exprs)))
+    assert labels <= {"instance", "operation", "schedule", "state", "app"}
+
+
+def test_the_schedule_metrics_name_each_schedule_with_its_next_run() -> None:
+    recorded = {
+        "format": 1,
+        "operations": {},
+        "schedules": {
+            "daily": {
+                "last_attempt": {
+                    "run_id": "r",
+                    "operation": "backup,prune",
+                    "started_at": "2026-11-28T03:00:00.000000Z",
+                    "finished_at": "2026-11-28T03:01:00.000000Z",
+                    "duration_seconds": 60.0,
+                    "ok": True,
+                }
+            }
+        },
+    }
+    recorded["schedules"]["daily"]["last_success"] = recorded["schedules"]["daily"]["last_attempt"]
+    sets = [{"schedules": ["daily", "weekly"]}, {"schedules": ["daily"]}, {}]
+    text = metrics.render(recorded, sets, {"daily": 1795143600.0, "monthly": 1795748400.0})
+    samples = parse(text)
+    assert samples[("selfhost_dr_schedule_next_run_timestamp_seconds", "daily")] == 1795143600
+    assert samples[("selfhost_dr_schedule_next_run_timestamp_seconds", "monthly")] == 1795748400
+    assert (
+        samples[("selfhost_dr_schedule_last_success_timestamp_seconds", "daily")]
+        == parse_iso("2026-11-28T03:01:00.000000Z").timestamp()
+    )
+    assert samples[("selfhost_dr_schedule_last_duration_seconds", "daily")] == 60
+    assert samples[("selfhost_dr_schedule_sets", "daily")] == 2
+    assert samples[("selfhost_dr_schedule_sets", "weekly")] == 1
+    assert samples[("selfhost_dr_schedule_sets", "monthly")] == 0
+    assert ("selfhost_dr_schedule_last_attempt_success", "monthly") not in samples  # never ran
