@@ -366,3 +366,11 @@ def test_a_failing_systemctl_is_one_sentence(host: dict[str, Any]) -> None:
 
     with pytest.raises(timers.TimerError, match=r"^systemctl daemon-reload failed: Failed to connect to bus"):
         timers.converge(schedules(dict(NIGHTLY)), host["settings"], str(host["units"]), systemctl=broken)
+
+
+def test_a_config_with_heartbeat_urls_is_private() -> None:
+    from ansible_collections.selfhost.dr.plugins.module_utils.host_install import config_mode
+
+    assert config_mode({"app": "tenement", "heartbeat": {"timeout": 5.0}}) == 0o644
+    assert config_mode({"heartbeat": {"backup": "", "push": ""}}) == 0o644
+    assert config_mode({"heartbeat": {"timeout": 5.0, "push": SECRET}}) == 0o600
