@@ -374,3 +374,9 @@ def test_a_config_with_heartbeat_urls_is_private() -> None:
     assert config_mode({"app": "tenement", "heartbeat": {"timeout": 5.0}}) == 0o644
     assert config_mode({"heartbeat": {"backup": "", "push": ""}}) == 0o644
     assert config_mode({"heartbeat": {"timeout": 5.0, "push": SECRET}}) == 0o600
+
+
+def test_weekdays_by_short_or_full_name_only() -> None:
+    assert schedules({**SUNDAY, "weekday": "sunday"})[0].calendar == "Sun *-*-* 05:00:00"
+    with pytest.raises(ScheduleError, match="weekday must be one of Mon"):
+        schedules({**SUNDAY, "weekday": "Sunblah"})
