@@ -89,6 +89,12 @@ options:
       off where namespacing fails (some containers).
     type: bool
     default: true
+  read_write_paths:
+    description: More paths the sandboxed runs may write, for example instance data that lives outside tenement's data
+      dir (a hot snapshot of a WAL database writes its C(-shm)).
+    type: list
+    elements: path
+    default: []
   backup_dir: {description: Where the sets are (writable by the runs)., type: path, default: /var/backups/selfhost-dr}
   state_dir: {description: selfhost.dr's state on the host., type: path, default: /var/lib/selfhost-dr}
   textfile_dir: {description: "node_exporter's textfile directory; empty: none.", type: str, default: /var/lib/node_exporter}
@@ -184,6 +190,7 @@ def main() -> None:
             unit_dir=dict(type="path", default=timers.DEFAULT_UNIT_DIR),
             on_failure=dict(type="str", default=""),
             hardening=dict(type="bool", default=True),
+            read_write_paths=dict(type="list", elements="path", default=[]),
             backup_dir=dict(type="path", default="/var/backups/selfhost-dr"),
             state_dir=dict(type="path", default="/var/lib/selfhost-dr"),
             textfile_dir=dict(type="str", default="/var/lib/node_exporter"),
@@ -208,6 +215,7 @@ def main() -> None:
         tomo_database=p["tomo_database"],
         on_failure=p["on_failure"],
         hardening=p["hardening"],
+        read_write_paths=tuple(p["read_write_paths"]),
     )
     try:
         schedules = parse_all(entries, MODES, p["default_app"], p["default_mode"])

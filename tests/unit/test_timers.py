@@ -380,3 +380,12 @@ def test_weekdays_by_short_or_full_name_only() -> None:
     assert schedules({**SUNDAY, "weekday": "sunday"})[0].calendar == "Sun *-*-* 05:00:00"
     with pytest.raises(ScheduleError, match="weekday must be one of Mon"):
         schedules({**SUNDAY, "weekday": "Sunblah"})
+
+
+def test_more_writable_paths() -> None:
+    (nightly,) = schedules(dict(NIGHTLY))
+    settings = timers.UnitSettings(read_write_paths=("/srv/instances", "/var/lib/tenement"))
+    lines = timers.render_service(nightly, settings).splitlines()
+    assert "ReadWritePaths=-/srv/instances" in lines and lines.count("ReadWritePaths=-/var/lib/tenement") == 1
+    with pytest.raises(timers.TimerError, match="a path of schedule_read_write_paths must be an absolute path"):
+        timers.render_service(nightly, timers.UnitSettings(read_write_paths=("srv",)))

@@ -60,6 +60,7 @@ class UnitSettings:
     tomo_database: str = ""  # "": found at run time, /var/lib/tomo/tomo.db first
     on_failure: str = ""  # a unit (or several, space-separated) started when a run fails
     hardening: bool = True  # False where namespacing fails (some containers)
+    read_write_paths: tuple[str, ...] = ()  # more paths a run writes (instance data outside tenement's data dir)
 
 
 @dataclass
@@ -207,6 +208,7 @@ def _writable(schedule: Schedule, settings: UnitSettings) -> list[str]:
     elif schedule.app == "tomo":
         database = settings.tomo_database
         paths.append((os.path.dirname(database) if database else "/var/lib/tomo", "Tomo's database directory"))
+    paths += [(path, "a path of schedule_read_write_paths") for path in settings.read_write_paths]
     return list(dict.fromkeys(_path(p, what) for p, what in paths))
 
 
