@@ -56,6 +56,8 @@ def test_next_runs_in_the_hosts_time_zone_are_utc() -> None:
     # India keeps no daylight saving time: 03:00 there is always 21:30 UTC the day before.
     runs = timers.next_runs(["*-*-* 03:00:00"], run=in_zone("Asia/Kolkata"))["*-*-* 03:00:00"]
     assert [(t.hour, t.minute, t.tzinfo) for t in runs] == [(21, 30, UTC)] * 3
+    for zone in ("GMT", "Europe/London", "America/New_York"):  # printed as GMT, or with an "(in UTC)" line
+        assert len(timers.next_runs(["hourly"], run=in_zone(zone))["hourly"]) == 3
 
 
 @pytest.mark.parametrize(

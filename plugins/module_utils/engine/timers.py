@@ -91,8 +91,8 @@ def _analyze(calendars: Sequence[str], run: Runner) -> subprocess.CompletedProce
 
 
 def _when(text: str, calendar: str) -> datetime:
-    parts = text.split()  # "Sun 2026-11-29 02:00:00 UTC"
-    if len(parts) < 3 or parts[-1] != "UTC":
+    parts = text.split()  # "Sun 2026-11-29 02:00:00 UTC"; GMT when TZ=GMT (systemd adds no "(in UTC)" line then)
+    if len(parts) < 3 or parts[-1] not in ("UTC", "GMT"):
         raise CalendarError(calendar, f"systemd-analyze printed a time that is not in UTC ({text!r})")
     try:
         return datetime.strptime(f"{parts[-3]} {parts[-2]}", "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC)
