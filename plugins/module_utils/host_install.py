@@ -100,6 +100,13 @@ def toml(config: Mapping[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def config_mode(config: Mapping[str, object]) -> int:
+    """config.toml's mode: 0600 when it holds a heartbeat URL (they carry tokens), else 0644."""
+    beats = config.get("heartbeat")
+    secret = isinstance(beats, Mapping) and any(k != "timeout" and v for k, v in beats.items())
+    return 0o600 if secret else 0o644
+
+
 def write_if_changed(path: str, data: bytes, mode: int, check: bool = False) -> bool:
     """Put ``data`` at ``path`` (mode ``mode``) unless it holds exactly that; whether it changed (or would).
     The file is replaced by a rename, never written through a link; a directory or a FIFO there is refused."""

@@ -37,7 +37,16 @@ options:
     description:
       - The configuration, as written to O(config_path) (the roles build it from the shared C(dr_*) variables).
         Top-level keys C(app), C(backup_dir), C(state_dir); tables C(backup), C(restore), C(retention), C(tenement)
-        and C(tomo) (the options of M(selfhost.dr.app_backup) without their C(tenement_)/C(tomo_) prefix).
+        and C(tomo) (the options of M(selfhost.dr.app_backup) without their C(tenement_)/C(tomo_) prefix), and
+        C(lock), C(metrics) and C(heartbeat) (C(timeout); the URLs go into O(heartbeat)).
+    type: dict
+    default: {}
+  heartbeat:
+    description:
+      - "The heartbeat URLs, merged into the C([heartbeat]) table of O(config): per operation (V(backup), V(verify),
+        V(prune), V(restore)) a healthchecks.io-style check, and V(push), a generic push URL (see docs/monitoring.md)."
+      - They carry tokens, so they are an option of their own that is never logged or shown, and O(config_path) is
+        written with mode C(0600) when one is set (C(0644) otherwise).
     type: dict
     default: {}
   interpreter:
@@ -84,6 +93,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.host_install import (
+    config_mode,
     package_files,
     toml,
     write_if_changed,
@@ -97,6 +107,7 @@ def main() -> None:
             path=dict(type="path", default="/usr/local/bin/selfhost-dr"),
             config_path=dict(type="path", default="/etc/selfhost-dr/config.toml"),
             config=dict(type="dict", default={}),
+            heartbeat=dict(type="dict", default={}, no_log=True),
             interpreter=dict(type="path", default="/usr/bin/python3"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
@@ -110,9 +121,13 @@ def main() -> None:
                 os.unlink(p["path"])
             module.exit_json(changed=there, path=p["path"], command_changed=there, config_changed=False)
         command = zipapp(package_files(), p["interpreter"])
-        config = toml(p["config"]).encode()
+        settings = dict(p["config"])
+        beats = {k: v for k, v in (p["heartbeat"] or {}).items() if v}
+        if beats:
+            settings["heartbeat"] = {**dict(settings.get("heartbeat") or {}), **beats}
+        config = toml(settings).encode()
         command_changed = write_if_changed(p["path"], command, 0o755, module.check_mode)
-        config_changed = write_if_changed(p["config_path"], config, 0o644, module.check_mode)
+        config_changed = write_if_changed(p["config_path"], config, config_mode(settings), module.check_mode)
     except Error as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:

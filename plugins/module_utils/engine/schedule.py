@@ -25,6 +25,7 @@ from .state import SCHEDULE_RE
 OPERATIONS = ("backup", "verify", "prune")  # in the order a run does them
 EVERY = {"daily": 24.0, "weekly": 168.0, "monthly": 744.0}  # hours between runs (a month: 31 days at most)
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_DAY_NAMES = dict(zip(WEEKDAYS, ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")))
 UNIT_PREFIX = "selfhost-dr-"
 SCHEDULES_FILE = "schedules.toml"
 RETENTION_KEYS = (*(f"keep_{rule}" for rule in RULES), "keep_within", "keep_all", "timezone")
@@ -119,7 +120,7 @@ def calendar(entry: Mapping[str, object], where: str) -> str:
             raise ScheduleError(f"{where}: day goes with every monthly; a weekly schedule takes weekday")
         weekday = entry.get("weekday") or "Sun"
         chosen = weekday[:3].capitalize() if isinstance(weekday, str) else None
-        if chosen not in WEEKDAYS or not str(weekday).lower().startswith(str(chosen).lower()):
+        if chosen not in WEEKDAYS or str(weekday).strip().lower() not in (chosen.lower(), _DAY_NAMES[chosen]):
             raise ScheduleError(f"{where}: weekday must be one of {', '.join(WEEKDAYS)}, not {weekday!r}")
         return f"{chosen} *-*-* {time}"
     if "weekday" in extra:
