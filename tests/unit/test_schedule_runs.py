@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -64,8 +66,9 @@ def prom(tmp_path: Path) -> str:
 
 
 def test_a_schedule_run_backs_up_then_prunes_by_its_own_retention_and_records_each_step(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, state_dir: Path
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TZ", "UTC")  # systemd-analyze computes the calendar in the host's zone
     config = config_of(tmp_path)
     schedules_toml(tmp_path, daily=DAILY)
     for _ in range(3):
@@ -87,6 +90,10 @@ def test_a_schedule_run_backs_up_then_prunes_by_its_own_retention_and_records_ea
     assert 'selfhost_dr_schedule_last_attempt_success{schedule="daily"} 1' in text
     assert 'selfhost_dr_schedule_sets{schedule="daily"} 2' in text
     assert 'selfhost_dr_last_attempt_success{operation="prune"} 1' in text
+    # The next run as systemd computes it (the real systemd-analyze): 03:00 UTC tomorrow or today.
+    (next_run,) = re.findall(r'selfhost_dr_schedule_next_run_timestamp_seconds\{schedule="daily"\} (\d+)', text)
+    when = datetime.fromtimestamp(int(next_run), UTC)
+    assert (when.hour, when.minute) == (3, 0) and 0 < when.timestamp() - time.time() <= 86400
 
 
 def test_schedules_that_fall_together_write_one_set_recorded_under_both(
@@ -163,8 +170,9 @@ def test_a_schedule_in_both_files_or_malformed_is_refused(tmp_path: Path, capsys
 
 
 def test_status_shows_each_schedule_due_from_its_last_success(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("TZ", "UTC")
     config = config_of(tmp_path)
     schedules_toml(tmp_path, daily=DAILY, weekly=WEEKLY)
     code, result = run_json(capsys, config, "status")
@@ -174,6 +182,7 @@ def test_status_shows_each_schedule_due_from_its_last_success(
     code, result = run_json(capsys, config, "status")
     daily = result["schedules"]["daily"]  # type: ignore[index]
     assert daily["due"] is False and daily["overdue"] is False and daily["sets"] == 1
+    assert daily["next_run"].endswith("T03:00:00.000000Z")
     assert result["schedules"]["weekly"]["due"] is True  # type: ignore[index]
     assert result["operations"]["backup"]["every_hours"] == 24  # type: ignore[index]
     cli.main(["status", "--config", str(config)])
