@@ -107,6 +107,12 @@ options:
     choices: [auto, systemd, process]
     default: auto
   tomo_database: {description: "Tomo's database; empty: C(/var/lib/tomo/tomo.db).", type: str, default: ""}
+  tenement_unit:
+    description: tenement's systemd unit; a tenement schedule's run starts after it (a run made up at boot finds
+      tenement up).
+    type: str
+    default: tenement.service
+  tomo_service: {description: "Tomo's unit; a Tomo schedule's run starts after it.", type: str, default: tomo.service}
 seealso:
   - module: selfhost.dr.host_command
   - module: selfhost.dr.dr_status
@@ -198,6 +204,8 @@ def main() -> None:
             tenement_config_dir=dict(type="path", default="/etc/tenement"),
             tenement_service_manager=dict(type="str", default="auto", choices=["auto", "systemd", "process"]),
             tomo_database=dict(type="str", default=""),
+            tenement_unit=dict(type="str", default="tenement.service"),
+            tomo_service=dict(type="str", default="tomo.service"),
         ),
         supports_check_mode=True,
     )
@@ -213,6 +221,8 @@ def main() -> None:
         tenement_config_dir=p["tenement_config_dir"],
         tenement_service_manager=p["tenement_service_manager"],
         tomo_database=p["tomo_database"],
+        tenement_unit=p["tenement_unit"],
+        tomo_service=p["tomo_service"],
         on_failure=p["on_failure"],
         hardening=p["hardening"],
         read_write_paths=tuple(p["read_write_paths"]),

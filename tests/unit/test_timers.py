@@ -99,8 +99,9 @@ def test_the_service_an_operator_reads() -> None:
     assert lines[0] == timers.MARKER
     for line in (
         "Description=selfhost.dr schedule nightly: backup, prune of tenement (hot)",
-        "After=network-online.target",
+        "After=network-online.target tenement.service",
         "Wants=network-online.target",
+        "RequiresMountsFor=/var/backups/selfhost-dr",
         "OnFailure=notify@%n.service",
         "Type=oneshot",
         "ExecStart=/usr/local/bin/selfhost-dr run nightly",
@@ -142,6 +143,21 @@ def test_tomo_config_elsewhere_and_percent_signs() -> None:
     assert "ReadWritePaths=-/srv/tomo" in lines and "ReadWritePaths=-/var/lib/tenement" not in lines
     (default,) = schedules({"name": "t", "app": "tomo", "operations": ["backup"]})
     assert "ReadWritePaths=-/var/lib/tomo" in timers.render_service(default, timers.UnitSettings()).splitlines()
+
+
+def test_a_run_starts_after_its_application_and_the_backup_disk() -> None:
+    """At boot a missed run is made up: it must find the application up and the backup disk mounted (never write
+    the sets beneath a mount point that is not there yet)."""
+    (tomo,) = schedules({"name": "tomo", "app": "tomo"})
+    settings = timers.UnitSettings(tomo_service="tomo-server", backup_dir="/mnt/backup disk".replace(" ", "_"))
+    lines = timers.render_service(tomo, settings).splitlines()
+    assert "After=network-online.target tomo-server.service" in lines
+    assert "RequiresMountsFor=/mnt/backup_disk" in lines
+    (plain,) = schedules({"name": "plain"})
+    lines = timers.render_service(plain, timers.UnitSettings(tenement_service_manager="process")).splitlines()
+    assert "After=network-online.target" in lines  # no tenement unit to start after
+    with pytest.raises(timers.TimerError, match="must be a systemd unit name"):
+        timers.render_service(plain, timers.UnitSettings(tenement_unit="ten ement.service"))
 
 
 def test_tenement_as_a_plain_process_is_not_sandboxed() -> None:

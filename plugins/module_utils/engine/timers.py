@@ -26,6 +26,7 @@ DEFAULT_UNIT_DIR = "/etc/systemd/system"
 ITERATIONS = 3
 _UNIT_FILE_RE = re.compile(r"^" + re.escape(UNIT_PREFIX) + r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\.(service|timer)$")
 _ON_FAILURE_RE = re.compile(r"^[A-Za-z0-9:_.@%\\-]+\.(service|target)$")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|target)$")
 _UNSAFE_RE = re.compile(r"[\s\"'\\\x00-\x1f\x7f]")
 _SECRET_LINE_RE = re.compile(r'^(\s*"?heartbeat"?\s*=\s*)(.*)$', re.MULTILINE)
 
@@ -58,6 +59,8 @@ class UnitSettings:
     tenement_config_dir: str = "/etc/tenement"
     tenement_service_manager: str = "auto"
     tomo_database: str = ""  # "": found at run time, /var/lib/tomo/tomo.db first
+    tenement_unit: str = "tenement.service"  # a run starts after it (at boot: a missed run made up)
+    tomo_service: str = "tomo.service"
     on_failure: str = ""  # a unit (or several, space-separated) started when a run fails
     hardening: bool = True  # False where namespacing fails (some containers)
     read_write_paths: tuple[str, ...] = ()  # more paths a run writes (instance data outside tenement's data dir)
@@ -216,6 +219,17 @@ def _plain_process(schedule: Schedule, settings: UnitSettings) -> bool:
     return schedule.app == "tenement" and settings.tenement_service_manager == "process"
 
 
+def _app_unit(schedule: Schedule, settings: UnitSettings) -> str:
+    """`` UNIT``: the application's service a run starts after (a run made up at boot finds it up), "" for none."""
+    unit = settings.tomo_service if schedule.app == "tomo" else settings.tenement_unit
+    if _plain_process(schedule, settings) or not unit:
+        return ""
+    unit = unit if "." in unit else unit + ".service"
+    if not _UNIT_RE.match(unit):
+        raise TimerError(f"the application's unit must be a systemd unit name such as tenement.service, not {unit!r}")
+    return " " + unit
+
+
 def render_service(schedule: Schedule, settings: UnitSettings) -> str:
     """``selfhost-dr-NAME.service``: one run of the schedule, at low priority, sandboxed unless it must not be."""
     command = _path(settings.command, "the host command").replace("$", "$$")
@@ -232,8 +246,10 @@ def render_service(schedule: Schedule, settings: UnitSettings) -> str:
         "[Unit]",
         f"Description=selfhost.dr schedule {schedule.name}: {', '.join(schedule.operations)} of {schedule.app} "
         f"({schedule.mode})",
-        "After=network-online.target",
+        f"After=network-online.target{_app_unit(schedule, settings)}",
         "Wants=network-online.target",
+        "# The backup dir's file system (a backup disk): mounted before a run, which never writes beneath it.",
+        f"RequiresMountsFor={_path(settings.backup_dir, 'the backup dir')}",
         *([f"OnFailure={' '.join(on_failure)}"] if on_failure else []),
         "",
         "[Service]",
