@@ -10,7 +10,8 @@ short_description: What selfhost-dr last did on a host, and the sets it has
 version_added: 0.2.0
 description:
   - Returns the host's status store (C(state.json) in the state directory), which C(selfhost-dr) writes on every
-    C(backup), C(verify), C(prune) and C(restore) run, and a summary of the sets in O(path).
+    C(backup), C(verify), C(prune) and C(restore) run and every C(run) of a schedule, and a summary of the sets in
+    O(path).
   - Per operation, the last attempt, the last success and the last failure, each with its start and end (UTC, ISO
     8601), duration, exit status, the failure's one sentence, the schedule that started it, and the set it wrote,
     verified or restored with its size; and the outcome of the run's heartbeats (named by scheme and host only).
@@ -76,6 +77,15 @@ operations:
         set_bytes: 600238142
         sets: 1
       heartbeats: [{kind: start, to: "https://hc-ping.com", ok: true, error: ""}]
+schedules:
+  description:
+    - Per schedule that ran at least once (C(selfhost-dr run NAME), the role C(schedule)'s timers), the same
+      records of the whole run; its C(operation) lists the operations it ran, comma-separated.
+  returned: always
+  type: dict
+  sample:
+    daily:
+      last_success: {run_id: 7e0c..., operation: "backup,prune", schedule: daily, ok: true, exit_code: 0}
 state_file:
   description: The status store read.
   returned: always
@@ -134,6 +144,7 @@ def main() -> None:
     module.exit_json(
         changed=False,
         operations=recorded.get("operations", {}),
+        schedules=recorded.get("schedules", {}),
         state_file=store.path,
         state_problem=store.problem,
         running=held(p["state_dir"]),
