@@ -350,3 +350,14 @@ def test_a_run_shares_only_a_set_another_schedule_wrote_moments_before(
     entry = _entry(invoked + timedelta(seconds=offset), tags, **over)
     found = schedule.shared_set([entry], weekly, "hot", "web1", invoked, invoked + timedelta(minutes=5))
     assert (found is not None) is shared
+
+
+def test_a_schedule_that_prunes_with_no_retention_rule_anywhere_is_refused() -> None:
+    modes = {"tenement": ("hot", "cold")}
+    pruning = schedule.parse_all(
+        [{"name": "daily"}, {"name": "verify", "operations": ["verify"]}], modes, "tenement", "hot"
+    )
+    with pytest.raises(schedule.ScheduleError, match="schedule 'daily' prunes but has no retention rule"):
+        schedule.prunable(pruning, {})
+    schedule.prunable(pruning, {"keep_daily": 7})  # the backup retention is its rule
+    schedule.prunable(pruning[1:], {})  # a schedule that does not prune needs none
