@@ -1,0 +1,292 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""restic, run as a command: one repository, its password and the store's credentials, and what its answers mean.
+
+Standard library only. restic is run with an argv list, never a shell; its password reaches it through
+``RESTIC_PASSWORD_FILE`` (a file the user names) or ``RESTIC_PASSWORD`` in the child's environment only, and the
+store's credentials (``AWS_ACCESS_KEY_ID``, ...) the same way: never on a command line, where any user of the host
+could read them, never in a message. stdin is always closed, so restic never waits for a password on a terminal.
+A location may carry credentials too (``rest:https://user:secret@host/``): messages show it by :func:`public`.
+
+Every failure is one sentence naming the repository: a wrong password, no repository at the location, a
+repository locked by a live run, a repository format newer than this restic reads, an unreachable store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._common import Error
+
+Runner = Callable[..., subprocess.CompletedProcess[str]]
+MIN_VERSION = (0, 14, 0)  # repository format 2 (compression) and restore --verify: Debian 12's restic
+_VERSION_RE = re.compile(r"^restic (\d+)\.(\d+)\.(\d+)")
+_LOCATION_RE = re.compile(r"^(?:(?P<scheme>sftp|s3|rest|rclone|swift|b2|azure|gs):)?(?P<rest>.+)$")
+# The environment a repository's store may need (its credentials): passed through, never shown.
+STORE_ENV = re.compile(
+    r"^(AWS_[A-Z_]+|RESTIC_REST_[A-Z_]+|B2_[A-Z_]+|AZURE_[A-Z_]+|GOOGLE_[A-Z_]+|OS_[A-Z_]+|ST_[A-Z_]+|"
+    r"RCLONE_[A-Z_]+|RESTIC_COMPRESSION|RESTIC_PACK_SIZE|SSH_AUTH_SOCK)$"
+)
+_DEFAULT_TIMEOUT = 6 * 3600.0
+_UNREACHABLE_RE = re.compile(
+    r"connection refused|no such host|i/o timeout|network is unreachable|context deadline exceeded|"
+    r"TLS handshake|certificate|connection reset|no route to host|ssh: |exit status 255",
+    re.IGNORECASE,
+)
+_USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")  # (a password may hold spaces)
+_REFUSED_RE = re.compile(
+    r"Access Denied|InvalidAccessKeyId|SignatureDoesNotMatch|signature we calculated does not match|"
+    r"403 Forbidden|401 Unauthorized|permission denied \(",
+    re.IGNORECASE,
+)
+
+
+class RepoError(Error):
+    """A repository that cannot be used, in one sentence."""
+
+
+class WrongPasswordError(RepoError):
+    """No key of the repository opens with the password."""
+
+
+class NoRepositoryError(RepoError):
+    """There is no repository at the location (yet)."""
+
+
+class LockedError(RepoError):
+    """A live run holds the repository's lock."""
+
+
+def public(location: str) -> str:
+    """A location as it may be shown: without a password or user in an URL (``rest:https://u:p@h/x`` ->
+    ``rest:https://h/x``), and an ``s3:`` endpoint's query left out."""
+    match = _LOCATION_RE.match(location)
+    if not match:
+        return location
+    scheme, rest = match["scheme"], match["rest"]
+    if "://" in rest:
+        parts = urllib.parse.urlsplit(rest)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        rest = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    elif scheme == "sftp" and "@" in rest.split(":", 1)[0]:
+        rest = rest.split("@", 1)[1]
+    return f"{scheme}:{rest}" if scheme else rest
+
+
+@dataclass(frozen=True)
+class Repository:
+    """A restic repository as ``dr_repositories`` names it."""
+
+    name: str
+    location: str
+    password_file: str = ""  # a file whose first line is the password (RESTIC_PASSWORD_FILE)
+    password: str = field(default="", repr=False)  # or the password itself (RESTIC_PASSWORD, the child's only)
+    env: Mapping[str, str] = field(default_factory=dict, repr=False)  # the store's credentials and options
+    required: bool = True
+    init: bool = False  # create it when there is none at the location (never a second time)
+    retention: Mapping[str, object] = field(default_factory=dict)  # keep_* rules; {}: the local ones
+
+    @property
+    def shown(self) -> str:
+        return f"repository {self.name} ({public(self.location)})"
+
+
+@dataclass
+class Result:
+    """What restic answered: its exit status, its JSON messages (``--json``) or text, and its stderr."""
+
+    code: int
+    out: str
+    err: str
+
+    def messages(self) -> list[dict[str, Any]]:
+        """The JSON objects of ``--json`` output, one per line (other lines are left out)."""
+        found = []
+        for line in self.out.splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(value, dict):
+                    found.append(value)
+        return found
+
+
+class Restic:
+    """One repository and the restic that reads it."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        binary: str = "restic",
+        cache_dir: str = "",
+        run: Runner = subprocess.run,
+        timeout: float = _DEFAULT_TIMEOUT,
+    ) -> None:
+        if not repo.password and not repo.password_file:
+            raise RepoError(f"{repo.shown} has no password: give password_file or password")
+        if repo.password_file and not os.path.isabs(repo.password_file):
+            raise RepoError(f"the password file of {repo.shown} must be an absolute path")
+        for key in repo.env:
+            if not STORE_ENV.match(key):
+                raise RepoError(f"{key} is not a variable a repository's store takes (AWS_*, B2_*, RCLONE_*, ...)")
+        self.repo = repo
+        self.binary = binary
+        self.cache_dir = cache_dir
+        self._run = run
+        self.timeout = timeout
+
+    def environment(self) -> dict[str, str]:
+        """The child's environment: a minimal one, the password and the store's credentials; nothing inherited
+        that could point restic at another repository or password."""
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")}
+        env.setdefault("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        env["RESTIC_REPOSITORY"] = self.repo.location
+        if self.repo.password_file:
+            env["RESTIC_PASSWORD_FILE"] = self.repo.password_file
+        else:
+            env["RESTIC_PASSWORD"] = self.repo.password
+        if self.cache_dir:
+            env["RESTIC_CACHE_DIR"] = self.cache_dir
+        env.update(self.repo.env)
+        return env
+
+    def call(self, args: Sequence[str], check: bool = True, timeout: float | None = None) -> Result:
+        """``restic ARGS`` for this repository; with ``check``, a failure raises its one sentence."""
+        argv = [self.binary, *args]
+        try:
+            done = self._run(
+                argv,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                errors="replace",
+                timeout=timeout or self.timeout,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise RepoError(f"restic is not installed ({self.binary}): apt-get install restic") from None
+        except subprocess.TimeoutExpired:
+            raise RepoError(
+                f"restic {args[0]} on {self.repo.shown} did not finish in {timeout or self.timeout:g} s"
+            ) from None
+        result = Result(done.returncode, done.stdout or "", done.stderr or "")
+        if check and result.code != 0:
+            raise self.failure(args[0], result)
+        return result
+
+    def failure(self, command: str, result: Result) -> RepoError:
+        """restic's failure as one sentence (its own words, last line, when nothing better is known)."""
+        text = result.err
+        shown = self.repo.shown
+        if "wrong password or no key found" in text:
+            return WrongPasswordError(f"the password of {shown} is wrong: no key of the repository opens with it")
+        if _REFUSED_RE.search(text):
+            return RepoError(f"{shown} refuses the store's credentials: {_last_line(text, self.repo)}")
+        if _UNREACHABLE_RE.search(text):
+            return RepoError(f"{shown} cannot be reached: {_last_line(text, self.repo)}")
+        if "unable to open config file" in text or "Is there a repository at the following location" in text:
+            return NoRepositoryError(f"{shown} does not exist: no restic repository is there (init: true creates one)")
+        if "repository is already locked" in text or "unable to create lock" in text:
+            return LockedError(f"{shown} is locked by another restic run: {_last_line(text, self.repo)}")
+        if (
+            re.search(r"repository version \d+ (is )?(not supported|unsupported)", text)
+            or "unsupported repository version" in text
+        ):
+            return RepoError(f"{shown} has a format this restic cannot read: {_last_line(text, self.repo)}")
+        why = _last_line(text, self.repo) or f"exit status {result.code}"
+        return RepoError(f"restic {command} on {shown} failed: {why}")
+
+    # -- what a repository is ------------------------------------------------------------------------------------
+
+    def version(self) -> tuple[int, int, int]:
+        """restic's version; one sentence when it is older than :data:`MIN_VERSION`."""
+        result = self.call(["version"])
+        match = _VERSION_RE.match(result.out.strip())
+        if not match:
+            raise RepoError(f"restic version said {result.out.strip()[:80]!r}, not a version")
+        found = (int(match[1]), int(match[2]), int(match[3]))
+        if found < MIN_VERSION:
+            need = ".".join(map(str, MIN_VERSION))
+            raise RepoError(f"restic {'.'.join(map(str, found))} is too old: {need} or newer is needed (format 2)")
+        return found
+
+    def config(self) -> dict[str, Any]:
+        """The repository's config (its format ``version``): proves the location holds a repository and the password
+        opens it."""
+        result = self.call(["cat", "config", "--no-lock"])
+        try:
+            value = json.loads(result.out)
+        except ValueError:
+            raise RepoError(f"{self.repo.shown} answered `cat config` with something that is not JSON") from None
+        if not isinstance(value, dict):
+            raise RepoError(f"{self.repo.shown} has a config that is not an object")
+        return value
+
+    def exists(self) -> bool:
+        """Whether there is a repository at the location that the password opens (a wrong password raises)."""
+        try:
+            self.config()
+        except NoRepositoryError:
+            return False
+        return True
+
+    def ensure(self) -> bool:
+        """The repository, created when absent and ``init`` says so (format 2); whether it was created. An existing
+        repository is never initialised again."""
+        if self.exists():
+            return False
+        if not self.repo.init:
+            raise NoRepositoryError(
+                f"{self.repo.shown} does not exist: no restic repository is there (init: true creates one)"
+            )
+        self.call(["init", "--repository-version", "2"])
+        return True
+
+    # -- snapshots -----------------------------------------------------------------------------------------------
+
+    def snapshots(self, tags: Iterable[str] = (), host: str = "") -> list[dict[str, Any]]:
+        """The snapshots (``restic snapshots --json``), oldest first, with every tag of ``tags`` and of ``host``."""
+        args = ["snapshots", "--json", "--no-lock"]
+        if tags:
+            args += ["--tag", ",".join(tags)]
+        if host:
+            args += ["--host", host]
+        result = self.call(args)
+        try:
+            value = json.loads(result.out or "[]")
+        except ValueError:
+            raise RepoError(f"{self.repo.shown} listed its snapshots as something that is not JSON") from None
+        if not isinstance(value, list):
+            raise RepoError(f"{self.repo.shown} listed its snapshots as something that is not a list")
+        return [s for s in value if isinstance(s, dict) and isinstance(s.get("id"), str)]
+
+    def unlock(self) -> None:
+        """Remove the stale locks only (a killed run's, or one older than 30 minutes); never a live run's."""
+        self.call(["unlock"])
+
+
+def _last_line(text: str, repo: Repository) -> str:
+    """restic's last message line, without its ``Fatal:`` and without a location's credentials."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    wanted = [line for line in lines if line.startswith("Fatal:")] or lines
+    line = wanted[-1].removeprefix("Fatal:").strip() if wanted else ""
+    if repo.location and repo.location in line:
+        line = line.replace(repo.location, public(repo.location))
+    line = _USERINFO_RE.sub(r"\1", line)  # an URL's user:password@, however restic quotes the location
+    for secret in (repo.password, *repo.env.values()):
+        if secret and len(secret) >= 4:
+            line = line.replace(secret, "***")
+    return line[:300]

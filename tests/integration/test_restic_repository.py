@@ -1,0 +1,152 @@
+"""A restic repository as selfhost.dr reaches it: real restic (Debian) against a local path and a real S3 store
+(SeaweedFS), with the failures an operator meets said in one sentence, and no secret on a command line."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils.repos import restic as restic_module
+from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import (
+    NoRepositoryError,
+    RepoError,
+    Repository,
+    Restic,
+    WrongPasswordError,
+    public,
+)
+
+from . import s3_store
+
+pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/bootstrap)")
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3_store.Store]:
+    with s3_store.running(tmp_path_factory.mktemp("seaweedfs")) as running:
+        yield running
+
+
+@pytest.fixture
+def password_file(tmp_path: Path) -> Path:
+    path = tmp_path / "password"
+    path.write_text(PASSWORD + "\n")
+    path.chmod(0o600)
+    return path
+
+
+class Spy:
+    """A runner that records each restic command line and environment, then runs it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def __call__(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(argv), dict(kw["env"])))
+        assert kw["stdin"] == subprocess.DEVNULL  # restic never waits for a password on a terminal
+        return subprocess.run(argv, **kw)
+
+
+def test_a_local_repository_is_created_once_and_its_format_is_2(tmp_path: Path, password_file: Path) -> None:
+    repo = Repository("local", str(tmp_path / "repo"), password_file=str(password_file), init=True)
+    restic = Restic(repo)
+    assert restic.version() >= (0, 14, 0)
+    assert restic.ensure() is True
+    config = restic.config()
+    assert restic.ensure() is False  # never initialised again
+    assert restic.config()["id"] == config["id"] and config["version"] == 2
+    assert restic.snapshots() == []
+
+
+def test_a_missing_repository_without_init_and_a_wrong_password_are_one_sentence_each(
+    tmp_path: Path, password_file: Path
+) -> None:
+    missing = Restic(Repository("offsite", str(tmp_path / "nothing"), password_file=str(password_file)))
+    with pytest.raises(NoRepositoryError) as no:
+        missing.ensure()
+    assert str(no.value) == (
+        f"repository offsite ({tmp_path}/nothing) does not exist: no restic repository is there "
+        "(init: true creates one)"
+    )
+    Restic(Repository("local", str(tmp_path / "repo"), password_file=str(password_file), init=True)).ensure()
+    wrong = Restic(Repository("local", str(tmp_path / "repo"), password="not the password"))
+    with pytest.raises(WrongPasswordError) as bad:
+        wrong.snapshots()
+    assert str(bad.value) == (
+        f"the password of repository local ({tmp_path}/repo) is wrong: no key of the repository opens with it"
+    )
+
+
+def test_secrets_reach_restic_only_through_its_environment(tmp_path: Path, store: s3_store.Store) -> None:
+    spy = Spy()
+    repo = Repository("s3", store.location("secrets-test"), password=PASSWORD, env=store.env, init=True)
+    restic = Restic(repo, run=spy)
+    restic.ensure()
+    restic.snapshots()
+    assert spy.calls
+    for argv, env in spy.calls:
+        line = " ".join(argv)
+        for secret in (PASSWORD, s3_store.SECRET_KEY):
+            assert secret not in line
+        assert env["RESTIC_PASSWORD"] == PASSWORD and env["AWS_SECRET_ACCESS_KEY"] == s3_store.SECRET_KEY
+        assert "RESTIC_PASSWORD_FILE" not in env
+
+
+def test_an_s3_store_creates_its_bucket_once_and_refuses_wrong_credentials(
+    store: s3_store.Store, password_file: Path
+) -> None:
+    repo = Repository("s3", store.location("dr-bucket"), password_file=str(password_file), env=store.env)
+    with pytest.raises(NoRepositoryError, match="does not exist"):
+        Restic(repo).ensure()  # a missing bucket, and no init
+    assert Restic(Repository(**{**repo.__dict__, "init": True})).ensure() is True
+    assert Restic(repo).ensure() is False
+    stolen = Repository(**{**repo.__dict__, "env": {**store.env, "AWS_SECRET_ACCESS_KEY": "guessed"}})
+    with pytest.raises(RepoError) as refused:
+        Restic(stolen).snapshots()
+    assert str(refused.value).startswith(
+        f"repository s3 (s3:{store.endpoint}/dr-bucket) refuses the store's credentials"
+    )
+    assert "guessed" not in str(refused.value)
+
+
+@pytest.mark.parametrize("userinfo", ["user:s3cr3t-token", f"user:{PASSWORD}"])  # the second, no valid URL
+def test_an_unreachable_store_is_not_mistaken_for_a_missing_repository(
+    password_file: Path, free_port: int, userinfo: str
+) -> None:
+    location = f"rest:http://{userinfo}@127.0.0.1:{free_port}/repo"
+    repo = Repository("rest", location, password_file=str(password_file), init=True)
+    with pytest.raises(RepoError) as unreachable:
+        Restic(repo, timeout=120).ensure()  # init: true must not try to create it
+    message = str(unreachable.value)
+    assert f"repository rest (rest:http://127.0.0.1:{free_port}/repo) " in message
+    assert userinfo.split(":")[1] not in message and "user:" not in message
+    if "s3cr3t" in userinfo:
+        assert "cannot be reached: " in message
+
+
+@pytest.mark.parametrize(
+    ("location", "shown"),
+    [
+        ("/srv/restic", "/srv/restic"),
+        ("sftp:backup@vault:/srv/restic", "sftp:vault:/srv/restic"),
+        ("rest:https://u:p4ss@rest.example:8000/host1/", "rest:https://rest.example:8000/host1/"),
+        ("s3:https://s3.example.com/bucket/path", "s3:https://s3.example.com/bucket/path"),
+        ("rclone:remote:bucket", "rclone:remote:bucket"),
+    ],
+)
+def test_a_location_is_shown_without_its_credentials(location: str, shown: str) -> None:
+    assert public(location) == shown
+
+
+def test_store_variables_are_checked_and_a_password_is_required(tmp_path: Path) -> None:
+    with pytest.raises(RepoError, match="has no password"):
+        Restic(Repository("x", str(tmp_path)))
+    with pytest.raises(RepoError, match="LD_PRELOAD is not a variable"):
+        Restic(Repository("x", str(tmp_path), password="pw", env={"LD_PRELOAD": "/tmp/evil.so"}))
+    assert restic_module.MIN_VERSION == (0, 14, 0)
