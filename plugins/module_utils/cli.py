@@ -456,6 +456,11 @@ def _step_backup(
     shared = schedule.shared_set(sets, chosen, label, default_host(), invoked, utc_now())
     if shared is not None:
         path = str(shared["path"])
+        state_now = dict(shared.get("verification") or {}).get("state")  # type: ignore[call-overload]
+        if options.verify and state_now != "verified":  # the run that wrote it was stopped before verifying it
+            checked = verify(path, log=log)
+            if not checked.ok:
+                raise VerificationError(checked.summary)
         tags = add_tag(path, chosen.name)
         others = ", ".join(t for t in tags if t != chosen.name)
         log(f"shared {shared['name']}, written moments ago for schedule {others}")

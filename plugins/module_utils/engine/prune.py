@@ -89,6 +89,7 @@ def select(
         if (
             in_name
             and in_manifest["label"]
+            and in_name["label"].startswith(in_manifest["label"])  # removeprefix() leaves a bare "-2" as it is
             and _SECOND_RE.fullmatch(in_name["label"].removeprefix(in_manifest["label"]))
         ):
             in_name["label"] = in_manifest["label"]  # a second set in the same second: "{label}-2" (create())

@@ -1,0 +1,157 @@
+"""Attacks on unattended backups (issue 13): ``selfhost-dr run NAME``, shared sets, per-schedule retention, the units.
+
+Each test is what an operator would check after a schedule misbehaved; the runs are the real host command over a
+directory (tenement as a Recorder, as in test_schedule_runs.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils import cli
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import prune as prune_module
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import schedule, timers
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.tags import add_tag, read_tags
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify as real_verify
+
+from . import test_heartbeat
+from .test_engine import Recorder
+from .test_heartbeat import run_json
+from .test_prune_module_logic import write_set
+from .test_schedule_runs import DAILY, WEEKLY, config_of, schedules_toml
+
+app, data = test_heartbeat.app, test_heartbeat.data
+_keep_signal_handlers = test_heartbeat._keep_signal_handlers
+
+APPS = {"tenement": ("hot", "cold", "instances"), "tomo": ("hot",)}
+
+
+def _parse(**entry: object) -> schedule.Schedule:
+    return schedule.parse({"every": "daily", **entry}, APPS, "tenement", "hot")
+
+
+# -- names and values that would break a unit file -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"name": "nightly\n"},  # `$` matches before a final newline
+        {"name": "nightly", "label": "hot\n"},
+        {"name": "nightly", "at": "03:00\n"},
+    ],
+)
+def test_a_schedule_value_ending_in_a_newline_is_refused(entry: dict[str, object]) -> None:
+    with pytest.raises(schedule.ScheduleError):
+        _parse(**entry)
+
+
+def test_no_unit_file_gets_a_line_break_from_a_unit_name(tmp_path: Path) -> None:
+    """tenement's unit (dr_tenement_unit) goes into After=: a trailing newline would end the line there."""
+    nightly = _parse(name="nightly")
+    with pytest.raises(timers.TimerError):
+        timers.render_service(nightly, timers.UnitSettings(tenement_unit="tenement.service\n"))
+    with pytest.raises(timers.TimerError):
+        timers.render_service(_parse(name="t", app="tomo"), timers.UnitSettings(tomo_service="tomo.service\n"))
+
+
+def test_a_tag_ending_in_a_newline_is_not_a_schedule(tmp_path: Path) -> None:
+    archive = tmp_path / "tenement-web1-20261101T030000Z-hot.tar.zst"
+    archive.write_bytes(b"x")
+    Path(str(archive) + ".schedules.json").write_text('{"schedules": ["daily\\n", "weekly"]}')
+    assert read_tags(str(archive)) == ["weekly"]
+    with pytest.raises(ValueError):
+        add_tag(str(archive), "daily\n")
+
+
+# -- retention -------------------------------------------------------------------------------------------------------
+
+
+def test_a_retention_of_only_a_timezone_is_refused_when_the_schedule_is_written() -> None:
+    """It keeps nothing by itself: the play passed, then every prune on the host failed ("no retention rule")."""
+    with pytest.raises(schedule.ScheduleError, match="timezone"):
+        _parse(name="nightly", retention={"timezone": "Europe/Berlin"})
+
+
+def test_one_schedule_with_a_timezone_only_retention_does_not_stop_every_prune(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder
+) -> None:
+    """schedules.toml written by hand: refused as a usage error naming the schedule, not a failed prune of all."""
+    config = config_of(tmp_path, "\n[retention]\nkeep_last = 3\n")
+    (tmp_path / "sets").mkdir()
+    schedules_toml(tmp_path, daily=DAILY, weekly={**WEEKLY, "keep_last": 0, "timezone": "Europe/Berlin"})
+    code, result = run_json(capsys, config, "prune", "--dry-run")
+    assert code == 2, result
+    assert "weekly" in str(result["error"])
+
+
+# -- sharing ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_shared_set_is_verified_when_the_run_that_wrote_it_never_verified_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daily run (backup, then verify) is stopped by its timeout while verifying; the weekly run (backup, prune)
+    waiting for the lock shares that set. Its backup succeeded only if the set it records is a verified one."""
+    config = config_of(tmp_path)
+    schedules_toml(tmp_path, daily={**DAILY, "operations": ["backup", "verify"]}, weekly=WEEKLY)
+
+    def stopped(*_args: object, **_kwargs: object) -> object:
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(cli, "verify", stopped)
+    code, result = run_json(capsys, config, "run", "daily")
+    assert code == 130, result
+    (written,) = catalog(str(tmp_path / "sets"))
+    assert written["verification"]["state"] == "unverified"  # type: ignore[index]
+    monkeypatch.setattr(cli, "verify", real_verify)
+    code, result = run_json(capsys, config, "run", "weekly")
+    assert code == 0, result
+    for entry in catalog(str(tmp_path / "sets")):
+        if "weekly" in entry["schedules"]:  # type: ignore[operator]
+            assert entry["verification"]["state"] == "verified"  # type: ignore[index]
+
+
+def test_a_shared_set_that_fails_verification_fails_the_backup_and_nothing_is_pruned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = config_of(tmp_path)
+    schedules_toml(tmp_path, daily={**DAILY, "operations": ["backup", "verify"]}, weekly=WEEKLY)
+
+    def stopped(*_args: object, **_kwargs: object) -> object:
+        raise KeyboardInterrupt("SIGTERM")
+
+    monkeypatch.setattr(cli, "verify", stopped)
+    assert run_json(capsys, config, "run", "daily")[0] == 130
+    monkeypatch.setattr(cli, "verify", real_verify)
+    (written,) = catalog(str(tmp_path / "sets"))
+    with open(str(written["path"]), "r+b") as f:  # bit rot on the backup disk
+        f.seek(-8, 2)
+        f.write(b"\0" * 8)
+    code, result = run_json(capsys, config, "run", "weekly")
+    assert code == 3, result
+    assert "prune" not in result["operations"]  # type: ignore[operator]
+
+
+# -- prune -----------------------------------------------------------------------------------------------------------
+
+
+def test_a_hand_named_minus_two_label_is_not_read_as_the_manifests(tmp_path: Path) -> None:
+    """The ``-2`` fix is for ``{label}-2`` only: a file label that is just ``-2`` disagrees with a manifest's ``hot``."""
+    directory = tmp_path / "sets"
+    directory.mkdir()
+    t0 = datetime(2026, 11, 1, 3, tzinfo=UTC)
+    names = [write_set(directory, "tenement", "web1", t0 + timedelta(days=n)) for n in range(3)]
+    odd = write_set(directory, "tenement", "web1", t0 - timedelta(days=1))
+    renamed = odd.replace("-hot.tar.zst", "--2.tar.zst")
+    for suffix in ("", ".manifest.json"):
+        (directory / (odd + suffix)).rename(directory / (renamed + suffix))
+    done = prune_module.prune(
+        str(directory), prune_module.policy_of({"keep_last": 1}), {"app": "tenement", "host": None, "label": None}
+    )
+    assert renamed not in done.deleted
+    assert sorted(done.deleted) == sorted(names[:2])
