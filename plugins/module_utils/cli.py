@@ -423,12 +423,16 @@ def run_schedule(args: argparse.Namespace, config: dict[str, Any], log: Progress
     code = EXIT_OK
     watcher.begin()
     try:
-        whole.begin()
         made: list[str] = []
-        for operation in chosen.operations:
+        try:
+            whole.begin()
+        except KeyboardInterrupt as exc:  # stopped while its start was pinged: recorded as interrupted, no step runs
+            failed, code = _failed(exc, "run")
+            result["error"] = failed["error"]
+        for operation in () if code else chosen.operations:
             step = watcher.recorder(operation, chosen.app, chosen.name, step=True)
-            step.begin()
             try:
+                step.begin()
                 outcome, step_code = _STEPS[operation](chosen, config, log, invoked, made), EXIT_OK
             except BaseException as exc:  # every failure is recorded, then the run stops
                 outcome, step_code = _failed(exc, operation)
@@ -789,8 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if watcher is not None:
                 recorder = watcher.recorder(command, _app(args, config), args.schedule or "")
                 watcher.begin()
+                begun = True  # from here the outcome is recorded, also of a stop while the start is pinged
                 recorder.begin()
-                begun = True
             result = COMMANDS[command](args, config, log)
     except SystemExit as exc:  # --help
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE

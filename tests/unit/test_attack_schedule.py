@@ -6,14 +6,15 @@ directory (tenement as a Recorder, as in test_schedule_runs.py).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils import cli
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import heartbeat, schedule, timers
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import prune as prune_module
-from ansible_collections.selfhost.dr.plugins.module_utils.engine import schedule, timers
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.tags import add_tag, read_tags
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify as real_verify
@@ -141,7 +142,7 @@ def test_a_shared_set_that_fails_verification_fails_the_backup_and_nothing_is_pr
 
 
 def test_a_hand_named_minus_two_label_is_not_read_as_the_manifests(tmp_path: Path) -> None:
-    """The ``-2`` fix is for ``{label}-2`` only: a file label that is just ``-2`` disagrees with a manifest's ``hot``."""
+    """The ``-2`` fix is for ``{label}-2`` only: a file label of just ``-2`` disagrees with the manifest's ``hot``."""
     directory = tmp_path / "sets"
     directory.mkdir()
     t0 = datetime(2026, 11, 1, 3, tzinfo=UTC)
@@ -155,3 +156,61 @@ def test_a_hand_named_minus_two_label_is_not_read_as_the_manifests(tmp_path: Pat
     )
     assert renamed not in done.deleted
     assert sorted(done.deleted) == sorted(names[:2])
+
+
+# -- a stop while a heartbeat is sent -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stop_during_start_ping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (systemctl stop, the timer's timeout) arrives while the start ping waits for a slow endpoint."""
+    real = heartbeat.send
+
+    def send(url: str, kind: str, *args: object, **kwargs: object) -> heartbeat.Sent:
+        if kind == "start":
+            raise KeyboardInterrupt("SIGTERM")
+        return real(url, kind, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(heartbeat, "send", send)
+
+
+@pytest.mark.usefixtures("stop_during_start_ping")
+def test_a_run_stopped_during_its_start_ping_stops_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, state_dir: Path
+) -> None:
+    """A stop is a stop: the backup (a cold one stops tenement) must not go on until systemd's SIGKILL."""
+    config = config_of(tmp_path)
+    schedules_toml(tmp_path, daily={**DAILY, "heartbeat": "http://127.0.0.1:9/ping/daily"})
+    code, result = run_json(capsys, config, "run", "daily")
+    assert code == 130, result
+    assert "archive" not in app.calls and "stop" not in app.calls
+    recorded = json.loads((state_dir / "state.json").read_text())
+    attempt = recorded["schedules"]["daily"]["last_attempt"]
+    assert attempt["finished_at"] and attempt["reason"] == "interrupted by SIGTERM"
+
+
+@pytest.mark.usefixtures("stop_during_start_ping")
+def test_a_step_stopped_during_its_start_ping_ends_the_run_recorded(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, state_dir: Path
+) -> None:
+    config = config_of(tmp_path, '\n[heartbeat]\nprune = "http://127.0.0.1:9/ping/prune"\n')
+    schedules_toml(tmp_path, daily=DAILY)
+    code, result = run_json(capsys, config, "run", "daily")
+    assert code == 130, result
+    assert result["error"] == "prune: interrupted by SIGTERM"
+    recorded = json.loads((state_dir / "state.json").read_text())
+    for section, name in (("schedules", "daily"), ("operations", "prune")):
+        attempt = recorded[section][name]["last_attempt"]
+        assert attempt["finished_at"] and attempt["ok"] is False, (section, attempt)
+
+
+@pytest.mark.usefixtures("stop_during_start_ping")
+def test_a_backup_by_hand_stopped_during_its_start_ping_stops(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, state_dir: Path
+) -> None:
+    config = config_of(tmp_path, '\n[heartbeat]\nbackup = "http://127.0.0.1:9/ping/backup"\n')
+    code, result = run_json(capsys, config, "backup", "--mode", "cold")
+    assert code == 130, result
+    assert "stop" not in app.calls
+    attempt = json.loads((state_dir / "state.json").read_text())["operations"]["backup"]["last_attempt"]
+    assert attempt["finished_at"] and attempt["reason"] == "interrupted by SIGTERM"
