@@ -214,3 +214,11 @@ def test_a_backup_by_hand_stopped_during_its_start_ping_stops(
     assert "stop" not in app.calls
     attempt = json.loads((state_dir / "state.json").read_text())["operations"]["backup"]["last_attempt"]
     assert attempt["finished_at"] and attempt["reason"] == "interrupted by SIGTERM"
+
+
+@pytest.mark.parametrize("url", ["https://hc-ping.com:99999/uuid", "https:///uuid", "https://user:secret@/uuid"])
+def test_a_schedule_heartbeat_config_toml_would_refuse_is_refused_without_quoting_it(url: str) -> None:
+    """The play passed and every run's ping then failed: [heartbeat] refuses these, so must a schedule."""
+    with pytest.raises(schedule.ScheduleError) as raised:
+        _parse(name="nightly", heartbeat=url)
+    assert "uuid" not in str(raised.value) and "secret" not in str(raised.value)

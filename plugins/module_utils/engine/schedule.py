@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from .._common import Error, parse_iso
 from ..sets.retention import RetentionError
+from .heartbeat import problem
 from .prune import RULES, policy_of
 from .state import SCHEDULE_RE
 
@@ -187,7 +188,7 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
             "keep_all); leave retention out to use the backup retention"
         )
     heartbeat = entry.get("heartbeat") or ""
-    if not isinstance(heartbeat, str) or (heartbeat and not re.match(r"^https?://[^\s]+\Z", heartbeat)):
+    if not isinstance(heartbeat, str) or (heartbeat and problem(heartbeat)):  # as [heartbeat]: a port, a host
         raise ScheduleError(f"{where}: heartbeat must be an http(s) URL")  # never quoted: it may hold a token
     every_hours = entry.get("every_hours", EVERY.get(str(entry.get("every", "daily")).strip(), 0.0))
     if isinstance(every_hours, bool) or not isinstance(every_hours, (int, float)) or not every_hours >= 0:
