@@ -222,3 +222,28 @@ def test_a_schedule_heartbeat_config_toml_would_refuse_is_refused_without_quotin
     with pytest.raises(schedule.ScheduleError) as raised:
         _parse(name="nightly", heartbeat=url)
     assert "uuid" not in str(raised.value) and "secret" not in str(raised.value)
+
+
+# -- status ----------------------------------------------------------------------------------------------------------
+
+
+def test_status_counts_the_sets_a_schedules_retention_keeps_not_every_set_it_shared(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """7 daily and 4 weekly: the daily schedule shared every Sunday's set with the weekly one, and keeps 2 (its
+    keep_last) of them; status and the textfile said it keeps all the sets it was ever recorded on."""
+    config = config_of(tmp_path)
+    schedules_toml(tmp_path, daily=DAILY, weekly=WEEKLY)  # keep_last 2 and 4
+    directory = tmp_path / "sets"
+    directory.mkdir()
+    t0 = datetime(2026, 11, 1, 3, tzinfo=UTC)
+    for n in range(4):
+        name = write_set(directory, "tenement", "web1", t0 + timedelta(days=7 * n))
+        add_tag(str(directory / name), "daily")
+        add_tag(str(directory / name), "weekly")
+    code, result = run_json(capsys, config, "status", "--export")
+    assert code == 0, result
+    assert {name: about["sets"] for name, about in result["schedules"].items()} == {"daily": 2, "weekly": 4}  # type: ignore[union-attr]
+    text = (tmp_path / "prom" / "selfhost_dr.prom").read_text()
+    assert 'selfhost_dr_schedule_sets{schedule="daily"} 2' in text
+    assert 'selfhost_dr_schedule_sets{schedule="weekly"} 4' in text

@@ -164,6 +164,7 @@ class Monitor:
         wait: float | None = None,
         schedule: str = "",
         next_runs: Callable[[], Mapping[str, float]] | None = None,
+        kept_sets: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.settings = settings(config)
         wait = self.settings.wait if wait is None else wait
@@ -176,6 +177,7 @@ class Monitor:
         self.store = state.Store(self.state_dir)
         self.lock = HostLock(self.state_dir, operation, wait, schedule, log)
         self.next_runs = next_runs
+        self.kept_sets = kept_sets  # per schedule, the sets its retention keeps
         self.warnings: list[str] = []
         self.held = False
 
@@ -230,8 +232,13 @@ class Monitor:
             self.warn(f"metrics: the next scheduled runs are unknown ({type(exc).__name__}: {exc})")
             upcoming = {}
         try:
+            kept = dict(self.kept_sets()) if self.kept_sets and sets else None
+        except Exception as exc:  # as the next runs: the tags are counted instead
+            self.warn(f"metrics: the sets each schedule keeps are unknown ({type(exc).__name__}: {exc})")
+            kept = None
+        try:
             recorded = self.store.latest or self.store.read()
-            return metrics.write(directory, metrics.render(recorded, sets, upcoming))
+            return metrics.write(directory, metrics.render(recorded, sets, upcoming, kept))
         except OSError as exc:
             self.warn(f"cannot write the metrics textfile in {directory}: {exc.strerror or exc}")
         except Exception as exc:
