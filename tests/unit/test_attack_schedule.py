@@ -247,3 +247,9 @@ def test_status_counts_the_sets_a_schedules_retention_keeps_not_every_set_it_sha
     text = (tmp_path / "prom" / "selfhost_dr.prom").read_text()
     assert 'selfhost_dr_schedule_sets{schedule="daily"} 2' in text
     assert 'selfhost_dr_schedule_sets{schedule="weekly"} 4' in text
+
+
+@pytest.mark.parametrize("day", [0, False])
+def test_a_monthly_day_zero_is_refused_not_read_as_the_first(day: object) -> None:
+    with pytest.raises(schedule.ScheduleError, match="day must be 1 to 28"):
+        _parse(name="monthly", every="monthly", day=day)

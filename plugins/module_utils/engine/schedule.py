@@ -126,7 +126,8 @@ def calendar(entry: Mapping[str, object], where: str) -> str:
         return f"{chosen} *-*-* {time}"
     if "weekday" in extra:
         raise ScheduleError(f"{where}: weekday goes with every weekly; a monthly schedule takes day")
-    day = entry.get("day") or 1
+    day = entry.get("day")
+    day = 1 if day in (None, "") else day  # 0 (or false) is refused below, not read as the first
     if day == "last":
         return f"*-*~01 {time}"
     if isinstance(day, bool) or not isinstance(day, int) or not 1 <= day <= 28:
