@@ -253,3 +253,29 @@ def test_status_counts_the_sets_a_schedules_retention_keeps_not_every_set_it_sha
 def test_a_monthly_day_zero_is_refused_not_read_as_the_first(day: object) -> None:
     with pytest.raises(schedule.ScheduleError, match="day must be 1 to 28"):
         _parse(name="monthly", every="monthly", day=day)
+
+
+def test_sets_a_removed_schedule_shared_stay_under_the_plain_rules_not_the_remaining_schedules(
+    tmp_path: Path,
+) -> None:
+    """docs/schedule.md: the sets a removed schedule made stay, under [retention] from then on (kept when it has
+    none). The weekly schedule was taken out; its Sunday sets, shared with the daily one, went with daily's
+    keep_last."""
+    directory = tmp_path / "sets"
+    directory.mkdir()
+    t0 = datetime(2026, 11, 1, 3, tzinfo=UTC)  # a Sunday
+    names = [write_set(directory, "tenement", "web1", t0 + timedelta(days=n)) for n in range(15)]
+    sundays = [names[0], names[7], names[14]]
+    for name in names:
+        add_tag(str(directory / name), "daily")
+    for name in sundays:
+        add_tag(str(directory / name), "weekly")
+    wanted = {"app": "tenement", "host": None, "label": None}
+    daily = {"daily": prune_module.policy_of({"keep_last": 2})}
+    done = prune_module.prune_by_schedule(str(directory), daily, None, wanted)
+    left = {str(s["name"]) for s in catalog(str(directory))}
+    assert left == {*sundays, names[13]}
+    assert sorted(done.deleted) == sorted(set(names) - left)
+    # With a [retention] rule (keep_last 1), that rule decides over them: the newest Sunday stays.
+    again = prune_module.prune_by_schedule(str(directory), daily, prune_module.policy_of({"keep_last": 1}), wanted)
+    assert sorted(again.deleted) == sorted([names[0], names[7]])
