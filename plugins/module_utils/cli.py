@@ -229,6 +229,20 @@ def _next_runs(config: dict[str, Any]) -> Callable[[], dict[str, float]]:
     return upcoming
 
 
+def _kept(config: dict[str, Any]) -> dict[str, int]:
+    """Per schedule, how many sets its own retention keeps now (a dry run of the prune of every application)."""
+    found = schedules(config)
+    counts = dict.fromkeys(found, 0)
+    if not found or not os.path.isdir(_dir(config)):
+        return counts
+    for app in APPS:
+        for entry in _prune(config, app, check=True)["kept"]:  # type: ignore[attr-defined]
+            for name in counts:
+                if any(str(reason).startswith(f"{name}: ") for reason in entry.get("reasons", [])):
+                    counts[name] += 1
+    return counts
+
+
 def _monitor(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> monitor.Monitor | None:
     """The run's monitor; None for a command that changes nothing (``--check``, ``--dry-run``, list, status), which
     takes no lock and is not recorded, but whose settings are checked all the same."""
@@ -244,7 +258,9 @@ def _new_monitor(
     if name and not state.SCHEDULE_RE.match(name):
         raise UsageError(f"--schedule must be a name of letters, digits, '.', '_' and '-', not {name!r}")
     try:
-        return monitor.Monitor(config, operation, _dir(config), log, log.lines, wait, name, _next_runs(config))
+        return monitor.Monitor(
+            config, operation, _dir(config), log, log.lines, wait, name, _next_runs(config), lambda: _kept(config)
+        )
     except monitor.SettingsError as exc:
         raise UsageError(str(exc)) from None
 
@@ -377,16 +393,23 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
         except Exception as exc:  # a nicety: status never fails for it
             log(f"warning: the next scheduled runs are unknown ({type(exc).__name__}: {exc})")
     scheduled: dict[str, object] = {}
+    try:
+        kept: dict[str, int] | None = _kept(config) if found else {}
+    except Exception as exc:  # a nicety as the next runs: the sets made for each are counted instead
+        log(f"warning: the sets each schedule keeps are unknown ({type(exc).__name__}: {exc})")
+        kept = None
     for name, s in found.items():
         about = _timeline(recorded, "schedules", name, s.every_hours, now)
         about.update(calendar=s.calendar, operations=list(s.operations), app=s.app, mode=s.mode)
-        about["sets"] = sum(1 for entry in sets if name in list(entry.get("schedules") or []))  # type: ignore[call-overload]
+        made = sum(1 for entry in sets if name in list(entry.get("schedules") or []))  # type: ignore[call-overload]
+        about["sets"] = made if kept is None else kept.get(name, 0)
         if name in upcoming:
             about["next_run"] = iso(datetime.fromtimestamp(upcoming[name], timezone.utc))
         scheduled[name] = about
     if args.export:
         watcher = _new_monitor(config, "status", log, 0, "")
         watcher.next_runs = lambda: upcoming
+        watcher.kept_sets = None if kept is None else lambda: kept
         exported = watcher.export()
         if watcher.warnings:
             raise Error(watcher.warnings[0])
@@ -423,12 +446,16 @@ def run_schedule(args: argparse.Namespace, config: dict[str, Any], log: Progress
     code = EXIT_OK
     watcher.begin()
     try:
-        whole.begin()
         made: list[str] = []
-        for operation in chosen.operations:
+        try:
+            whole.begin()
+        except KeyboardInterrupt as exc:  # stopped while its start was pinged: recorded as interrupted, no step runs
+            failed, code = _failed(exc, "run")
+            result["error"] = failed["error"]
+        for operation in () if code else chosen.operations:
             step = watcher.recorder(operation, chosen.app, chosen.name, step=True)
-            step.begin()
             try:
+                step.begin()
                 outcome, step_code = _STEPS[operation](chosen, config, log, invoked, made), EXIT_OK
             except BaseException as exc:  # every failure is recorded, then the run stops
                 outcome, step_code = _failed(exc, operation)
@@ -456,6 +483,11 @@ def _step_backup(
     shared = schedule.shared_set(sets, chosen, label, default_host(), invoked, utc_now())
     if shared is not None:
         path = str(shared["path"])
+        state_now = dict(shared.get("verification") or {}).get("state")  # type: ignore[call-overload]
+        if options.verify and state_now != "verified":  # the run that wrote it was stopped before verifying it
+            checked = verify(path, log=log)
+            if not checked.ok:
+                raise VerificationError(checked.summary)
         tags = add_tag(path, chosen.name)
         others = ", ".join(t for t in tags if t != chosen.name)
         log(f"shared {shared['name']}, written moments ago for schedule {others}")
@@ -784,8 +816,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if watcher is not None:
                 recorder = watcher.recorder(command, _app(args, config), args.schedule or "")
                 watcher.begin()
+                begun = True  # from here the outcome is recorded, also of a stop while the start is pinged
                 recorder.begin()
-                begun = True
             result = COMMANDS[command](args, config, log)
     except SystemExit as exc:  # --help
         return EXIT_OK if exc.code in (0, None) else EXIT_USAGE

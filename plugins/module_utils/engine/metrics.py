@@ -35,7 +35,7 @@ HELP = {
     "schedule_last_attempt_success": "1 when the schedule's last run succeeded, 0 when it failed or never finished.",
     "schedule_last_duration_seconds": "How long the schedule's last finished run took.",
     "schedule_next_run_timestamp_seconds": "When the schedule's timer fires next (Unix time, before its random delay).",
-    "schedule_sets": "Sets in the backup directory made for the schedule (kept by its retention).",
+    "schedule_sets": "Sets in the backup directory the schedule's retention keeps (of those made for it).",
 }
 
 
@@ -76,11 +76,15 @@ def _runs(
 
 
 def render(
-    state: dict[str, object], sets: list[dict[str, object]] | None, next_runs: Mapping[str, float] | None = None
+    state: dict[str, object],
+    sets: list[dict[str, object]] | None,
+    next_runs: Mapping[str, float] | None = None,
+    kept: Mapping[str, int] | None = None,
 ) -> str:
     """The textfile: a HELP and TYPE line per metric, then its samples. ``sets`` None: the directory could not be
     listed, and the set metrics are left out rather than reported as zero. ``next_runs``: each configured schedule's
-    next run (Unix time); the schedules' metrics cover those and the ones state.json recorded."""
+    next run (Unix time); the schedules' metrics cover those and the ones state.json recorded. ``kept``: how many sets
+    each schedule's retention keeps (else the sets made for each are counted)."""
     samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}
     _runs(samples, state, "operations", OPERATIONS)
     recorded = state.get("schedules")
@@ -89,8 +93,8 @@ def render(
     for name, when in sorted((next_runs or {}).items()):
         samples["schedule_next_run_timestamp_seconds"].append((f'schedule="{_escape(name)}"', float(when)))
     if sets is not None:
-        made: dict[str, int] = dict.fromkeys(next_runs or {}, 0)
-        for entry in sets:
+        made: dict[str, int] = {**dict.fromkeys(next_runs or {}, 0), **(kept or {})}
+        for entry in sets if kept is None else ():  # without what the retention keeps: the sets made for each
             tags = entry.get("schedules")
             for tag in tags if isinstance(tags, list) else []:
                 made[str(tag)] = made.get(str(tag), 0) + 1

@@ -104,10 +104,13 @@ class Recorder:
         self.beats = heartbeat.Heartbeats(check_url, push_url, run.run_id, what, monitor.settings.timeout)
 
     def begin(self) -> None:
-        """Ping the start, record the attempt."""
-        self.monitor.ping(self.beats.start)
+        """Ping the start, record the attempt. A stop (SIGTERM, Ctrl-C) while the start is pinged is raised once the
+        attempt is recorded: the run ends there (:meth:`end` records it as interrupted), it does not go on."""
+        interrupted = self.monitor.ping(self.beats.start)
         self.run = state.Run.start(self.run.operation, self.run.schedule, self.run.app, self.run.run_id)
         self._record()
+        if interrupted is not None:
+            raise interrupted
 
     def end(self, code: int, result: Mapping[str, Any]) -> dict[str, object]:
         """Record the outcome and ping it; what the run adds to the command's result."""
@@ -161,6 +164,7 @@ class Monitor:
         wait: float | None = None,
         schedule: str = "",
         next_runs: Callable[[], Mapping[str, float]] | None = None,
+        kept_sets: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.settings = settings(config)
         wait = self.settings.wait if wait is None else wait
@@ -173,6 +177,7 @@ class Monitor:
         self.store = state.Store(self.state_dir)
         self.lock = HostLock(self.state_dir, operation, wait, schedule, log)
         self.next_runs = next_runs
+        self.kept_sets = kept_sets  # per schedule, the sets its retention keeps
         self.warnings: list[str] = []
         self.held = False
 
@@ -227,23 +232,31 @@ class Monitor:
             self.warn(f"metrics: the next scheduled runs are unknown ({type(exc).__name__}: {exc})")
             upcoming = {}
         try:
+            kept = dict(self.kept_sets()) if self.kept_sets and sets else None
+        except Exception as exc:  # as the next runs: the tags are counted instead
+            self.warn(f"metrics: the sets each schedule keeps are unknown ({type(exc).__name__}: {exc})")
+            kept = None
+        try:
             recorded = self.store.latest or self.store.read()
-            return metrics.write(directory, metrics.render(recorded, sets, upcoming))
+            return metrics.write(directory, metrics.render(recorded, sets, upcoming, kept))
         except OSError as exc:
             self.warn(f"cannot write the metrics textfile in {directory}: {exc.strerror or exc}")
         except Exception as exc:
             self.warn(f"cannot write the metrics textfile in {directory}: {type(exc).__name__}: {exc}")
         return ""
 
-    def ping(self, send: Callable[[], list[heartbeat.Sent]]) -> None:
+    def ping(self, send: Callable[[], list[heartbeat.Sent]]) -> KeyboardInterrupt | None:
+        """Send pings; a failure is a warning. A stop while sending is returned (the caller decides), never lost."""
         try:
             for sent in send():
                 if sent.error:
                     self.warn(f"heartbeat: {sent.error}")
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             self.warn("heartbeat: interrupted, not sent")
+            return exc
         except Exception as exc:
             self.warn(f"heartbeat: not sent ({type(exc).__name__})")
+        return None
 
     def tail(self, what: str, outcome: str, code: int) -> bytes:
         lines = [*self.lines, f"selfhost-dr {what}: {outcome} (exit {code})"]

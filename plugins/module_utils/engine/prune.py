@@ -89,6 +89,7 @@ def select(
         if (
             in_name
             and in_manifest["label"]
+            and in_name["label"].startswith(in_manifest["label"])  # removeprefix() leaves a bare "-2" as it is
             and _SECOND_RE.fullmatch(in_name["label"].removeprefix(in_manifest["label"]))
         ):
             in_name["label"] = in_manifest["label"]  # a second set in the same second: "{label}-2" (create())
@@ -223,9 +224,10 @@ def prune_by_schedule(
     now: datetime | None = None,
 ) -> Pruned:
     """Delete the sets under ``wanted`` that no retention keeps: each schedule's ``Policy`` (None: ``default``) over
-    the sets made for it, and ``default`` over the sets made for no schedule of ``schedules`` (by hand, or by a
-    schedule since removed). Without a ``default`` those sets are kept. A set is deleted only when every plan it is
-    in lets it go; each plan keeps its newest verified set, so the newest verified set of all is kept too.
+    the sets made for it, and ``default`` over the sets made for no schedule of ``schedules`` (by hand) or also for
+    one since removed (also when a remaining schedule shares them). Without a ``default`` those sets are kept. A set
+    is deleted only when every plan it is in lets it go; each plan keeps its newest verified set, so the newest
+    verified set of all is kept too.
     """
     selection = select(read_catalog(directory), wanted, FIELDS)
     reasons: dict[str, list[str]] = {item.name: [] for item in selection.items}
@@ -234,12 +236,17 @@ def prune_by_schedule(
     for name, policy in sorted(schedules.items()):
         mine = [i for i in selection.items if name in _tags(selection.sets[i.name])]
         plans.append((f"{name}: ", policy or default, mine))
-    rest = [i for i in selection.items if not set(_tags(selection.sets[i.name])) & set(schedules)]
+    # Made by hand, or (also) by a schedule since removed: the plain rules decide for that part, as for the rest.
+    rest = [
+        i
+        for i in selection.items
+        if not _tags(selection.sets[i.name]) or set(_tags(selection.sets[i.name])) - set(schedules)
+    ]
     plans.append(("", default, rest))
     for prefix, policy, items in plans:
         if policy is None:
             for item in items:
-                why = "made by no schedule" if not prefix else f"{prefix}no retention rule"
+                why = "made by no schedule (or by one since removed)" if not prefix else f"{prefix}no retention rule"
                 reasons[item.name].append(f"{why}, and no [retention] rule applies")
             continue
         for decision in plan(items, policy, now):

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from .._common import Error, parse_iso
 from ..sets.retention import RetentionError
+from .heartbeat import problem
 from .prune import RULES, policy_of
 from .state import SCHEDULE_RE
 
@@ -31,8 +32,8 @@ SCHEDULES_FILE = "schedules.toml"
 RETENTION_KEYS = (*(f"keep_{rule}" for rule in RULES), "keep_within", "keep_all", "timezone")
 DEFAULT_TIMEOUT = 6 * 3600  # a run still going after this is stopped (SIGTERM: the app is started again)
 DEFAULT_SHARE_WITHIN = 900
-_AT_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
-_SPAN_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s?)?$")
+_AT_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)\Z")
+_SPAN_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s?)?\Z")
 _KNOWN = {
     "name",
     "every",
@@ -125,7 +126,8 @@ def calendar(entry: Mapping[str, object], where: str) -> str:
         return f"{chosen} *-*-* {time}"
     if "weekday" in extra:
         raise ScheduleError(f"{where}: weekday goes with every weekly; a monthly schedule takes day")
-    day = entry.get("day") or 1
+    day = entry.get("day")
+    day = 1 if day in (None, "") else day  # 0 (or false) is refused below, not read as the first
     if day == "last":
         return f"*-*~01 {time}"
     if isinstance(day, bool) or not isinstance(day, int) or not 1 <= day <= 28:
@@ -168,7 +170,7 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
     if mode not in apps[str(app)]:
         raise ScheduleError(f"{where}: {app} backs up in mode {', '.join(apps[str(app)])}, not {mode!r}")
     label = entry.get("label") or ""
-    if not isinstance(label, str) or (label and not re.match(r"^[A-Za-z0-9_.-]{1,64}$", label)):
+    if not isinstance(label, str) or (label and not re.match(r"^[A-Za-z0-9_.-]{1,64}\Z", label)):
         raise ScheduleError(f"{where}: label must be letters, digits, '.', '_' and '-', not {label!r}")
     retention = entry.get("retention") or {}
     if not isinstance(retention, Mapping):
@@ -178,11 +180,16 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
         if key not in RETENTION_KEYS:
             raise ScheduleError(f"{where}: retention {key} is not a rule ({', '.join(RETENTION_KEYS)})")
     try:
-        policy_of(retention)
+        policy = policy_of(retention)
     except (RetentionError, TypeError, ValueError) as exc:
         raise ScheduleError(f"{where}: its retention is not valid: {exc}") from None
+    if retention and policy.empty:  # a timezone alone: no rule of its own, and no fallback to [retention] either
+        raise ScheduleError(
+            f"{where}: its retention has a timezone but no keep_* rule (keep_last, keep_within, keep_daily, ... or "
+            "keep_all); leave retention out to use the backup retention"
+        )
     heartbeat = entry.get("heartbeat") or ""
-    if not isinstance(heartbeat, str) or (heartbeat and not re.match(r"^https?://[^\s]+$", heartbeat)):
+    if not isinstance(heartbeat, str) or (heartbeat and problem(heartbeat)):  # as [heartbeat]: a port, a host
         raise ScheduleError(f"{where}: heartbeat must be an http(s) URL")  # never quoted: it may hold a token
     every_hours = entry.get("every_hours", EVERY.get(str(entry.get("every", "daily")).strip(), 0.0))
     if isinstance(every_hours, bool) or not isinstance(every_hours, (int, float)) or not every_hours >= 0:

@@ -30,7 +30,7 @@ from .journal import state_dir
 STATE_FILE = "state.json"
 FORMAT = 1
 OPERATIONS = ("backup", "verify", "prune", "restore")
-SCHEDULE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SCHEDULE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # \Z: "$" also matches before a final newline
 _MAX = 4 * 1024 * 1024
 _RUN_KEYS = ("last_attempt", "last_success", "last_failure")
 

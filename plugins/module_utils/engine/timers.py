@@ -24,9 +24,9 @@ MARKER = "# Managed by selfhost.dr (schedule role): edits are overwritten"
 DEFAULT_CONFIG = "/etc/selfhost-dr/config.toml"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
 ITERATIONS = 3
-_UNIT_FILE_RE = re.compile(r"^" + re.escape(UNIT_PREFIX) + r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\.(service|timer)$")
-_ON_FAILURE_RE = re.compile(r"^[A-Za-z0-9:_.@%\\-]+\.(service|target)$")
-_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|target)$")
+_UNIT_FILE_RE = re.compile(r"^" + re.escape(UNIT_PREFIX) + r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\.(service|timer)\Z")
+_ON_FAILURE_RE = re.compile(r"^[A-Za-z0-9:_.@%\\-]+\.(service|target)\Z")
+_UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|target)\Z")
 _UNSAFE_RE = re.compile(r"[\s\"'\\\x00-\x1f\x7f]")
 _SECRET_LINE_RE = re.compile(r'^(\s*"?heartbeat"?\s*=\s*)(.*)$', re.MULTILINE)
 

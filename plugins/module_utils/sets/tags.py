@@ -17,7 +17,7 @@ from .. import safe_fs
 from .._common import atomic_write
 from .names import Sidecars
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as state.SCHEDULE_RE
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # as state.SCHEDULE_RE
 _LIMIT = 64 * 1024
 
 
