@@ -259,7 +259,16 @@ def _new_monitor(
         raise UsageError(f"--schedule must be a name of letters, digits, '.', '_' and '-', not {name!r}")
     try:
         return monitor.Monitor(
-            config, operation, _dir(config), log, log.lines, wait, name, _next_runs(config), lambda: _kept(config)
+            config,
+            operation,
+            _dir(config),
+            log,
+            log.lines,
+            wait,
+            name,
+            _next_runs(config),
+            lambda: _kept(config),
+            lambda: list(schedules(config)),
         )
     except monitor.SettingsError as exc:
         raise UsageError(str(exc)) from None
@@ -324,6 +333,8 @@ def _prune(config: dict[str, Any], app: str, check: bool) -> dict[str, object]:
         raise UsageError(f"the [retention] rules of the configuration are not valid: {exc}") from exc
     wanted: dict[str, str | None] = {"app": app, "host": None, "label": None}
     if found:
+        # Schedules are this host's: another host's sets in a shared directory are never pruned by them.
+        wanted["host"] = default_host()
         done = prune.prune_by_schedule(_dir(config), policies, default, wanted, check=check)
     else:
         assert default is not None  # noqa: S101 - rules were given

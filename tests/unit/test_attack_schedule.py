@@ -16,6 +16,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils import cli
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import heartbeat, schedule, timers
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import prune as prune_module
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.catalog import catalog
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import default_host
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.tags import add_tag, read_tags
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import verify as real_verify
 
@@ -238,7 +239,7 @@ def test_status_counts_the_sets_a_schedules_retention_keeps_not_every_set_it_sha
     directory.mkdir()
     t0 = datetime(2026, 11, 1, 3, tzinfo=UTC)
     for n in range(4):
-        name = write_set(directory, "tenement", "web1", t0 + timedelta(days=7 * n))
+        name = write_set(directory, "tenement", default_host(), t0 + timedelta(days=7 * n))
         add_tag(str(directory / name), "daily")
         add_tag(str(directory / name), "weekly")
     code, result = run_json(capsys, config, "status", "--export")

@@ -220,3 +220,14 @@ def test_the_schedule_metrics_name_each_schedule_with_its_next_run() -> None:
     assert samples[("selfhost_dr_schedule_sets", "weekly")] == 1
     assert samples[("selfhost_dr_schedule_sets", "monthly")] == 0
     assert ("selfhost_dr_schedule_last_attempt_success", "monthly") not in samples  # never ran
+
+
+def test_a_removed_schedule_leaves_the_textfile_so_its_last_failure_does_not_alert_for_ever() -> None:
+    run = {"run_id": "r", "started_at": "2026-11-28T03:00:00.000000Z", "finished_at": "2026-11-28T03:01:00.000000Z"}
+    failed = {**run, "ok": False, "exit_code": 1, "reason": "disk full"}
+    recorded = {"format": 1, "operations": {}, "schedules": {"old": {"last_attempt": failed, "last_failure": failed}}}
+    assert 'schedule="old"' in metrics.render(recorded, [{"schedules": ["old"]}])  # nothing known of the config
+    text = metrics.render(recorded, [{"schedules": ["old"]}], {"daily": 1.0}, None, ["daily"])
+    assert (
+        'schedule="old"' not in text and 'selfhost_dr_schedule_next_run_timestamp_seconds{schedule="daily"} 1' in text
+    )

@@ -361,3 +361,20 @@ def test_a_schedule_that_prunes_with_no_retention_rule_anywhere_is_refused() -> 
         schedule.prunable(pruning, {})
     schedule.prunable(pruning, {"keep_daily": 7})  # the backup retention is its rule
     schedule.prunable(pruning[1:], {})  # a schedule that does not prune needs none
+
+
+def test_a_scheduled_prune_never_touches_another_hosts_sets_in_a_shared_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder
+) -> None:
+    config = config_of(tmp_path)
+    schedules_toml(tmp_path, daily={**DAILY, "keep_last": 1})
+    (tmp_path / "sets").mkdir()
+    t0 = datetime(2026, 11, 1, 3, tzinfo=UTC)
+    theirs = [write_set(tmp_path / "sets", "tenement", "otherhost", t0 + timedelta(days=n)) for n in range(3)]
+    for name in theirs:
+        add_tag(str(tmp_path / "sets" / name), "daily")
+    for _ in range(2):
+        assert run_json(capsys, config, "run", "daily")[0] == 0
+    left = {s["name"] for s in catalog(str(tmp_path / "sets"))}
+    assert set(theirs) <= left
+    assert len(left) == len(theirs) + 1  # ours: keep_last 1

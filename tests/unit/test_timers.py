@@ -44,20 +44,23 @@ def in_zone(zone: str) -> timers.Runner:
 def test_next_runs_of_valid_calendars() -> None:
     runs = timers.next_runs(["*-*-* 02:30:00", "Sun *-*-* 05:00:00", "*-*-* 00/6:00"], run=in_zone("UTC"))
     daily = runs["*-*-* 02:30:00"]
-    assert len(daily) == 3 and all(t.tzinfo == UTC and (t.hour, t.minute) == (2, 30) for t in daily)
+    assert len(daily) == timers.ITERATIONS and all(t.tzinfo == UTC and (t.hour, t.minute) == (2, 30) for t in daily)
     assert daily[0] > datetime.now(UTC) and daily[1] - daily[0] == timedelta(days=1)
     assert all(t.weekday() == 6 for t in runs["Sun *-*-* 05:00:00"])
     assert timers.every_hours(runs["*-*-* 00/6:00"]) == 6.0
     assert timers.every_hours(runs["Sun *-*-* 05:00:00"]) == 168.0
     assert timers.every_hours(daily[:1]) == 0.0
+    # Weekdays at noon: a run may rightly not come for three days (Friday to Monday), never "overdue" at a weekend.
+    weekdays = timers.next_runs(["Mon..Fri *-*-* 12:00"], run=in_zone("UTC"))["Mon..Fri *-*-* 12:00"]
+    assert timers.every_hours(weekdays) == 72.0
 
 
 def test_next_runs_in_the_hosts_time_zone_are_utc() -> None:
     # India keeps no daylight saving time: 03:00 there is always 21:30 UTC the day before.
     runs = timers.next_runs(["*-*-* 03:00:00"], run=in_zone("Asia/Kolkata"))["*-*-* 03:00:00"]
-    assert [(t.hour, t.minute, t.tzinfo) for t in runs] == [(21, 30, UTC)] * 3
+    assert [(t.hour, t.minute, t.tzinfo) for t in runs] == [(21, 30, UTC)] * timers.ITERATIONS
     for zone in ("GMT", "Europe/London", "America/New_York"):  # printed as GMT, or with an "(in UTC)" line
-        assert len(timers.next_runs(["hourly"], run=in_zone(zone))["hourly"]) == 3
+        assert len(timers.next_runs(["hourly"], run=in_zone(zone))["hourly"]) == timers.ITERATIONS
 
 
 @pytest.mark.parametrize(

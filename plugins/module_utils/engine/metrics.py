@@ -80,18 +80,24 @@ def render(
     sets: list[dict[str, object]] | None,
     next_runs: Mapping[str, float] | None = None,
     kept: Mapping[str, int] | None = None,
+    configured: Iterable[str] | None = None,
 ) -> str:
     """The textfile: a HELP and TYPE line per metric, then its samples. ``sets`` None: the directory could not be
     listed, and the set metrics are left out rather than reported as zero. ``next_runs``: each configured schedule's
     next run (Unix time); the schedules' metrics cover those and the ones state.json recorded. ``kept``: how many sets
-    each schedule's retention keeps (else the sets made for each are counted)."""
+    each schedule's retention keeps (else the sets made for each are counted). ``configured``: the schedules the host
+    has now; a schedule removed since is left out (its last failure would alert for ever), None: every one recorded."""
     samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}
     _runs(samples, state, "operations", OPERATIONS)
     recorded = state.get("schedules")
-    schedules = sorted({*(recorded if isinstance(recorded, dict) else {}), *(next_runs or {})})
+    if configured is not None:
+        schedules = sorted(set(configured))
+    else:
+        schedules = sorted({*(recorded if isinstance(recorded, dict) else {}), *(next_runs or {})})
     _runs(samples, state, "schedules", schedules)
     for name, when in sorted((next_runs or {}).items()):
-        samples["schedule_next_run_timestamp_seconds"].append((f'schedule="{_escape(name)}"', float(when)))
+        if name in schedules:
+            samples["schedule_next_run_timestamp_seconds"].append((f'schedule="{_escape(name)}"', float(when)))
     if sets is not None:
         made: dict[str, int] = {**dict.fromkeys(next_runs or {}, 0), **(kept or {})}
         for entry in sets if kept is None else ():  # without what the retention keeps: the sets made for each
@@ -99,6 +105,8 @@ def render(
             for tag in tags if isinstance(tags, list) else []:
                 made[str(tag)] = made.get(str(tag), 0) + 1
         for name, count in sorted(made.items()):
+            if configured is not None and name not in schedules:
+                continue
             samples["schedule_sets"].append((f'schedule="{_escape(name)}"', float(count)))
         newest: dict[str, float] = {}
         counts = dict.fromkeys(SET_STATES, 0)

@@ -165,6 +165,7 @@ class Monitor:
         schedule: str = "",
         next_runs: Callable[[], Mapping[str, float]] | None = None,
         kept_sets: Callable[[], Mapping[str, int]] | None = None,
+        configured: Callable[[], Iterable[str]] | None = None,
     ) -> None:
         self.settings = settings(config)
         wait = self.settings.wait if wait is None else wait
@@ -178,6 +179,7 @@ class Monitor:
         self.lock = HostLock(self.state_dir, operation, wait, schedule, log)
         self.next_runs = next_runs
         self.kept_sets = kept_sets  # per schedule, the sets its retention keeps
+        self.configured = configured  # the schedules the host has now (a removed one is not exported)
         self.warnings: list[str] = []
         self.held = False
 
@@ -237,8 +239,12 @@ class Monitor:
             self.warn(f"metrics: the sets each schedule keeps are unknown ({type(exc).__name__}: {exc})")
             kept = None
         try:
+            names: list[str] | None = list(self.configured()) if self.configured else None
+        except Exception:  # a configuration that cannot be read failed the run before: export what was recorded
+            names = None
+        try:
             recorded = self.store.latest or self.store.read()
-            return metrics.write(directory, metrics.render(recorded, sets, upcoming, kept))
+            return metrics.write(directory, metrics.render(recorded, sets, upcoming, kept, names))
         except OSError as exc:
             self.warn(f"cannot write the metrics textfile in {directory}: {exc.strerror or exc}")
         except Exception as exc:

@@ -23,7 +23,8 @@ from .schedule import SCHEDULES_FILE, UNIT_PREFIX, Schedule, ScheduleError, tabl
 MARKER = "# Managed by selfhost.dr (schedule role): edits are overwritten"
 DEFAULT_CONFIG = "/etc/selfhost-dr/config.toml"
 DEFAULT_UNIT_DIR = "/etc/systemd/system"
-ITERATIONS = 3
+ITERATIONS = 32  # a month of a daily schedule: the longest gap of a weekday calendar is among them
+SHOWN = 3  # the next runs a person is shown
 _UNIT_FILE_RE = re.compile(r"^" + re.escape(UNIT_PREFIX) + r"([A-Za-z0-9][A-Za-z0-9_.-]{0,63})\.(service|timer)\Z")
 _ON_FAILURE_RE = re.compile(r"^[A-Za-z0-9:_.@%\\-]+\.(service|target)\Z")
 _UNIT_RE = re.compile(r"^[A-Za-z0-9:_.@\\-]+\.(service|target)\Z")
@@ -121,9 +122,9 @@ def _blocks(output: str) -> list[list[str]]:
 
 
 def next_runs(calendars: Sequence[str], run: Runner = subprocess.run) -> dict[str, list[datetime]]:
-    """The next three runs (aware UTC datetimes) of each calendar, as ``systemd-analyze calendar`` computes them in
-    the host's time zone. Raises :class:`CalendarError` for the first expression systemd refuses or that never
-    elapses again, :class:`TimerError` when systemd-analyze is missing."""
+    """The next runs (:data:`ITERATIONS` of them, aware UTC datetimes) of each calendar, as ``systemd-analyze
+    calendar`` computes them in the host's time zone. Raises :class:`CalendarError` for the first expression systemd
+    refuses or that never elapses again, :class:`TimerError` when systemd-analyze is missing."""
     unique = list(dict.fromkeys(calendars))
     if not unique:
         return {}
@@ -152,9 +153,10 @@ def next_runs(calendars: Sequence[str], run: Runner = subprocess.run) -> dict[st
 
 
 def every_hours(runs: Sequence[datetime]) -> float:
-    """The smallest gap between consecutive runs, in hours (0.0 with fewer than two runs)."""
+    """The longest gap between consecutive runs, in hours (0.0 with fewer than two runs): how long a schedule may
+    rightly go without a run (Friday to Monday for ``Mon..Fri 12:00``), so "overdue" is never said of a weekend."""
     gaps = [(b - a).total_seconds() / 3600 for a, b in zip(runs, runs[1:])]
-    return round(min(gaps), 6) if gaps else 0.0
+    return round(max(gaps), 6) if gaps else 0.0
 
 
 def schedule_runs(schedules: Sequence[Schedule], run: Runner = subprocess.run) -> dict[str, list[datetime]]:
@@ -171,7 +173,7 @@ def schedule_runs(schedules: Sequence[Schedule], run: Runner = subprocess.run) -
 
 
 def with_every_hours(schedules: Sequence[Schedule], runs: Mapping[str, Sequence[datetime]]) -> list[Schedule]:
-    """Each schedule with a custom calendar (``every_hours`` 0) given the smallest gap between its next runs."""
+    """Each schedule with a custom calendar (``every_hours`` 0) given the longest gap between its next runs."""
     return [
         s if s.every_hours or not runs.get(s.name) else dataclasses.replace(s, every_hours=every_hours(runs[s.name]))
         for s in schedules
@@ -371,7 +373,7 @@ def converge(
     toml_path = os.path.join(config_dir, SCHEDULES_FILE)
     toml_text = schedules_toml(schedules)
     result = Result(schedules_file=toml_path)
-    result.next_runs = {name: [iso(when) for when in times] for name, times in runs.items()}
+    result.next_runs = {name: [iso(when) for when in times[:SHOWN]] for name, times in runs.items()}
 
     stale = []
     if os.path.isdir(unit_dir):
