@@ -69,6 +69,8 @@ def running(directory: Path) -> Iterator[Store]:
         "-s3",
         f"-s3.port={ports['s3']}",
         f"-s3.config={identities}",
+        "-s3.port.iceberg=0",  # (fixed ports by default: two stores at once would collide)
+        "-s3.port.lance=0",
         # gRPC on ports of their own (its default, the HTTP port + 10000, may be taken or past 65535).
         *(f"-{name}.port.grpc={ports[name + '.grpc']}" for name in names),
         "-master.volumeSizeLimitMB=64",

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,3 +152,85 @@ def test_store_variables_are_checked_and_a_password_is_required(tmp_path: Path) 
     with pytest.raises(RepoError, match="LD_PRELOAD is not a variable"):
         Restic(Repository("x", str(tmp_path), password="pw", env={"LD_PRELOAD": "/tmp/evil.so"}))
     assert restic_module.MIN_VERSION == (0, 14, 0)
+
+
+def _local(tmp_path: Path, password_file: Path) -> Restic:
+    restic = Restic(Repository("local", str(tmp_path / "repo"), password_file=str(password_file), init=True))
+    restic.ensure()
+    return restic
+
+
+def test_a_backup_reads_again_only_what_changed_since_its_parent(tmp_path: Path, password_file: Path) -> None:
+    restic = _local(tmp_path, password_file)
+    data = tmp_path / "data"
+    (data / "logs").mkdir(parents=True)
+    (data / "big.bin").write_bytes(bytes(range(256)) * 40000)  # 10 MB that never changes
+    (data / "logs" / "app.log").write_text("one\n")
+    (data / "live.db").write_text("the live database: never stored, its snapshot is")
+    excludes = tmp_path / "excludes"
+    excludes.write_text(f"{data}/live.db\n")
+    tags = ["selfhost-dr", "app=tenement", "kind=hot"]
+    first = restic.backup([str(data)], "web1", tags, str(excludes))
+    assert first["files_new"] == 2 and first["data_added"] > 1_000_000
+    (data / "logs" / "app.log").write_text("one\ntwo\n")
+    parent = restic.latest(tags, "web1")
+    assert parent is not None and parent["id"].startswith(first["snapshot_id"])
+    second = restic.backup([str(data)], "web1", tags, str(excludes), parent=parent["id"])
+    assert (second["files_new"], second["files_changed"], second["files_unmodified"]) == (0, 1, 1)
+    assert second["data_added"] < 10_000  # the 10 MB file was not stored again
+    restored = tmp_path / "restored"
+    restic.restore(second["snapshot_id"], str(restored))
+    again = restored / data.relative_to("/")  # absolute paths are restored below the target whole
+    assert (again / "logs" / "app.log").read_text() == "one\ntwo\n"
+    assert not (again / "live.db").exists()
+    restic.check()
+    restic.forget([first["snapshot_id"]], prune=True)
+    assert [s["id"][:8] for s in restic.snapshots(tags)] == [second["snapshot_id"][:8]]
+
+
+def test_check_names_a_damaged_pack_and_a_second_key_opens_the_repository(tmp_path: Path, password_file: Path) -> None:
+    restic = _local(tmp_path, password_file)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "f").write_bytes(os.urandom(400_000))  # the data pack is the largest file of the repository
+    restic.backup([str(data)], "web1", ["selfhost-dr"])
+    escrow = tmp_path / "escrow"
+    escrow.write_text("an offline key kept in a safe\n")
+    key = restic.add_key(str(escrow))
+    assert key and len(restic.keys()) == 2
+    assert Restic(Repository("local", str(tmp_path / "repo"), password_file=str(escrow))).snapshots()
+    packs = sorted(p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file())
+    victim = max(packs, key=lambda p: p.stat().st_size)
+    blob = bytearray(victim.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    victim.chmod(0o600)
+    victim.write_bytes(bytes(blob))
+    restic.check()  # the structure is sound: only reading the data finds it
+    with pytest.raises(RepoError) as damaged:
+        restic.check(read_data_subset="100%")
+    assert str(damaged.value).startswith(f"restic check of repository local ({tmp_path}/repo) found damage: ")
+    assert victim.name[:8] in str(damaged.value)
+
+
+def test_a_stale_lock_of_a_killed_run_is_removed_by_unlock(tmp_path: Path, password_file: Path) -> None:
+    restic = _local(tmp_path, password_file)
+    locks = tmp_path / "repo" / "locks"
+    # A backup that waits for ever on its input, killed with SIGKILL while it holds its lock.
+    killed = subprocess.Popen(
+        ["restic", "backup", "--stdin", "--stdin-filename", "endless"],
+        env=restic.environment(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while not any(locks.iterdir()):
+        assert killed.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    killed.kill()
+    killed.wait()
+    assert killed.stdin is not None
+    killed.stdin.close()
+    (stale,) = locks.iterdir()
+    restic.unlock()
+    assert not stale.exists()

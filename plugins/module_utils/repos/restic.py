@@ -273,9 +273,112 @@ class Restic:
             raise RepoError(f"{self.repo.shown} listed its snapshots as something that is not a list")
         return [s for s in value if isinstance(s, dict) and isinstance(s.get("id"), str)]
 
+    def latest(self, tags: Iterable[str], host: str) -> dict[str, Any] | None:
+        """The newest snapshot with every tag of ``tags`` from ``host``, or None."""
+        found = self.snapshots(tags, host)
+        return max(found, key=lambda s: str(s.get("time", ""))) if found else None
+
+    def backup(
+        self,
+        paths: Sequence[str],
+        host: str,
+        tags: Sequence[str],
+        exclude_file: str = "",
+        parent: str = "",
+    ) -> dict[str, Any]:
+        """``restic backup`` of ``paths``: the summary (``snapshot_id``, ``data_added``, ``files_new``, ...). With
+        ``parent``, files whose size, mtime, ctime and inode are unchanged since it are not read again."""
+        args = ["backup", "--json", "--host", host, "--one-file-system"]
+        for tag in tags:
+            args += ["--tag", _tag(tag)]
+        if exclude_file:
+            args += ["--exclude-file", exclude_file]
+        if parent:
+            args += ["--parent", parent]
+        result = self.call([*args, "--", *paths])
+        summary = [m for m in result.messages() if m.get("message_type") == "summary"]
+        if not summary or not isinstance(summary[-1].get("snapshot_id"), str):
+            raise RepoError(
+                f"restic backup into {self.repo.shown} saved no snapshot: {_last_line(result.err, self.repo)}"
+            )
+        return summary[-1]
+
+    def forget(self, snapshot_ids: Sequence[str], prune: bool = False) -> None:
+        """Forget these snapshots (chosen by the collection's own retention engine), and with ``prune`` delete the
+        data no snapshot needs any more."""
+        for snapshot in snapshot_ids:
+            if not re.fullmatch(r"[0-9a-f]{8,64}", snapshot):
+                raise RepoError(f"{snapshot!r} is not a snapshot id")
+        if snapshot_ids:
+            self.call(["forget", *(["--prune"] if prune else []), "--", *snapshot_ids])
+
+    def add_tags(self, snapshot_id: str, tags: Sequence[str]) -> None:
+        """Add tags to a snapshot (``restic tag --add``; restic saves it as a new snapshot id)."""
+        args = ["tag"]
+        for tag in tags:
+            args += ["--add", _tag(tag)]
+        self.call([*args, "--", snapshot_id])
+
+    def check(self, read_data_subset: str = "") -> None:
+        """``restic check`` (with ``read_data_subset``, e.g. ``5%`` or ``1/7``, also that much of the data): one
+        sentence naming what is wrong."""
+        args = ["check"]
+        if read_data_subset:
+            if not re.fullmatch(r"\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?", read_data_subset):
+                raise RepoError(f"read_data_subset {read_data_subset!r} is not n%, n/t or a size")
+            args += ["--read-data-subset", read_data_subset]
+        result = self.call(args, check=False)
+        if result.code != 0:
+            problems = [
+                line.strip() for line in (result.out + "\n" + result.err).splitlines() if _CHECK_PROBLEM.search(line)
+            ]
+            why = problems[0] if problems else _last_line(result.err, self.repo) or f"exit status {result.code}"
+            raise RepoError(f"restic check of {self.repo.shown} found damage: {_scrub(why, self.repo)}")
+
+    def restore(self, snapshot_id: str, target: str) -> None:
+        """``restic restore`` of one snapshot into ``target`` (a new, empty directory)."""
+        if not re.fullmatch(r"[0-9a-f]{8,64}", snapshot_id):
+            raise RepoError(f"{snapshot_id!r} is not a snapshot id")
+        self.call(["restore", snapshot_id, "--target", target])
+
+    def add_key(self, new_password_file: str) -> str:
+        """A second key (``restic key add``), its password read from a file; the new key's id."""
+        before = {k.get("id") for k in self.keys()}
+        self.call(["key", "add", "--new-password-file", new_password_file])
+        added = [k for k in self.keys() if k.get("id") not in before]
+        return str(added[0].get("id")) if added else ""
+
+    def keys(self) -> list[dict[str, Any]]:
+        result = self.call(["key", "list", "--json"])
+        try:
+            value = json.loads(result.out or "[]")
+        except ValueError:
+            return []
+        return [k for k in value if isinstance(k, dict)] if isinstance(value, list) else []
+
     def unlock(self) -> None:
         """Remove the stale locks only (a killed run's, or one older than 30 minutes); never a live run's."""
         self.call(["unlock"])
+
+
+_CHECK_PROBLEM = re.compile(
+    r"does not match|mismatch|damaged|not found|invalid|unreferenced|missing|error", re.IGNORECASE
+)
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.:=@+-]{1,200}\Z")
+
+
+def _tag(tag: str) -> str:
+    """A snapshot tag (no comma: restic splits on it)."""
+    if not _TAG_RE.match(tag):
+        raise RepoError(f"{tag!r} cannot be a snapshot tag: letters, digits and _ . : = @ + - only")
+    return tag
+
+
+def _scrub(line: str, repo: Repository) -> str:
+    for secret in (repo.password, *repo.env.values()):
+        if secret and len(secret) >= 4:
+            line = line.replace(secret, "***")
+    return _USERINFO_RE.sub(r"\1", line)
 
 
 def _last_line(text: str, repo: Repository) -> str:
