@@ -1,0 +1,344 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a restic snapshot of an application holds besides its live files: a consistent copy of every SQLite
+database and the manifest, in a staging directory whose path never changes, so restic finds its parent snapshot and
+reads again only what changed.
+
+Standard library only. :func:`stage` walks the application's paths as a set's backup does (``sets/scan.py``: never
+through a link), copies every database with the SQLite backup API into ``{backup_dir}/.selfhost-dr-repo/{app}/db/``
+(the path the database has, below it), hashes every other file (a hash cache keyed by device, inode, size, mtime and
+ctime spares the unchanged ones), and writes the manifest, in a set's format, to
+``{stage}/selfhost-dr-manifest.json``. restic then backs up the stage and the live paths, leaving out the live
+databases and their ``-wal``/``-shm``/``-journal`` (the exclude file). A copy of a database whose content did not
+change is kept as it was (same file, same inode): restic does not read it again.
+
+:func:`unstable` says which files changed between their hashing and the end of restic's read: the snapshot may hold
+other bytes than the manifest says for them, so the backup is made again for those (see engine/repo_backup.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from .. import safe_fs
+from .._common import BackupError, Log, atomic_write, iso, no_log, utc_now
+from ..sets.manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
+from ..sets.members import open_member
+from ..sets.names import default_host, token
+from ..sets.scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, scan
+from ..sqlite_snapshot import SnapshotError, snapshot
+
+STAGE_DIR = ".selfhost-dr-repo"  # in the backup directory
+HASHES = "hashes.json"  # the hash cache, in the stage
+EXCLUDES = "excludes.txt"
+_CHUNK = 1024 * 1024
+_CACHE_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass
+class Staged:
+    """A staged snapshot: the stage directory, the manifest written there, what restic is given and left out."""
+
+    stage: str
+    manifest: dict[str, object]
+    roots: list[str]  # the live paths restic backs up, beside the stage
+    exclude_file: str
+    keys: dict[str, tuple[int, ...]] = field(default_factory=dict)  # file path -> the stat its hash is of
+    hashed_bytes: int = 0  # read and hashed this time (the rest came from the cache)
+    databases_replaced: int = 0  # database copies that changed (the others restic skips)
+
+    @property
+    def paths(self) -> list[str]:
+        """What ``restic backup`` is given: the stage first, then the live paths."""
+        return [self.stage, *self.roots]
+
+
+def stage_dir(backup_dir: str, app: str) -> str:
+    return os.path.join(backup_dir, STAGE_DIR, token(app))
+
+
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _glob_escape(path: str) -> str:
+    """A path as a restic exclude pattern that matches it alone (``*``, ``?``, ``[`` and ``\\`` escaped)."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in path)
+
+
+def _load_cache(path: str) -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(safe_fs.read_regular(path, _CACHE_LIMIT))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} if isinstance(data, dict) else {}
+
+
+def _cached(cache: dict[str, dict[str, object]], path: str, key: tuple[int, ...]) -> str:
+    about = cache.get(path)
+    if not about or about.get("key") != list(key):
+        return ""
+    digest = about.get("sha256")
+    return digest if isinstance(digest, str) and len(digest) == 64 else ""
+
+
+def _hash_member(entry: Entry, dirs: Dirs) -> tuple[str, int, tuple[int, ...]] | str:
+    """The sha256 and size of a scanned file, read through its verified directory (never a link), and the stat of
+    what was read; or why it could not be."""
+    opened = open_member(entry, dirs)
+    if isinstance(opened, str):
+        return opened
+    fd, st = opened
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if _key(after) != _key(st) or size != st.st_size:
+        return "changed while it was read"
+    return digest.hexdigest(), size, _key(st)
+
+
+def _record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
+    rec: dict[str, object] = {
+        "path": entry.member,
+        "type": "file" if entry.kind == "sqlite" else entry.kind,
+        "mode": f"{stat.S_IMODE(entry.st.st_mode):04o}",
+        "uid": entry.st.st_uid,
+        "gid": entry.st.st_gid,
+        "mtime": int(entry.st.st_mtime),
+    }
+    if entry.kind in ("file", "sqlite"):
+        rec["size"] = size
+        rec["sha256"] = sha256
+    if entry.kind == "sqlite":
+        rec["sqlite"] = True
+    if entry.kind == "symlink":
+        rec["target"] = entry.target
+    return rec
+
+
+def _private_dir(path: str) -> None:
+    safe_fs.makedirs_private(path)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise BackupError(f"{path} is not a directory, so nothing can be staged there")
+
+
+def _copy_database(
+    entry: Entry, db_dir: str, cache: dict[str, dict[str, object]], lock_timeout: float
+) -> tuple[str, int, bool]:
+    """A consistent copy of the database at ``db_dir/<its path>``: its sha256, its size, and whether the copy
+    changed (an unchanged one is left as it was, so restic does not read it again)."""
+    final = os.path.join(db_dir, entry.member)
+    _private_dir(os.path.dirname(final))
+    fresh = final + ".new"
+    try:
+        made = snapshot(
+            entry.path,
+            fresh,
+            lock_timeout=lock_timeout,
+            check_integrity=False,
+            durable=False,
+            digest=True,
+            expect=(entry.st.st_dev, entry.st.st_ino),
+        )
+    except SnapshotError as exc:
+        raise BackupError(str(exc)) from exc
+    try:
+        old = os.lstat(final)
+    except FileNotFoundError:
+        old = None
+    if old is not None and stat.S_ISREG(old.st_mode) and _cached(cache, final, _key(old)) == made.sha256:
+        os.unlink(fresh)
+        return made.sha256, made.size, False
+    os.chmod(fresh, 0o600)
+    os.replace(fresh, final)  # a link at the name is replaced, never followed
+    cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256}
+    return made.sha256, made.size, True
+
+
+def stage(
+    paths: Sequence[str],
+    backup_dir: str,
+    *,
+    app: str,
+    app_version: str = "",
+    host: str | None = None,
+    label: str = "",
+    metadata: dict[str, object] | None = None,
+    excludes: Iterable[str] = (),
+    lock_timeout: float = 30.0,
+    log: Log = no_log,
+) -> Staged:
+    """Stage a snapshot of ``paths``: the databases copied, every file hashed, the manifest and the exclude file
+    written. Raises BackupError in one sentence."""
+    started = utc_now()
+    excludes = list(excludes)
+    found: Scan = scan(paths, excludes)
+    for root in found.roots:
+        if root.link:
+            raise BackupError(
+                f"{root.stored} is a symbolic link to {root.link}: name the real path for a repository backup"
+            )
+    where = stage_dir(backup_dir, app)
+    db_dir = os.path.join(where, "db")
+    _private_dir(db_dir)
+    cache_path = os.path.join(where, HASHES)
+    cache = _load_cache(cache_path)
+    fresh_cache: dict[str, dict[str, object]] = {}
+    staged = Staged(where, {}, [os.path.join(r.parent, r.name) for r in found.roots], os.path.join(where, EXCLUDES))
+    records: list[dict[str, object]] = []
+    snapshots: list[dict[str, object]] = []
+    changed: list[str] = []
+    skipped = list(found.skipped)
+    # Never in a snapshot: what the scan left out, and the stage's own bookkeeping.
+    left_out = [s["path"] for s in found.skipped if "path" in s]
+    left_out += [os.path.join(where, HASHES), os.path.join(where, EXCLUDES)]
+    dirs = Dirs(found.roots, found.dirs)
+    try:
+        for entry in found.entries:
+            if entry.kind in ("dir", "symlink"):
+                records.append(_record(entry))
+                continue
+            if entry.kind == "sqlite":
+                digest, size, replaced = _copy_database(entry, db_dir, cache, lock_timeout)
+                staged.databases_replaced += int(replaced)
+                copy = os.path.join(db_dir, entry.member)
+                fresh_cache[copy] = {"key": list(_key(os.lstat(copy))), "sha256": digest}
+                records.append(_record(entry, size, digest))
+                snapshots.append({"path": entry.member, "size": size, "sha256": digest})
+                left_out += [entry.path + side for side in ("", *SQLITE_SIDE_FILES)]
+                continue
+            key = _key(entry.st)
+            digest = _cached(cache, entry.path, key)
+            size = entry.st.st_size
+            if not digest:
+                hashed = _hash_member(entry, dirs)
+                if isinstance(hashed, str):
+                    skipped.append({"path": entry.path, "reason": hashed})
+                    left_out.append(entry.path)
+                    continue
+                digest, size, key = hashed
+                staged.hashed_bytes += size
+            staged.keys[entry.path] = key
+            fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
+            records.append(_record(entry, size, digest))
+    finally:
+        dirs.close()
+    for stale in _stale_copies(db_dir, {os.path.join(db_dir, s["path"]) for s in snapshots}):  # type: ignore[arg-type]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale)
+    files = sum(1 for r in records if r["type"] == "file")
+    manifest: dict[str, object] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": "",
+        "app": app,
+        "app_version": app_version,
+        "host": host or default_host(),
+        "label": label,
+        "started_at": iso(started),
+        "finished_at": iso(utc_now()),
+        "compression": "restic",
+        "paths": sorted({r.stored for r in found.roots}),
+        "links": found.links,
+        "excludes": excludes,
+        "files": records,
+        "snapshots": snapshots,
+        "skipped": skipped,
+        "changed_during_backup": changed,
+        "notes": [],
+        "totals": {
+            "files": files,
+            "databases": len(snapshots),
+            "bytes": sum(int(r.get("size", 0)) for r in records if r["type"] == "file"),  # type: ignore[call-overload]
+        },
+        "metadata": {**(metadata or {}), "store": "restic", "stage": where},
+    }
+    staged.manifest = manifest
+    write_manifest(staged)
+    atomic_write(cache_path, json.dumps(fresh_cache).encode())
+    atomic_write(staged.exclude_file, ("\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n").encode())
+    log(
+        f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
+        f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
+    )
+    return staged
+
+
+def write_manifest(staged: Staged) -> None:
+    atomic_write(os.path.join(staged.stage, MANIFEST_MEMBER), (json.dumps(staged.manifest, indent=1) + "\n").encode())
+
+
+def _stale_copies(db_dir: str, wanted: set[str]) -> list[str]:
+    """Copies of databases that are no longer there (or leftovers of a killed copy): never read through a link."""
+    found = []
+    for top, subdirs, names in os.walk(db_dir, followlinks=False):
+        for name in names:
+            path = os.path.join(top, name)
+            if path not in wanted:
+                found.append(path)
+        subdirs[:] = [d for d in subdirs if not os.path.islink(os.path.join(top, d))]
+    return found
+
+
+def unstable(staged: Staged) -> list[str]:
+    """The files whose stat is no longer the one their hash is of: changed (or replaced) since they were hashed."""
+    moved = []
+    for path, key in staged.keys.items():
+        try:
+            now = _key(os.lstat(path))
+        except OSError:
+            moved.append(path)
+            continue
+        if now != key:
+            moved.append(path)
+    return moved
+
+
+def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
+    """Hash these files again (they changed during the backup) and record them in the manifest's
+    ``changed_during_backup``; the ones that are gone or no longer regular files are dropped from the manifest."""
+    by_path = {os.sep + str(r["path"]): r for r in staged.manifest["files"]}  # type: ignore[union-attr]
+    again = []
+    for path in paths:
+        record = by_path.get(path)
+        if record is None:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            staged.manifest["files"].remove(record)  # type: ignore[union-attr]
+            staged.keys.pop(path, None)
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                staged.manifest["files"].remove(record)  # type: ignore[union-attr]
+                staged.keys.pop(path, None)
+                continue
+            digest = hashlib.sha256()
+            size = 0
+            while chunk := os.read(fd, _CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        finally:
+            os.close(fd)
+        record.update(size=size, sha256=digest.hexdigest(), mtime=int(st.st_mtime))
+        staged.keys[path] = _key(st)
+        again.append(str(record["path"]))
+    listed = staged.manifest["changed_during_backup"]
+    listed.extend(p for p in again if p not in listed)  # type: ignore[union-attr]
+    write_manifest(staged)
+    return again
