@@ -1,0 +1,186 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Backing up an application into restic repositories: the same consistent snapshot as a set (every SQLite database
+by the backup API, the application's stop and start rules, the running instances recorded), handed to restic, which
+reads again only what changed since the snapshot before.
+
+:func:`run` stages the snapshot once (``repos/stage.py``), then backs it up into each repository in turn: one
+snapshot each, tagged ``selfhost-dr``, ``app=APP``, ``kind=MODE`` (and ``schedule=NAME``), with the newest earlier
+snapshot of the same tags and host as its parent. A file that changed between its hash and the end of restic's read
+is hashed again and the backup made again (its data is mostly there already), and the snapshot before it forgotten;
+a file that keeps changing is listed in the manifest's ``changed_during_backup`` after :data:`TRIES`.
+
+Each repository's outcome is reported on its own. One marked ``required`` that fails fails the run (after the others
+were tried); an optional one that fails is a warning, and simply gets the next run. Cold: the application stays
+stopped until every repository has read the files, and is started again whatever happened.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._common import BackupError, Log, no_log
+from ..apps.base import Application, Facts
+from ..repos.restic import RepoError, Restic
+from ..repos.stage import Staged, rehash, stage, unstable
+from ..sets.names import default_host
+from . import backup
+
+TRIES = 3
+
+
+@dataclass
+class Outcome:
+    """What happened in one repository."""
+
+    repository: str
+    location: str
+    required: bool
+    ok: bool = False
+    snapshot_id: str = ""
+    created: bool = False  # the repository was initialised by this run
+    data_added: int = 0
+    files_new: int = 0
+    files_changed: int = 0
+    files_unmodified: int = 0
+    seconds: float = 0.0
+    tries: int = 0
+    error: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Result:
+    app: str
+    mode: str
+    outcomes: list[Outcome] = field(default_factory=list)
+    manifest: dict[str, object] = field(default_factory=dict)
+    hashed_bytes: int = 0
+    actions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def changed_during_backup(self) -> list[str]:
+        return list(self.manifest.get("changed_during_backup") or [])  # type: ignore[call-overload]
+
+
+def tags(app: str, mode: str, schedule: str = "") -> list[str]:
+    """The tags of the application's snapshots (the parent is the newest with the same ones)."""
+    return ["selfhost-dr", f"app={app}", f"kind={mode}", *([f"schedule={schedule}"] if schedule else [])]
+
+
+def plan(app: Application, mode: str, options: backup.Options, check: bool = False) -> backup.Plan:
+    """What :func:`backup.plan` refuses, and the modes a repository takes (hot, cold)."""
+    if mode not in ("hot", "cold"):
+        raise BackupError(f"a repository backup is hot or cold, not {mode!r} (instances are backed up into sets)")
+    return backup.plan(app, mode, options, check=check)
+
+
+def run(
+    app: Application,
+    planned: backup.Plan,
+    repos: Sequence[Restic],
+    options: backup.Options,
+    log: Log = no_log,
+    schedule: str = "",
+) -> Result:
+    """Stage the snapshot and back it up into every repository; the application runs again afterwards."""
+    if not repos:
+        raise BackupError("no repository to back up into")
+    result = Result(app.name, planned.mode)
+    facts = planned.facts
+    if planned.mode == "cold":
+        was_running = True
+        try:
+            was_running = app.stop(log)
+            facts = app.before_archive(facts, options.dest, False, log)
+            _store(app, facts, planned.mode, repos, options, log, schedule, result)
+        finally:
+            if was_running:
+                app.start(facts.running, options.health_timeout, log)
+    else:
+        facts = app.before_archive(facts, options.dest, False, log)
+        _store(app, facts, planned.mode, repos, options, log, schedule, result)
+    result.actions = app.actions()
+    failed = [o for o in result.outcomes if not o.ok]
+    for outcome in failed:
+        log(outcome.error)
+        if not outcome.required:  # the run goes on; the next run tries it again
+            result.warnings.append(f"{outcome.repository} (optional): {outcome.error}")
+    required = [o for o in failed if o.required]
+    if required:
+        done = [o.repository for o in result.outcomes if o.ok]
+        others = f"; {', '.join(done)} got the snapshot" if done else ""
+        raise BackupError(f"{required[0].error}{others}")
+    return result
+
+
+def _store(
+    app: Application,
+    facts: Facts,
+    mode: str,
+    repos: Sequence[Restic],
+    options: backup.Options,
+    log: Log,
+    schedule: str,
+    result: Result,
+) -> None:
+    staged = stage(
+        facts.paths,
+        options.dest,
+        app=app.name,
+        app_version=facts.version,
+        host=options.host,
+        label=options.label or mode,
+        metadata={**facts.metadata, "mode": mode},
+        excludes=[*options.excludes, *facts.excludes],
+        lock_timeout=options.lock_timeout,
+        log=log,
+    )
+    result.hashed_bytes = staged.hashed_bytes
+    host = options.host or default_host()
+    for restic in repos:
+        result.outcomes.append(_into(restic, staged, host, tags(app.name, mode, schedule), log))
+    result.manifest = staged.manifest
+
+
+def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log) -> Outcome:
+    repo = restic.repo
+    outcome = Outcome(repo.name, restic.repo.shown, repo.required)
+    started = time.monotonic()
+    try:
+        outcome.created = restic.ensure()
+        if outcome.created:
+            log(f"{repo.shown}: created")
+        parent = restic.latest(wanted, host)
+        superseded: list[str] = []
+        for attempt in range(1, TRIES + 1):
+            outcome.tries = attempt
+            summary = restic.backup(
+                staged.paths, host, wanted, staged.exclude_file, parent=str(parent["id"]) if parent else ""
+            )
+            outcome.snapshot_id = str(summary["snapshot_id"])
+            for key in ("data_added", "files_new", "files_changed", "files_unmodified"):
+                value = summary.get(key)
+                setattr(outcome, key, getattr(outcome, key) + (value if isinstance(value, int) else 0))
+            moved = unstable(staged)
+            if not moved:
+                break
+            log(f"{repo.shown}: {len(moved)} file(s) changed while restic read them; backing up again")
+            rehash(staged, moved)
+            superseded.append(outcome.snapshot_id)
+            parent = {"id": outcome.snapshot_id}
+        restic.forget(superseded)
+        outcome.ok = True
+        log(
+            f"{repo.shown}: snapshot {outcome.snapshot_id}, {outcome.data_added / 1048576:.1f} MiB added "
+            f"({outcome.files_new} new, {outcome.files_changed} changed, {outcome.files_unmodified} unchanged files)"
+        )
+    except RepoError as exc:
+        outcome.error = str(exc)
+    outcome.seconds = round(time.monotonic() - started, 3)
+    return outcome

@@ -1,0 +1,154 @@
+"""Backing an application up into restic repositories (engine/repo_backup.py) with real restic: a local repository
+and a SeaweedFS S3 one; what a second day costs; a required and an optional repository that fail; a restore of the
+snapshot that matches its manifest file by file. The application is a directory tree with a live SQLite database
+(the procedure is the application's: tests/integration/test_tenement_hazards.py and Molecule run tenement)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, Log, no_log
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, repo_backup
+from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Repository, Restic
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import MANIFEST_MEMBER, parse_manifest
+
+from . import s3_store
+
+pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/bootstrap)")
+
+
+class Tree(Application):
+    """An application whose data is one directory; it records stops and starts."""
+
+    modes = ("hot", "cold")
+
+    def __init__(self, top: Path) -> None:
+        self.name = "tenement"
+        self.top = top
+        self.calls: list[str] = []
+
+    def inspect(self) -> Facts:
+        return Facts(self.name, "0.2.2", [str(self.top)], ["*.sock"], {"running": ["web:1"]}, ["web:1"], "")
+
+    def stop(self, log: Log = no_log) -> bool:
+        self.calls.append("stop")
+        return True
+
+    def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
+        self.calls.append("start " + ",".join(units))
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3_store.Store]:
+    with s3_store.running(tmp_path_factory.mktemp("seaweedfs")) as running:
+        yield running
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    top = tmp_path / "var" / "lib" / "tenement"
+    (top / "web" / "1").mkdir(parents=True)
+    for n in range(20):
+        (top / "web" / "1" / f"upload-{n}.bin").write_bytes(os.urandom(100_000))
+    with contextlib.closing(sqlite3.connect(top / "tenement.db")) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, body TEXT)")
+        db.executemany("INSERT INTO rows (body) VALUES (?)", [(os.urandom(200).hex(),) for _ in range(3000)])
+        db.commit()
+    return top
+
+
+def _repos(tmp_path: Path, store: s3_store.Store, **over: object) -> list[Restic]:
+    password = tmp_path / "password"
+    password.write_text("a long repository password\n")
+    local = Repository("local", str(tmp_path / "restic"), password_file=str(password), init=True)
+    s3 = Repository(
+        "s3",
+        store.location(f"dr-{tmp_path.name[-20:].lower().replace('_', '-')}"),
+        password_file=str(password),
+        env=store.env,
+        init=True,
+        required=False,
+    )
+    return [Restic(Repository(**{**r.__dict__, **over.get(r.name, {})})) for r in (local, s3)]  # type: ignore[arg-type]
+
+
+def _run(app: Tree, repos: list[Restic], dest: Path, mode: str = "hot") -> repo_backup.Result:
+    options = backup.Options(dest=str(dest))
+    return repo_backup.run(app, repo_backup.plan(app, mode, options), repos, options)
+
+
+def test_two_days_into_two_repositories_the_second_costs_only_what_changed(
+    tmp_path: Path, tree: Path, store: s3_store.Store
+) -> None:
+    app = Tree(tree)
+    repos = _repos(tmp_path, store)
+    first = _run(app, repos, tmp_path / "backups")
+    assert [(o.repository, o.ok, o.created) for o in first.outcomes] == [("local", True, True), ("s3", True, True)]
+    assert all(o.files_new >= 21 and o.data_added > 2_000_000 for o in first.outcomes)
+    # A day: one upload rewritten, a few rows updated.
+    (tree / "web" / "1" / "upload-3.bin").write_bytes(os.urandom(100_000))
+    with contextlib.closing(sqlite3.connect(tree / "tenement.db")) as db:
+        db.execute("UPDATE rows SET body = 'changed' WHERE id % 300 = 0")
+        db.commit()
+    second = _run(app, repos, tmp_path / "backups")
+    database = (tree / "tenement.db").stat().st_size
+    for outcome in second.outcomes:
+        assert outcome.ok and outcome.files_changed <= 3, outcome  # the upload, the database copy, the manifest
+        # At most the changed upload and the database (restic's chunks are about a MiB: a small database is one),
+        # never the 2 MB of unchanged uploads again.
+        assert outcome.data_added < database + 100_000 + 100_000, (outcome, database)
+    assert second.hashed_bytes == 100_000  # only the rewritten upload was read to be hashed
+    snapshots = repos[0].snapshots(repo_backup.tags("tenement", "hot"))
+    assert len(snapshots) == 2 and set(snapshots[-1]["tags"]) == {"selfhost-dr", "app=tenement", "kind=hot"}
+
+
+def test_a_snapshot_restores_every_file_its_manifest_lists(tmp_path: Path, tree: Path, store: s3_store.Store) -> None:
+    app = Tree(tree)
+    repos = _repos(tmp_path, store)
+    done = _run(app, repos, tmp_path / "backups", mode="cold")
+    assert app.calls == ["stop", "start web:1"]
+    target = tmp_path / "restored"
+    repos[1].restore(done.outcomes[1].snapshot_id, str(target))
+    stage = Path(str(done.manifest["metadata"]["stage"]))  # type: ignore[index]
+    manifest = parse_manifest((target / stage.relative_to("/") / MANIFEST_MEMBER).read_bytes(), "the manifest")
+    assert manifest["changed_during_backup"] == []
+    for record in manifest["files"]:  # type: ignore[union-attr]
+        if record["type"] != "file":
+            continue
+        where = target / (stage.relative_to("/") / "db" if record.get("sqlite") else Path()) / record["path"]
+        assert hashlib.sha256(where.read_bytes()).hexdigest() == record["sha256"], record["path"]
+    assert not (target / tree.relative_to("/") / "tenement.db").exists()  # the live file is never stored
+    with contextlib.closing(
+        sqlite3.connect(target / stage.relative_to("/") / "db" / tree.relative_to("/") / "tenement.db")
+    ) as db:
+        assert db.execute("SELECT count(*) FROM rows").fetchone() == (3000,)
+
+
+def test_a_failed_optional_repository_is_a_warning_and_a_failed_required_one_fails_the_run(
+    tmp_path: Path, tree: Path, store: s3_store.Store
+) -> None:
+    app = Tree(tree)
+    wrong = {"s3": {"env": {**store.env, "AWS_SECRET_ACCESS_KEY": "not-the-key"}}}
+    done = _run(app, _repos(tmp_path, store, **wrong), tmp_path / "backups")
+    assert [o.ok for o in done.outcomes] == [True, False]
+    assert done.warnings and done.warnings[0].startswith("s3 (optional): repository s3 (s3:http://127.0.0.1:")
+    assert "refuses the store's credentials" in done.warnings[0] and "not-the-key" not in json.dumps(
+        [o.as_dict() for o in done.outcomes]
+    )
+    required = {"s3": {"env": {**store.env, "AWS_SECRET_ACCESS_KEY": "not-the-key"}, "required": True}}
+    with pytest.raises(BackupError) as failed:
+        _run(app, _repos(tmp_path, store, **required), tmp_path / "backups")
+    assert "refuses the store's credentials" in str(failed.value) and str(failed.value).endswith(
+        "; local got the snapshot"
+    )
