@@ -38,8 +38,10 @@ from ._common import Error, RollbackError, UsageError, VerificationError, iso, u
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import backup, monitor, prune, restore, schedule, state, swap
+from .engine import backup, journal, monitor, prune, repo_backup, restore, schedule, state, swap
 from .engine.lock import DEFAULT_WAIT, HostLock, held
+from .repos import config as repo_config
+from .repos.restic import RepoError, Restic
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -289,7 +291,58 @@ def _backup_options(config: dict[str, Any], label: str, verify_sets: bool) -> ba
     )
 
 
+def _chosen_repos(args: argparse.Namespace, config: dict[str, Any]) -> list[Restic]:
+    """The repositories named by ``--repo`` (or all with ``--all-repos``), ready to run restic on."""
+    try:
+        known = repo_config.repositories(config)
+    except repo_config.RepoConfigError as exc:
+        raise UsageError(str(exc)) from None
+    names = list(known) if args.all_repos else list(dict.fromkeys(args.repo))
+    if args.all_repos and not names:
+        raise UsageError("--all-repos: the configuration has no [repositories]")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UsageError(f"there is no repository {unknown[0]!r} in the configuration ({', '.join(known) or 'none'})")
+    binary = str(_section(config, "restic").get("binary", "restic"))
+    cache = os.path.join(journal.state_dir(config.get("state_dir")), "restic-cache")
+    return [Restic(known[n], binary=binary, cache_dir=cache) for n in names]
+
+
+def _backup_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    name = _app(args, config)
+    app = application(name, app_options(config))
+    mode = args.mode or str(_section(config, "backup").get("mode", "hot"))
+    repos = _chosen_repos(args, config)
+    options = _backup_options(config, args.label, False)
+    planned = repo_backup.plan(app, mode, options, check=args.check)
+    if args.check:  # the repositories must be there (or be created) and open with their passwords
+        for restic in repos:
+            if not restic.exists() and not restic.repo.init:
+                raise RepoError(
+                    f"{restic.repo.shown} does not exist: no restic repository is there (init: true creates one)"
+                )
+        return {
+            "app": name,
+            "mode": mode,
+            "stops": planned.stops,
+            "files": planned.files,
+            "repositories": [r.repo.name for r in repos],
+        }
+    done = repo_backup.run(app, planned, repos, options, log, args.schedule or "")
+    return {
+        "app": name,
+        "mode": mode,
+        "stops": planned.stops,
+        "repositories": [o.as_dict() for o in done.outcomes],
+        "changed_during_backup": done.changed_during_backup,
+        "actions": done.actions,
+        **({"warnings": done.warnings} if done.warnings else {}),
+    }
+
+
 def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    if args.repo or args.all_repos:
+        return _backup_into_repos(args, config, log)
     name = _app(args, config)
     app = application(name, app_options(config))
     mode = args.mode or str(_section(config, "backup").get("mode", "hot"))
@@ -667,6 +720,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--label", default="")
     p.add_argument("--no-verify", action="store_true")
     p.add_argument("--check", action="store_true", help="refuse what the backup would refuse; change nothing")
+    p.add_argument(
+        "--repo",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="into this restic repository instead of a set (repeat)",
+    )
+    p.add_argument("--all-repos", action="store_true", help="into every repository of [repositories]")
     p = sub.add_parser("verify", parents=[common, runs], help="verify a set end to end (default: the newest)")
     p.add_argument("set", nargs="?")
     sub.add_parser("list", parents=[common], help="the sets, newest first")

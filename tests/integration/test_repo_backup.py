@@ -10,12 +10,14 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from ansible_collections.selfhost.dr.plugins.module_utils import cli
 from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, Log, no_log
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, repo_backup
@@ -152,3 +154,56 @@ def test_a_failed_optional_repository_is_a_warning_and_a_failed_required_one_fai
     assert "refuses the store's credentials" in str(failed.value) and str(failed.value).endswith(
         "; local got the snapshot"
     )
+
+
+# -- selfhost-dr backup --repo ------------------------------------------------------------------------------------
+
+
+def _config(tmp_path: Path, store: s3_store.Store, extra: str = "") -> Path:
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(exist_ok=True)
+    (secrets / "password").write_text("a long repository password\n")
+    (secrets / "s3.env").write_text("".join(f"export {k}='{v}'\n" for k, v in store.env.items()))
+    for path in secrets.iterdir():
+        path.chmod(0o600)
+    bucket = f"cli-{tmp_path.name[-20:].lower().replace('_', '-')}"
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'backup_dir = "{tmp_path}/backups"\n[metrics]\ntextfile_dir = ""\n'
+        f'[repositories.local]\nlocation = "{tmp_path}/restic"\npassword_file = "{secrets}/password"\ninit = true\n'
+        f'[repositories.s3]\nlocation = "{store.location(bucket)}"\npassword_file = "{secrets}/password"\n'
+        f'env_file = "{secrets}/s3.env"\ninit = true\nrequired = false\n{extra}'
+    )
+    return config
+
+
+def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}  # main() sets its own
+    try:
+        code = cli.main([*argv, "--json"])
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_the_host_command_backs_up_into_every_repository_and_says_what_each_got(
+    tmp_path: Path,
+    tree: Path,
+    store: s3_store.Store,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli, "application", lambda _name, _options: Tree(tree))
+    config = _config(tmp_path, store)
+    code, result = _cli(capsys, "backup", "--all-repos", "--config", str(config))
+    assert code == 0, result
+    assert [(r["repository"], r["ok"]) for r in result["repositories"]] == [("local", True), ("s3", True)]  # type: ignore[union-attr]
+    code, result = _cli(capsys, "backup", "--repo", "s3", "--check", "--config", str(config))
+    assert code == 0 and result["repositories"] == ["s3"]
+    code, result = _cli(capsys, "backup", "--repo", "offsite", "--config", str(config))
+    assert (code, result["error"]) == (2, "there is no repository 'offsite' in the configuration (local, s3)")
+    (tmp_path / "secrets" / "password").chmod(0o644)
+    code, result = _cli(capsys, "backup", "--repo", "local", "--config", str(config))
+    assert code == 2 and str(result["error"]).endswith("can be read by other users (mode 0644): chmod 600 it")
+    assert "a long repository password" not in json.dumps(result)
