@@ -6,9 +6,10 @@ reads again only what changed since the snapshot before.
 
 :func:`run` stages the snapshot once (``repos/stage.py``), then backs it up into each repository in turn: one
 snapshot each, tagged ``selfhost-dr``, ``app=APP``, ``kind=MODE`` (and ``schedule=NAME``), with the newest earlier
-snapshot of the same tags and host as its parent. A file that changed between its hash and the end of restic's read
-is hashed again and the backup made again (its data is mostly there already), and the snapshot before it forgotten;
-a file that keeps changing is listed in the manifest's ``changed_during_backup`` after :data:`TRIES`.
+snapshot of the same host and paths as its parent (the stage's path never changes). A file that changed between its
+hash and the end of restic's read is hashed again and the backup made again (its data is mostly there already), and
+the snapshot before it forgotten; a file that keeps changing is listed in the manifest's ``changed_during_backup``
+after :data:`TRIES`.
 
 Each repository's outcome is reported on its own. One marked ``required`` that fails fails the run (after the others
 were tried); an optional one that fails is a warning, and simply gets the next run. Cold: the application stays
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 from .._common import BackupError, Log, no_log
 from ..apps.base import Application, Facts
-from ..repos.restic import RepoError, Restic
+from ..repos.restic import NoRepositoryError, RepoError, Restic
 from ..repos.stage import Staged, rehash, stage, unstable
 from ..sets.names import default_host
 from . import backup
@@ -149,20 +150,25 @@ def _store(
 
 
 def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log) -> Outcome:
+    """One repository's snapshot. One restic command in the usual case (each one derives the key from the password,
+    about half a second): restic takes as parent the newest snapshot of the same host and paths, which the stage's
+    fixed path keeps the same."""
     repo = restic.repo
     outcome = Outcome(repo.name, restic.repo.shown, repo.required)
     started = time.monotonic()
     try:
-        outcome.created = restic.ensure()
-        if outcome.created:
-            log(f"{repo.shown}: created")
-        parent = restic.latest(wanted, host)
         superseded: list[str] = []
         for attempt in range(1, TRIES + 1):
             outcome.tries = attempt
-            summary = restic.backup(
-                staged.paths, host, wanted, staged.exclude_file, parent=str(parent["id"]) if parent else ""
-            )
+            try:
+                summary = restic.backup(staged.paths, host, wanted, staged.exclude_file)
+            except NoRepositoryError:
+                if not repo.init or outcome.created:
+                    raise
+                restic.init()
+                outcome.created = True
+                log(f"{repo.shown}: created")
+                summary = restic.backup(staged.paths, host, wanted, staged.exclude_file)
             outcome.snapshot_id = str(summary["snapshot_id"])
             for key in ("data_added", "files_new", "files_changed", "files_unmodified"):
                 value = summary.get(key)
@@ -173,7 +179,6 @@ def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log
             log(f"{repo.shown}: {len(moved)} file(s) changed while restic read them; backing up again")
             rehash(staged, moved)
             superseded.append(outcome.snapshot_id)
-            parent = {"id": outcome.snapshot_id}
         restic.forget(superseded)
         outcome.ok = True
         log(

@@ -252,8 +252,12 @@ class Restic:
             raise NoRepositoryError(
                 f"{self.repo.shown} does not exist: no restic repository is there (init: true creates one)"
             )
-        self.call(["init", "--repository-version", "2"])
+        self.init()
         return True
+
+    def init(self) -> None:
+        """Create the repository (format 2: compressed). Only where :meth:`exists` found none, or a command said so."""
+        self.call(["init", "--repository-version", "2"])
 
     # -- snapshots -----------------------------------------------------------------------------------------------
 

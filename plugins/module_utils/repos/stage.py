@@ -135,12 +135,38 @@ def _private_dir(path: str) -> None:
         raise BackupError(f"{path} is not a directory, so nothing can be staged there")
 
 
+def _source_key(entry: Entry) -> list[object]:
+    """What says a database did not change: the stat of its file and of its ``-wal`` and ``-journal`` (a commit writes
+    one of them, a checkpoint the file), as restic and git decide a file did not change."""
+    key: list[object] = [list(_key(entry.st))]
+    for side in ("-wal", "-journal"):
+        try:
+            key.append(list(_key(os.lstat(entry.path + side))))
+        except FileNotFoundError:
+            key.append(None)
+    return key
+
+
 def _copy_database(
     entry: Entry, db_dir: str, cache: dict[str, dict[str, object]], lock_timeout: float
 ) -> tuple[str, int, bool]:
     """A consistent copy of the database at ``db_dir/<its path>``: its sha256, its size, and whether the copy
-    changed (an unchanged one is left as it was, so restic does not read it again)."""
+    changed (an unchanged one is left as it was, so restic does not read it again). A database whose file, ``-wal``
+    and ``-journal`` have the stat they had at the last copy is not copied again."""
     final = os.path.join(db_dir, entry.member)
+    source = _source_key(entry)
+    about = cache.get(final) or {}
+    try:
+        kept = os.lstat(final)
+    except FileNotFoundError:
+        kept = None
+    if (
+        kept is not None
+        and stat.S_ISREG(kept.st_mode)
+        and about.get("source") == source
+        and _cached(cache, final, _key(kept))
+    ):
+        return str(about["sha256"]), kept.st_size, False
     _private_dir(os.path.dirname(final))
     fresh = final + ".new"
     try:
@@ -161,10 +187,11 @@ def _copy_database(
         old = None
     if old is not None and stat.S_ISREG(old.st_mode) and _cached(cache, final, _key(old)) == made.sha256:
         os.unlink(fresh)
+        cache[final] = {"key": list(_key(old)), "sha256": made.sha256, "source": source}
         return made.sha256, made.size, False
     os.chmod(fresh, 0o600)
     os.replace(fresh, final)  # a link at the name is replaced, never followed
-    cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256}
+    cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256, "source": source}
     return made.sha256, made.size, True
 
 
@@ -215,7 +242,7 @@ def stage(
                 digest, size, replaced = _copy_database(entry, db_dir, cache, lock_timeout)
                 staged.databases_replaced += int(replaced)
                 copy = os.path.join(db_dir, entry.member)
-                fresh_cache[copy] = {"key": list(_key(os.lstat(copy))), "sha256": digest}
+                fresh_cache[copy] = cache[copy]
                 records.append(_record(entry, size, digest))
                 snapshots.append({"path": entry.member, "size": size, "sha256": digest})
                 left_out += [entry.path + side for side in ("", *SQLITE_SIDE_FILES)]

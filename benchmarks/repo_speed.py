@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Backups into a restic repository against restic itself, on the same tree in the same run (issue 19).
+
+On a private copy of make_dataset.py's tree (about 1 GiB, tenement-like), with two local repositories:
+
+  restic:  ``restic backup TREE`` of the live tree (what a restic user runs)
+  ours:    engine/repo_backup.run(): every SQLite database copied consistently into the stage, every file hashed
+           (a hash cache spares the unchanged ones), the manifest, then ``restic backup`` of the stage and the tree
+
+First the first backup of each, then ``--days`` days, each changing about 1% of the bytes as the issue measures it
+(500 rows of tenement.db updated, 20 text files appended, 2 blobs rewritten), then both backups (in alternating
+order). Prints wall times and bytes added (restic's ``data_added``), and the ratios with the issue's targets: the
+first backup ≤ 1.2x restic, a day's backup ≤ 1.2x restic (the median of the days), bytes added a day ≤ 1.5x restic's.
+
+Usage: benchmarks/repo_speed.py [--work DIR] [--scale 1.0] [--days 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / ".cache" / "collections"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from make_dataset import dataset
+
+from ansible_collections.selfhost.dr.plugins.module_utils._common import Log, no_log
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, repo_backup
+from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Repository, Restic
+
+MIB = 1024 * 1024
+
+
+class Tree(Application):
+    """The benchmark tree as an application that is always running (hot backups)."""
+
+    modes = ("hot", "cold")
+
+    def __init__(self, top: str) -> None:
+        self.name = "tenement"
+        self.top = top
+
+    def inspect(self) -> Facts:
+        return Facts(self.name, "bench", [self.top], ["*.sock"], {}, [], "")
+
+    def stop(self, log: Log = no_log) -> bool:
+        return False
+
+    def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
+        return None
+
+
+def a_day(tree: str, rng: random.Random) -> None:
+    """About 1% of the bytes: 500 rows of tenement.db updated, 20 text files appended, 2 blobs rewritten."""
+    with contextlib.closing(sqlite3.connect(os.path.join(tree, "data", "tenement.db"))) as db:
+        count = db.execute("SELECT max(rowid) FROM logs").fetchone()[0]
+        for _ in range(500):
+            db.execute("UPDATE logs SET body = ? WHERE rowid = ?", (f"changed {rng.random()}", rng.randint(1, count)))
+        db.commit()
+    texts = sorted(str(p) for p in Path(tree, "data").glob("*/*/notes-*.txt"))
+    for path in rng.sample(texts, 20):
+        with open(path, "ab") as handle:
+            handle.write(b"a line appended today\n" * 200)
+    blobs = sorted(str(p) for p in Path(tree, "data").glob("*/*/uploads/blob.bin"))
+    for path in rng.sample(blobs, 2):
+        size = os.path.getsize(path)
+        with open(path, "wb") as handle:
+            handle.write(rng.randbytes(size))
+
+
+def plain_restic(restic: Restic, tree: str) -> tuple[float, int]:
+    started = time.monotonic()
+    summary = restic.backup([tree], "bench", ["plain"])
+    return time.monotonic() - started, int(summary["data_added"])
+
+
+def ours(restic: Restic, tree: str, dest: str) -> tuple[float, int]:
+    app = Tree(tree)
+    options = backup.Options(dest=dest)
+    started = time.monotonic()
+    done = repo_backup.run(app, repo_backup.plan(app, "hot", options), [restic], options)
+    return time.monotonic() - started, done.outcomes[0].data_added
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="/var/tmp/selfhost-dr-bench", help="working directory (kept for reuse)")
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--days", type=int, default=3)
+    args = parser.parse_args(argv)
+    if shutil.which("restic") is None:
+        print("restic is not installed (scripts/bootstrap installs it)", file=sys.stderr)
+        return 2
+    source = dataset(args.work, args.scale)
+    run = Path(args.work) / "repo-speed"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    tree = str(run / "tree")
+    subprocess.run(["cp", "-a", source, tree], check=True)
+    (run / "password").write_text("benchmark\n")
+    (run / "password").chmod(0o600)
+    repos = {}
+    for name in ("plain", "ours"):
+        restic = Restic(Repository(name, str(run / name), password_file=str(run / "password"), init=True))
+        restic.ensure()
+        repos[name] = restic
+    os.sync()
+    subprocess.run(["cat", "--", *[str(p) for p in Path(tree).rglob("*") if p.is_file()]], stdout=subprocess.DEVNULL)
+    first = {"restic": plain_restic(repos["plain"], tree), "ours": ours(repos["ours"], tree, str(run / "backups"))}
+    rng = random.Random(7)
+    days: list[dict[str, tuple[float, int]]] = []
+    for day in range(args.days):
+        a_day(tree, rng)
+        os.sync()
+        order = ["restic", "ours"] if day % 2 else ["ours", "restic"]
+        measured: dict[str, tuple[float, int]] = {}
+        for who in order:
+            measured[who] = (
+                plain_restic(repos["plain"], tree)
+                if who == "restic"
+                else ours(repos["ours"], tree, str(run / "backups"))
+            )
+        days.append(measured)
+    report = {
+        "first": {k: {"seconds": round(v[0], 2), "added_mib": round(v[1] / MIB, 1)} for k, v in first.items()},
+        "days": [
+            {k: {"seconds": round(v[0], 2), "added_mib": round(v[1] / MIB, 2)} for k, v in d.items()} for d in days
+        ],
+    }
+    print(json.dumps(report, indent=1))
+    first_ratio = first["ours"][0] / first["restic"][0]
+    day_ratio = statistics.median(d["ours"][0] / d["restic"][0] for d in days)
+    bytes_ratio = statistics.median(d["ours"][1] / max(d["restic"][1], 1) for d in days)
+    print(f"first backup, wall:        ours / restic = {first_ratio:.2f}x  (target <= 1.2x)")
+    print(f"a day's backup, wall:      ours / restic = {day_ratio:.2f}x  (target <= 1.2x, median of {len(days)})")
+    print(f"bytes added a day:         ours / restic = {bytes_ratio:.2f}x  (target <= 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
