@@ -5,6 +5,7 @@ timers, or by a person when no controller is left), configured by ``/etc/selfhos
 roles write from the same variables.
 
     selfhost-dr backup   [--app A] [--mode hot|cold|instances] [--instance S:I]... [--label L] [--no-verify]
+                         [--repo NAME]... [--all-repos]  (into restic repositories instead of a set)
     selfhost-dr verify   [SET]                 (default: the newest set of the app)
     selfhost-dr list     [--app A]
     selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
