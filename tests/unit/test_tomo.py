@@ -169,7 +169,6 @@ def test_two_exports_in_one_second_never_replace_each_other(tmp_path: Path) -> N
 def _busy_admin(path: str, stop: multiprocessing.synchronize.Event, ready: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
     """Adds users, each with exactly one preference, in one transaction each."""
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    ready.set()
     i = 0
     while not stop.is_set():
         conn.execute("BEGIN IMMEDIATE")
@@ -182,6 +181,7 @@ def _busy_admin(path: str, stop: multiprocessing.synchronize.Event, ready: multi
         )
         conn.execute("COMMIT")
         i += 1
+        ready.set()  # after the first user: on a loaded machine the exports could otherwise all come before it
     conn.close()
 
 
