@@ -292,7 +292,7 @@ class Restic:
     ) -> dict[str, Any]:
         """``restic backup`` of ``paths``: the summary (``snapshot_id``, ``data_added``, ``files_new``, ...). With
         ``parent``, files whose size, mtime, ctime and inode are unchanged since it are not read again."""
-        args = ["backup", "--json", "--host", host, "--one-file-system"]
+        args = ["backup", "--json", "--host", host]  # across mounts below a path, as the scan goes
         for tag in tags:
             args += ["--tag", _tag(tag)]
         if exclude_file:

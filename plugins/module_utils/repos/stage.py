@@ -68,8 +68,26 @@ def _key(st: os.stat_result) -> tuple[int, ...]:
 
 
 def _glob_escape(path: str) -> str:
-    """A path as a restic exclude pattern that matches it alone (``*``, ``?``, ``[`` and ``\\`` escaped)."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in path)
+    """A path as a line of restic's exclude file that matches it alone: ``*``, ``?``, ``[`` and ``\\`` escaped,
+    ``$`` doubled (restic expands ``$VAR`` there), a space at the end in brackets (restic trims each line), and a
+    line break as ``?`` (:func:`_excluded_too` makes sure that matches nothing else)."""
+    line = "".join(f"\\{c}" if c in "*?[]\\" else "$$" if c == "$" else "?" if c == "\n" else c for c in path)
+    return f"{line[:-1]}[{line[-1]}]" if line[-1:].isspace() else line
+
+
+def _excluded_too(left_out: str, paths: Iterable[str]) -> str:
+    """A path of ``paths`` that the exclude line of ``left_out`` (a line break in its name read as ``?``) would leave
+    out as well, or ``""``."""
+    breaks = [i for i, c in enumerate(left_out) if c == "\n"]
+    for path in paths:
+        if (
+            path != left_out
+            and len(path) == len(left_out)
+            and all(path[i] != "/" for i in breaks)
+            and all(a == b for i, (a, b) in enumerate(zip(path, left_out)) if i not in breaks)
+        ):
+            return path
+    return ""
 
 
 def _load_cache(path: str) -> dict[str, dict[str, object]]:
@@ -296,6 +314,13 @@ def stage(
     staged.manifest = manifest
     write_manifest(staged)
     atomic_write(cache_path, json.dumps(fresh_cache).encode())
+    for path in left_out:
+        other = _excluded_too(path, (e.path for e in found.entries)) if "\n" in path else ""
+        if other and other not in left_out:
+            raise BackupError(
+                f"{path!r} has a line break in its name, and restic's exclude file cannot leave it out without "
+                f"{other!r}: rename one of them"
+            )
     atomic_write(staged.exclude_file, ("\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n").encode())
     log(
         f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
