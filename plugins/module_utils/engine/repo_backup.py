@@ -176,8 +176,11 @@ def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log
             moved = unstable(staged)
             if not moved:
                 break
-            log(f"{repo.shown}: {len(moved)} file(s) changed while restic read them; backing up again")
             rehash(staged, moved)
+            if attempt == TRIES:  # the last snapshot stays: its files are listed in changed_during_backup
+                log(f"{repo.shown}: {len(moved)} file(s) kept changing while restic read them")
+                break
+            log(f"{repo.shown}: {len(moved)} file(s) changed while restic read them; backing up again")
             superseded.append(outcome.snapshot_id)
         restic.forget(superseded)
         outcome.ok = True

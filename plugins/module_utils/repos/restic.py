@@ -66,7 +66,8 @@ class LockedError(RepoError):
 
 def public(location: str) -> str:
     """A location as it may be shown: without a password or user in an URL (``rest:https://u:p@h/x`` ->
-    ``rest:https://h/x``), and an ``s3:`` endpoint's query left out."""
+    ``rest:https://h/x``), an ``s3:`` endpoint's query left out, and an ``rclone:`` connection string's parameters
+    (``rclone::s3,secret_access_key=...:bucket`` -> ``rclone::s3,…``)."""
     match = _LOCATION_RE.match(location)
     if not match:
         return location
@@ -79,6 +80,8 @@ def public(location: str) -> str:
         rest = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
     elif scheme == "sftp" and "@" in rest.split(":", 1)[0]:
         rest = rest.split("@", 1)[1]
+    elif scheme == "rclone" and "," in rest.removeprefix(":").split(":", 1)[0]:
+        rest = rest.split(",", 1)[0] + ",…"  # a connection string (remote,key=value:path) carries credentials
     return f"{scheme}:{rest}" if scheme else rest
 
 

@@ -146,11 +146,19 @@ def _record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
     return rec
 
 
-def _private_dir(path: str) -> None:
-    safe_fs.makedirs_private(path)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise BackupError(f"{path} is not a directory, so nothing can be staged there")
+def _private_dir(path: str, top: str) -> None:
+    """``path`` below ``top``, made (0700) one directory at a time; each one there already must be a directory, not
+    a link to one: nothing is ever written through a link."""
+    here = top
+    for name in os.path.relpath(path, top).split(os.sep):
+        here = os.path.join(here, name)
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            safe_fs.makedirs_private(here)
+            st = os.lstat(here)
+        if not stat.S_ISDIR(st.st_mode):
+            raise BackupError(f"{here} is not a directory, so nothing can be staged there")
 
 
 def _source_key(entry: Entry) -> list[object]:
@@ -185,7 +193,7 @@ def _copy_database(
         and _cached(cache, final, _key(kept))
     ):
         return str(about["sha256"]), kept.st_size, False
-    _private_dir(os.path.dirname(final))
+    _private_dir(os.path.dirname(final), db_dir)
     fresh = final + ".new"
     try:
         made = snapshot(
@@ -237,8 +245,16 @@ def stage(
                 f"{root.stored} is a symbolic link to {root.link}: name the real path for a repository backup"
             )
     where = stage_dir(backup_dir, app)
+    real = os.path.join(os.path.realpath(backup_dir), STAGE_DIR)
+    for root in found.roots:
+        top = os.path.join(root.parent, root.name)
+        if real == top or real.startswith(top.rstrip("/") + "/") or top.startswith(real + "/"):
+            raise BackupError(
+                f"the stage {where} is inside {top}, which is backed up: choose a backup directory outside the paths"
+            )
     db_dir = os.path.join(where, "db")
-    _private_dir(db_dir)
+    safe_fs.makedirs_private(backup_dir)
+    _private_dir(db_dir, backup_dir)
     cache_path = os.path.join(where, HASHES)
     cache = _load_cache(cache_path)
     fresh_cache: dict[str, dict[str, object]] = {}

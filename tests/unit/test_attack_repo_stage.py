@@ -1,0 +1,121 @@
+"""Adversarial review of repository backups, what needs no restic: the stage never written through a link or inside
+the paths it backs up, the exclude file never leaving out more than it names, the tries of a file that keeps
+changing, and locations shown without their credentials."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import repo_backup
+from ansible_collections.selfhost.dr.plugins.module_utils.repos import stage as stage_module
+from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Repository, Restic, Result, public
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    top = tmp_path / "srv" / "app"
+    top.mkdir(parents=True)
+    (top / "a.log").write_text("one\n")
+    with contextlib.closing(sqlite3.connect(top / "app.db")) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+    return top
+
+
+def _stage(tree: Path, backups: Path) -> stage_module.Staged:
+    return stage_module.stage([str(tree)], str(backups), app="tenement", host="web1")
+
+
+class Changing:
+    """A stand-in for Restic whose every backup sees the log file written again (a busy log)."""
+
+    def __init__(self, log: Path) -> None:
+        self.repo = Repository("local", "/srv/restic", password="a long password")
+        self.log = log
+        self.made: list[str] = []
+        self.forgotten: list[str] = []
+
+    def backup(self, paths: Sequence[str], host: str, tags: Sequence[str], exclude_file: str = "") -> dict[str, Any]:
+        self.made.append(f"{len(self.made) + 1:08x}")
+        self.log.write_text("line\n" * (len(self.made) + 1))
+        return {"snapshot_id": self.made[-1], "data_added": 10}
+
+    def forget(self, snapshot_ids: Sequence[str], prune: bool = False) -> None:
+        self.forgotten += snapshot_ids
+
+
+def test_a_file_that_keeps_changing_leaves_the_last_snapshot_in_the_repository(tree: Path, tmp_path: Path) -> None:
+    staged = _stage(tree, tmp_path / "backups")
+    restic = Changing(tree / "a.log")
+    outcome = repo_backup._into(restic, staged, "web1", ["selfhost-dr"], lambda _: None)  # type: ignore[arg-type]
+    assert outcome.ok and outcome.tries == repo_backup.TRIES
+    assert outcome.snapshot_id == restic.made[-1]
+    assert restic.forgotten == restic.made[:-1], "the snapshot reported as made was forgotten"
+    assert staged.manifest["changed_during_backup"] == [str(tree / "a.log").lstrip("/")]
+
+
+def test_a_link_at_the_stage_is_never_written_through(tree: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    (backups / stage_module.STAGE_DIR).symlink_to(elsewhere)
+    with pytest.raises(BackupError, match="not a directory"):
+        _stage(tree, backups)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_link_in_the_stage_s_database_copies_is_never_written_through(tree: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    backups = tmp_path / "backups"
+    db_dir = Path(stage_module.stage_dir(str(backups), "tenement")) / "db"
+    db_dir.mkdir(parents=True)
+    (db_dir / str(tree).lstrip("/").split("/")[0]).symlink_to(elsewhere)
+    with pytest.raises(BackupError, match="not a directory"):
+        _stage(tree, backups)
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_stage_inside_the_paths_backed_up_is_refused(tree: Path) -> None:
+    # Else its database copies are copied again below it every run, and its manifest changes while restic reads.
+    with pytest.raises(BackupError, match="inside"):
+        _stage(tree, tree / "backups")
+    with pytest.raises(BackupError, match="inside"):
+        stage_module.stage([str(tree)], str(tree / "backups"), app="tenement", host="web1", excludes=["*/backups"])
+
+
+def test_a_line_break_in_a_name_never_excludes_a_file_of_the_snapshot(tree: Path, tmp_path: Path) -> None:
+    (tree / "xAkeep").write_text("a tenant's file\n")
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as sock:
+        sock.bind(str(tree / "x\nkeep"))
+        with pytest.raises(BackupError, match="line break"):
+            _stage(tree, tmp_path / "backups")
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "rclone::s3,provider=AWS,access_key_id=AKIAEXAMPLEKEY,secret_access_key=VerySecretValue:bucket/web1",
+        "rclone:offsite,secret_access_key=VerySecretValue,access_key_id=AKIAEXAMPLEKEY:web1",
+    ],
+)
+def test_an_rclone_connection_string_is_never_shown(location: str) -> None:
+    shown = public(location)
+    assert "VerySecretValue" not in shown and "AKIAEXAMPLEKEY" not in shown, shown
+    restic = Restic(Repository("offsite", location, password="a long password"))
+    failure = restic.failure("backup", Result(1, "", f"Fatal: unable to open repository at {location}: boom\n"))
+    assert "VerySecretValue" not in str(failure) and "AKIAEXAMPLEKEY" not in str(failure), failure
+
+
+def test_a_plain_rclone_location_is_shown_as_it_is() -> None:
+    assert public("rclone:offsite:backups/web1,old") == "rclone:offsite:backups/web1,old"
