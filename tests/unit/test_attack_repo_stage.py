@@ -119,3 +119,11 @@ def test_an_rclone_connection_string_is_never_shown(location: str) -> None:
 
 def test_a_plain_rclone_location_is_shown_as_it_is() -> None:
     assert public("rclone:offsite:backups/web1,old") == "rclone:offsite:backups/web1,old"
+
+
+def test_a_path_through_a_linked_directory_is_refused_as_a_linked_path_is(tree: Path, tmp_path: Path) -> None:
+    # restic is given the real path: the exclude file and the manifest would name paths the snapshot does not hold
+    # (the live database in the snapshot, the manifest's paths not in it).
+    (tmp_path / "via").symlink_to(tree.parent)
+    with pytest.raises(BackupError, match="name the real path"):
+        _stage(tmp_path / "via" / tree.name, tmp_path / "backups")

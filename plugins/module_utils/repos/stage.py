@@ -244,6 +244,11 @@ def stage(
             raise BackupError(
                 f"{root.stored} is a symbolic link to {root.link}: name the real path for a repository backup"
             )
+        real = os.path.join(root.parent, root.name)
+        if real != root.path:  # restic reads the real path: the manifest and the exclude file must name it
+            raise BackupError(
+                f"{root.stored} goes through a symbolic link to {real}: name the real path for a repository backup"
+            )
     where = stage_dir(backup_dir, app)
     real = os.path.join(os.path.realpath(backup_dir), STAGE_DIR)
     for root in found.roots:
