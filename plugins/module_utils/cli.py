@@ -25,6 +25,7 @@ data back failed too (see ``status``); 130 interrupted (SIGINT, SIGTERM or SIGHU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -299,6 +300,10 @@ def _chosen_repos(args: argparse.Namespace, config: dict[str, Any]) -> list[Rest
     except repo_config.RepoConfigError as exc:
         raise UsageError(str(exc)) from None
     names = list(known) if args.all_repos else list(dict.fromkeys(args.repo))
+    chosen = args.config or os.environ.get(CONFIG_ENV) or CONFIG
+    with contextlib.suppress(OSError):
+        if any(known[n].password for n in names if n in known) and os.stat(chosen).st_mode & 0o077:
+            raise UsageError(f"{chosen} holds a repository's password and can be read by other users: chmod 600 it")
     if args.all_repos and not names:
         raise UsageError("--all-repos: the configuration has no [repositories]")
     unknown = [n for n in names if n not in known]

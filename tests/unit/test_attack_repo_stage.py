@@ -127,3 +127,19 @@ def test_a_path_through_a_linked_directory_is_refused_as_a_linked_path_is(tree: 
     (tmp_path / "via").symlink_to(tree.parent)
     with pytest.raises(BackupError, match="name the real path"):
         _stage(tmp_path / "via" / tree.name, tmp_path / "backups")
+
+
+def test_a_password_in_a_configuration_others_can_read_is_refused(tmp_path: Path) -> None:
+    import argparse
+
+    from ansible_collections.selfhost.dr.plugins.module_utils import cli
+
+    config = tmp_path / "config.toml"
+    config.write_text('[repositories.local]\nlocation = "/srv/restic"\npassword = "a long repository password"\n')
+    config.chmod(0o644)
+    args = argparse.Namespace(config=str(config), repo=["local"], all_repos=False)
+    with pytest.raises(cli.UsageError, match="chmod 600") as raised:
+        cli._chosen_repos(args, cli.load_config(str(config)))
+    assert "a long repository password" not in str(raised.value)
+    config.chmod(0o600)
+    assert [r.repo.name for r in cli._chosen_repos(args, cli.load_config(str(config)))] == ["local"]
