@@ -143,3 +143,19 @@ def test_a_password_in_a_configuration_others_can_read_is_refused(tmp_path: Path
     assert "a long repository password" not in str(raised.value)
     config.chmod(0o600)
     assert [r.repo.name for r in cli._chosen_repos(args, cli.load_config(str(config)))] == ["local"]
+
+
+def test_a_directory_replaced_by_a_link_is_never_hashed_through(tree: Path, tmp_path: Path) -> None:
+    (tree / "web").mkdir()
+    (tree / "web" / "notes.txt").write_text("the tenant's notes\n")
+    staged = _stage(tree, tmp_path / "backups")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("root's secret, not the application's\n")
+    (tree / "web").rename(tmp_path / "old-web")
+    (tree / "web").symlink_to(elsewhere)  # restic stores a link here: the manifest must not claim a file through it
+    moved = stage_module.unstable(staged)
+    assert str(tree / "web" / "notes.txt") in moved
+    stage_module.rehash(staged, moved)
+    paths = {str(r["path"]) for r in staged.manifest["files"]}  # type: ignore[attr-defined]
+    assert str(tree / "web" / "notes.txt").lstrip("/") not in paths

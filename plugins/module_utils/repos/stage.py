@@ -380,6 +380,20 @@ def unstable(staged: Staged) -> list[str]:
     return moved
 
 
+def _open_unlinked(path: str) -> int:
+    """``path`` opened for reading through its directories one at a time, never through a link (the paths staged
+    have none: a link there now was put there since)."""
+    parent = os.open("/", safe_fs.DIR_FLAGS)
+    try:
+        for name in path.strip("/").split("/")[:-1]:
+            below = safe_fs.open_dir(name, parent)
+            os.close(parent)
+            parent = below
+        return safe_fs.open_file(os.path.basename(path), parent)[0]
+    finally:
+        os.close(parent)
+
+
 def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
     """Hash these files again (they changed during the backup) and record them in the manifest's
     ``changed_during_backup``; the ones that are gone or no longer regular files are dropped from the manifest."""
@@ -390,7 +404,7 @@ def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
         if record is None:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = _open_unlinked(path)
         except OSError:
             staged.manifest["files"].remove(record)  # type: ignore[union-attr]
             staged.keys.pop(path, None)
