@@ -382,6 +382,13 @@ def _tag(tag: str) -> str:
 
 
 def _scrub(line: str, repo: Repository) -> str:
+    """``line`` without the repository's password, its store's credentials and its location's credentials (an rclone
+    connection string also as rclone itself says it, without ``rclone:``)."""
+    shown = public(repo.location)
+    if repo.location and repo.location != shown:
+        line = line.replace(repo.location, shown)
+        if repo.location.startswith("rclone:"):
+            line = line.replace(repo.location.removeprefix("rclone:"), shown.removeprefix("rclone:"))
     for secret in (repo.password, *repo.env.values()):
         if secret and len(secret) >= 4:
             line = line.replace(secret, "***")
@@ -393,10 +400,4 @@ def _last_line(text: str, repo: Repository) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     wanted = [line for line in lines if line.startswith("Fatal:")] or lines
     line = wanted[-1].removeprefix("Fatal:").strip() if wanted else ""
-    if repo.location and repo.location in line:
-        line = line.replace(repo.location, public(repo.location))
-    line = _USERINFO_RE.sub(r"\1", line)  # an URL's user:password@, however restic quotes the location
-    for secret in (repo.password, *repo.env.values()):
-        if secret and len(secret) >= 4:
-            line = line.replace(secret, "***")
-    return line[:300]
+    return _scrub(line, repo)[:300]  # (an URL's user:password@ too, however restic quotes the location)
