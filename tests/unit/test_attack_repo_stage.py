@@ -160,3 +160,34 @@ def test_a_directory_replaced_by_a_link_is_never_hashed_through(tree: Path, tmp_
     stage_module.rehash(staged, moved)
     paths = {str(r["path"]) for r in staged.manifest["files"]}  # type: ignore[attr-defined]
     assert str(tree / "web" / "notes.txt").lstrip("/") not in paths
+
+
+def test_a_file_written_while_it_is_hashed_is_backed_up_not_left_out(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A log appended to all day: left out, it would be in no snapshot at all (a set archives it and notes it).
+    log = tree / "a.log"
+    real = stage_module.hashlib.sha256
+
+    class Appending:
+        def __init__(self) -> None:
+            self.digest = real()
+
+        def update(self, chunk: bytes) -> None:
+            if chunk == b"one\n":
+                with log.open("a") as handle:
+                    handle.write("two\n")
+            self.digest.update(chunk)
+
+        def hexdigest(self) -> str:
+            return self.digest.hexdigest()
+
+    monkeypatch.setattr(stage_module.hashlib, "sha256", Appending)
+    staged = _stage(tree, tmp_path / "backups")
+    monkeypatch.setattr(stage_module.hashlib, "sha256", real)
+    member = str(log).lstrip("/")
+    assert member in {str(r["path"]) for r in staged.manifest["files"]}  # type: ignore[attr-defined]
+    assert str(log) not in Path(staged.exclude_file).read_text()
+    assert str(log) in stage_module.unstable(staged)  # so it is hashed again after restic's read, and listed
+    stage_module.rehash(staged, [str(log)])
+    assert staged.manifest["changed_during_backup"] == [member]

@@ -108,7 +108,8 @@ def _cached(cache: dict[str, dict[str, object]], path: str, key: tuple[int, ...]
 
 def _hash_member(entry: Entry, dirs: Dirs) -> tuple[str, int, tuple[int, ...]] | str:
     """The sha256 and size of a scanned file, read through its verified directory (never a link), and the stat of
-    what was read; or why it could not be."""
+    what was read (``()`` when it changed while it was read: it is hashed again after restic's read); or why it
+    could not be read."""
     opened = open_member(entry, dirs)
     if isinstance(opened, str):
         return opened
@@ -123,7 +124,7 @@ def _hash_member(entry: Entry, dirs: Dirs) -> tuple[str, int, tuple[int, ...]] |
     finally:
         os.close(fd)
     if _key(after) != _key(st) or size != st.st_size:
-        return "changed while it was read"
+        return digest.hexdigest(), size, ()
     return digest.hexdigest(), size, _key(st)
 
 
@@ -298,7 +299,10 @@ def stage(
                 digest, size, key = hashed
                 staged.hashed_bytes += size
             staged.keys[entry.path] = key
-            fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
+            if key:
+                fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
+            else:  # written to while it was hashed: backed up all the same, and hashed again after restic's read
+                changed.append(entry.member)
             records.append(_record(entry, size, digest))
     finally:
         dirs.close()
