@@ -191,3 +191,18 @@ def test_a_file_written_while_it_is_hashed_is_backed_up_not_left_out(
     assert str(log) in stage_module.unstable(staged)  # so it is hashed again after restic's read, and listed
     stage_module.rehash(staged, [str(log)])
     assert staged.manifest["changed_during_backup"] == [member]
+
+
+def test_a_stage_inside_the_paths_is_refused_before_the_application_is_stopped(tree: Path) -> None:
+    from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
+    from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup
+
+    class Tree(Application):
+        name = "tenement"
+
+        def inspect(self) -> Facts:
+            return Facts(self.name, "0.2.2", [str(tree)], [], {}, [], "")
+
+    options = backup.Options(dest=str(tree / "backups"))
+    with pytest.raises(BackupError, match="inside"):
+        repo_backup.plan(Tree(), "cold", options)

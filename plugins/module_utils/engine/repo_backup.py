@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .._common import BackupError, Log, no_log
 from ..apps.base import Application, Facts
 from ..repos.restic import NoRepositoryError, RepoError, Restic
-from ..repos.stage import Staged, rehash, stage, unstable
+from ..repos.stage import Staged, refuse_inside, rehash, stage, unstable
 from ..sets.names import default_host
 from . import backup
 
@@ -78,7 +78,9 @@ def plan(app: Application, mode: str, options: backup.Options, check: bool = Fal
     """What :func:`backup.plan` refuses, and the modes a repository takes (hot, cold)."""
     if mode not in ("hot", "cold"):
         raise BackupError(f"a repository backup is hot or cold, not {mode!r} (instances are backed up into sets)")
-    return backup.plan(app, mode, options, check=check)
+    planned = backup.plan(app, mode, options, check=check)
+    refuse_inside(planned.facts.paths, options.dest)
+    return planned
 
 
 def run(

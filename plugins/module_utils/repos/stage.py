@@ -90,6 +90,18 @@ def _excluded_too(left_out: str, paths: Iterable[str]) -> str:
     return ""
 
 
+def refuse_inside(paths: Iterable[str], backup_dir: str) -> None:
+    """Raise when the stage would be inside a path backed up (its copies copied again below it every run, its
+    manifest changing while restic reads it), or excluded with it."""
+    real = os.path.join(os.path.realpath(backup_dir), STAGE_DIR)
+    for path in paths:
+        top = os.path.realpath(path)
+        if real == top or real.startswith(top.rstrip("/") + "/") or top.startswith(real + "/"):
+            raise BackupError(
+                f"the stage {real} is inside {top}, which is backed up: choose a backup directory outside the paths"
+            )
+
+
 def _load_cache(path: str) -> dict[str, dict[str, object]]:
     try:
         data = json.loads(safe_fs.read_regular(path, _CACHE_LIMIT))
@@ -251,13 +263,7 @@ def stage(
                 f"{root.stored} goes through a symbolic link to {real}: name the real path for a repository backup"
             )
     where = stage_dir(backup_dir, app)
-    real = os.path.join(os.path.realpath(backup_dir), STAGE_DIR)
-    for root in found.roots:
-        top = os.path.join(root.parent, root.name)
-        if real == top or real.startswith(top.rstrip("/") + "/") or top.startswith(real + "/"):
-            raise BackupError(
-                f"the stage {where} is inside {top}, which is backed up: choose a backup directory outside the paths"
-            )
+    refuse_inside([os.path.join(r.parent, r.name) for r in found.roots], backup_dir)
     db_dir = os.path.join(where, "db")
     safe_fs.makedirs_private(backup_dir)
     _private_dir(db_dir, backup_dir)
