@@ -206,3 +206,30 @@ def test_a_stage_inside_the_paths_is_refused_before_the_application_is_stopped(t
     options = backup.Options(dest=str(tree / "backups"))
     with pytest.raises(BackupError, match="inside"):
         repo_backup.plan(Tree(), "cold", options)
+
+
+def _database(path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE t (x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+
+
+def test_a_database_that_became_a_directory_of_databases_is_staged(tree: Path, tmp_path: Path) -> None:
+    _stage(tree, tmp_path / "backups")
+    (tree / "app.db").unlink()
+    (tree / "app.db").mkdir()
+    _database(tree / "app.db" / "inner.db")
+    staged = _stage(tree, tmp_path / "backups")  # the copy of the old database is in the way of the new directory
+    assert (Path(staged.stage) / "db" / str(tree / "app.db" / "inner.db").lstrip("/")).is_file()
+
+
+def test_a_directory_of_databases_that_became_a_database_is_staged(tree: Path, tmp_path: Path) -> None:
+    (tree / "data").mkdir()
+    _database(tree / "data" / "inner.db")
+    _stage(tree, tmp_path / "backups")
+    (tree / "data" / "inner.db").unlink()
+    (tree / "data").rmdir()
+    _database(tree / "data")
+    staged = _stage(tree, tmp_path / "backups")  # the directory of the old copies is in the way of the new copy
+    assert (Path(staged.stage) / "db" / str(tree / "data").lstrip("/")).is_file()

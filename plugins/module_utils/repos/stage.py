@@ -159,15 +159,21 @@ def _record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
     return rec
 
 
-def _private_dir(path: str, top: str) -> None:
+def _private_dir(path: str, top: str, stale: bool = False) -> None:
     """``path`` below ``top``, made (0700) one directory at a time; each one there already must be a directory, not
-    a link to one: nothing is ever written through a link."""
+    a link to one: nothing is ever written through a link. With ``stale``, a file in the way (the copy of a database
+    that is now a directory) is removed."""
     here = top
     for name in os.path.relpath(path, top).split(os.sep):
         here = os.path.join(here, name)
         try:
-            st = os.lstat(here)
+            st: os.stat_result | None = os.lstat(here)
         except FileNotFoundError:
+            st = None
+        if st is not None and stale and stat.S_ISREG(st.st_mode):
+            os.unlink(here)
+            st = None
+        if st is None:
             safe_fs.makedirs_private(here)
             st = os.lstat(here)
         if not stat.S_ISDIR(st.st_mode):
@@ -197,7 +203,7 @@ def _copy_database(
     about = cache.get(final) or {}
     try:
         kept = os.lstat(final)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a copy where a directory is now)
         kept = None
     if (
         kept is not None
@@ -206,7 +212,7 @@ def _copy_database(
         and _cached(cache, final, _key(kept))
     ):
         return str(about["sha256"]), kept.st_size, False
-    _private_dir(os.path.dirname(final), db_dir)
+    _private_dir(os.path.dirname(final), db_dir, stale=True)
     fresh = final + ".new"
     try:
         made = snapshot(
@@ -228,6 +234,12 @@ def _copy_database(
         os.unlink(fresh)
         cache[final] = {"key": list(_key(old)), "sha256": made.sha256, "source": source}
         return made.sha256, made.size, False
+    if old is not None and stat.S_ISDIR(old.st_mode):  # the copies of a directory that is now this database
+        parent = os.open(os.path.dirname(final), safe_fs.DIR_FLAGS)
+        try:
+            safe_fs.remove_tree(os.path.basename(final), parent)
+        finally:
+            os.close(parent)
     os.chmod(fresh, 0o600)
     os.replace(fresh, final)  # a link at the name is replaced, never followed
     cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256, "source": source}
