@@ -5,6 +5,7 @@ changing, and locations shown without their credentials."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sqlite3
 from collections.abc import Sequence
@@ -233,3 +234,11 @@ def test_a_directory_of_databases_that_became_a_database_is_staged(tree: Path, t
     _database(tree / "data")
     staged = _stage(tree, tmp_path / "backups")  # the directory of the old copies is in the way of the new copy
     assert (Path(staged.stage) / "db" / str(tree / "data").lstrip("/")).is_file()
+
+
+def test_a_name_that_is_not_utf_8_is_written_to_the_exclude_file_as_its_bytes(tree: Path, tmp_path: Path) -> None:
+    name = os.fsdecode(b"tenant-\xff.sock")
+    with contextlib.closing(socket.socket(socket.AF_UNIX)) as sock:
+        sock.bind(os.fsencode(str(tree / name)))
+        staged = _stage(tree, tmp_path / "backups")
+    assert os.fsencode(str(tree)) + b"/tenant-\xff.sock\n" in Path(staged.exclude_file).read_bytes()

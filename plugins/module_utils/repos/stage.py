@@ -364,7 +364,8 @@ def stage(
                 f"{path!r} has a line break in its name, and restic's exclude file cannot leave it out without "
                 f"{other!r}: rename one of them"
             )
-    atomic_write(staged.exclude_file, ("\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n").encode())
+    lines = "\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n"
+    atomic_write(staged.exclude_file, os.fsencode(lines))  # a name that is not UTF-8 as its bytes
     log(
         f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
         f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
