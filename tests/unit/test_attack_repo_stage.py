@@ -145,6 +145,17 @@ def test_a_password_in_a_configuration_others_can_read_is_refused(tmp_path: Path
     assert "a long repository password" not in str(raised.value)
     config.chmod(0o600)
     assert [r.repo.name for r in cli._chosen_repos(args, cli.load_config(str(config)))] == ["local"]
+    password = tmp_path / "password"
+    password.write_text("a long repository password\n")
+    password.chmod(0o600)
+    config.write_text(
+        f'[repositories.local]\nlocation = "rest:https://web1:VerySecretValue@backup.example.com/web1"\n'
+        f'password_file = "{password}"\n'
+    )
+    config.chmod(0o644)
+    with pytest.raises(cli.UsageError, match="chmod 600") as raised:
+        cli._chosen_repos(args, cli.load_config(str(config)))
+    assert "VerySecretValue" not in str(raised.value)
 
 
 def test_a_directory_replaced_by_a_link_is_never_hashed_through(tree: Path, tmp_path: Path) -> None:
