@@ -253,3 +253,11 @@ def test_a_name_that_is_not_utf_8_is_written_to_the_exclude_file_as_its_bytes(tr
         sock.bind(os.fsencode(str(tree / name)))
         staged = _stage(tree, tmp_path / "backups")
     assert os.fsencode(str(tree)) + b"/tenant-\xff.sock\n" in Path(staged.exclude_file).read_bytes()
+
+
+def test_the_totals_follow_the_files_hashed_again(tree: Path, tmp_path: Path) -> None:
+    staged = _stage(tree, tmp_path / "backups")
+    before = dict(staged.manifest["totals"])  # type: ignore[call-overload]
+    (tree / "a.log").unlink()
+    stage_module.rehash(staged, stage_module.unstable(staged))
+    assert staged.manifest["totals"] == {**before, "files": before["files"] - 1, "bytes": before["bytes"] - 4}

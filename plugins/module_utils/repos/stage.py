@@ -450,5 +450,7 @@ def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
         again.append(str(record["path"]))
     listed = staged.manifest["changed_during_backup"]
     listed.extend(p for p in again if p not in listed)  # type: ignore[union-attr]
+    files = [r for r in staged.manifest["files"] if r["type"] == "file"]  # type: ignore[union-attr]
+    staged.manifest["totals"].update(files=len(files), bytes=sum(int(r.get("size", 0)) for r in files))  # type: ignore[union-attr]
     write_manifest(staged)
     return again
