@@ -25,6 +25,7 @@ data back failed too (see ``status``); 130 interrupted (SIGINT, SIGTERM or SIGHU
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -42,7 +43,7 @@ from .apps.tomo import Tomo
 from .engine import backup, journal, monitor, prune, repo_backup, restore, schedule, state, swap
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
-from .repos.restic import RepoError, Restic
+from .repos.restic import RepoError, Restic, public
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -299,6 +300,16 @@ def _chosen_repos(args: argparse.Namespace, config: dict[str, Any]) -> list[Rest
     except repo_config.RepoConfigError as exc:
         raise UsageError(str(exc)) from None
     names = list(known) if args.all_repos else list(dict.fromkeys(args.repo))
+    chosen = args.config or os.environ.get(CONFIG_ENV) or CONFIG
+    with contextlib.suppress(OSError):
+        secret = [
+            n for n in names if n in known and (known[n].password or public(known[n].location) != known[n].location)
+        ]
+        if secret and os.stat(chosen).st_mode & 0o077:
+            raise UsageError(
+                f"{chosen} holds a secret of repository {secret[0]} (its password, or credentials in its location) "
+                "and can be read by other users: chmod 600 it"
+            )
     if args.all_repos and not names:
         raise UsageError("--all-repos: the configuration has no [repositories]")
     unknown = [n for n in names if n not in known]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from .._common import BackupError, Log, no_log
 from ..apps.base import Application, Facts
 from ..repos.restic import NoRepositoryError, RepoError, Restic
-from ..repos.stage import Staged, rehash, stage, unstable
+from ..repos.stage import Staged, refuse_inside, rehash, stage, unstable
 from ..sets.names import default_host
 from . import backup
 
@@ -78,7 +78,9 @@ def plan(app: Application, mode: str, options: backup.Options, check: bool = Fal
     """What :func:`backup.plan` refuses, and the modes a repository takes (hot, cold)."""
     if mode not in ("hot", "cold"):
         raise BackupError(f"a repository backup is hot or cold, not {mode!r} (instances are backed up into sets)")
-    return backup.plan(app, mode, options, check=check)
+    planned = backup.plan(app, mode, options, check=check)
+    refuse_inside(planned.facts.paths, options.dest)
+    return planned
 
 
 def run(
@@ -176,8 +178,11 @@ def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log
             moved = unstable(staged)
             if not moved:
                 break
-            log(f"{repo.shown}: {len(moved)} file(s) changed while restic read them; backing up again")
             rehash(staged, moved)
+            if attempt == TRIES:  # the last snapshot stays: its files are listed in changed_during_backup
+                log(f"{repo.shown}: {len(moved)} file(s) kept changing while restic read them")
+                break
+            log(f"{repo.shown}: {len(moved)} file(s) changed while restic read them; backing up again")
             superseded.append(outcome.snapshot_id)
         restic.forget(superseded)
         outcome.ok = True

@@ -66,7 +66,8 @@ class LockedError(RepoError):
 
 def public(location: str) -> str:
     """A location as it may be shown: without a password or user in an URL (``rest:https://u:p@h/x`` ->
-    ``rest:https://h/x``), and an ``s3:`` endpoint's query left out."""
+    ``rest:https://h/x``), an ``s3:`` endpoint's query left out, and an ``rclone:`` connection string's parameters
+    (``rclone::s3,secret_access_key=...:bucket`` -> ``rclone::s3,…``)."""
     match = _LOCATION_RE.match(location)
     if not match:
         return location
@@ -79,6 +80,8 @@ def public(location: str) -> str:
         rest = urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
     elif scheme == "sftp" and "@" in rest.split(":", 1)[0]:
         rest = rest.split("@", 1)[1]
+    elif scheme == "rclone" and "," in rest.removeprefix(":").split(":", 1)[0]:
+        rest = rest.split(",", 1)[0] + ",…"  # a connection string (remote,key=value:path) carries credentials
     return f"{scheme}:{rest}" if scheme else rest
 
 
@@ -292,7 +295,7 @@ class Restic:
     ) -> dict[str, Any]:
         """``restic backup`` of ``paths``: the summary (``snapshot_id``, ``data_added``, ``files_new``, ...). With
         ``parent``, files whose size, mtime, ctime and inode are unchanged since it are not read again."""
-        args = ["backup", "--json", "--host", host, "--one-file-system"]
+        args = ["backup", "--json", "--host", host]  # across mounts below a path, as the scan goes
         for tag in tags:
             args += ["--tag", _tag(tag)]
         if exclude_file:
@@ -379,6 +382,13 @@ def _tag(tag: str) -> str:
 
 
 def _scrub(line: str, repo: Repository) -> str:
+    """``line`` without the repository's password, its store's credentials and its location's credentials (an rclone
+    connection string also as rclone itself says it, without ``rclone:``)."""
+    shown = public(repo.location)
+    if repo.location and repo.location != shown:
+        line = line.replace(repo.location, shown)
+        if repo.location.startswith("rclone:"):
+            line = line.replace(repo.location.removeprefix("rclone:"), shown.removeprefix("rclone:"))
     for secret in (repo.password, *repo.env.values()):
         if secret and len(secret) >= 4:
             line = line.replace(secret, "***")
@@ -390,10 +400,4 @@ def _last_line(text: str, repo: Repository) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     wanted = [line for line in lines if line.startswith("Fatal:")] or lines
     line = wanted[-1].removeprefix("Fatal:").strip() if wanted else ""
-    if repo.location and repo.location in line:
-        line = line.replace(repo.location, public(repo.location))
-    line = _USERINFO_RE.sub(r"\1", line)  # an URL's user:password@, however restic quotes the location
-    for secret in (repo.password, *repo.env.values()):
-        if secret and len(secret) >= 4:
-            line = line.replace(secret, "***")
-    return line[:300]
+    return _scrub(line, repo)[:300]  # (an URL's user:password@ too, however restic quotes the location)

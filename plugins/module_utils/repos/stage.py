@@ -68,8 +68,38 @@ def _key(st: os.stat_result) -> tuple[int, ...]:
 
 
 def _glob_escape(path: str) -> str:
-    """A path as a restic exclude pattern that matches it alone (``*``, ``?``, ``[`` and ``\\`` escaped)."""
-    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in path)
+    """A path as a line of restic's exclude file that matches it alone: ``*``, ``?``, ``[`` and ``\\`` escaped,
+    ``$`` doubled (restic expands ``$VAR`` there), a space at the end in brackets (restic trims each line), and a
+    line break as ``?`` (:func:`_excluded_too` makes sure that matches nothing else)."""
+    line = "".join(f"\\{c}" if c in "*?[]\\" else "$$" if c == "$" else "?" if c == "\n" else c for c in path)
+    return f"{line[:-1]}[{line[-1]}]" if line[-1:].isspace() else line
+
+
+def _excluded_too(left_out: str, paths: Iterable[str]) -> str:
+    """A path of ``paths`` that the exclude line of ``left_out`` (a line break in its name read as ``?``) would leave
+    out as well, or ``""``."""
+    breaks = [i for i, c in enumerate(left_out) if c == "\n"]
+    for path in paths:
+        if (
+            path != left_out
+            and len(path) == len(left_out)
+            and all(path[i] != "/" for i in breaks)
+            and all(a == b for i, (a, b) in enumerate(zip(path, left_out)) if i not in breaks)
+        ):
+            return path
+    return ""
+
+
+def refuse_inside(paths: Iterable[str], backup_dir: str) -> None:
+    """Raise when the stage would be inside a path backed up (its copies copied again below it every run, its
+    manifest changing while restic reads it), or excluded with it."""
+    real = os.path.join(os.path.realpath(backup_dir), STAGE_DIR)
+    for path in paths:
+        top = os.path.realpath(path)
+        if real == top or real.startswith(top.rstrip("/") + "/") or top.startswith(real + "/"):
+            raise BackupError(
+                f"the stage {real} is inside {top}, which is backed up: choose a backup directory outside the paths"
+            )
 
 
 def _load_cache(path: str) -> dict[str, dict[str, object]]:
@@ -90,7 +120,8 @@ def _cached(cache: dict[str, dict[str, object]], path: str, key: tuple[int, ...]
 
 def _hash_member(entry: Entry, dirs: Dirs) -> tuple[str, int, tuple[int, ...]] | str:
     """The sha256 and size of a scanned file, read through its verified directory (never a link), and the stat of
-    what was read; or why it could not be."""
+    what was read (``()`` when it changed while it was read: it is hashed again after restic's read); or why it
+    could not be read."""
     opened = open_member(entry, dirs)
     if isinstance(opened, str):
         return opened
@@ -105,7 +136,7 @@ def _hash_member(entry: Entry, dirs: Dirs) -> tuple[str, int, tuple[int, ...]] |
     finally:
         os.close(fd)
     if _key(after) != _key(st) or size != st.st_size:
-        return "changed while it was read"
+        return digest.hexdigest(), size, ()
     return digest.hexdigest(), size, _key(st)
 
 
@@ -128,11 +159,25 @@ def _record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
     return rec
 
 
-def _private_dir(path: str) -> None:
-    safe_fs.makedirs_private(path)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise BackupError(f"{path} is not a directory, so nothing can be staged there")
+def _private_dir(path: str, top: str, stale: bool = False) -> None:
+    """``path`` below ``top``, made (0700) one directory at a time; each one there already must be a directory, not
+    a link to one: nothing is ever written through a link. With ``stale``, a file in the way (the copy of a database
+    that is now a directory) is removed."""
+    here = top
+    for name in os.path.relpath(path, top).split(os.sep):
+        here = os.path.join(here, name)
+        try:
+            st: os.stat_result | None = os.lstat(here)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stale and stat.S_ISREG(st.st_mode):
+            os.unlink(here)
+            st = None
+        if st is None:
+            safe_fs.makedirs_private(here)
+            st = os.lstat(here)
+        if not stat.S_ISDIR(st.st_mode):
+            raise BackupError(f"{here} is not a directory, so nothing can be staged there")
 
 
 def _source_key(entry: Entry) -> list[object]:
@@ -158,7 +203,7 @@ def _copy_database(
     about = cache.get(final) or {}
     try:
         kept = os.lstat(final)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (a copy where a directory is now)
         kept = None
     if (
         kept is not None
@@ -167,7 +212,7 @@ def _copy_database(
         and _cached(cache, final, _key(kept))
     ):
         return str(about["sha256"]), kept.st_size, False
-    _private_dir(os.path.dirname(final))
+    _private_dir(os.path.dirname(final), db_dir, stale=True)
     fresh = final + ".new"
     try:
         made = snapshot(
@@ -189,6 +234,12 @@ def _copy_database(
         os.unlink(fresh)
         cache[final] = {"key": list(_key(old)), "sha256": made.sha256, "source": source}
         return made.sha256, made.size, False
+    if old is not None and stat.S_ISDIR(old.st_mode):  # the copies of a directory that is now this database
+        parent = os.open(os.path.dirname(final), safe_fs.DIR_FLAGS)
+        try:
+            safe_fs.remove_tree(os.path.basename(final), parent)
+        finally:
+            os.close(parent)
     os.chmod(fresh, 0o600)
     os.replace(fresh, final)  # a link at the name is replaced, never followed
     cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256, "source": source}
@@ -218,9 +269,16 @@ def stage(
             raise BackupError(
                 f"{root.stored} is a symbolic link to {root.link}: name the real path for a repository backup"
             )
+        real = os.path.join(root.parent, root.name)
+        if real != root.path:  # restic reads the real path: the manifest and the exclude file must name it
+            raise BackupError(
+                f"{root.stored} goes through a symbolic link to {real}: name the real path for a repository backup"
+            )
     where = stage_dir(backup_dir, app)
+    refuse_inside([os.path.join(r.parent, r.name) for r in found.roots], backup_dir)
     db_dir = os.path.join(where, "db")
-    _private_dir(db_dir)
+    safe_fs.makedirs_private(backup_dir)
+    _private_dir(db_dir, backup_dir)
     cache_path = os.path.join(where, HASHES)
     cache = _load_cache(cache_path)
     fresh_cache: dict[str, dict[str, object]] = {}
@@ -259,7 +317,10 @@ def stage(
                 digest, size, key = hashed
                 staged.hashed_bytes += size
             staged.keys[entry.path] = key
-            fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
+            if key:
+                fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
+            else:  # written to while it was hashed: backed up all the same, and hashed again after restic's read
+                changed.append(entry.member)
             records.append(_record(entry, size, digest))
     finally:
         dirs.close()
@@ -296,7 +357,15 @@ def stage(
     staged.manifest = manifest
     write_manifest(staged)
     atomic_write(cache_path, json.dumps(fresh_cache).encode())
-    atomic_write(staged.exclude_file, ("\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n").encode())
+    for path in left_out:
+        other = _excluded_too(path, (e.path for e in found.entries)) if "\n" in path else ""
+        if other and other not in left_out:
+            raise BackupError(
+                f"{path!r} has a line break in its name, and restic's exclude file cannot leave it out without "
+                f"{other!r}: rename one of them"
+            )
+    lines = "\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n"
+    atomic_write(staged.exclude_file, os.fsencode(lines))  # a name that is not UTF-8 as its bytes
     log(
         f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
         f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
@@ -334,6 +403,20 @@ def unstable(staged: Staged) -> list[str]:
     return moved
 
 
+def _open_unlinked(path: str) -> int:
+    """``path`` opened for reading through its directories one at a time, never through a link (the paths staged
+    have none: a link there now was put there since)."""
+    parent = os.open("/", safe_fs.DIR_FLAGS)
+    try:
+        for name in path.strip("/").split("/")[:-1]:
+            below = safe_fs.open_dir(name, parent)
+            os.close(parent)
+            parent = below
+        return safe_fs.open_file(os.path.basename(path), parent)[0]
+    finally:
+        os.close(parent)
+
+
 def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
     """Hash these files again (they changed during the backup) and record them in the manifest's
     ``changed_during_backup``; the ones that are gone or no longer regular files are dropped from the manifest."""
@@ -344,7 +427,7 @@ def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
         if record is None:
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = _open_unlinked(path)
         except OSError:
             staged.manifest["files"].remove(record)  # type: ignore[union-attr]
             staged.keys.pop(path, None)
@@ -367,5 +450,7 @@ def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
         again.append(str(record["path"]))
     listed = staged.manifest["changed_during_backup"]
     listed.extend(p for p in again if p not in listed)  # type: ignore[union-attr]
+    files = [r for r in staged.manifest["files"] if r["type"] == "file"]  # type: ignore[union-attr]
+    staged.manifest["totals"].update(files=len(files), bytes=sum(int(r.get("size", 0)) for r in files))  # type: ignore[union-attr]
     write_manifest(staged)
     return again
