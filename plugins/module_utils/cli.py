@@ -7,7 +7,7 @@ roles write from the same variables.
     selfhost-dr backup   [--app A] [--mode hot|cold|instances] [--instance S:I]... [--label L] [--no-verify]
                          [--repo NAME]... [--all-repos]  (into restic repositories instead of a set)
     selfhost-dr verify   [SET]                 (default: the newest set of the app)
-    selfhost-dr list     [--app A]
+    selfhost-dr list     [--app A] [--repo NAME]   (a repository's snapshots)
     selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
     selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
     selfhost-dr status
@@ -377,6 +377,23 @@ def cmd_verify(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
 
 
 def cmd_list(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    if args.repo:
+        if len(args.repo) > 1:
+            raise UsageError("list --repo takes one repository")
+        (restic,) = _chosen_repos(args, config)
+        wanted = ["selfhost-dr", *([f"app={args.app}"] if args.app else [])]
+        found = sorted(restic.snapshots(wanted), key=lambda s: str(s.get("time", "")), reverse=True)
+        snapshots = [
+            {
+                "id": str(s["id"]),
+                "short_id": str(s.get("short_id") or s["id"][:8]),
+                "time": str(s.get("time", "")),
+                "host": str(s.get("hostname", "")),
+                "tags": [str(t) for t in s.get("tags") or []],
+            }
+            for s in found
+        ]
+        return {"repository": restic.repo.name, "location": public(restic.repo.location), "snapshots": snapshots}
     sets = catalog(_dir(config), app=args.app)
     return {"directory": _dir(config), "sets": sets}
 
@@ -742,7 +759,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all-repos", action="store_true", help="into every repository of [repositories]")
     p = sub.add_parser("verify", parents=[common, runs], help="verify a set end to end (default: the newest)")
     p.add_argument("set", nargs="?")
-    sub.add_parser("list", parents=[common], help="the sets, newest first")
+    p = sub.add_parser("list", parents=[common], help="the sets (or a repository's snapshots), newest first")
+    p.add_argument("--repo", action="append", default=[], metavar="NAME", help="the snapshots of this repository")
+    p.set_defaults(all_repos=False)
     p = sub.add_parser("prune", parents=[common, runs], help="apply the [retention] rules")
     p.add_argument("--dry-run", action="store_true")
     p = sub.add_parser("restore", parents=[common, runs], help="restore a set (default: the newest) and start the app")
@@ -789,6 +808,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _text(command: str, result: dict[str, Any]) -> str:
     """What a person reads: a line per set for list and backup, one sentence for a restore, else the result."""
+    if command == "list" and "snapshots" in result:
+        rows = [f"{s['short_id']}  {s['time'][:19]}  {s['host']}  {','.join(s['tags'])}" for s in result["snapshots"]]
+        return "\n".join(rows) or f"no snapshots of selfhost-dr in {result['location']}"
     if command == "list":
         rows = []
         for entry in result["sets"]:

@@ -199,6 +199,10 @@ def test_the_host_command_backs_up_into_every_repository_and_says_what_each_got(
     code, result = _cli(capsys, "backup", "--all-repos", "--config", str(config))
     assert code == 0, result
     assert [(r["repository"], r["ok"]) for r in result["repositories"]] == [("local", True), ("s3", True)]  # type: ignore[union-attr]
+    code, result = _cli(capsys, "list", "--repo", "local", "--config", str(config))
+    assert code == 0 and result["repository"] == "local", result
+    (snapshot,) = result["snapshots"]  # type: ignore[misc]
+    assert set(snapshot["tags"]) == {"selfhost-dr", "app=tenement", "kind=hot"} and len(snapshot["id"]) == 64
     code, result = _cli(capsys, "backup", "--repo", "s3", "--check", "--config", str(config))
     assert code == 0 and result["repositories"] == ["s3"]
     code, result = _cli(capsys, "backup", "--repo", "offsite", "--config", str(config))
