@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,12 +47,6 @@ class Tree(Application):
 
     def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
         self.calls.append("start " + ",".join(units))
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[s3_store.Store]:
-    with s3_store.running(tmp_path_factory.mktemp("seaweedfs")) as running:
-        yield running
 
 
 @pytest.fixture

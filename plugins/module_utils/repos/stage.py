@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from .. import safe_fs
 from .._common import BackupError, Log, atomic_write, iso, no_log, utc_now
+from ..sets.create import manifest_record
 from ..sets.manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from ..sets.members import open_member
 from ..sets.names import default_host, token
@@ -138,25 +139,6 @@ def _hash_member(entry: Entry, dirs: Dirs) -> tuple[str, int, tuple[int, ...]] |
     if _key(after) != _key(st) or size != st.st_size:
         return digest.hexdigest(), size, ()
     return digest.hexdigest(), size, _key(st)
-
-
-def _record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
-    rec: dict[str, object] = {
-        "path": entry.member,
-        "type": "file" if entry.kind == "sqlite" else entry.kind,
-        "mode": f"{stat.S_IMODE(entry.st.st_mode):04o}",
-        "uid": entry.st.st_uid,
-        "gid": entry.st.st_gid,
-        "mtime": int(entry.st.st_mtime),
-    }
-    if entry.kind in ("file", "sqlite"):
-        rec["size"] = size
-        rec["sha256"] = sha256
-    if entry.kind == "sqlite":
-        rec["sqlite"] = True
-    if entry.kind == "symlink":
-        rec["target"] = entry.target
-    return rec
 
 
 def _private_dir(path: str, top: str, stale: bool = False) -> None:
@@ -294,14 +276,14 @@ def stage(
     try:
         for entry in found.entries:
             if entry.kind in ("dir", "symlink"):
-                records.append(_record(entry))
+                records.append(manifest_record(entry))
                 continue
             if entry.kind == "sqlite":
                 digest, size, replaced = _copy_database(entry, db_dir, cache, lock_timeout)
                 staged.databases_replaced += int(replaced)
                 copy = os.path.join(db_dir, entry.member)
                 fresh_cache[copy] = cache[copy]
-                records.append(_record(entry, size, digest))
+                records.append(manifest_record(entry, size, digest))
                 snapshots.append({"path": entry.member, "size": size, "sha256": digest})
                 left_out += [entry.path + side for side in ("", *SQLITE_SIDE_FILES)]
                 continue
@@ -321,7 +303,7 @@ def stage(
                 fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
             else:  # written to while it was hashed: backed up all the same, and hashed again after restic's read
                 changed.append(entry.member)
-            records.append(_record(entry, size, digest))
+            records.append(manifest_record(entry, size, digest))
     finally:
         dirs.close()
     for stale in _stale_copies(db_dir, {os.path.join(db_dir, s["path"]) for s in snapshots}):  # type: ignore[arg-type]

@@ -29,7 +29,8 @@ from .scan import Dirs, Entry, Scan, scan
 from .tar_stream import BLOCK, RECORD, Names, header, padding
 
 
-def _record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
+def manifest_record(entry: Entry, size: int = 0, sha256: str = "") -> dict[str, object]:
+    """A scanned entry as the manifest's ``files`` lists it (a set's, and a repository snapshot's)."""
     rec: dict[str, object] = {
         "path": entry.member,
         "type": "file" if entry.kind == "sqlite" else entry.kind,
@@ -258,7 +259,7 @@ def _archive(
         for entry in ordered:
             if entry.kind in ("dir", "symlink"):
                 pump.write(header(entry, 0, names))
-                files.append(_record(entry))
+                files.append(manifest_record(entry))
                 continue
             snap: dict[str, object] | None = None
             if entry.kind == "sqlite":
@@ -298,7 +299,7 @@ def _archive(
                 progress.add(len(chunk))
             pump.write(padding(written))
             progress.add(0, files=1)
-            files.append(_record(entry, written, digest.hexdigest()))
+            files.append(manifest_record(entry, written, digest.hexdigest()))
             if snap is not None:
                 snap["sha256"] = digest.hexdigest()
     finally:
