@@ -10,6 +10,7 @@ roles write from the same variables.
     selfhost-dr list     [--app A] [--repo NAME]   (a repository's snapshots)
     selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
     selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
+                         [--repo NAME [--snapshot ID] [--from-host HOST]]  (from a restic repository)
     selfhost-dr status
     selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] [--live]
         [--password-file F (a .enc)] | tomo list
@@ -40,7 +41,7 @@ from ._common import Error, RollbackError, UsageError, VerificationError, iso, u
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import backup, journal, monitor, prune, repo_backup, restore, schedule, state, swap
+from .engine import backup, journal, monitor, prune, repo_backup, repo_restore, restore, schedule, state, swap
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
 from .repos.restic import RepoError, Restic, public
@@ -432,6 +433,10 @@ def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress)
         health_timeout=_number(config, "restore", "health_timeout", 60),
         state_dir=config.get("state_dir"),
     )
+    if args.repo:
+        return _restore_from_repo(args, config, app, options, log)
+    if args.snapshot or args.from_host:
+        raise UsageError("--snapshot and --from-host choose a snapshot of a repository: give --repo NAME")
     archive = _set_path(args, config, name, args.instance)
     planned = restore.plan(app, archive, options, args.instance, log, check=args.check)
     result: dict[str, object] = {"path": archive, "paths": planned.paths, "targets": planned.targets}
@@ -445,6 +450,41 @@ def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress)
         recovered=done.recovered,
         warning=done.warning,
         actions=done.actions,
+    )
+    return result
+
+
+def _restore_from_repo(
+    args: argparse.Namespace, config: dict[str, Any], app: Any, options: restore.Options, log: Progress
+) -> dict[str, object]:
+    if len(args.repo) > 1:
+        raise UsageError("restore --repo takes one repository")
+    if args.set or args.instance:
+        raise UsageError("restore --repo restores the whole application from a snapshot: no set and no --instance")
+    (restic,) = _chosen_repos(args, config)
+    planned = repo_restore.plan(
+        app, restic, options, args.snapshot or "latest", args.from_host or "", log, check=args.check
+    )
+    result: dict[str, object] = {
+        "repository": restic.repo.name,
+        "snapshot": planned.snapshot,
+        "paths": planned.paths,
+        "targets": planned.targets,
+        "started": planned.start,
+    }
+    if args.check:
+        return result
+    done = restore.run(app, planned, options, log)
+    tagged = repo_restore.mark_verified(restic, planned.snapshot["id"], log)
+    result.update(
+        restore_id=done.restore_id,
+        files=done.files,
+        bytes=done.bytes,
+        recovered=done.recovered,
+        warning=done.warning,
+        warnings=planned.warnings,
+        actions=done.actions,
+        snapshot_tagged=tagged,
     )
     return result
 
@@ -767,6 +807,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restore", parents=[common, runs], help="restore a set (default: the newest) and start the app")
     p.add_argument("set", nargs="?")
     p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
+    p.add_argument("--repo", action="append", default=[], metavar="NAME", help="from this restic repository")
+    p.add_argument("--snapshot", metavar="ID", help="with --repo: this snapshot (default: latest)")
+    p.add_argument("--from-host", metavar="HOST", help="with --repo: the newest snapshot another host made")
+    p.set_defaults(all_repos=False)
     p.add_argument("--keep-safety", action="store_true")
     p.add_argument("--check", action="store_true", help="verify and plan, refusing what the restore would refuse")
     p = sub.add_parser(

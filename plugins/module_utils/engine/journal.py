@@ -80,6 +80,20 @@ class SwapRecord:
 
 
 @dataclass
+class Scratch:
+    """A private directory a restore made beside a target to fetch content into (``name`` in ``parent``): removed
+    by the restore, or by the undo of a failed or killed one, only while it is the directory the restore made."""
+
+    parent: str
+    name: str
+    made_id: list[int] = field(default_factory=list)  # [st_dev, st_ino]
+
+    @property
+    def path(self) -> str:
+        return os.path.join(self.parent, self.name)
+
+
+@dataclass
 class Record:
     id: str
     archive: str
@@ -88,6 +102,7 @@ class Record:
     updated_at: str = ""
     swaps: list[SwapRecord] = field(default_factory=list)
     reason: str = ""
+    scratch: list[Scratch] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -234,6 +249,10 @@ def _parse(blob: bytes, where: str) -> Record:
             )
             for s in data["swaps"]
         ]
+        scratch = [
+            Scratch(str(s["parent"]), str(s["name"]), [int(x) for x in s.get("made_id", [])])
+            for s in data.get("scratch", [])
+        ]
         return Record(
             id=str(data["id"]),
             archive=str(data["archive"]),
@@ -242,6 +261,7 @@ def _parse(blob: bytes, where: str) -> Record:
             updated_at=str(data.get("updated_at", "")),
             swaps=swaps,
             reason=str(data.get("reason", "")),
+            scratch=scratch,
         )
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise ValueError(f"{where} is not a journal record") from exc

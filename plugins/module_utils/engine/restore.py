@@ -19,9 +19,10 @@ with one sentence that says what happened and that the previous data is back.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .._common import AppError, Error, Log, RestoreError, RollbackError, no_log
+from .._common import AppError, Error, Log, RestoreError, RollbackError, VerificationError, no_log
 from ..apps.base import Application, Facts
 from ..sets.catalog import catalog
 from . import swap
@@ -45,6 +46,11 @@ class Plan:
     start: list[str]  # what runs afterwards (tenement: the instances the set recorded as running)
     manifest: dict[str, object] = field(default_factory=dict)
     before: Facts | None = None
+    # Content that is not a set (a repository's snapshot): fetched and checked while the application still runs,
+    # then swapped in by swap.restore_from, which calls the given ``stop`` right before the first rename.
+    fetch: Callable[[Options, Log, Callable[[], None]], swap.Restored] | None = None
+    warnings: list[str] = field(default_factory=list)
+    snapshot: dict[str, str] = field(default_factory=dict)  # the repository's snapshot restored (with fetch)
 
 
 @dataclass
@@ -129,17 +135,34 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
     name = os.path.basename(planned.archive)
     result = Result(planned)
     restored: swap.Restored | None = None
-    try:
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
         steps.stop()
-        restored = swap.restore(
-            planned.archive, dest_root=options.dest_root, only=planned.paths, log=log, state_dir=options.state_dir
-        )
+
+    try:
+        if planned.fetch is not None:
+            restored = planned.fetch(options, log, stop)
+        else:
+            stop()
+            restored = swap.restore(
+                planned.archive, dest_root=options.dest_root, only=planned.paths, log=log, state_dir=options.state_dir
+            )
         result.restore_id, result.files, result.bytes = restored.restore_id, restored.files, restored.bytes
         result.recovered = restored.recovered
         app.fix_up(restored.manifest, restored.targets, log)
         steps.start_restored()
     except BaseException as exc:
         reason = swap.sentence(exc)
+        if not stopped:  # refused or failed while fetching: nothing was stopped, nothing changed
+            log(f"restoring {steps.what} from {name} failed ({reason}); nothing was changed")
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            running = f"; {app.name} kept running on its data" if planned.before is not None else ""
+            kind = VerificationError if isinstance(exc, VerificationError) else RestoreError
+            raise kind(f"restoring {steps.what} from {name} failed ({reason}); nothing was changed{running}") from exc
         log(f"restoring {steps.what} from {name} failed ({reason}); putting the previous data back")
         try:
             steps.stop()

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Protocol
 
 from .. import safe_fs
 from .._common import BackupError, Error, JournalError, Log, RestoreError, VerificationError, no_log
@@ -98,6 +99,89 @@ def restore(
         raise RestoreError(str(exc)) from exc
 
 
+def restore_from(
+    label: str,
+    manifest: dict[str, object],
+    filler: Filler,
+    *,
+    dest_root: str = "/",
+    only: Iterable[str] | None = None,
+    log: Log = no_log,
+    stamp: str | None = None,
+    state_dir: str | None = None,
+    before_swap: Callable[[], None] | None = None,
+) -> Restored:
+    """Put the trees of ``manifest`` (or the ``only`` parts) in place under ``dest_root``, their content staged by
+    ``filler`` (a repository's snapshot, say): planned, journaled, swapped and undone exactly as a set's.
+    ``before_swap`` runs once everything is staged and checked, right before the first rename (it stops the
+    application: it runs while its content is fetched)."""
+    started = time.monotonic()
+    stamp = stamp or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    safe_fs.raise_fd_limit()
+    try:
+        with Journal(state_dir) as journal:
+            recovered = recover(journal, log)
+            units = plan(manifest, dest_root, only, restored_targets(journal))
+            return _swap_in(journal, label, manifest, units, filler, log, stamp, started, recovered, before_swap)
+    except JournalError as exc:
+        raise RestoreError(str(exc)) from exc
+
+
+class Filler(Protocol):
+    """What fills the staging places of a restore (each made empty by :func:`make_staging`; a link's not at all).
+
+    ``fill`` raises when the content is refused; nothing it made outside the staging places may remain unless it
+    is recorded in ``record.scratch`` (removed by the undo). ``files``, ``bytes`` and ``manifest`` say what it
+    staged; ``close`` releases what it holds after a failure."""
+
+    files: int
+    bytes: int
+
+    def fill(
+        self, units: list[Unit], fds: list[int], record: Record, staged: list[int], journal: Journal
+    ) -> dict[str, object]: ...
+
+    def close(self) -> None: ...
+
+
+class _SetFiller:
+    """A set's archive, verified and unpacked in one pass (:class:`StagingUnpacker`)."""
+
+    def __init__(self, archive: str, manifest: dict[str, object], log: Log, verified_now: bool) -> None:
+        self.archive, self.manifest, self.log, self.verified_now = archive, manifest, log, verified_now
+        self.unpacker: StagingUnpacker | None = None
+        self.files = self.bytes = 0
+
+    def fill(
+        self, units: list[Unit], fds: list[int], record: Record, staged: list[int], journal: Journal
+    ) -> dict[str, object]:
+        manifest = self.manifest
+        dirs = {
+            "/" + str(f["path"]): (int(str(f["mode"]), 8), int(f["uid"]), int(f["gid"]), int(f.get("mtime", 0) or 0))
+            for f in manifest["files"]  # type: ignore[attr-defined]
+            if f.get("type") == "dir"
+        }
+        unpacker = StagingUnpacker(units, fds, [s.staging for s in record.swaps], staged, dirs)
+        self.unpacker = unpacker
+        expected = {
+            "/" + str(e["path"])
+            for e in manifest["files"]  # type: ignore[attr-defined]
+            if any(is_under("/" + str(e["path"]), u.path) for u in units)
+        }
+        self.log(f"restore: verifying {os.path.basename(self.archive)} and unpacking it beside the targets")
+        manifest = _verify(self.archive, self.log, unpacker, self.verified_now).manifest or manifest
+        missing = sorted(expected - unpacker.written)
+        if missing:
+            raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
+        unpacker.finish()
+        self.files, self.bytes = unpacker.files, unpacker.bytes
+        return manifest
+
+    def close(self) -> None:
+        if self.unpacker is not None:
+            self.unpacker.close()
+
+
 def _restore(
     journal: Journal,
     archive: str,
@@ -110,21 +194,31 @@ def _restore(
 ) -> Restored:
     manifest, verified_now = _manifest_of(archive, log)
     units = plan(manifest, dest_root, only, restored_targets(journal))
+    filler = _SetFiller(archive, manifest, log, verified_now)
+    return _swap_in(journal, archive, manifest, units, filler, log, stamp, started, recovered)
+
+
+def _swap_in(
+    journal: Journal,
+    archive: str,
+    manifest: dict[str, object],
+    units: list[Unit],
+    filler: Filler,
+    log: Log,
+    stamp: str,
+    started: float,
+    recovered: list[dict[str, object]],
+    before_swap: Callable[[], None] | None = None,
+) -> Restored:
     _refuse_stuck(journal, [u.swap_point for u in units])
-    dirs = {
-        "/" + str(f["path"]): (int(str(f["mode"]), 8), int(f["uid"]), int(f["gid"]), int(f.get("mtime", 0) or 0))
-        for f in manifest["files"]  # type: ignore[attr-defined]
-        if f.get("type") == "dir"
-    }
     record = journal.new(archive, [], stamp)
-    record.swaps = [SwapRecord(u.parent, u.name, _beside(u.name, "restore", record.id)) for u in units]
+    record.swaps = [SwapRecord(u.parent, u.name, beside(u.name, "restore", record.id)) for u in units]
     journal.save(record)
     result = Restored(
         archive, [], record.id, recovered=recovered, paths=[u.path for u in units], targets=[u.target for u in units]
     )
     fds: list[int] = []
     staged: list[int] = []
-    unpacker: StagingUnpacker | None = None
     try:
         for unit in units:
             fds.append(open_unit_parent(unit))
@@ -132,31 +226,22 @@ def _restore(
             swap.staged_id, staging_fd = make_staging(unit.kind, swap.staging, fd)
             staged.append(staging_fd)
         journal.save(record)
-        unpacker = StagingUnpacker(units, fds, [s.staging for s in record.swaps], staged, dirs)
-        expected = {
-            "/" + str(e["path"])
-            for e in manifest["files"]  # type: ignore[attr-defined]
-            if any(is_under("/" + str(e["path"]), u.path) for u in units)
-        }
-        log(f"restore: verifying {os.path.basename(archive)} and unpacking it beside the targets")
-        manifest = _verify(archive, log, unpacker, verified_now).manifest or manifest
+        manifest = filler.fill(units, fds, record, staged, journal)
         result.manifest = manifest
-        missing = sorted(expected - unpacker.written)
-        if missing:
-            raise RestoreError(f"{len(missing)} member(s) of the set were not restored, first {missing[0]}")
-        unpacker.finish()
         os.sync()
         for unit, swap, fd in zip(units, record.swaps, fds):
             if unit.kind == "symlink":
                 swap.staged_id = identity(fd, swap.staging)  # made only now
             elif identity(fd, swap.staging) != swap.staged_id:
                 raise RestoreError(f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped")
+        if before_swap is not None:
+            before_swap()
         record.state = "swapping"
         journal.save(record)
         for swap, fd in zip(record.swaps, fds):
             previous = identity(fd, swap.name)
             if previous:
-                swap.safety = _beside(swap.name, "safety", record.id)
+                swap.safety = beside(swap.name, "safety", record.id)
                 if identity(fd, swap.safety):
                     raise RestoreError(f"{swap.safety_path} already exists; it was not made by this restore")
                 swap.previous_id = previous
@@ -169,11 +254,10 @@ def _restore(
             result.swaps.append(Swap(swap.target, swap.safety_path))
         record.state = "swapped"
         journal.save(record)
-        result.files, result.bytes = unpacker.files, unpacker.bytes
+        result.files, result.bytes = filler.files, filler.bytes
         result.recovered += supersede(journal, record, log)
     except BaseException as exc:
-        if unpacker is not None:
-            unpacker.close()
+        filler.close()
         reason = sentence(exc)
         try:
             _undo(record)
@@ -187,7 +271,7 @@ def _restore(
         if isinstance(exc, KeyboardInterrupt):
             raise
         if isinstance(exc, VerificationError) and reason == str(exc):
-            raise VerificationError(reason) from exc  # nothing else went wrong: the set did not verify
+            raise VerificationError(reason) from exc  # nothing else went wrong: the content did not verify
         raise RestoreError(reason) from exc
     finally:
         for fd in fds + [f for f in staged if f >= 0]:
@@ -227,6 +311,20 @@ def check(
     if not checked:
         manifest = _verify(archive, log, None, False).manifest or manifest
     return manifest, units
+
+
+def check_manifest(
+    manifest: dict[str, object], dest_root: str = "/", only: Iterable[str] | None = None, state_dir: str | None = None
+) -> list[Unit]:
+    """:func:`check` for content that is not a set (a repository's snapshot): where its trees would go, refusing
+    what a restore would refuse; changes nothing."""
+    journal = Journal(state_dir)
+    units = plan(manifest, dest_root, only, restored_targets(journal))
+    try:
+        _refuse_stuck(journal, [u.swap_point for u in units])
+    except JournalError as exc:
+        raise RestoreError(str(exc)) from exc
+    return units
 
 
 def _manifest_of(archive: str, log: Log) -> tuple[dict[str, object], bool]:
@@ -272,6 +370,7 @@ def _undo(record: Record) -> None:
     what. Then, per tree: the restored tree is renamed aside, the safety copy renamed back, the tree removed, so a
     kill at any point leaves something the next run finishes.
     """
+    remove_scratch(record)
     steps: list[tuple[SwapRecord, int]] = []
     try:
         for swap in reversed(record.swaps):
@@ -290,11 +389,27 @@ def _undo(record: Record) -> None:
             os.close(fd)
 
 
+def remove_scratch(record: Record) -> None:
+    """Remove the fetch directories ``record`` made (only the very directories it made: device and inode)."""
+    for scratch in record.scratch:
+        try:
+            fd = open_parent(scratch.parent)
+        except JournalError:
+            continue  # its parent is gone: so is it
+        try:
+            found = identity(fd, scratch.name)
+            if found and (found == scratch.made_id or (not scratch.made_id and _made_here(fd, scratch.name))):
+                safe_fs.remove_tree(scratch.name, fd)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _aside(record: Record, swap: SwapRecord) -> str:
-    return _beside(swap.name, "undone", record.id)
+    return beside(swap.name, "undone", record.id)
 
 
-def _beside(name: str, what: str, restore_id: str) -> str:
+def beside(name: str, what: str, restore_id: str) -> str:
     """The hidden name of a staging tree, a safety copy or a tree being undone, next to ``name``: short enough
     for any name (the restore id keeps it unique)."""
     raw = name.encode("utf-8", "surrogateescape")

@@ -18,8 +18,9 @@ import json
 import os
 import re
 import subprocess
+import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,9 +166,13 @@ class Restic:
         env.update(self.repo.env)
         return env
 
-    def call(self, args: Sequence[str], check: bool = True, timeout: float | None = None) -> Result:
-        """``restic ARGS`` for this repository; with ``check``, a failure raises its one sentence."""
+    def call(
+        self, args: Sequence[str], check: bool = True, timeout: float | None = None, pass_fds: Sequence[int] = ()
+    ) -> Result:
+        """``restic ARGS`` for this repository; with ``check``, a failure raises its one sentence. ``pass_fds``: open
+        descriptors restic inherits (a directory it reaches as ``/proc/self/fd/N``)."""
         argv = [self.binary, *args]
+        extra: dict[str, Any] = {"pass_fds": tuple(pass_fds)} if pass_fds else {}
         try:
             done = self._run(
                 argv,
@@ -178,6 +183,7 @@ class Restic:
                 errors="replace",
                 timeout=timeout or self.timeout,
                 check=False,
+                **extra,
             )
         except FileNotFoundError:
             raise RepoError(f"restic is not installed ({self.binary}): apt-get install restic") from None
@@ -342,11 +348,66 @@ class Restic:
             why = problems[0] if problems else _last_line(result.err, self.repo) or f"exit status {result.code}"
             raise RepoError(f"restic check of {self.repo.shown} found damage: {_scrub(why, self.repo)}")
 
+    def ls(self, snapshot_id: str, limit: int) -> Iterator[dict[str, Any]]:
+        """Every node of a snapshot (``restic ls --json``: name, type, path, uid, gid, size, mode), in tree order,
+        read as restic writes them; more than ``limit`` nodes raises (a hostile snapshot cannot fill memory)."""
+        _snapshot_id(snapshot_id)
+        argv = [self.binary, "ls", "--json", "--no-lock", snapshot_id]
+        try:
+            proc = subprocess.Popen(
+                argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except FileNotFoundError:
+            raise RepoError(f"restic is not installed ({self.binary}): apt-get install restic") from None
+        assert proc.stdout is not None and proc.stderr is not None  # noqa: S101
+        err: list[bytes] = []
+        reader = threading.Thread(target=lambda: err.append(proc.stderr.read(1 << 20)), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        count = 0
+        try:
+            for raw in proc.stdout:
+                if len(raw) > 64 * 1024:
+                    raise RepoError(f"snapshot {snapshot_id[:8]} in {self.repo.shown} lists a node too long to be one")
+                try:
+                    node = json.loads(raw)
+                except ValueError:
+                    continue
+                if not isinstance(node, dict) or node.get("struct_type") != "node":
+                    continue
+                count += 1
+                if count > limit:
+                    raise RepoError(f"snapshot {snapshot_id[:8]} in {self.repo.shown} holds more than {limit} entries")
+                yield node
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.wait()
+            reader.join()
+            proc.stderr.close()
+        if proc.returncode != 0:
+            raise self.failure("ls", Result(proc.returncode, "", b"".join(err).decode(errors="replace")))
+
+    def dump(self, snapshot_id: str, path: str) -> str:
+        """The content of one file of a snapshot, as text (``restic dump``); the caller knows its size from
+        :meth:`ls` and asks only for files it can hold."""
+        _snapshot_id(snapshot_id)
+        return self.call(["dump", "--no-lock", snapshot_id, path]).out
+
     def restore(self, snapshot_id: str, target: str) -> None:
-        """``restic restore`` of one snapshot into ``target`` (a new, empty directory)."""
-        if not re.fullmatch(r"[0-9a-f]{8,64}", snapshot_id):
-            raise RepoError(f"{snapshot_id!r} is not a snapshot id")
-        self.call(["restore", snapshot_id, "--target", target])
+        """``restic restore`` of one snapshot into ``target`` (a new, empty directory): a hand restore, as the docs
+        describe it (the collection's own restore uses :meth:`restore_into` and checks everything first)."""
+        self.call(["restore", _snapshot_id(snapshot_id), "--target", target])
+
+    def restore_into(self, snapshot_id: str, dir_fd: int, includes: Sequence[str] = ()) -> None:
+        """``restic restore`` of a snapshot (or the ``includes``: exact paths, their trees with them) into the
+        directory open as ``dir_fd``, which restic reaches through ``/proc/self/fd``: never by a name someone could
+        swap for a link meanwhile."""
+        _snapshot_id(snapshot_id)
+        args = ["restore", snapshot_id, "--target", f"/proc/self/fd/{dir_fd}"]
+        for path in includes:
+            args += ["--include", glob_escape(path)]
+        self.call(args, pass_fds=[dir_fd])
 
     def add_key(self, new_password_file: str) -> str:
         """A second key (``restic key add``), its password read from a file; the new key's id."""
@@ -372,6 +433,18 @@ _CHECK_PROBLEM = re.compile(
     r"does not match|mismatch|damaged|not found|invalid|unreferenced|missing|error", re.IGNORECASE
 )
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=@+-]{1,200}\Z")
+
+
+def _snapshot_id(snapshot_id: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{8,64}", snapshot_id):
+        raise RepoError(f"{snapshot_id!r} is not a snapshot id")
+    return snapshot_id
+
+
+def glob_escape(path: str) -> str:
+    """A path as a restic include/exclude pattern that matches it alone (``*``, ``?``, ``[``, ``]`` and ``\\``
+    escaped)."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in path)
 
 
 def _tag(tag: str) -> str:
