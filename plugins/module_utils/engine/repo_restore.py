@@ -26,12 +26,11 @@ from .. import safe_fs
 from .._common import AppError, Log, RestoreError, no_log, write_all
 from ..apps.base import Application
 from ..repos import fetch
-from ..repos.restic import RepoError, Restic
+from ..repos.restic import VERIFIED_TAG, RepoError, Restic
 from ..sets.restore import Unit, _set_metadata, is_under
 from . import restore, swap
 from .journal import Journal, Record, Scratch
 
-VERIFIED_TAG = "verified=restore"
 _COPY = 8 * 1024 * 1024
 
 

@@ -35,6 +35,8 @@ STORE_ENV = re.compile(
     r"^(AWS_[A-Z_]+|RESTIC_REST_[A-Z_]+|B2_[A-Z_]+|AZURE_[A-Z_]+|GOOGLE_[A-Z_]+|OS_[A-Z_]+|ST_[A-Z_]+|"
     r"RCLONE_[A-Z_]+|RESTIC_COMPRESSION|RESTIC_PACK_SIZE|SSH_AUTH_SOCK)$"
 )
+# The tag a snapshot gets once a restore from it passed every check; retention never forgets the newest so tagged.
+VERIFIED_TAG = "verified=restore"
 _DEFAULT_TIMEOUT = 6 * 3600.0
 _UNREACHABLE_RE = re.compile(
     r"connection refused|no such host|i/o timeout|network is unreachable|context deadline exceeded|"
