@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -40,7 +41,7 @@ from make_dataset import dataset
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Log, no_log
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
-from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, repo_backup
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, repo_backup, repo_restore, restore
 from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Repository, Restic
 
 MIB = 1024 * 1024
@@ -91,10 +92,34 @@ def plain_restic(restic: Restic, tree: str) -> tuple[float, int]:
 
 def ours(restic: Restic, tree: str, dest: str) -> tuple[float, int]:
     app = Tree(tree)
-    options = backup.Options(dest=dest)
+    options = backup.Options(dest=dest, host="bench-ours")
     started = time.monotonic()
     done = repo_backup.run(app, repo_backup.plan(app, "hot", options), [restic], options)
     return time.monotonic() - started, done.outcomes[0].data_added
+
+
+def plain_restore(restic: Restic, target: str) -> float:
+    """``restic restore`` of the plain repository's newest snapshot, then every file read and hashed (what our
+    manifest check costs at least): the issue's anchor."""
+    shutil.rmtree(target, ignore_errors=True)
+    started = time.monotonic()
+    restic.restore(str(restic.latest(["plain"], "bench")["id"]), target)  # type: ignore[index]
+    for path in Path(target).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+    return time.monotonic() - started
+
+
+def our_restore(restic: Restic, tree: str, state: str) -> float:
+    app = Tree(tree)
+    options = restore.Options(state_dir=state)
+    started = time.monotonic()
+    planned = repo_restore.plan(app, restic, options, host="bench-ours")
+    restore.run(app, planned, options)
+    return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,11 +161,23 @@ def main(argv: list[str] | None = None) -> int:
                 else ours(repos["ours"], tree, str(run / "backups"))
             )
         days.append(measured)
+    restores: list[tuple[float, float]] = []
+    for attempt in range(2):
+        first_of = ("restic", "ours") if attempt % 2 == 0 else ("ours", "restic")
+        timed: dict[str, float] = {}
+        for who in first_of:
+            os.sync()
+            if who == "restic":
+                timed[who] = plain_restore(repos["plain"], str(run / "plain-restore"))
+            else:
+                timed[who] = our_restore(repos["ours"], tree, str(run / "state"))
+        restores.append((timed["restic"], timed["ours"]))
     report = {
         "first": {k: {"seconds": round(v[0], 2), "added_mib": round(v[1] / MIB, 1)} for k, v in first.items()},
         "days": [
             {k: {"seconds": round(v[0], 2), "added_mib": round(v[1] / MIB, 2)} for k, v in d.items()} for d in days
         ],
+        "restore": [{"restic+hash": round(r, 2), "ours": round(o, 2)} for r, o in restores],
     }
     print(json.dumps(report, indent=1))
     first_ratio = first["ours"][0] / first["restic"][0]
@@ -149,6 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first backup, wall:        ours / restic = {first_ratio:.2f}x  (target <= 1.2x)")
     print(f"a day's backup, wall:      ours / restic = {day_ratio:.2f}x  (target <= 1.2x, median of {len(days)})")
     print(f"bytes added a day:         ours / restic = {bytes_ratio:.2f}x  (target <= 1.5x)")
+    restore_ratio = statistics.median(o / r for r, o in restores)
+    print(
+        f"restore from a local repo: ours / (restic restore + hash every file) = {restore_ratio:.2f}x  "
+        f"(target <= 1.2x, median of {len(restores)})"
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -161,6 +162,8 @@ class Filler:
                 self.restic.restore_into(self.snap.id, group.scratch_fd, includes)
             except RepoError as exc:
                 raise RestoreError(str(exc)) from exc
+            # Write back what restic wrote while it is checked: the sync before the swap stays short.
+            threading.Thread(target=os.sync, daemon=True).start()
             self.log("restore: checking every file restic wrote against the snapshot's manifest")
             checked = fetch.check_tree(self.snap, group.scratch_fd, paths)
             self.warnings += checked.warnings

@@ -398,10 +398,16 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
     if problems:
         raise VerificationError(f"refusing to restore snapshot {short}: {problems[0]}")
     checked = Checked()
+    databases = sorted(
+        ((path, rel, int(want.get("size", 0) or 0)) for (path, rel, want) in jobs if want.get("sqlite")),  # type: ignore[call-overload]
+        key=lambda d: -d[2],
+    )
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        hashed = list(pool.map(lambda job: _hash(top_fd, job[1]), jobs))
-        databases = [(path, rel) for (path, rel, want) in jobs if want.get("sqlite")]
-        integrity = list(pool.map(lambda job: _integrity_of_file(f"/proc/self/fd/{top_fd}/{job[1]}"), databases))
+        # The largest databases' integrity checks first, the hashes beside them (SQLite and hashlib release the GIL).
+        checks = [pool.submit(_integrity_of_file, f"/proc/self/fd/{top_fd}/{rel}") for _p, rel, _s in databases]
+        hashes = [pool.submit(_hash, top_fd, rel) for _p, rel, _w in jobs]
+        hashed = [f.result() for f in hashes]
+        integrity = [f.result() for f in checks]
     for (path, _rel, want), (digest, size) in zip(jobs, hashed):
         if size < 0:
             problems.append(f"{path} is not a regular file in what restic wrote")
@@ -412,7 +418,7 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
                 problems.append(f"{path} in snapshot {short} does not match its sha256 in the manifest")
         checked.files += 1
         checked.bytes += max(size, 0)
-    for (path, _rel), result in zip(databases, integrity):
+    for (path, _rel, _size), result in zip(databases, integrity):
         checked.databases += 1
         if result != "ok":
             problems.append(f"database {path} in snapshot {short} fails integrity_check: {result}")
