@@ -551,6 +551,7 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
     return {
         "directory": directory,
         "apps": apps,
+        "repositories": _repository_status(config, recorded, now, log),
         "pending_restores": swap.pending(config.get("state_dir")),
         "leftovers": leftovers(directory) if os.path.isdir(directory) else [],
         "operations": operations,
@@ -560,6 +561,37 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
         "state_problem": store.problem,
         "running": held(config.get("state_dir")),
     }
+
+
+def _repository_status(
+    config: dict[str, Any], recorded: dict[str, object], now: float, log: Progress
+) -> dict[str, Any]:
+    """Per repository (configured now, or recorded): each operation's last attempt, success and failure with their
+    ages, and the snapshots its last backup counted."""
+    try:
+        configured = repo_config.repositories(config)
+    except repo_config.RepoConfigError as exc:
+        log(f"warning: {exc}")
+        configured = {}
+    seen = dict(recorded.get("repositories") or {})  # type: ignore[call-overload]
+    found: dict[str, Any] = {}
+    for name in [*configured, *(n for n in seen if n not in configured)]:
+        about: dict[str, Any] = {}
+        if name in configured:
+            about.update(location=public(configured[name].location), required=configured[name].required)
+        else:
+            about["configured"] = False
+        for operation, runs in dict(seen.get(name) or {}).items():
+            if not isinstance(runs, dict):
+                about[operation] = runs
+                continue
+            timeline = {}
+            for key, entry in runs.items():
+                when = state.timestamp(entry.get("at")) if isinstance(entry, dict) else None
+                timeline[key] = {**entry, "age_hours": round((now - when) / 3600, 1)} if when is not None else entry
+            about[operation] = timeline
+        found[name] = about
+    return found
 
 
 def run_schedule(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> tuple[dict[str, Any], int]:
@@ -866,7 +898,9 @@ def _text(command: str, result: dict[str, Any]) -> str:
         return "\n".join([*lines, *result.get("actions", [])])
     if command == "restore" and "restore_id" in result:
         started = ", ".join(result["started"]) or "nothing else"
-        lines = [f"restored {', '.join(result['targets'])} from {result['path']}; running: {started}"]
+        source = result.get("path") or f"snapshot {result['snapshot']['short_id']} of {result['repository']}"
+        lines = [f"restored {', '.join(result['targets'])} from {source}; running: {started}"]
+        lines += [f"warning: {w}" for w in result.get("warnings", [])]
         return "\n".join([*lines, *result.get("actions", []), *([result["warning"]] if result.get("warning") else [])])
     if command == "status":
         lines = [f"backup directory {result['directory']}"]
@@ -876,6 +910,7 @@ def _text(command: str, result: dict[str, Any]) -> str:
                 f"{about['verification']}"
             )
         lines += _operation_lines(result)
+        lines += _repository_lines(result.get("repositories") or {})
         lines += [f"restore {r['restore_id']} of {r['archive']} is {r['state']}" for r in result["pending_restores"]]
         if result["leftovers"]:
             lines.append(f"{len(result['leftovers'])} leftover(s) of interrupted runs (swept by the next backup)")
@@ -887,6 +922,30 @@ def _text(command: str, result: dict[str, Any]) -> str:
             f"deleted {len(result['deleted'])} set(s), freed {result['freed_bytes']} bytes; kept {len(result['kept'])}"
         )
     return json.dumps(result, indent=2, sort_keys=True, default=str)
+
+
+def _repository_lines(repositories: dict[str, Any]) -> list[str]:
+    lines = []
+    for name, about in repositories.items():
+        backup = about.get("backup") or {}
+        success, failure = backup.get("last_success"), backup.get("last_failure")
+        if success is None and failure is None:
+            lines.append(f"repository {name} ({about.get('location', '?')}): never backed up into")
+            continue
+        parts = []
+        if success:
+            added = success.get("data_added")
+            parts.append(
+                f"last backup {success.get('age_hours', '?')} h ago"
+                + (f", {added / 1048576:.1f} MiB added" if isinstance(added, int) else "")
+            )
+        if "snapshots" in about:
+            parts.append(f"{about['snapshots']} snapshot(s)")
+        attempt = backup.get("last_attempt") or {}
+        if failure and not attempt.get("ok"):
+            parts.append(f"last attempt failed {failure.get('age_hours', '?')} h ago: {failure.get('reason', '')}")
+        lines.append(f"repository {name}: " + "; ".join(parts))
+    return lines
 
 
 def _operation_lines(result: dict[str, Any]) -> list[str]:

@@ -204,3 +204,41 @@ def test_the_host_command_backs_up_into_every_repository_and_says_what_each_got(
     code, result = _cli(capsys, "backup", "--repo", "local", "--config", str(config))
     assert code == 2 and str(result["error"]).endswith("can be read by other users (mode 0644): chmod 600 it")
     assert "a long repository password" not in json.dumps(result)
+
+
+def test_status_and_the_metrics_say_per_repository_when_it_last_got_a_snapshot_and_what_it_cost(
+    tmp_path: Path,
+    tree: Path,
+    store: s3_store.Store,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cli, "application", lambda _name, _options: Tree(tree))
+    textfiles = tmp_path / "textfiles"
+    textfiles.mkdir()
+    config = _config(tmp_path, store)
+    text = config.read_text().replace('textfile_dir = ""', f'textfile_dir = "{textfiles}"')
+    config.write_text(f'state_dir = "{tmp_path}/state"\n' + text)
+    assert _cli(capsys, "backup", "--all-repos", "--config", str(config))[0] == 0
+    # The next day the S3 store refuses the credentials: the optional repository fails, the local one goes on.
+    (tmp_path / "secrets" / "s3.env").write_text("AWS_ACCESS_KEY_ID=nobody\nAWS_SECRET_ACCESS_KEY=wrong-key\n")
+    code, result = _cli(capsys, "backup", "--all-repos", "--config", str(config))
+    assert code == 0, result
+    code, status = _cli(capsys, "status", "--config", str(config))
+    assert code == 0, status
+    local, s3 = status["repositories"]["local"], status["repositories"]["s3"]  # type: ignore[index]
+    assert local["snapshots"] == 2 and local["backup"]["last_attempt"]["ok"] is True
+    assert 0 < local["backup"]["last_success"]["data_added"] < 1_000_000  # the second day: only what changed
+    assert s3["snapshots"] == 1 and s3["backup"]["last_attempt"]["ok"] is False
+    assert "refuses the store's credentials" in s3["backup"]["last_failure"]["reason"]
+    assert s3["location"].startswith("s3:http://127.0.0.1:") and s3["required"] is False
+    metrics = (textfiles / "selfhost_dr.prom").read_text()
+    assert 'selfhost_dr_repository_snapshots{repository="local"} 2' in metrics
+    assert 'selfhost_dr_repository_last_attempt_success{repository="s3",operation="backup"} 0' in metrics
+    assert 'selfhost_dr_repository_last_attempt_success{repository="local",operation="backup"} 1' in metrics
+    added = local["backup"]["last_success"]["data_added"]
+    assert f'selfhost_dr_repository_last_bytes_added{{repository="local"}} {added}' in metrics
+    code = cli.main(["status", "--config", str(config)])
+    lines = capsys.readouterr().out
+    assert code == 0 and "repository local: last backup 0.0 h ago" in lines and "2 snapshot(s)" in lines
+    assert "repository s3: last backup" in lines and "last attempt failed 0.0 h ago: repository s3" in lines

@@ -185,7 +185,7 @@ def test_every_metric_the_dashboard_and_the_alert_rules_query_is_one_the_textfil
     assert queried - written == set()
     assert len(queried & written) >= 12  # the rules and the dashboard cover the schedules too
     labels = set(re.findall(r"\$labels\.([a-z]+)", rules)) | set(re.findall(r"\{\{([a-z]+)\}\}", json.dumps(exprs)))
-    assert labels <= {"instance", "operation", "schedule", "state", "app"}
+    assert labels <= {"instance", "operation", "schedule", "state", "app", "repository"}
 
 
 def test_the_schedule_metrics_name_each_schedule_with_its_next_run() -> None:

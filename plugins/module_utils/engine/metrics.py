@@ -36,6 +36,11 @@ HELP = {
     "schedule_last_duration_seconds": "How long the schedule's last finished run took.",
     "schedule_next_run_timestamp_seconds": "When the schedule's timer fires next (Unix time, before its random delay).",
     "schedule_sets": "Sets in the backup directory the schedule's retention keeps (of those made for it).",
+    "repository_last_success_timestamp_seconds": "When the operation last succeeded in the repository (Unix time).",
+    "repository_last_attempt_timestamp_seconds": "When the operation last ran in the repository (Unix time).",
+    "repository_last_attempt_success": "1 when the operation's last run succeeded in the repository, else 0.",
+    "repository_last_bytes_added": "Bytes the last successful backup added to the repository (restic's data_added).",
+    "repository_snapshots": "selfhost-dr snapshots of this host in the repository, counted by its last backup.",
 }
 
 
@@ -73,6 +78,33 @@ def _runs(
             samples[prefix + "last_duration_seconds"].append((label, float(duration)))
         if not prefix and success and isinstance(success.get("set_bytes"), int):
             samples["last_set_bytes"].append((label, float(success["set_bytes"])))  # type: ignore[arg-type]
+
+
+def _repositories(samples: dict[str, list[tuple[str, float]]], state: dict[str, object]) -> None:
+    recorded = state.get("repositories")
+    for name, about in sorted(recorded.items()) if isinstance(recorded, dict) else ():
+        if not isinstance(about, dict):
+            continue
+        repo = f'repository="{_escape(str(name))}"'
+        for operation, runs in sorted(about.items()):
+            if not isinstance(runs, dict) or not isinstance(runs.get("last_attempt"), dict):
+                continue
+            label = f'{repo},operation="{_escape(str(operation))}"'
+            attempt, success = runs["last_attempt"], runs.get("last_success")
+            when = timestamp(attempt.get("at"))
+            if when is not None:
+                samples["repository_last_attempt_timestamp_seconds"].append((label, when))
+            samples["repository_last_attempt_success"].append((label, 1.0 if attempt.get("ok") is True else 0.0))
+            if isinstance(success, dict):
+                done = timestamp(success.get("at"))
+                if done is not None:
+                    samples["repository_last_success_timestamp_seconds"].append((label, done))
+                added = success.get("data_added")
+                if operation == "backup" and isinstance(added, int) and not isinstance(added, bool):
+                    samples["repository_last_bytes_added"].append((repo, float(added)))
+        count = about.get("snapshots")
+        if isinstance(count, int) and not isinstance(count, bool):
+            samples["repository_snapshots"].append((repo, float(count)))
 
 
 def render(
@@ -122,6 +154,7 @@ def render(
             samples["last_verified_timestamp_seconds"].append((f'app="{_escape(app)}"', when))
         for state_name in SET_STATES:
             samples["sets"].append((f'state="{state_name}"', float(counts[state_name])))
+    _repositories(samples, state)
     lines: list[str] = []
     for name, help_text in HELP.items():
         if not samples[name]:

@@ -48,6 +48,7 @@ class Outcome:
     files_unmodified: int = 0
     seconds: float = 0.0
     tries: int = 0
+    snapshots: int = -1  # this host's selfhost-dr snapshots in the repository afterwards (-1: not counted)
     error: str = ""
 
     def as_dict(self) -> dict[str, object]:
@@ -186,6 +187,10 @@ def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log
             superseded.append(outcome.snapshot_id)
         restic.forget(superseded)
         outcome.ok = True
+        try:  # for status and the metrics; a repository that answered the backup but not this is no failure
+            outcome.snapshots = len(restic.snapshots(["selfhost-dr"], host))
+        except RepoError as exc:
+            log(f"{repo.shown}: the snapshots could not be counted ({exc})")
         log(
             f"{repo.shown}: snapshot {outcome.snapshot_id}, {outcome.data_added / 1048576:.1f} MiB added "
             f"({outcome.files_new} new, {outcome.files_changed} changed, {outcome.files_unmodified} unchanged files)"

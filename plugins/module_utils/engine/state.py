@@ -100,6 +100,11 @@ def _check(data: object) -> str:
     schedules = data.get("schedules", {})
     if not isinstance(schedules, dict):
         return "its schedules are not an object"
+    repositories = data.get("repositories", {})
+    if not isinstance(repositories, dict) or not all(
+        SCHEDULE_RE.match(str(k)) and isinstance(v, dict) for k, v in repositories.items()
+    ):
+        return "its repositories are not an object of repositories"
     for section, known in (("operations", OPERATIONS), ("schedules", None)):
         for name, about in data.get(section, {}).items():
             if (name not in known if known else not SCHEDULE_RE.match(name)) or not isinstance(about, dict):
@@ -165,6 +170,33 @@ class Store:
         about["last_attempt"] = entry
         if run.finished_at:
             about["last_success" if run.ok else "last_failure"] = entry
+        self.latest = data
+        self._write(data)
+
+    def record_repositories(self, run: Run, outcomes: list[dict[str, object]]) -> None:
+        """Each repository's outcome of ``run`` (a backup, prune or check into several repositories): its own last
+        attempt, success or failure per operation, the bytes a backup added and the snapshots it counted."""
+        data = self.read(set_aside=True)
+        section = data.setdefault("repositories", {})
+        for outcome in outcomes:
+            name = str(outcome.get("repository", ""))
+            if not SCHEDULE_RE.match(name):
+                continue
+            about = section.setdefault(name, {})  # type: ignore[attr-defined]
+            entry = {
+                "at": run.finished_at or iso(utc_now()),
+                "ok": outcome.get("ok") is True,
+                "reason": str(outcome.get("error") or ""),
+                "app": run.app,
+                "schedule": run.schedule,
+                "snapshot_id": str(outcome.get("snapshot_id") or ""),
+                "data_added": outcome.get("data_added") if isinstance(outcome.get("data_added"), int) else None,
+            }
+            runs = about.setdefault(run.operation, {})
+            runs["last_attempt"] = entry
+            runs["last_success" if entry["ok"] else "last_failure"] = entry
+            if isinstance(outcome.get("snapshots"), int) and outcome["snapshots"] >= 0:  # type: ignore[operator]
+                about["snapshots"] = outcome["snapshots"]
         self.latest = data
         self._write(data)
 

@@ -46,7 +46,7 @@ _UNREACHABLE_RE = re.compile(
 _USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")  # (a password may hold spaces)
 _REFUSED_RE = re.compile(
     r"Access Denied|InvalidAccessKeyId|SignatureDoesNotMatch|signature we calculated does not match|"
-    r"403 Forbidden|401 Unauthorized|permission denied \(",
+    r"403 Forbidden|401 Unauthorized|permission denied \(|access key ID you provided does not exist",
     re.IGNORECASE,
 )
 
