@@ -41,7 +41,19 @@ from ._common import Error, RollbackError, UsageError, VerificationError, iso, u
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import backup, journal, monitor, prune, repo_backup, repo_restore, restore, schedule, state, swap
+from .engine import (
+    backup,
+    journal,
+    monitor,
+    prune,
+    repo_backup,
+    repo_import,
+    repo_restore,
+    restore,
+    schedule,
+    state,
+    swap,
+)
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
 from .repos.restic import RepoError, Restic, public
@@ -354,6 +366,8 @@ def _backup_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Pr
 
 
 def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    if args.import_set:
+        return _import_into_repos(args, config, log)
     if args.repo or args.all_repos:
         return _backup_into_repos(args, config, log)
     name = _app(args, config)
@@ -367,6 +381,25 @@ def cmd_backup(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
         return {"app": name, "mode": mode, "would_write": planned.names, "stops": planned.stops, "files": planned.files}
     done = backup.run(app, planned, options, log)
     return {"app": name, "mode": mode, "stops": planned.stops, "sets": done.sets, "actions": done.actions}
+
+
+def _import_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    if not (args.repo or args.all_repos):
+        raise UsageError("--import puts a set into repositories: give --repo NAME or --all-repos")
+    repos = _chosen_repos(args, config)
+    chosen = None if args.import_set == "newest" else args.import_set
+    archive = _set_path(argparse.Namespace(**{**vars(args), "set": chosen}), config, _app(args, config))
+    if args.check:
+        return {"path": archive, "repositories": [r.repo.name for r in repos]}
+    done = repo_import.run(archive, repos, _dir(config), config.get("state_dir"), log)
+    return {
+        "path": archive,
+        "app": done.app,
+        "host": done.host,
+        "started_at": done.started_at,
+        "repositories": [o.as_dict() for o in done.outcomes],
+        "warnings": done.warnings,
+    }
 
 
 def cmd_verify(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
@@ -829,6 +862,13 @@ def parser() -> argparse.ArgumentParser:
         help="into this restic repository instead of a set (repeat)",
     )
     p.add_argument("--all-repos", action="store_true", help="into every repository of [repositories]")
+    p.add_argument(
+        "--import",
+        dest="import_set",
+        metavar="SET",
+        help="with --repo/--all-repos: put this existing set (a name in the backup directory, a path, or newest) "
+        "into the repositories as a snapshot dated when the set was made",
+    )
     p = sub.add_parser("verify", parents=[common, runs], help="verify a set end to end (default: the newest)")
     p.add_argument("set", nargs="?")
     p = sub.add_parser("list", parents=[common], help="the sets (or a repository's snapshots), newest first")

@@ -135,7 +135,7 @@ def _go_mode(node: dict[str, Any]) -> int:
 
 
 def read(restic: Restic, found: dict[str, Any], app: str) -> Snapshot:
-    """The snapshot's listing and its manifest, the listing checked for shape first (:func:`shape_problems`)."""
+    """The snapshot's listing and its manifest, the listing checked for shape first (:func:`_node_problem`)."""
     snap_id = str(found["id"])
     stage = stage_of(found, app)
     nodes: dict[str, dict[str, Any]] = {}
@@ -152,6 +152,13 @@ def read(restic: Restic, found: dict[str, Any], app: str) -> Snapshot:
     short = snap_id[:8]
     if problems:
         raise VerificationError(f"refusing to restore snapshot {short}: {problems[0]}")
+    if stage not in nodes:
+        # A snapshot restic made from relative paths (an imported set): its tree holds them from its root, while
+        # its paths say where they were read. The stage is the node those paths end with.
+        within = [p for p in nodes if stage.endswith(p) and p.endswith(f"/{STAGE_DIR}/{token(app)}")]
+        if len(within) != 1:
+            raise VerificationError(f"refusing to restore snapshot {short}: it holds no stage at {stage}")
+        stage = within[0]
     manifest_path = f"{stage}/{MANIFEST_MEMBER}"
     node = nodes.get(manifest_path)
     if node is None or node.get("type") != "file":

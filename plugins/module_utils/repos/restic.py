@@ -169,16 +169,25 @@ class Restic:
         return env
 
     def call(
-        self, args: Sequence[str], check: bool = True, timeout: float | None = None, pass_fds: Sequence[int] = ()
+        self,
+        args: Sequence[str],
+        check: bool = True,
+        timeout: float | None = None,
+        pass_fds: Sequence[int] = (),
+        cwd: str = "",
+        utc: bool = False,
     ) -> Result:
         """``restic ARGS`` for this repository; with ``check``, a failure raises its one sentence. ``pass_fds``: open
-        descriptors restic inherits (a directory it reaches as ``/proc/self/fd/N``)."""
+        descriptors restic inherits (a directory it reaches as ``/proc/self/fd/N``); ``cwd``: where it runs; ``utc``:
+        with ``TZ=UTC`` (times on its command line are UTC)."""
         argv = [self.binary, *args]
         extra: dict[str, Any] = {"pass_fds": tuple(pass_fds)} if pass_fds else {}
+        if cwd:
+            extra["cwd"] = cwd
         try:
             done = self._run(
                 argv,
-                env=self.environment(),
+                env={**self.environment(), **({"TZ": "UTC"} if utc else {})},
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,
@@ -300,17 +309,25 @@ class Restic:
         tags: Sequence[str],
         exclude_file: str = "",
         parent: str = "",
+        cwd: str = "",
+        time: str = "",
     ) -> dict[str, Any]:
         """``restic backup`` of ``paths``: the summary (``snapshot_id``, ``data_added``, ``files_new``, ...). With
-        ``parent``, files whose size, mtime, ctime and inode are unchanged since it are not read again."""
+        ``parent``, files whose size, mtime, ctime and inode are unchanged since it are not read again. Relative
+        ``paths`` (with ``cwd``) are stored as those paths from the snapshot's root; ``time`` (``YYYY-MM-DD
+        HH:MM:SS``, UTC) dates the snapshot."""
         args = ["backup", "--json", "--host", host]  # across mounts below a path, as the scan goes
+        if time:
+            if not re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", time):
+                raise RepoError(f"{time!r} is not a snapshot time (YYYY-MM-DD HH:MM:SS)")
+            args += ["--time", time]
         for tag in tags:
             args += ["--tag", _tag(tag)]
         if exclude_file:
             args += ["--exclude-file", exclude_file]
         if parent:
             args += ["--parent", parent]
-        result = self.call([*args, "--", *paths])
+        result = self.call([*args, "--", *paths], cwd=cwd, utc=bool(time))
         summary = [m for m in result.messages() if m.get("message_type") == "summary"]
         if not summary or not isinstance(summary[-1].get("snapshot_id"), str):
             raise RepoError(
