@@ -43,7 +43,7 @@ from .apps.tomo import Tomo
 from .engine import backup, journal, monitor, prune, repo_backup, restore, schedule, state, swap
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
-from .repos.restic import RepoError, Restic, public
+from .repos.restic import Restic, public
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -327,18 +327,15 @@ def _backup_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Pr
     repos = _chosen_repos(args, config)
     options = _backup_options(config, args.label, False)
     planned = repo_backup.plan(app, mode, options, check=args.check)
-    if args.check:  # the repositories must be there (or be created) and open with their passwords
-        for restic in repos:
-            if not restic.exists() and not restic.repo.init:
-                raise RepoError(
-                    f"{restic.repo.shown} does not exist: no restic repository is there (init: true creates one)"
-                )
+    if args.check:  # there (or created by init) and opened by its password; an optional one's failure a warning
+        checked = repo_backup.preflight(name, mode, repos, log)
         return {
             "app": name,
             "mode": mode,
             "stops": planned.stops,
             "files": planned.files,
             "repositories": [r.repo.name for r in repos],
+            **({"warnings": checked.warnings} if checked.warnings else {}),
         }
     done = repo_backup.run(app, planned, repos, options, log, args.schedule or "")
     return {
