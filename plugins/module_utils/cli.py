@@ -55,6 +55,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNVERIFIED, EXIT_ROLLBACK, EXIT_INTERRUPT
 
 
 _SCHEDULES_PATH = "\x00schedules.toml"  # where load_config noted schedules.toml's path (no TOML key can be this)
+_CONFIG_PATH = "\x00config.toml"  # and the configuration's own (a schedule's repositories are checked against it)
 
 
 def load_config(path: str | None, missing_ok: bool = False) -> dict[str, Any]:
@@ -75,6 +76,7 @@ def load_config(path: str | None, missing_ok: bool = False) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"the configuration {chosen} cannot be read: {exc}") from exc
     config[_SCHEDULES_PATH] = os.path.join(os.path.dirname(os.path.abspath(chosen)), schedule.SCHEDULES_FILE)
+    config[_CONFIG_PATH] = chosen
     return config
 
 
@@ -566,6 +568,14 @@ def run_schedule(args: argparse.Namespace, config: dict[str, Any], log: Progress
 def _step_backup(
     chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
 ) -> dict[str, Any]:
+    if chosen.into_repositories:  # its repositories instead of a set: one snapshot and one outcome each
+        every = chosen.repositories == (schedule.ALL_REPOSITORIES,)
+        names = [] if every else list(chosen.repositories)
+        args = argparse.Namespace(
+            app=chosen.app, mode=chosen.mode, label=chosen.label, repo=names, all_repos=every, check=False
+        )
+        args.schedule, args.config = chosen.name, config.get(_CONFIG_PATH)
+        return {**_backup_into_repos(args, config, log), "shared": False, "sets": []}
     options = _backup_options(config, chosen.label, "verify" not in chosen.operations)
     label = options.label or chosen.mode
     directory = _dir(config)
