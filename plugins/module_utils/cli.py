@@ -339,7 +339,13 @@ def _backup_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Pr
             "repositories": [r.repo.name for r in repos],
             **({"warnings": checked.warnings} if checked.warnings else {}),
         }
-    done = repo_backup.run(app, planned, repos, options, log, args.schedule or "")
+    started = iso(utc_now())
+    try:
+        done = repo_backup.run(app, planned, repos, options, log, args.schedule or "")
+    except repo_backup.RepositoryFailedError as exc:  # each repository's outcome is recorded, also then
+        repo_backup.record(exc.result.outcomes, config.get("state_dir"), started, args.schedule or "", log)
+        raise
+    repo_backup.record(done.outcomes, config.get("state_dir"), started, args.schedule or "", log)
     return {
         "app": name,
         "mode": mode,
@@ -518,6 +524,7 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
         "state_file": store.path,
         "state_problem": store.problem,
         "running": held(config.get("state_dir")),
+        "repositories": recorded.get("repositories") or {},
     }
 
 

@@ -184,9 +184,14 @@ def main() -> None:
             planned = repo_backup.plan(app, p["mode"], options, check=True)
             result = repo_backup.preflight(p["app"], planned.mode, repos)
         else:
-            with recorded(p["state_dir"], "backup", p["app"], p["lock_wait"], module.log):
+            with recorded(p["state_dir"], "backup", p["app"], p["lock_wait"], module.log) as run:
                 planned = repo_backup.plan(app, p["mode"], options)
-                result = repo_backup.run(app, planned, repos, options, module.log, p["schedule"])
+                try:
+                    result = repo_backup.run(app, planned, repos, options, module.log, p["schedule"])
+                except repo_backup.RepositoryFailedError as exc:  # each outcome in state.json, also then
+                    repo_backup.record(exc.result.outcomes, p["state_dir"], run.started_at, p["schedule"], module.log)
+                    raise
+                repo_backup.record(result.outcomes, p["state_dir"], run.started_at, p["schedule"], module.log)
     except repo_backup.RepositoryFailedError as exc:
         module.fail_json(msg=str(exc), repositories=[o.as_dict() for o in exc.result.outcomes])
     except Error as exc:

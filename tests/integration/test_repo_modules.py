@@ -65,7 +65,9 @@ def _backup_args(tmp_path: Path, **over: object) -> dict[str, object]:
     }
 
 
-def test_check_mode_then_a_snapshot_per_repository_then_the_catalog(tmp_path: Path, store: s3_store.Store) -> None:
+def test_check_mode_then_a_snapshot_per_repository_then_the_catalog(
+    tmp_path: Path, store: s3_store.Store, state_dir: Path
+) -> None:
     tomo_fixture.create(str(tmp_path / "tomo.db"), "source")
     _install(tmp_path, store)
     args = _backup_args(tmp_path)
@@ -92,6 +94,10 @@ def test_check_mode_then_a_snapshot_per_repository_then_the_catalog(tmp_path: Pa
     assert [o["created"] for o in second["repositories"]] == [False, False]
     assert all(o["ok"] for o in second["repositories"]), second["repositories"]
 
+    recorded = json.loads((state_dir / "state.json").read_text())["repositories"]
+    assert [recorded[n]["last_success"]["snapshot_id"] for n in ("local", "s3")] == [
+        o["snapshot_id"] for o in second["repositories"]
+    ]
     listed = run_module("repo_snapshots", {"config_path": args["config_path"], "app": "tomo"}, check=True)
     assert listed["changed"] is False and listed["count"] == 4, listed
     for name, outcome in zip(("local", "s3"), second["repositories"], strict=True):
@@ -105,7 +111,7 @@ def test_check_mode_then_a_snapshot_per_repository_then_the_catalog(tmp_path: Pa
 
 
 def test_a_failing_optional_repository_warns_and_a_failing_required_one_fails_also_in_check_mode(
-    tmp_path: Path, store: s3_store.Store
+    tmp_path: Path, store: s3_store.Store, state_dir: Path
 ) -> None:
     tomo_fixture.create(str(tmp_path / "tomo.db"), "source")
     wrong = {**store.env, "AWS_SECRET_ACCESS_KEY": "not-the-key-at-all"}
@@ -126,6 +132,9 @@ def test_a_failing_optional_repository_warns_and_a_failing_required_one_fails_al
         suffix = "local would get the snapshot" if check else "local got the snapshot"
         assert failed["msg"].endswith(suffix), failed["msg"]
         assert [o["ok"] for o in failed["repositories"]] == [True, False]
+    recorded = json.loads((state_dir / "state.json").read_text())["repositories"]
+    assert recorded["s3"]["last_attempt"]["ok"] is False and recorded["local"]["last_attempt"]["ok"] is True
+    assert "refuses the store's credentials" in recorded["s3"]["last_failure"]["error"]
     listed = run_module("repo_snapshots", {"config_path": args["config_path"], "repositories": ["s3"]})
     assert listed.get("failed") and "refuses the store's credentials" in listed["msg"], listed
 

@@ -17,7 +17,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Re
 from . import test_heartbeat
 from .test_engine import Recorder
 from .test_heartbeat import run_json
-from .test_schedule_runs import config_of, schedules_toml, state_json
+from .test_schedule_runs import config_of, prom, schedules_toml, state_json
 
 app, data = test_heartbeat.app, test_heartbeat.data
 _keep_signal_handlers = test_heartbeat._keep_signal_handlers
@@ -84,12 +84,23 @@ def test_a_run_backs_up_into_its_repositories_and_writes_no_set(
     assert not list((tmp_path / "sets").glob("*.tar.*")), "a repository schedule wrote a set"
     (snapshot,) = Restic(Repository("local", str(tmp_path / "local"), str(password))).snapshots(["selfhost-dr"])
     assert "schedule=offsite" in snapshot["tags"]
-    assert state_json(state_dir)["schedules"]["offsite"]["last_success"]["operation"] == "backup"  # type: ignore[index]
+    recorded = state_json(state_dir)
+    assert recorded["schedules"]["offsite"]["last_success"]["operation"] == "backup"  # type: ignore[index]
+    local = recorded["repositories"]["local"]["last_success"]  # type: ignore[index]
+    assert local["snapshot_id"] == step["repositories"][0]["snapshot_id"] and local["schedule"] == "offsite"
+    assert local["data_added"] > 0 and local["ok"] is True
+    text = prom(tmp_path)
+    assert 'selfhost_dr_repository_last_attempt_success{repository="local"} 1' in text
+    assert f'selfhost_dr_repository_last_data_added_bytes{{repository="local"}} {local["data_added"]}' in text
+    assert 'selfhost_dr_repository_last_success_timestamp_seconds{repository="local"}' in text
 
     code, result = run_json(capsys, config, "run", "everywhere")
     assert code == 0, result
     outcomes = result["operations"]["backup"]["repositories"]  # type: ignore[index]
     assert [(o["repository"], o["ok"]) for o in outcomes] == [("local", True), ("second", True)]
+
+    code, status = run_json(capsys, config, "status")
+    assert code == 0 and sorted(status["repositories"]) == ["local", "second"], status  # type: ignore[arg-type]
 
     schedules_toml(tmp_path, gone={**row, "repositories": ["nas"]})
     code, result = run_json(capsys, config, "run", "gone")

@@ -36,6 +36,9 @@ HELP = {
     "schedule_last_duration_seconds": "How long the schedule's last finished run took.",
     "schedule_next_run_timestamp_seconds": "When the schedule's timer fires next (Unix time, before its random delay).",
     "schedule_sets": "Sets in the backup directory the schedule's retention keeps (of those made for it).",
+    "repository_last_success_timestamp_seconds": "When the repository last got a snapshot (Unix time).",
+    "repository_last_attempt_success": "1 when the repository's last backup got its snapshot, 0 when it failed.",
+    "repository_last_data_added_bytes": "Bytes the repository's last snapshot added to it (after deduplication).",
 }
 
 
@@ -73,6 +76,23 @@ def _runs(
             samples[prefix + "last_duration_seconds"].append((label, float(duration)))
         if not prefix and success and isinstance(success.get("set_bytes"), int):
             samples["last_set_bytes"].append((label, float(success["set_bytes"])))  # type: ignore[arg-type]
+
+
+def _repositories(samples: dict[str, list[tuple[str, float]]], state: dict[str, object]) -> None:
+    """Per repository (state.json's ``repositories``): its last snapshot's time and bytes added, its last attempt."""
+    recorded = state.get("repositories")
+    for name, about in sorted(recorded.items()) if isinstance(recorded, dict) else ():
+        label = f'repository="{_escape(str(name))}"'
+        attempt, success = (about.get(k) if isinstance(about, dict) else None for k in ("last_attempt", "last_success"))
+        if isinstance(success, dict):
+            when = timestamp(success.get("finished_at"))
+            if when is not None:
+                samples["repository_last_success_timestamp_seconds"].append((label, when))
+            added = success.get("data_added")
+            if isinstance(added, int) and not isinstance(added, bool):
+                samples["repository_last_data_added_bytes"].append((label, float(added)))
+        if isinstance(attempt, dict):
+            samples["repository_last_attempt_success"].append((label, 1.0 if attempt.get("ok") is True else 0.0))
 
 
 def render(
@@ -122,6 +142,7 @@ def render(
             samples["last_verified_timestamp_seconds"].append((f'app="{_escape(app)}"', when))
         for state_name in SET_STATES:
             samples["sets"].append((f'state="{state_name}"', float(counts[state_name])))
+    _repositories(samples, state)
     lines: list[str] = []
     for name, help_text in HELP.items():
         if not samples[name]:

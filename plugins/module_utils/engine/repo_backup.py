@@ -29,7 +29,7 @@ from ..apps.base import Application, Facts
 from ..repos.restic import NoRepositoryError, RepoError, Restic
 from ..repos.stage import Staged, refuse_inside, rehash, stage, unstable
 from ..sets.names import default_host
-from . import backup
+from . import backup, state
 
 TRIES = 3
 
@@ -77,6 +77,15 @@ class RepositoryFailedError(BackupError):
     def __init__(self, message: str, result: Result) -> None:
         super().__init__(message)
         self.result = result
+
+
+def record(outcomes: Sequence[Outcome], state_dir: str | None, started_at: str, schedule: str, log: Log) -> None:
+    """Each repository's outcome in state.json (``repositories``), for ``selfhost-dr status`` and the metrics; under
+    the host lock, which the caller holds. A state.json that cannot be written never fails the run (it is logged)."""
+    try:
+        state.Store(state_dir).record_repositories([o.as_dict() for o in outcomes], started_at, schedule)
+    except state.StateError as exc:
+        log(f"the repositories' outcomes were not recorded: {exc}")
 
 
 def tags(app: str, mode: str, schedule: str = "") -> list[str]:

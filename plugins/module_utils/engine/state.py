@@ -100,6 +100,9 @@ def _check(data: object) -> str:
     schedules = data.get("schedules", {})
     if not isinstance(schedules, dict):
         return "its schedules are not an object"
+    repositories = data.get("repositories", {})
+    if not isinstance(repositories, dict) or not all(isinstance(v, dict) for v in repositories.values()):
+        return "its repositories are not an object of objects"
     for section, known in (("operations", OPERATIONS), ("schedules", None)):
         for name, about in data.get(section, {}).items():
             if (name not in known if known else not SCHEDULE_RE.match(name)) or not isinstance(about, dict):
@@ -165,6 +168,25 @@ class Store:
         about["last_attempt"] = entry
         if run.finished_at:
             about["last_success" if run.ok else "last_failure"] = entry
+        self.latest = data
+        self._write(data)
+
+    def record_repositories(self, outcomes: list[dict[str, object]], started_at: str, schedule: str = "") -> None:
+        """Each repository's outcome of one backup (``repo_backup.Outcome.as_dict()``) as its last attempt and its
+        last success or last failure (``repositories`` in state.json; no secret: locations are shown without
+        credentials)."""
+        if not outcomes:
+            return
+        data = self.read(set_aside=True)
+        section = data.setdefault("repositories", {})
+        finished = iso(utc_now())
+        for outcome in outcomes:
+            keys = ("ok", "snapshot_id", "created", "data_added", "files_new", "files_changed", "seconds", "error")
+            entry = {"started_at": started_at, "finished_at": finished, "schedule": schedule}
+            entry.update({k: outcome.get(k) for k in keys})
+            about = section.setdefault(str(outcome.get("repository")), {})  # type: ignore[attr-defined]
+            about["last_attempt"] = entry
+            about["last_success" if entry["ok"] else "last_failure"] = entry
         self.latest = data
         self._write(data)
 
