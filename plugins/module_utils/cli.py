@@ -56,7 +56,7 @@ from .engine import (
 )
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
-from .repos.restic import RepoError, Restic, public
+from .repos.restic import Restic, public
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -68,6 +68,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNVERIFIED, EXIT_ROLLBACK, EXIT_INTERRUPT
 
 
 _SCHEDULES_PATH = "\x00schedules.toml"  # where load_config noted schedules.toml's path (no TOML key can be this)
+_CONFIG_PATH = "\x00config.toml"  # and the configuration's own (a schedule's repositories are checked against it)
 
 
 def load_config(path: str | None, missing_ok: bool = False) -> dict[str, Any]:
@@ -88,6 +89,7 @@ def load_config(path: str | None, missing_ok: bool = False) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"the configuration {chosen} cannot be read: {exc}") from exc
     config[_SCHEDULES_PATH] = os.path.join(os.path.dirname(os.path.abspath(chosen)), schedule.SCHEDULES_FILE)
+    config[_CONFIG_PATH] = chosen
     return config
 
 
@@ -340,20 +342,23 @@ def _backup_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Pr
     repos = _chosen_repos(args, config)
     options = _backup_options(config, args.label, False)
     planned = repo_backup.plan(app, mode, options, check=args.check)
-    if args.check:  # the repositories must be there (or be created) and open with their passwords
-        for restic in repos:
-            if not restic.exists() and not restic.repo.init:
-                raise RepoError(
-                    f"{restic.repo.shown} does not exist: no restic repository is there (init: true creates one)"
-                )
+    if args.check:  # there (or created by init) and opened by its password; an optional one's failure a warning
+        checked = repo_backup.preflight(name, mode, repos, log)
         return {
             "app": name,
             "mode": mode,
             "stops": planned.stops,
             "files": planned.files,
             "repositories": [r.repo.name for r in repos],
+            **({"warnings": checked.warnings} if checked.warnings else {}),
         }
-    done = repo_backup.run(app, planned, repos, options, log, args.schedule or "")
+    started = iso(utc_now())
+    try:
+        done = repo_backup.run(app, planned, repos, options, log, args.schedule or "")
+    except repo_backup.RepositoryFailedError as exc:  # each repository's outcome is recorded, also then
+        repo_backup.record(exc.result.outcomes, config.get("state_dir"), started, args.schedule or "", log, name)
+        raise
+    repo_backup.record(done.outcomes, config.get("state_dir"), started, args.schedule or "", log, name)
     return {
         "app": name,
         "mode": mode,
@@ -391,7 +396,13 @@ def _import_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Pr
     archive = _set_path(argparse.Namespace(**{**vars(args), "set": chosen}), config, _app(args, config))
     if args.check:
         return {"path": archive, "repositories": [r.repo.name for r in repos]}
-    done = repo_import.run(archive, repos, _dir(config), config.get("state_dir"), log)
+    started = iso(utc_now())
+    try:
+        done = repo_import.run(archive, repos, _dir(config), config.get("state_dir"), log)
+    except repo_import.ImportFailedError as exc:
+        repo_backup.record(exc.result.outcomes, config.get("state_dir"), started, "", log, exc.result.app)
+        raise
+    repo_backup.record(done.outcomes, config.get("state_dir"), started, "", log, done.app)
     return {
         "path": archive,
         "app": done.app,
@@ -674,6 +685,14 @@ def run_schedule(args: argparse.Namespace, config: dict[str, Any], log: Progress
 def _step_backup(
     chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
 ) -> dict[str, Any]:
+    if chosen.into_repositories:  # its repositories instead of a set: one snapshot and one outcome each
+        every = chosen.repositories == (schedule.ALL_REPOSITORIES,)
+        names = [] if every else list(chosen.repositories)
+        args = argparse.Namespace(
+            app=chosen.app, mode=chosen.mode, label=chosen.label, repo=names, all_repos=every, check=False
+        )
+        args.schedule, args.config = chosen.name, config.get(_CONFIG_PATH)
+        return {**_backup_into_repos(args, config, log), "shared": False, "sets": []}
     options = _backup_options(config, chosen.label, "verify" not in chosen.operations)
     label = options.label or chosen.mode
     directory = _dir(config)

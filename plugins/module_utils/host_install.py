@@ -16,6 +16,7 @@ from collections.abc import Mapping
 
 from . import cli, safe_fs, toml_writer
 from ._common import Error, atomic_write, fsync_dir
+from .repos import config as repo_config
 
 PACKAGE = "selfhost_dr"
 _EPOCH = (2020, 1, 1, 0, 0, 0)
@@ -101,10 +102,42 @@ def toml(config: Mapping[str, object]) -> str:
 
 
 def config_mode(config: Mapping[str, object]) -> int:
-    """config.toml's mode: 0600 when it holds a heartbeat URL (they carry tokens), else 0644."""
+    """config.toml's mode: 0600 when it holds a heartbeat URL (they carry tokens) or a repository's secret (a
+    password, or credentials in a location), else 0644."""
     beats = config.get("heartbeat")
     secret = isinstance(beats, Mapping) and any(k != "timeout" and v for k, v in beats.items())
+    tables = config.get("repositories")
+    for table in tables.values() if isinstance(tables, Mapping) else ():
+        location = str(table.get("location", "")) if isinstance(table, Mapping) else ""
+        secret = secret or bool(table.get("password")) or repo_config.public(location) != location
     return 0o600 if secret else 0o644
+
+
+def repository_files(planned: repo_config.Planned, directory: str, check: bool = False) -> tuple[list[str], list[str]]:
+    """Put the repositories' secret files in ``directory`` (0700; each file 0600, written only when its bytes change,
+    never through a link) and remove the secret files there that no repository uses any more (a repository no
+    longer listed, or one whose password is now a file of its own). Returns (written, removed), or what would be."""
+    written = [path for path, data in planned.files.items() if _differs(path, data)]
+    used = {str(t.get(k)) for t in planned.tables.values() for k in ("password_file", "env_file") if t.get(k)}
+    removed = [path for path in repo_config.secret_files(directory) if path not in used]
+    if check:
+        return written, removed
+    if planned.files:
+        parent = os.path.dirname(os.path.abspath(directory))
+        if not os.path.isdir(parent):
+            safe_fs.makedirs_private(parent, mode=0o755)
+        safe_fs.makedirs_private(directory, mode=0o700)
+    for path in written:
+        write_if_changed(path, planned.files[path], 0o600)
+    for path in removed:
+        os.unlink(path)
+    if removed:
+        fsync_dir(directory)
+    return written, removed
+
+
+def _differs(path: str, data: bytes) -> bool:
+    return write_if_changed(path, data, 0o600, check=True)
 
 
 def write_if_changed(path: str, data: bytes, mode: int, check: bool = False) -> bool:

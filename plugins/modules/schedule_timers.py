@@ -54,6 +54,11 @@ options:
       timeout: {description: "A run is stopped after this long.", type: raw}
       heartbeat: {description: "A URL pinged for the whole run (a secret: never shown).", type: str}
       every_hours: {description: "Hours between runs; computed from the calendar when not given.", type: float}
+      repositories:
+        description:
+          - The restic repositories (names of C(config.toml)'s C([repositories]), or V(all)) its backup goes into,
+            instead of writing a set; its operations are then V([backup]) only.
+        type: raw
   default_app:
     description: The application of a schedule that names none.
     type: str
@@ -124,6 +129,7 @@ EXAMPLES = r"""
     schedules:
       - {name: nightly, every: daily, at: "03:00", retention: {keep_daily: 7, keep_weekly: 4}}
       - {name: verify, every: weekly, weekday: Sun, at: "05:00", operations: [verify]}
+      - {name: offsite, every: daily, at: "04:00", repositories: [offsite]}
 """
 
 RETURN = r"""
@@ -184,6 +190,7 @@ def main() -> None:
         retention=dict(type="dict"),
         heartbeat=dict(type="str", no_log=True),
         every_hours=dict(type="float"),
+        repositories=dict(type="raw"),
     )
     module = AnsibleModule(
         argument_spec=dict(

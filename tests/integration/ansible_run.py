@@ -56,8 +56,11 @@ def local_tenement(tmp_path: Path) -> dict[str, object]:
     }
 
 
-def run_playbook(playbook: Path, variables: dict[str, object], timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    """``ansible-playbook`` on localhost with this collection, ``variables`` as extra vars."""
+def run_playbook(
+    playbook: Path, variables: dict[str, object], timeout: int = 600, options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """``ansible-playbook`` on localhost with this collection, ``variables`` as extra vars (and ``options``, such as
+    ``--check`` or ``-vvv``)."""
     env = dict(os.environ)
     env.update(
         ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
@@ -66,7 +69,7 @@ def run_playbook(playbook: Path, variables: dict[str, object], timeout: int = 60
     )
     ansible = Path(sys.executable).parent / "ansible-playbook"
     return subprocess.run(
-        [str(ansible), "-i", "localhost,", str(playbook), "-e", json.dumps(variables)],
+        [str(ansible), "-i", "localhost,", str(playbook), "-e", json.dumps(variables), *options],
         capture_output=True,
         text=True,
         cwd=ROOT,

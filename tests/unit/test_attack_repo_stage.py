@@ -53,6 +53,9 @@ class Changing:
     def forget(self, snapshot_ids: Sequence[str], prune: bool = False) -> None:
         self.forgotten += snapshot_ids
 
+    def snapshots(self, tags: Sequence[str] = (), host: str = "") -> list[dict[str, Any]]:
+        return [{"id": s} for s in self.made if s not in self.forgotten]
+
 
 def test_a_file_that_keeps_changing_leaves_the_last_snapshot_in_the_repository(tree: Path, tmp_path: Path) -> None:
     staged = _stage(tree, tmp_path / "backups")
@@ -61,6 +64,7 @@ def test_a_file_that_keeps_changing_leaves_the_last_snapshot_in_the_repository(t
     assert outcome.ok and outcome.tries == repo_backup.TRIES
     assert outcome.snapshot_id == restic.made[-1]
     assert restic.forgotten == restic.made[:-1], "the snapshot reported as made was forgotten"
+    assert outcome.snapshots == 1
     assert staged.manifest["changed_during_backup"] == [str(tree / "a.log").lstrip("/")]
 
 

@@ -117,12 +117,6 @@ class Recorder:
         self.run.finish(code, str(result.get("error", "")))
         self._set_facts(result)
         self._record()
-        outcomes = [o for o in result.get("repositories") or [] if isinstance(o, dict)]
-        if outcomes and not self.whole_schedule:
-            try:
-                self.monitor.store.record_repositories(self.run, outcomes)
-            except state.StateError as exc:
-                self.monitor.warn(str(exc))
         outcome = self.run.reason or "ok"
         what = f"run {self.run.schedule}" if self.whole_schedule else self.run.operation
         self.monitor.ping(lambda: self.beats.finish(code, outcome, self.monitor.tail(what, outcome, code)))

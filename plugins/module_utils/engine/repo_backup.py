@@ -18,16 +18,19 @@ stopped until every repository has read the files, and is started again whatever
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from .._common import BackupError, Log, no_log
+from .. import safe_fs
+from .._common import BackupError, Log, iso, no_log, utc_now
 from ..apps.base import Application, Facts
 from ..repos.restic import NoRepositoryError, RepoError, Restic
 from ..repos.stage import Staged, refuse_inside, rehash, stage, unstable
 from ..sets.names import default_host
-from . import backup
+from . import backup, state
 
 TRIES = 3
 
@@ -70,6 +73,35 @@ class Result:
         return list(self.manifest.get("changed_during_backup") or [])  # type: ignore[call-overload]
 
 
+class RepositoryFailedError(BackupError):
+    """A required repository failed (the others were tried): the sentence, and every repository's outcome."""
+
+    def __init__(self, message: str, result: Result) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def record(
+    outcomes: Sequence[Any],
+    state_dir: str | None,
+    started_at: str,
+    schedule: str,
+    log: Log,
+    app: str = "",
+    operation: str = "backup",
+) -> None:
+    """Each repository's outcome (an :class:`Outcome`, or any ``as_dict()``/dict with ``repository``, ``ok``,
+    ``error``) in state.json's ``repositories``, for ``selfhost-dr status`` and the metrics; under the host lock, which
+    the caller holds. A state.json that cannot be written never fails the run (it is logged)."""
+    run = state.Run("", operation, started_at, schedule=schedule, app=app)
+    run.finished_at = iso(utc_now())
+    dicts = [o if isinstance(o, dict) else o.as_dict() for o in outcomes]
+    try:
+        state.Store(state_dir).record_repositories(run, dicts)
+    except state.StateError as exc:
+        log(f"the repositories' outcomes were not recorded: {exc}")
+
+
 def tags(app: str, mode: str, schedule: str = "") -> list[str]:
     """The tags of the application's snapshots (the parent is the newest with the same ones)."""
     return ["selfhost-dr", f"app={app}", f"kind={mode}", *([f"schedule={schedule}"] if schedule else [])]
@@ -95,6 +127,11 @@ def run(
     """Stage the snapshot and back it up into every repository; the application runs again afterwards."""
     if not repos:
         raise BackupError("no repository to back up into")
+    if not os.path.isdir(options.dest):  # as a set's backup: the stage (and Tomo's document) go below it
+        try:
+            safe_fs.makedirs_private(options.dest)
+        except OSError as exc:
+            raise BackupError(f"could not create the backup directory {options.dest}: {exc.strerror}") from exc
     result = Result(app.name, planned.mode)
     facts = planned.facts
     if planned.mode == "cold":
@@ -110,6 +147,11 @@ def run(
         facts = app.before_archive(facts, options.dest, False, log)
         _store(app, facts, planned.mode, repos, options, log, schedule, result)
     result.actions = app.actions()
+    return _verdict(result, log, "got the snapshot")
+
+
+def _verdict(result: Result, log: Log, done_words: str) -> Result:
+    """A failed optional repository is a warning; a failed required one fails the run, after the others were tried."""
     failed = [o for o in result.outcomes if not o.ok]
     for outcome in failed:
         log(outcome.error)
@@ -118,9 +160,33 @@ def run(
     required = [o for o in failed if o.required]
     if required:
         done = [o.repository for o in result.outcomes if o.ok]
-        others = f"; {', '.join(done)} got the snapshot" if done else ""
-        raise BackupError(f"{required[0].error}{others}")
+        others = f"; {', '.join(done)} {done_words}" if done else ""
+        raise RepositoryFailedError(f"{required[0].error}{others}", result)
     return result
+
+
+def preflight(app: str, mode: str, repos: Sequence[Restic], log: Log = no_log) -> Result:
+    """What check mode says of each repository, refusing what :func:`run` would: it is there and its password opens
+    it, or ``init`` creates it (``created``); restic is new enough. A required one that fails raises its sentence
+    (:class:`RepositoryFailedError`), an optional one is a warning, as in a run."""
+    if not repos:
+        raise BackupError("no repository to back up into")
+    result = Result(app, mode)
+    for restic in repos:
+        outcome = Outcome(restic.repo.name, restic.repo.shown, restic.repo.required)
+        try:
+            restic.version()
+            if not restic.exists():
+                if not restic.repo.init:
+                    raise NoRepositoryError(
+                        f"{restic.repo.shown} does not exist: no restic repository is there (init: true creates one)"
+                    )
+                outcome.created = True
+            outcome.ok = True
+        except RepoError as exc:
+            outcome.error = str(exc)
+        result.outcomes.append(outcome)
+    return _verdict(result, log, "would get the snapshot")
 
 
 def _store(

@@ -32,6 +32,14 @@ from .repo_backup import Outcome
 IMPORTED_TAG = "imported"
 
 
+class ImportFailedError(BackupError):
+    """A required repository failed (the others were tried): the sentence, and every repository's outcome."""
+
+    def __init__(self, message: str, result: Result) -> None:
+        super().__init__(message)
+        self.result = result
+
+
 @dataclass
 class Result:
     archive: str
@@ -90,7 +98,7 @@ def run(
     required = [o for o in failed if o.required]
     if required:
         done = [o.repository for o in result.outcomes if o.ok]
-        raise BackupError(required[0].error + (f"; {', '.join(done)} got the snapshot" if done else ""))
+        raise ImportFailedError(required[0].error + (f"; {', '.join(done)} got the snapshot" if done else ""), result)
     return result
 
 

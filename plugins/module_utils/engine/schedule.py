@@ -50,7 +50,10 @@ _KNOWN = {
     "timeout",
     "heartbeat",
     "every_hours",
+    "repositories",
 }
+ALL_REPOSITORIES = "all"
+_REPOSITORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # repos/config.py NAME_RE
 
 
 class ScheduleError(Error):
@@ -71,6 +74,13 @@ class Schedule:
     retention: Mapping[str, object] = field(default_factory=dict)  # keep_* options; {}: the [retention] rules
     heartbeat: str = ""  # a healthchecks.io-style URL pinged for the whole run (a secret: never shown)
     every_hours: float = 0.0  # how often it runs, for "due" and "overdue" (0: unknown)
+    # Its backup goes into these restic repositories (config.toml's [repositories]) instead of a set; ("all",) every
+    # one; (): a set.
+    repositories: tuple[str, ...] = ()
+
+    @property
+    def into_repositories(self) -> bool:
+        return bool(self.repositories)
 
     @property
     def unit(self) -> str:
@@ -153,7 +163,8 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
     unknown = sorted(str(k) for k in entry if k not in _KNOWN)
     if unknown:
         raise ScheduleError(f"{where}: {unknown[0]} is not a schedule setting ({', '.join(sorted(_KNOWN))})")
-    operations = entry.get("operations", ["backup", "prune"])
+    repositories = _repositories(entry.get("repositories"), where)
+    operations = entry.get("operations", ["backup"] if repositories else ["backup", "prune"])
     if isinstance(operations, str):
         operations = [operations]
     if not isinstance(operations, (list, tuple)) or not operations:
@@ -163,12 +174,20 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
             raise ScheduleError(f"{where}: unknown operation {operation!r} (one of {', '.join(OPERATIONS)})")
     if len(set(operations)) != len(operations):
         raise ScheduleError(f"{where}: an operation is listed twice in {list(operations)}")
+    if repositories and set(operations) - {"backup"}:
+        other = next(o for o in OPERATIONS if o in operations and o != "backup")
+        raise ScheduleError(
+            f"{where}: backs up into repositories, whose {other} is not a schedule operation yet; give it "
+            "operations: [backup] (and a schedule of its own for the sets' verify and prune)"
+        )
     app = entry.get("app") or default_app
     if app not in apps:
         raise ScheduleError(f"{where}: app must be one of {', '.join(apps)}, not {app!r}")
     mode = entry.get("mode") or (default_mode if default_mode in apps[str(app)] else apps[str(app)][0])
     if mode not in apps[str(app)]:
         raise ScheduleError(f"{where}: {app} backs up in mode {', '.join(apps[str(app)])}, not {mode!r}")
+    if repositories and mode not in ("hot", "cold"):
+        raise ScheduleError(f"{where}: a backup into repositories is hot or cold, not {mode!r}")
     label = entry.get("label") or ""
     if not isinstance(label, str) or (label and not re.match(r"^[A-Za-z0-9_.-]{1,64}\Z", label)):
         raise ScheduleError(f"{where}: label must be letters, digits, '.', '_' and '-', not {label!r}")
@@ -210,7 +229,25 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
         retention=retention,
         heartbeat=heartbeat,
         every_hours=float(every_hours),
+        repositories=repositories,
     )
+
+
+def _repositories(value: object, where: str) -> tuple[str, ...]:
+    """A schedule's ``repositories``: none (a set), ``all``, or a list of names of config.toml's [repositories]."""
+    if value in (None, "", [], ()):
+        return ()
+    if value == ALL_REPOSITORIES or value == [ALL_REPOSITORIES]:
+        return (ALL_REPOSITORIES,)
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and _REPOSITORY_RE.match(v) for v in value):
+        raise ScheduleError(f"{where}: repositories must be all or a list of repository names, not {value!r}")
+    if ALL_REPOSITORIES in value:
+        raise ScheduleError(f"{where}: repositories is either all or a list of names, not both")
+    if len(set(value)) != len(value):
+        raise ScheduleError(f"{where}: a repository is listed twice in {list(value)}")
+    return tuple(value)
 
 
 def parse_all(
@@ -257,6 +294,8 @@ def table(s: Schedule) -> dict[str, object]:
     }
     if s.heartbeat:
         row["heartbeat"] = s.heartbeat
+    if s.repositories:
+        row["repositories"] = ALL_REPOSITORIES if s.repositories == (ALL_REPOSITORIES,) else list(s.repositories)
     row.update(s.retention)
     return row
 
