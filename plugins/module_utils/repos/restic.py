@@ -40,9 +40,11 @@ VERIFIED_TAG = "verified=restore"
 _DEFAULT_TIMEOUT = 6 * 3600.0
 _UNREACHABLE_RE = re.compile(
     r"connection refused|no such host|i/o timeout|network is unreachable|context deadline exceeded|"
-    r"TLS handshake|certificate|connection reset|no route to host|ssh: |exit status 255",
+    r"TLS handshake|certificate|connection reset|no route to host|ssh: connect to host|ssh: Could not resolve|"
+    r"Connection closed by|Host key verification failed|exit status 255",
     re.IGNORECASE,
 )
+_ABSENT_RE = re.compile(r"file does not exist|no such file or directory|NoSuchKey|NoSuchBucket|404 Not Found", re.I)
 _USERINFO_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@")  # (a password may hold spaces)
 _REFUSED_RE = re.compile(
     r"Access Denied|InvalidAccessKeyId|SignatureDoesNotMatch|signature we calculated does not match|"
@@ -215,6 +217,9 @@ class Restic:
             return WrongPasswordError(f"the password of {shown} is wrong: no key of the repository opens with it")
         if _REFUSED_RE.search(text):
             return RepoError(f"{shown} refuses the store's credentials: {_last_line(text, self.repo)}")
+        if "unable to open config file" in text and _ABSENT_RE.search(text):
+            # Reached, and nothing there (restic's SFTP backend also says "subprocess ssh: ..." on the way).
+            return NoRepositoryError(f"{shown} does not exist: no restic repository is there (init: true creates one)")
         if _UNREACHABLE_RE.search(text):
             return RepoError(f"{shown} cannot be reached: {_last_line(text, self.repo)}")
         if "unable to open config file" in text or "Is there a repository at the following location" in text:
