@@ -74,7 +74,7 @@ def running(directory: Path) -> Iterator[Store]:
         # gRPC on ports of their own (its default, the HTTP port + 10000, may be taken or past 65535).
         *(f"-{name}.port.grpc={ports[name + '.grpc']}" for name in names),
         "-master.volumeSizeLimitMB=64",
-        "-volume.max=50",
+        "-volume.max=500",  # each bucket takes 7 volumes (sparse files, 64 MiB at most each)
     ]
     log = open(directory / "weed.log", "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
