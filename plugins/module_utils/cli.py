@@ -40,7 +40,7 @@ from ._common import Error, RollbackError, UsageError, VerificationError, iso, u
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import backup, journal, monitor, prune, repo_backup, restore, schedule, state, swap
+from .engine import backup, journal, monitor, prune, repo_backup, repo_prune, restore, schedule, state, swap
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
 from .repos.restic import RepoError, Restic, public
@@ -399,7 +399,31 @@ def cmd_list(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
 
 
 def cmd_prune(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    if args.repo or args.all_repos:
+        return _prune_repos(args, config, log)
+    if args.all_hosts or args.no_prune:
+        raise UsageError("--all-hosts and --no-prune go with --repo NAME or --all-repos")
     return _prune(config, _app(args, config), args.dry_run)
+
+
+def _prune_repos(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    """Each repository's own retention (else [retention]) over its snapshots of this host, per app."""
+    repos = _chosen_repos(args, config)
+    done = repo_prune.prune_all(
+        repos,
+        _section(config, "retention"),
+        default_host(),
+        all_hosts=args.all_hosts,
+        app=args.app,
+        check=args.dry_run,
+        prune=not args.no_prune,
+        log=log,
+    )
+    return {
+        "check": args.dry_run,
+        "repositories": [o.as_dict() for o in done.outcomes],
+        **({"warnings": done.warnings} if done.warnings else {}),
+    }
 
 
 def _prune(config: dict[str, Any], app: str, check: bool) -> dict[str, object]:
@@ -762,8 +786,18 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="the sets (or a repository's snapshots), newest first")
     p.add_argument("--repo", action="append", default=[], metavar="NAME", help="the snapshots of this repository")
     p.set_defaults(all_repos=False)
-    p = sub.add_parser("prune", parents=[common, runs], help="apply the [retention] rules")
-    p.add_argument("--dry-run", action="store_true")
+    p = sub.add_parser("prune", parents=[common, runs], help="apply the [retention] rules (or a repository's)")
+    p.add_argument(
+        "--dry-run", "--check", action="store_true", dest="dry_run", help="say what would go; change nothing"
+    )
+    p.add_argument(
+        "--repo", action="append", default=[], metavar="NAME", help="the snapshots of this restic repository (repeat)"
+    )
+    p.add_argument("--all-repos", action="store_true", help="every repository of [repositories]")
+    p.add_argument("--all-hosts", action="store_true", help="with --repo: every host's snapshots, not only this one's")
+    p.add_argument(
+        "--no-prune", action="store_true", help="with --repo: forget snapshots, leave restic prune for later"
+    )
     p = sub.add_parser("restore", parents=[common, runs], help="restore a set (default: the newest) and start the app")
     p.add_argument("set", nargs="?")
     p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
@@ -838,11 +872,29 @@ def _text(command: str, result: dict[str, Any]) -> str:
         return "\n".join(lines if len(lines) > 1 else [*lines, "no sets yet"])
     if command == "verify":
         return str(result["summary"])
+    if command == "prune" and "repositories" in result:
+        return "\n".join(_repo_prune_line(o, result["check"]) for o in result["repositories"])
     if command == "prune":
         return (
             f"deleted {len(result['deleted'])} set(s), freed {result['freed_bytes']} bytes; kept {len(result['kept'])}"
         )
     return json.dumps(result, indent=2, sort_keys=True, default=str)
+
+
+def _repo_prune_line(outcome: dict[str, Any], check: bool) -> str:
+    if not outcome["ok"]:
+        return f"{outcome['repository']}: FAILED: {outcome['error']}"
+    verb = "would forget" if check else "forgot"
+    freed = f", freed {outcome['freed_bytes']} bytes" if outcome.get("freed_bytes") is not None else ""
+    gone = "".join(f"\n  - {d['short_id']}  {d['time'][:19]}  {d['host']}  {d['app']}" for d in outcome["forgotten"])
+    kept = "".join(
+        f"\n  + {d['short_id']}  {d['time'][:19]}  {d['host']}  {d['app']}: {', '.join(d['reasons'])}"
+        for d in outcome["kept"]
+    )
+    counts = f"{verb} {len(outcome['forgotten'])} snapshot(s){freed}; kept {len(outcome['kept'])}"
+    if outcome.get("other_hosts"):
+        counts += f" (and {outcome['other_hosts']} of other hosts, left alone)"
+    return f"{outcome['repository']}: {counts}{kept}{gone}"
 
 
 def _operation_lines(result: dict[str, Any]) -> list[str]:
