@@ -40,10 +40,22 @@ from ._common import Error, RollbackError, UsageError, VerificationError, iso, u
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import backup, journal, monitor, prune, repo_backup, repo_prune, restore, schedule, state, swap
+from .engine import (
+    backup,
+    journal,
+    monitor,
+    prune,
+    repo_backup,
+    repo_check,
+    repo_prune,
+    restore,
+    schedule,
+    state,
+    swap,
+)
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
-from .repos.restic import RepoError, Restic, public
+from .repos.restic import SUBSET_RE, RepoError, Restic, public
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -448,6 +460,22 @@ def _prune(config: dict[str, Any], app: str, check: bool) -> dict[str, object]:
     return {"deleted": done.deleted, "kept": done.kept, "future": done.future, "freed_bytes": done.freed_bytes}
 
 
+def cmd_check(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    """``restic check`` of the repositories named (or all), reading all their data or a subset of it."""
+    if not args.repo and not args.all_repos:
+        raise UsageError("check needs --repo NAME (repeat) or --all-repos")
+    subset = args.read_data_subset or ""
+    if subset and not SUBSET_RE.fullmatch(subset):
+        raise UsageError(f"--read-data-subset must be n% (5%), n/t (1/7) or a size (500M), not {subset!r}")
+    if subset and args.read_data:
+        raise UsageError("--read-data reads everything: give it or --read-data-subset, not both")
+    done = repo_check.check_all(_chosen_repos(args, config), args.read_data, subset, log)
+    return {
+        "repositories": [o.as_dict() for o in done.outcomes],
+        **({"warnings": done.warnings} if done.warnings else {}),
+    }
+
+
 def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
     name = _app(args, config)
     app = application(name, app_options(config))
@@ -655,8 +683,8 @@ def _failed(exc: BaseException, command: str) -> tuple[dict[str, Any], int]:
         return {"error": str(exc)}, EXIT_UNVERIFIED
     if isinstance(exc, RollbackError):
         return {"error": str(exc)}, EXIT_ROLLBACK
-    if isinstance(exc, Error):
-        return {"error": str(exc)}, EXIT_FAILED
+    if isinstance(exc, Error):  # a repository command's failure also carries each repository's outcome
+        return {**dict(getattr(exc, "result", None) or {}), "error": str(exc)}, EXIT_FAILED
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
@@ -740,6 +768,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dic
     "verify": cmd_verify,
     "list": cmd_list,
     "prune": cmd_prune,
+    "check": cmd_check,
     "restore": cmd_restore,
     "status": cmd_status,
     "tomo": cmd_tomo,
@@ -798,6 +827,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-prune", action="store_true", help="with --repo: forget snapshots, leave restic prune for later"
     )
+    p = sub.add_parser("check", parents=[common], help="restic check of repositories (a damaged pack is named)")
+    p.add_argument("--repo", action="append", default=[], metavar="NAME", help="this repository (repeat)")
+    p.add_argument("--all-repos", action="store_true", help="every repository of [repositories]")
+    p.add_argument("--read-data", action="store_true", help="also read every pack's data (all of it)")
+    p.add_argument("--read-data-subset", metavar="N%|n/t|SIZE", help="also read this part of the data (5%%, 1/7)")
     p = sub.add_parser("restore", parents=[common, runs], help="restore a set (default: the newest) and start the app")
     p.add_argument("set", nargs="?")
     p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
@@ -872,6 +906,11 @@ def _text(command: str, result: dict[str, Any]) -> str:
         return "\n".join(lines if len(lines) > 1 else [*lines, "no sets yet"])
     if command == "verify":
         return str(result["summary"])
+    if command == "check":
+        return "\n".join(
+            f"{o['repository']}: " + ("no damage found" if o["ok"] else f"FAILED: {o['error']}")
+            for o in result["repositories"]
+        )
     if command == "prune" and "repositories" in result:
         return "\n".join(_repo_prune_line(o, result["check"]) for o in result["repositories"])
     if command == "prune":

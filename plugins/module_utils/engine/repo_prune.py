@@ -248,12 +248,23 @@ def prune_all(
         except RepoError as exc:
             outcome = Outcome(repo.name, repo.shown, repo.required, error=str(exc))
         result.outcomes.append(outcome)
-    _judge(result.outcomes, result.warnings, "would prune" if check else "pruned", log)
+    judge(result.outcomes, result.warnings, "would prune" if check else "pruned", log)
     return result
 
 
-def _judge(outcomes: Sequence[Any], warnings: list[str], done_what: str, log: Log) -> None:
-    """Optional failures become warnings; the first required failure raises, naming the repositories that were done."""
+class RepositoriesError(RepoError):
+    """A required repository failed; ``result`` carries every repository's outcome (the host command reports them)."""
+
+    def __init__(self, message: str, outcomes: Sequence[Any], warnings: Sequence[str]) -> None:
+        super().__init__(message)
+        self.result: dict[str, object] = {"repositories": [o.as_dict() for o in outcomes]}
+        if warnings:
+            self.result["warnings"] = list(warnings)
+
+
+def judge(outcomes: Sequence[Any], warnings: list[str], done_what: str, log: Log) -> None:
+    """Optional failures become warnings; the first required failure raises (:class:`RepositoriesError`), naming the
+    repositories that were done."""
     failed = [o for o in outcomes if not o.ok]
     for outcome in failed:
         log(outcome.error)
@@ -263,4 +274,4 @@ def _judge(outcomes: Sequence[Any], warnings: list[str], done_what: str, log: Lo
     if required:
         done = [o.repository for o in outcomes if o.ok]
         others = f"; {done_what}: {', '.join(done)}" if done else ""
-        raise RepoError(f"{required[0].error}{others}")
+        raise RepositoriesError(f"{required[0].error}{others}", outcomes, warnings)

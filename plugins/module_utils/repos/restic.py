@@ -358,7 +358,7 @@ class Restic:
         if read_data:
             args += ["--read-data"]
         elif read_data_subset:
-            if not re.fullmatch(r"\d+(\.\d+)?%|\d+/\d+|\d+[KMGTkmgt]?", read_data_subset):
+            if not SUBSET_RE.fullmatch(read_data_subset):
                 raise RepoError(f"read_data_subset {read_data_subset!r} is not n%, n/t or a size")
             args += ["--read-data-subset", read_data_subset]
         result = self.call(args, check=False)
@@ -412,6 +412,7 @@ class Restic:
         self.call(["unlock"])
 
 
+SUBSET_RE = re.compile(r"\d+(\.\d+)?%|[1-9]\d*/[1-9]\d*|\d+[KMGTkmgt]?")  # check --read-data-subset
 _CHECK_PROBLEM = re.compile(
     r"does not match|mismatch|damaged|not found|invalid|unreferenced|missing|error|does not exist", re.IGNORECASE
 )
