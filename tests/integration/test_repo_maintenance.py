@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Repository, Restic
+from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import LockedError, Repository, Restic
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import default_host
 
 from . import s3_store
 from .test_repo_backup import _cli
@@ -59,7 +65,7 @@ def _backed_up(restic: Restic, tmp_path: Path, size: int = 600_000) -> None:
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
     (data / "blob.bin").write_bytes(os.urandom(size))  # the data pack is the largest file of the repository
-    restic.backup([str(data)], "web1", ["selfhost-dr", "app=tenement", "kind=hot"])
+    restic.backup([str(data)], default_host(), ["selfhost-dr", "app=tenement", "kind=hot"])
 
 
 def _flip_a_byte_of_the_largest_pack(repository: Path) -> Path:
@@ -117,3 +123,114 @@ def test_a_damaged_optional_repository_is_a_warning(
     (warning,) = result["warnings"]  # type: ignore[misc]
     assert warning.startswith("local (optional): restic check of repository local") and victim.name in warning
     assert PASSWORD not in json.dumps(result)
+
+
+# -- stale and live locks ------------------------------------------------------------------------------------------
+
+
+def _locks(tmp_path: Path) -> set[str]:
+    """The local repository's locks (not a lock still being written under a temporary name)."""
+    return {p.name for p in (tmp_path / "local" / "locks").iterdir() if re.fullmatch(r"[0-9a-f]{64}", p.name)}
+
+
+def _holding(restic: Restic, tmp_path: Path, argv: list[str]) -> subprocess.Popen[bytes]:
+    """A restic process started with ``argv``, returned once its lock is in the repository."""
+    before = _locks(tmp_path)
+    process = subprocess.Popen(
+        ["restic", *argv],
+        env=restic.environment(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while _locks(tmp_path) == before:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.001)
+    return process
+
+
+def _killed(process: subprocess.Popen[bytes]) -> None:
+    process.kill()  # SIGKILL: no chance to remove its lock
+    process.wait()
+    assert process.stdin is not None
+    process.stdin.close()
+
+
+def test_a_killed_backups_stale_lock_is_removed_by_the_next_check_and_prune(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    restic = _restic(tmp_path)
+    _backed_up(restic, tmp_path)
+    _backed_up(restic, tmp_path)  # keep_last 1: the prune has a snapshot to forget, so it meets the lock
+    for command in (["check"], ["prune"]):
+        _killed(_holding(restic, tmp_path, ["backup", "--stdin", "--stdin-filename", "tenement.db"]))
+        stale = _locks(tmp_path)
+        assert len(stale) == 1
+        code, result = _cli(capsys, *command, "--repo", "local", "--config", str(config))
+        assert code == 0, result
+        assert _locks(tmp_path) == set()  # removed (restic unlock: its process is gone), and the command ran
+    assert len(restic.snapshots()) == 1 and [o["forgotten"] for o in result["repositories"]] != [[]]  # type: ignore[union-attr]
+
+
+def test_a_killed_exclusive_runs_stale_lock_is_removed_by_the_next_backup(tmp_path: Path) -> None:
+    _config(tmp_path)
+    restic = _restic(tmp_path)
+    _backed_up(restic, tmp_path, 20_000_000)
+    holder = _holding(restic, tmp_path, ["check", "--read-data"])  # an exclusive lock
+    holder.send_signal(signal.SIGSTOP)
+    _killed(holder)
+    assert len(_locks(tmp_path)) == 1
+    summary = restic.backup([str(tmp_path / "data")], "web1", ["selfhost-dr", "app=tenement", "kind=hot"])
+    assert summary["snapshot_id"] and _locks(tmp_path) == set()
+
+
+def test_a_live_runs_lock_is_reported_with_its_holder_and_never_removed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    restic = _restic(tmp_path)
+    _backed_up(restic, tmp_path, 20_000_000)
+    _backed_up(restic, tmp_path)  # keep_last 1: the prune has a snapshot to forget
+    # A backup still reading its input (a shared lock) keeps check and prune (exclusive) out.
+    live = _holding(restic, tmp_path, ["backup", "--stdin", "--stdin-filename", "tenement.db"])
+    held = _locks(tmp_path)
+    try:
+        for command in (["check"], ["prune"], ["prune", "--check"]):
+            code, result = _cli(capsys, *command, "--repo", "local", "--config", str(config))
+            if command == ["prune", "--check"]:  # reads the snapshots without a lock: plans all the same
+                assert code == 0, result
+                continue
+            assert code == 1, result
+            error = str(result["error"])
+            assert re.fullmatch(
+                rf"repository local \({tmp_path}/local\) is locked by PID {live.pid} on {socket.gethostname()} "
+                r"\(\S+\) since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d, a run restic does not consider stale \(its process "
+                r"still runs, and the lock is younger than 30 minutes\), so it was left in place",
+                error,
+            ), error
+            assert _locks(tmp_path) == held and live.poll() is None  # the live run and its lock untouched
+    finally:
+        assert live.stdin is not None
+        live.stdin.write(b"the end of the input")
+        live.stdin.close()
+        assert live.wait(60) == 0  # the live run finished its snapshot
+    assert _locks(tmp_path) == set()
+    code, result = _cli(capsys, "check", "--repo", "local", "--config", str(config))
+    assert code == 0, result
+
+    # An exclusive lock held by a live restic check (stopped in its tracks) keeps a backup out, and stays.
+    holder = _holding(restic, tmp_path, ["check", "--read-data"])
+    holder.send_signal(signal.SIGSTOP)
+    try:
+        held = _locks(tmp_path)
+        with pytest.raises(LockedError) as locked:
+            restic.backup([str(tmp_path / "data")], "web1", ["selfhost-dr", "app=tenement", "kind=hot"])
+        assert str(locked.value).startswith(
+            f"repository local ({tmp_path}/local) is locked exclusively by PID {holder.pid} on "
+        )
+        assert _locks(tmp_path) == held
+    finally:
+        holder.send_signal(signal.SIGCONT)
+        holder.wait(120)
