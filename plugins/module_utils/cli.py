@@ -55,7 +55,7 @@ from .engine import (
 )
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
-from .repos.restic import SUBSET_RE, RepoError, Restic, public
+from .repos.restic import SUBSET_RE, RepoError, Restic, open_private, public
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -476,6 +476,28 @@ def cmd_check(args: argparse.Namespace, config: dict[str, Any], log: Progress) -
     }
 
 
+def cmd_key(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    """``key add``: a second key (an escrow kept offline, or the next password of a rotation) from a private file;
+    ``key list``: the repository's keys."""
+    if len(args.repo) != 1:
+        raise UsageError(f"key {args.verb} takes one repository: --repo NAME")
+    (restic,) = _chosen_repos(args, config)
+    shown = {"repository": restic.repo.name, "location": public(restic.repo.location)}
+    if args.verb == "add":
+        if not args.password_file:
+            raise UsageError("key add needs --password-file FILE (the new key's password, a file only you can read)")
+        try:
+            os.close(open_private(args.password_file, "the new key's password file"))
+        except RepoError as exc:
+            raise UsageError(str(exc)) from None
+        added = restic.add_key(args.password_file)
+        log(f"{restic.repo.shown}: key {added} added; keep its password offline")
+        return {**shown, "added": added, "keys": restic.keys()}
+    if args.password_file:
+        raise UsageError("--password-file goes with key add")
+    return {**shown, "keys": restic.keys()}
+
+
 def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
     name = _app(args, config)
     app = application(name, app_options(config))
@@ -769,6 +791,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dic
     "list": cmd_list,
     "prune": cmd_prune,
     "check": cmd_check,
+    "key": cmd_key,
     "restore": cmd_restore,
     "status": cmd_status,
     "tomo": cmd_tomo,
@@ -832,6 +855,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--all-repos", action="store_true", help="every repository of [repositories]")
     p.add_argument("--read-data", action="store_true", help="also read every pack's data (all of it)")
     p.add_argument("--read-data-subset", metavar="N%|n/t|SIZE", help="also read this part of the data (5%%, 1/7)")
+    p = sub.add_parser("key", parents=[common], help="a repository's keys: add one (an escrow), list them")
+    p.add_argument("verb", choices=["add", "list"])
+    p.add_argument("--repo", action="append", default=[], metavar="NAME", required=True, help="the repository")
+    p.add_argument("--password-file", metavar="FILE", help="add: the new key's password (first line; mode 0600)")
+    p.set_defaults(all_repos=False)
     p = sub.add_parser("restore", parents=[common, runs], help="restore a set (default: the newest) and start the app")
     p.add_argument("set", nargs="?")
     p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
@@ -906,6 +934,14 @@ def _text(command: str, result: dict[str, Any]) -> str:
         return "\n".join(lines if len(lines) > 1 else [*lines, "no sets yet"])
     if command == "verify":
         return str(result["summary"])
+    if command == "key":
+        rows = [
+            f"{'*' if k.get('current') else ' '} {k.get('id', '?')}  {k.get('userName', '')}@{k.get('hostName', '')}"
+            f"  {k.get('created', '')}"
+            for k in result["keys"]
+        ]
+        added = [f"added key {result['added']}: keep its password offline"] if result.get("added") else []
+        return "\n".join([*added, *rows])
     if command == "check":
         return "\n".join(
             f"{o['repository']}: " + ("no damage found" if o["ok"] else f"FAILED: {o['error']}")

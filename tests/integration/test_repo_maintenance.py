@@ -13,9 +13,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from ansible_collections.selfhost.dr.plugins.module_utils import cli
 from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import LockedError, Repository, Restic
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import default_host
 
@@ -234,3 +236,58 @@ def test_a_live_runs_lock_is_reported_with_its_holder_and_never_removed(
     finally:
         holder.send_signal(signal.SIGCONT)
         holder.wait(120)
+
+
+# -- keys ----------------------------------------------------------------------------------------------------------
+
+ESCROW = "an escrow password kept in a safe"
+
+
+class Spy:
+    """A runner that records each restic command line and environment, then runs it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], dict[str, str]]] = []
+
+    def __call__(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        self.calls.append((list(argv), dict(kw["env"])))
+        return subprocess.run(argv, **kw)
+
+
+def test_an_escrow_key_is_added_from_a_private_file_never_on_a_command_line_and_opens_the_repository(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _config(tmp_path)
+    _backed_up(_restic(tmp_path), tmp_path)
+    spy = Spy()
+    monkeypatch.setattr(cli, "Restic", lambda repo, **kw: Restic(repo, run=spy, **kw))
+    escrow = tmp_path / "offline" / "escrow.password"
+    escrow.parent.mkdir()
+    escrow.write_text(ESCROW + "\n")
+    escrow.chmod(0o644)
+    code, result = _cli(
+        capsys, "key", "add", "--repo", "local", "--password-file", str(escrow), "--config", str(config)
+    )
+    assert (code, result["error"]) == (
+        2,
+        f"the new key's password file {escrow} can be read by other users (mode 0644): chmod 600 it",
+    )
+    escrow.chmod(0o600)
+    code, result = _cli(
+        capsys, "key", "add", "--repo", "local", "--password-file", str(escrow), "--config", str(config)
+    )
+    assert code == 0, result
+    keys = result["keys"]
+    assert len(keys) == 2 and result["added"] in {k["id"] for k in keys}  # type: ignore[union-attr]
+    assert [k["current"] for k in keys] == [True, False] or [k["current"] for k in keys] == [False, True]  # type: ignore[union-attr]
+    assert spy.calls
+    for argv, env in spy.calls:  # neither password on a command line or in the environment of restic
+        assert ESCROW not in " ".join(argv) and str(escrow) not in " ".join(argv)
+        assert ESCROW not in json.dumps(env) and PASSWORD not in " ".join(argv)
+    assert ESCROW not in json.dumps(result) and ESCROW not in capsys.readouterr().err
+    opened = Restic(Repository("local", str(tmp_path / "local"), password_file=str(escrow)))
+    assert len(opened.snapshots()) == 1  # the escrow key opens the repository on its own
+    code, listed = _cli(capsys, "key", "list", "--repo", "local", "--config", str(config))
+    assert code == 0 and {k["id"] for k in listed["keys"]} == {k["id"] for k in keys}  # type: ignore[union-attr]
+    code, result = _cli(capsys, "key", "list", "--repo", "local", "--repo", "other", "--config", str(config))
+    assert (code, result["error"]) == (2, "key list takes one repository: --repo NAME")
