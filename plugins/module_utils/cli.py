@@ -8,7 +8,10 @@ roles write from the same variables.
                          [--repo NAME]... [--all-repos]  (into restic repositories instead of a set)
     selfhost-dr verify   [SET]                 (default: the newest set of the app)
     selfhost-dr list     [--app A] [--repo NAME]   (a repository's snapshots)
-    selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
+    selfhost-dr prune    [--app A] [--dry-run|--check] (the [retention] rules of the config)
+                         [--repo NAME]... [--all-repos] [--all-hosts] [--no-prune]  (a repository's snapshots)
+    selfhost-dr check    --repo NAME... | --all-repos [--read-data | --read-data-subset N%|n/t|SIZE]
+    selfhost-dr key      add --repo NAME --password-file FILE | list --repo NAME
     selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
     selfhost-dr status
     selfhost-dr tomo create --output DIR | tomo restore --input FILE [--categories C,...] [--mode M] [--live]
