@@ -26,6 +26,8 @@ from .test_repo_backup import _cli
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/bootstrap)")
 PASSWORD = "a long repository password"
+# One bucket for these tests, a prefix each: every bucket takes volumes of the session's one SeaweedFS (conftest.py).
+BUCKET = "dr-maintenance"
 
 
 def _config(tmp_path: Path, store: s3_store.Store | None = None, s3_required: bool = False) -> Path:
@@ -38,7 +40,7 @@ def _config(tmp_path: Path, store: s3_store.Store | None = None, s3_required: bo
     )
     if store is not None:
         (secrets / "s3.env").write_text("".join(f"{k}={v}\n" for k, v in store.env.items()))
-        bucket = f"check-{tmp_path.name[-20:].lower().replace('_', '-')}"
+        bucket = f"{BUCKET}/check-{tmp_path.name}"
         text += (
             f'[repositories.s3]\nlocation = "{store.location(bucket)}"\npassword_file = "{secrets}/password"\n'
             f'env_file = "{secrets}/s3.env"\ninit = true\nrequired = {str(s3_required).lower()}\n'
@@ -56,7 +58,7 @@ def _restic(tmp_path: Path, name: str = "local", store: s3_store.Store | None = 
     if store is None:
         repo = Repository(name, str(tmp_path / name), password_file=password, init=True)
     else:
-        bucket = f"check-{tmp_path.name[-20:].lower().replace('_', '-')}"
+        bucket = f"{BUCKET}/check-{tmp_path.name}"
         repo = Repository(name, store.location(bucket), password_file=password, env=store.env, init=True)
     restic = Restic(repo)
     restic.ensure()
@@ -125,6 +127,24 @@ def test_a_damaged_optional_repository_is_a_warning(
     (warning,) = result["warnings"]  # type: ignore[misc]
     assert warning.startswith("local (optional): restic check of repository local") and victim.name in warning
     assert PASSWORD not in json.dumps(result)
+
+
+def test_a_repository_that_cannot_be_read_is_not_called_damaged(
+    tmp_path: Path, store: s3_store.Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, store, s3_required=True)
+    _backed_up(_restic(tmp_path, "s3", store), tmp_path)
+    (tmp_path / "secrets" / "s3.env").write_text(
+        f"AWS_ACCESS_KEY_ID={s3_store.ACCESS_KEY}\nAWS_SECRET_ACCESS_KEY=not-the-key\n"
+    )
+    code, result = _cli(capsys, "check", "--all-repos", "--config", str(config))
+    assert code == 1, result
+    local, s3 = result["repositories"]  # type: ignore[misc]
+    assert local["error"] == (
+        f"repository local ({tmp_path}/local) does not exist: no restic repository is there (init: true creates one)"
+    )
+    assert "refuses the store's credentials" in s3["error"] and "found damage" not in s3["error"]
+    assert "not-the-key" not in json.dumps(result)
 
 
 # -- stale and live locks ------------------------------------------------------------------------------------------
@@ -201,10 +221,7 @@ def test_a_live_runs_lock_is_reported_with_its_holder_and_never_removed(
     try:
         for command in (["check"], ["prune"], ["prune", "--check"]):
             code, result = _cli(capsys, *command, "--repo", "local", "--config", str(config))
-            if command == ["prune", "--check"]:  # reads the snapshots without a lock: plans all the same
-                assert code == 0, result
-                continue
-            assert code == 1, result
+            assert code == 1, result  # check mode refuses what the run refuses
             error = str(result["error"])
             assert re.fullmatch(
                 rf"repository local \({tmp_path}/local\) is locked by PID {live.pid} on {socket.gethostname()} "

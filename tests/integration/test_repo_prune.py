@@ -30,6 +30,8 @@ from .test_repo_backup import _cli
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/bootstrap)")
 PASSWORD = "a long repository password"
+# One bucket for these tests, a prefix each: every bucket takes volumes of the session's one SeaweedFS (conftest.py).
+BUCKET = "dr-maintenance"
 SEVEN_FOUR_TWELVE = {"keep_daily": 7, "keep_weekly": 4, "keep_monthly": 12}
 
 
@@ -115,7 +117,7 @@ def _config(tmp_path: Path, store: s3_store.Store, s3: str = "", retention: str 
     (secrets / "s3.env").write_text("".join(f"{k}={v}\n" for k, v in store.env.items()))
     for path in secrets.iterdir():
         path.chmod(0o600)
-    bucket = f"prune-{tmp_path.name[-20:].lower().replace('_', '-')}"
+    bucket = f"{BUCKET}/prune-{tmp_path.name}"
     config = tmp_path / "config.toml"
     config.write_text(
         f'backup_dir = "{tmp_path}/backups"\n[metrics]\ntextfile_dir = ""\n[retention]\n{retention}\n'

@@ -4,6 +4,9 @@ the newest verified by a restore; and restic's words (a lock, a prune's total) r
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -165,3 +168,17 @@ def test_the_bytes_a_prune_frees_are_read_from_its_total() -> None:
     text = "to delete:             3 blobs / 391.163 KiB\ntotal prune:           3 blobs / 1.500 MiB\n"
     match = restic_module._FREED_RE.search(text)
     assert match is not None and restic_module._bytes(match["size"], match["unit"]) == 1572864
+
+
+def test_a_lock_is_stale_by_restics_rule_only() -> None:
+    recent = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    old = (datetime.now(UTC) - timedelta(minutes=31)).isoformat()
+    here = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = restic_module._stale
+    assert stale({"time": recent, "hostname": here, "pid": dead.pid}) is True  # a killed run of this host
+    assert stale({"time": recent, "hostname": here, "pid": os.getpid()}) is False  # a live run
+    assert stale({"time": recent, "hostname": "elsewhere", "pid": dead.pid}) is False  # cannot be seen from here
+    assert stale({"time": old, "hostname": "elsewhere", "pid": os.getpid()}) is True  # older than 30 minutes
+    assert stale({"time": "whenever", "hostname": here, "pid": dead.pid}) is False

@@ -241,6 +241,8 @@ def prune_all(
         try:
             planned = plan(restic, policy_for(repo.retention, default, repo.name), host, all_hosts, app, now)
             if check:
+                if planned.forget:  # the run would need the repository alone: a live run's lock refuses it
+                    restic.refuse_live_lock()
                 outcome = _outcome(planned)
                 outcome.ok = True
             else:

@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import stat
 import subprocess
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from .._common import Error
@@ -364,7 +366,14 @@ class Restic:
         result = self.call(args, check=False)
         if result.code == 0:
             return
-        if _is_locked(result.err) or _UNREACHABLE_RE.search(result.err) or "wrong password" in result.err:
+        unread = (
+            _is_locked(result.err)
+            or _UNREACHABLE_RE.search(result.err)
+            or _REFUSED_RE.search(result.err)
+            or "wrong password" in result.err
+            or "unable to open config file" in result.err
+        )
+        if unread:
             raise self.failure("check", result)  # not damage: the repository could not be read at all
         lines = [line.strip() for line in (result.out + "\n" + result.err).splitlines()]
         problems = [line for line in lines if _CHECK_PROBLEM.search(line) and not line.startswith("Fatal:")]
@@ -407,6 +416,37 @@ class Restic:
             raise RepoError(f"{self.repo.shown} listed its keys as something that is not JSON") from None
         return [k for k in value if isinstance(k, dict)] if isinstance(value, list) else []
 
+    def live_locks(self, exclusive_only: bool = False) -> list[dict[str, Any]]:
+        """The locks of live runs, read without a lock (``restic list locks``, ``restic cat lock``): not the ones
+        ``restic unlock`` would remove (made on this host by a process that is gone, or older than 30 minutes). With
+        ``exclusive_only``, only the exclusive ones (those that keep a backup out)."""
+        ids = [line.strip() for line in self.call(["list", "locks", "--no-lock"]).out.splitlines() if line.strip()]
+        live = []
+        for ident in ids:
+            if not re.fullmatch(r"[0-9a-f]{64}", ident):
+                continue
+            result = self.call(["cat", "lock", ident, "--no-lock"], check=False)
+            try:
+                lock = json.loads(result.out) if result.code == 0 else None
+            except ValueError:
+                lock = None
+            if not isinstance(lock, dict) or (exclusive_only and not lock.get("exclusive")):
+                continue  # gone meanwhile, or unreadable: restic ignores those too
+            if not _stale(lock):
+                live.append({"id": ident, **lock})
+        return live
+
+    def refuse_live_lock(self, exclusive_only: bool = False) -> None:
+        """Check mode's view of a lock: the sentence a run would meet, for the first live lock."""
+        for lock in self.live_locks(exclusive_only):
+            when = _lock_time(lock.get("time"))
+            text = (
+                f"repository is already locked {'exclusively ' if lock.get('exclusive') else ''}by PID "
+                f"{lock.get('pid')} on {lock.get('hostname')} by {lock.get('username')} (UID"
+                + (f"\nlock was created at {when.astimezone().strftime('%Y-%m-%d %H:%M:%S')} (" if when else "")
+            )
+            raise LockedError(_locked_sentence(self.repo.shown, text, self.repo))
+
     def unlock(self) -> None:
         """Remove the stale locks only (a killed run's, or one older than 30 minutes); never a live run's."""
         self.call(["unlock"])
@@ -447,6 +487,41 @@ def _locked_sentence(shown: str, text: str, repo: Repository) -> str:
         "restic does not consider stale (its process still runs, and the lock is younger than 30 minutes), so it "
         "was left in place"
     )
+
+
+_STALE_AFTER = 30 * 60  # seconds: restic's own staleTimeout
+
+
+def _lock_time(text: object) -> datetime | None:
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", str(text))
+    if not match:
+        return None
+    zone = "+00:00" if match[3] == "Z" else match[3]
+    try:
+        return datetime.fromisoformat(f"{match[1]}{(match[2] or '.0')[:7]}{zone}")
+    except ValueError:
+        return None
+
+
+def _stale(lock: Mapping[str, Any]) -> bool:
+    """restic's rule (``Lock.Stale``): older than 30 minutes, or made on this host by a process that is gone."""
+    when = _lock_time(lock.get("time"))
+    if when is None:
+        return False
+    if (datetime.now(timezone.utc) - when).total_seconds() > _STALE_AFTER:
+        return True
+    if lock.get("hostname") != socket.gethostname():
+        return False  # another host's process cannot be seen from here
+    pid = lock.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it runs, as another user
+    return False
 
 
 def open_private(path: str, what: str) -> int:
