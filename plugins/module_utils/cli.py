@@ -43,19 +43,7 @@ from ._common import Error, RollbackError, UsageError, VerificationError, iso, u
 from .apps import tomo_document, tomo_export, tomo_schema
 from .apps.registry import APPS, TENEMENT_SPEC, TOMO_SPEC, application
 from .apps.tomo import Tomo
-from .engine import (
-    backup,
-    journal,
-    monitor,
-    prune,
-    repo_backup,
-    repo_check,
-    repo_prune,
-    restore,
-    schedule,
-    state,
-    swap,
-)
+from .engine import backup, journal, monitor, prune, repo_backup, repo_check, repo_prune, restore, schedule, state, swap
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
 from .repos.restic import SUBSET_RE, RepoError, Restic, open_private, public
