@@ -332,7 +332,9 @@ def _backup_into_repos(args: argparse.Namespace, config: dict[str, Any], log: Pr
     planned = repo_backup.plan(app, mode, options, check=args.check)
     if args.check:  # the repositories must be there (or be created) and open with their passwords
         for restic in repos:
-            if not restic.exists() and not restic.repo.init:
+            if restic.exists():
+                restic.refuse_live_lock(exclusive_only=True)  # a live prune or check keeps the backup out
+            elif not restic.repo.init:
                 raise RepoError(
                     f"{restic.repo.shown} does not exist: no restic repository is there (init: true creates one)"
                 )

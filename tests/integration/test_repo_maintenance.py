@@ -230,6 +230,7 @@ def test_a_live_runs_lock_is_reported_with_its_holder_and_never_removed(
                 error,
             ), error
             assert _locks(tmp_path) == held and live.poll() is None  # the live run and its lock untouched
+        restic.refuse_live_lock(exclusive_only=True)  # a backup's check mode: a shared lock keeps no backup out
     finally:
         assert live.stdin is not None
         live.stdin.write(b"the end of the input")
@@ -249,6 +250,9 @@ def test_a_live_runs_lock_is_reported_with_its_holder_and_never_removed(
         assert str(locked.value).startswith(
             f"repository local ({tmp_path}/local) is locked exclusively by PID {holder.pid} on "
         )
+        with pytest.raises(LockedError) as planned:  # backup --check refuses it with the same sentence
+            restic.refuse_live_lock(exclusive_only=True)
+        assert str(planned.value) == str(locked.value)
         assert _locks(tmp_path) == held
     finally:
         holder.send_signal(signal.SIGCONT)
