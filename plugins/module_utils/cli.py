@@ -8,7 +8,10 @@ roles write from the same variables.
                          [--repo NAME]... [--all-repos]  (into restic repositories instead of a set)
     selfhost-dr verify   [SET]                 (default: the newest set of the app)
     selfhost-dr list     [--app A] [--repo NAME]   (a repository's snapshots)
-    selfhost-dr prune    [--app A] [--dry-run] (the [retention] rules of the config)
+    selfhost-dr prune    [--app A] [--dry-run|--check] (the [retention] rules of the config)
+                         [--repo NAME]... [--all-repos] [--all-hosts] [--no-prune]  (a repository's snapshots)
+    selfhost-dr check    --repo NAME... | --all-repos [--read-data | --read-data-subset N%|n/t|SIZE]
+    selfhost-dr key      add --repo NAME --password-file FILE | list --repo NAME
     selfhost-dr restore  [SET] [--app A] [--instance S:I]... [--keep-safety] [--check]
                          [--repo NAME [--snapshot ID] [--from-host HOST]]  (from a restic repository)
     selfhost-dr status
@@ -47,7 +50,9 @@ from .engine import (
     monitor,
     prune,
     repo_backup,
+    repo_check,
     repo_import,
+    repo_prune,
     repo_restore,
     restore,
     schedule,
@@ -56,7 +61,7 @@ from .engine import (
 )
 from .engine.lock import DEFAULT_WAIT, HostLock, held
 from .repos import config as repo_config
-from .repos.restic import Restic, public
+from .repos.restic import SUBSET_RE, RepoError, Restic, open_private, public
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -444,7 +449,54 @@ def cmd_list(args: argparse.Namespace, config: dict[str, Any], log: Progress) ->
 
 
 def cmd_prune(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    if args.repo or args.all_repos:
+        return _prune_repos(args, config, log)
+    if args.all_hosts or args.no_prune:
+        raise UsageError("--all-hosts and --no-prune go with --repo NAME or --all-repos")
     return _prune(config, _app(args, config), args.dry_run)
+
+
+def _prune_repos(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    """Each repository's own retention (else [retention]) over its snapshots of this host, per app."""
+    repos = _chosen_repos(args, config)
+    started = iso(utc_now())
+    try:
+        done = repo_prune.prune_all(
+            repos,
+            _section(config, "retention"),
+            default_host(),
+            all_hosts=args.all_hosts,
+            app=args.app,
+            check=args.dry_run,
+            prune=not args.no_prune,
+            log=log,
+        )
+    except repo_prune.RepositoriesError as exc:  # each repository's outcome is recorded, also then
+        if not args.dry_run:
+            _record_repos(exc.result["repositories"], config, started, args, log, "prune")  # type: ignore[arg-type]
+        raise
+    if not args.dry_run:
+        _record_repos(done.outcomes, config, started, args, log, "prune")
+    return {
+        "check": args.dry_run,
+        "repositories": [o.as_dict() for o in done.outcomes],
+        **({"warnings": done.warnings} if done.warnings else {}),
+    }
+
+
+def _record_repos(
+    outcomes: Any, config: dict[str, Any], started: str, args: argparse.Namespace, log: Progress, operation: str
+) -> None:
+    """Each repository's outcome of a prune or check in state.json (status and metrics per repository)."""
+    repo_backup.record(
+        list(outcomes),
+        config.get("state_dir"),
+        started,
+        getattr(args, "schedule", "") or "",
+        log,
+        args.app or "",
+        operation,
+    )
 
 
 def _prune(config: dict[str, Any], app: str, check: bool) -> dict[str, object]:
@@ -467,6 +519,44 @@ def _prune(config: dict[str, Any], app: str, check: bool) -> dict[str, object]:
         assert default is not None  # noqa: S101 - rules were given
         done = prune.prune(_dir(config), default, wanted, check=check)
     return {"deleted": done.deleted, "kept": done.kept, "future": done.future, "freed_bytes": done.freed_bytes}
+
+
+def cmd_check(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    """``restic check`` of the repositories named (or all), reading all their data or a subset of it."""
+    if not args.repo and not args.all_repos:
+        raise UsageError("check needs --repo NAME (repeat) or --all-repos")
+    subset = args.read_data_subset or ""
+    if subset and not SUBSET_RE.fullmatch(subset):
+        raise UsageError(f"--read-data-subset must be n% (5%), n/t (1/7) or a size (500M), not {subset!r}")
+    if subset and args.read_data:
+        raise UsageError("--read-data reads everything: give it or --read-data-subset, not both")
+    done = repo_check.check_all(_chosen_repos(args, config), args.read_data, subset, log)
+    return {
+        "repositories": [o.as_dict() for o in done.outcomes],
+        **({"warnings": done.warnings} if done.warnings else {}),
+    }
+
+
+def cmd_key(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    """``key add``: a second key (an escrow kept offline, or the next password of a rotation) from a private file;
+    ``key list``: the repository's keys."""
+    if len(args.repo) != 1:
+        raise UsageError(f"key {args.verb} takes one repository: --repo NAME")
+    (restic,) = _chosen_repos(args, config)
+    shown = {"repository": restic.repo.name, "location": public(restic.repo.location)}
+    if args.verb == "add":
+        if not args.password_file:
+            raise UsageError("key add needs --password-file FILE (the new key's password, a file only you can read)")
+        try:
+            os.close(open_private(args.password_file, "the new key's password file"))
+        except RepoError as exc:
+            raise UsageError(str(exc)) from None
+        added = restic.add_key(args.password_file)
+        log(f"{restic.repo.shown}: key {added} added; keep its password offline")
+        return {**shown, "added": added, "keys": restic.keys()}
+    if args.password_file:
+        raise UsageError("--password-file goes with key add")
+    return {**shown, "keys": restic.keys()}
 
 
 def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
@@ -686,12 +776,8 @@ def _step_backup(
     chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
 ) -> dict[str, Any]:
     if chosen.into_repositories:  # its repositories instead of a set: one snapshot and one outcome each
-        every = chosen.repositories == (schedule.ALL_REPOSITORIES,)
-        names = [] if every else list(chosen.repositories)
-        args = argparse.Namespace(
-            app=chosen.app, mode=chosen.mode, label=chosen.label, repo=names, all_repos=every, check=False
-        )
-        args.schedule, args.config = chosen.name, config.get(_CONFIG_PATH)
+        args = _schedule_args(chosen)
+        args.config = config.get(_CONFIG_PATH)
         return {**_backup_into_repos(args, config, log), "shared": False, "sets": []}
     options = _backup_options(config, chosen.label, "verify" not in chosen.operations)
     label = options.label or chosen.mode
@@ -722,6 +808,16 @@ def _step_backup(
 def _step_verify(
     chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
 ) -> dict[str, Any]:
+    if chosen.into_repositories:  # restic check of its repositories, reading chosen.read_data_subset of the data
+        repos = _schedule_repos(chosen, config)
+        started = iso(utc_now())
+        try:
+            checked = repo_check.check_all(repos, False, chosen.read_data_subset, log)
+        except repo_prune.RepositoriesError as exc:
+            _record_repos(exc.result["repositories"], config, started, _schedule_args(chosen), log, "check")  # type: ignore[arg-type]
+            raise
+        _record_repos(checked.outcomes, config, started, _schedule_args(chosen), log, "check")
+        return {"repositories": [o.as_dict() for o in checked.outcomes], "warnings": checked.warnings}
     archives = made or [restore.newest(_dir(config), chosen.app)]
     results = []
     for archive in archives:
@@ -735,9 +831,28 @@ def _step_verify(
 def _step_prune(
     chosen: schedule.Schedule, config: dict[str, Any], log: Progress, invoked: datetime, made: list[str]
 ) -> dict[str, Any]:
+    if chosen.into_repositories:  # each repository's retention over this host's snapshots of the app
+        args = _schedule_args(chosen)
+        args.dry_run, args.all_hosts, args.no_prune, args.config = False, False, False, config.get(_CONFIG_PATH)
+        return _prune_repos(args, config, log)
     done = _prune(config, chosen.app, check=False)
     log(f"pruned: deleted {len(done['deleted'])} set(s), freed {done['freed_bytes']} bytes")  # type: ignore[arg-type]
     return done
+
+
+def _schedule_args(chosen: schedule.Schedule) -> argparse.Namespace:
+    every = chosen.repositories == (schedule.ALL_REPOSITORIES,)
+    args = argparse.Namespace(
+        app=chosen.app, mode=chosen.mode, label=chosen.label, repo=[] if every else list(chosen.repositories)
+    )
+    args.all_repos, args.check, args.schedule = every, False, chosen.name
+    return args
+
+
+def _schedule_repos(chosen: schedule.Schedule, config: dict[str, Any]) -> list[Restic]:
+    args = _schedule_args(chosen)
+    args.config = config.get(_CONFIG_PATH)
+    return _chosen_repos(args, config)
 
 
 _STEPS: dict[str, Callable[[schedule.Schedule, dict[str, Any], Progress, datetime, list[str]], dict[str, Any]]] = {
@@ -755,8 +870,8 @@ def _failed(exc: BaseException, command: str) -> tuple[dict[str, Any], int]:
         return {"error": str(exc)}, EXIT_UNVERIFIED
     if isinstance(exc, RollbackError):
         return {"error": str(exc)}, EXIT_ROLLBACK
-    if isinstance(exc, Error):
-        return {"error": str(exc)}, EXIT_FAILED
+    if isinstance(exc, Error):  # a repository command's failure also carries each repository's outcome
+        return {**dict(getattr(exc, "result", None) or {}), "error": str(exc)}, EXIT_FAILED
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return {"error": f"{where}{exc.strerror or exc}"}, EXIT_FAILED
@@ -840,6 +955,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dic
     "verify": cmd_verify,
     "list": cmd_list,
     "prune": cmd_prune,
+    "check": cmd_check,
+    "key": cmd_key,
     "restore": cmd_restore,
     "status": cmd_status,
     "tomo": cmd_tomo,
@@ -893,8 +1010,28 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", parents=[common], help="the sets (or a repository's snapshots), newest first")
     p.add_argument("--repo", action="append", default=[], metavar="NAME", help="the snapshots of this repository")
     p.set_defaults(all_repos=False)
-    p = sub.add_parser("prune", parents=[common, runs], help="apply the [retention] rules")
-    p.add_argument("--dry-run", action="store_true")
+    p = sub.add_parser("prune", parents=[common, runs], help="apply the [retention] rules (or a repository's)")
+    p.add_argument(
+        "--dry-run", "--check", action="store_true", dest="dry_run", help="say what would go; change nothing"
+    )
+    p.add_argument(
+        "--repo", action="append", default=[], metavar="NAME", help="the snapshots of this restic repository (repeat)"
+    )
+    p.add_argument("--all-repos", action="store_true", help="every repository of [repositories]")
+    p.add_argument("--all-hosts", action="store_true", help="with --repo: every host's snapshots, not only this one's")
+    p.add_argument(
+        "--no-prune", action="store_true", help="with --repo: forget snapshots, leave restic prune for later"
+    )
+    p = sub.add_parser("check", parents=[common], help="restic check of repositories (a damaged pack is named)")
+    p.add_argument("--repo", action="append", default=[], metavar="NAME", help="this repository (repeat)")
+    p.add_argument("--all-repos", action="store_true", help="every repository of [repositories]")
+    p.add_argument("--read-data", action="store_true", help="also read every pack's data (all of it)")
+    p.add_argument("--read-data-subset", metavar="N%|n/t|SIZE", help="also read this part of the data (5%%, 1/7)")
+    p = sub.add_parser("key", parents=[common], help="a repository's keys: add one (an escrow), list them")
+    p.add_argument("verb", choices=["add", "list"])
+    p.add_argument("--repo", action="append", default=[], metavar="NAME", required=True, help="the repository")
+    p.add_argument("--password-file", metavar="FILE", help="add: the new key's password (first line; mode 0600)")
+    p.set_defaults(all_repos=False)
     p = sub.add_parser("restore", parents=[common, runs], help="restore a set (default: the newest) and start the app")
     p.add_argument("set", nargs="?")
     p.add_argument("--instance", action="append", default=[], help="restore only this service:id (repeat)")
@@ -976,6 +1113,21 @@ def _text(command: str, result: dict[str, Any]) -> str:
         return "\n".join(lines if len(lines) > 1 else [*lines, "no sets yet"])
     if command == "verify":
         return str(result["summary"])
+    if command == "key":
+        rows = [
+            f"{'*' if k.get('current') else ' '} {k.get('id', '?')}  {k.get('userName', '')}@{k.get('hostName', '')}"
+            f"  {k.get('created', '')}"
+            for k in result["keys"]
+        ]
+        added = [f"added key {result['added']}: keep its password offline"] if result.get("added") else []
+        return "\n".join([*added, *rows])
+    if command == "check":
+        return "\n".join(
+            f"{o['repository']}: " + ("no damage found" if o["ok"] else f"FAILED: {o['error']}")
+            for o in result["repositories"]
+        )
+    if command == "prune" and "repositories" in result:
+        return "\n".join(_repo_prune_line(o, result["check"]) for o in result["repositories"])
     if command == "prune":
         return (
             f"deleted {len(result['deleted'])} set(s), freed {result['freed_bytes']} bytes; kept {len(result['kept'])}"
@@ -1005,6 +1157,22 @@ def _repository_lines(repositories: dict[str, Any]) -> list[str]:
             parts.append(f"last attempt failed {failure.get('age_hours', '?')} h ago: {failure.get('reason', '')}")
         lines.append(f"repository {name}: " + "; ".join(parts))
     return lines
+
+
+def _repo_prune_line(outcome: dict[str, Any], check: bool) -> str:
+    if not outcome["ok"]:
+        return f"{outcome['repository']}: FAILED: {outcome['error']}"
+    verb = "would forget" if check else "forgot"
+    freed = f", freed {outcome['freed_bytes']} bytes" if outcome.get("freed_bytes") is not None else ""
+    gone = "".join(f"\n  - {d['short_id']}  {d['time'][:19]}  {d['host']}  {d['app']}" for d in outcome["forgotten"])
+    kept = "".join(
+        f"\n  + {d['short_id']}  {d['time'][:19]}  {d['host']}  {d['app']}: {', '.join(d['reasons'])}"
+        for d in outcome["kept"]
+    )
+    counts = f"{verb} {len(outcome['forgotten'])} snapshot(s){freed}; kept {len(outcome['kept'])}"
+    if outcome.get("other_hosts"):
+        counts += f" (and {outcome['other_hosts']} of other hosts, left alone)"
+    return f"{outcome['repository']}: {counts}{kept}{gone}"
 
 
 def _operation_lines(result: dict[str, Any]) -> list[str]:

@@ -189,6 +189,9 @@ def test_check_names_a_damaged_pack_and_a_second_key_opens_the_repository(tmp_pa
     restic.backup([str(data)], "web1", ["selfhost-dr"])
     escrow = tmp_path / "escrow"
     escrow.write_text("an offline key kept in a safe\n")
+    with pytest.raises(RepoError, match=r"can be read by other users \(mode 0644\): chmod 600 it$"):
+        restic.add_key(str(escrow))
+    escrow.chmod(0o600)
     key = restic.add_key(str(escrow))
     assert key and len(restic.keys()) == 2
     assert Restic(Repository("local", str(tmp_path / "repo"), password_file=str(escrow))).snapshots()

@@ -52,6 +52,14 @@ def run(tmp_path: Path, config: str, *args: str, capsys: pytest.CaptureFixture[s
         ("app = [\n", ["status"], "cannot be read"),
         ("", ["backup", "--instance", "a:b"], "use it with --mode instances"),
         ("", ["restore", "--mode", "x"], "unrecognized arguments: --mode"),
+        ("", ["check"], "check needs --repo NAME (repeat) or --all-repos"),
+        ("", ["check", "--all-repos"], "--all-repos: the configuration has no [repositories]"),
+        ("", ["check", "--repo", "x", "--read-data-subset", "half"], "--read-data-subset must be n% (5%), n/t (1/7)"),
+        ("", ["check", "--repo", "x", "--read-data", "--read-data-subset", "1/7"], "give it or --read-data-subset"),
+        ("", ["prune", "--repo", "offsite"], "there is no repository 'offsite' in the configuration (none)"),
+        ("[retention]\nkeep_last = 1\n", ["prune", "--all-hosts"], "--all-hosts and --no-prune go with --repo"),
+        ("", ["key", "list"], "the following arguments are required: --repo"),
+        ("", ["key", "list", "--repo", "a", "--repo", "b"], "key list takes one repository: --repo NAME"),
     ],
 )
 def test_a_wrong_setting_is_one_sentence_and_exit_status_2(

@@ -42,9 +42,10 @@ def test_repositories_are_parsed_written_and_read_back() -> None:
     ("entry", "sentence"),
     [
         (
-            {"repositories": ["offsite"], "operations": ["backup", "prune"]},
-            "schedule 'offsite': backs up into repositories, whose prune is not a schedule operation yet",
+            {"repositories": ["offsite"], "read_data_subset": "five percent"},
+            "schedule 'offsite': read_data_subset must be n% (5%), n/t (1/7) or a size (500M)",
         ),
+        ({"read_data_subset": "5%"}, "read_data_subset is what verify reads of its repositories: give repositories"),
         ({"repositories": ["offsite"], "mode": "instances"}, "a backup into repositories is hot or cold"),
         ({"repositories": ["off site"]}, "repositories must be all or a list of repository names"),
         ({"repositories": ["all", "nas"]}, "repositories is either all or a list of names, not both"),
@@ -106,3 +107,32 @@ def test_a_run_backs_up_into_its_repositories_and_writes_no_set(
     code, result = run_json(capsys, config, "run", "gone")
     assert code == 2 and "there is no repository 'nas'" in str(result["error"]), result
     assert "a repository password" not in json.dumps(result)
+
+
+@pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/bootstrap)")
+def test_a_repository_schedule_verifies_with_restic_check_and_prunes_by_the_repositorys_retention(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], app: Recorder, state_dir: Path
+) -> None:
+    password = tmp_path / "local.password"
+    password.write_text("a repository password\n")
+    password.chmod(0o600)
+    repos = f'\n[repositories.local]\nlocation = "{tmp_path / "local"}"\npassword_file = "{password}"\ninit = true\n'
+    config = config_of(tmp_path, repos + "keep_last = 2\n")
+    config.chmod(0o600)
+    row = {"calendar": "*-*-* 04:00:00", "every_hours": 24, "mode": "hot", "repositories": ["local"]}
+    schedules_toml(tmp_path, nightly={**row, "operations": ["backup", "verify", "prune"], "read_data_subset": "50%"})
+    assert schedule.from_table("nightly", {**row, "operations": ["verify"], "read_data_subset": "50%"}).read_data_subset
+    for _night in range(3):
+        code, result = run_json(capsys, config, "run", "nightly")
+        assert code == 0, result
+    steps = result["operations"]  # type: ignore[index]
+    assert [(o["repository"], o["ok"]) for o in steps["verify"]["repositories"]] == [("local", True)]
+    (pruned,) = steps["prune"]["repositories"]
+    assert pruned["ok"] and len(pruned["forgotten"]) == 1 and len(pruned["kept"]) == 2, pruned
+    left = Restic(Repository("local", str(tmp_path / "local"), str(password))).snapshots(["selfhost-dr"])
+    assert len(left) == 2
+    recorded = state_json(state_dir)["repositories"]["local"]  # type: ignore[index]
+    assert recorded["check"]["last_success"]["schedule"] == "nightly"  # type: ignore[index]
+    assert recorded["prune"]["last_success"]["ok"] is True  # type: ignore[index]
+    text = prom(tmp_path)
+    assert 'selfhost_dr_repository_last_attempt_success{repository="local",operation="check"} 1' in text

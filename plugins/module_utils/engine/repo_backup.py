@@ -182,6 +182,8 @@ def preflight(app: str, mode: str, repos: Sequence[Restic], log: Log = no_log) -
                         f"{restic.repo.shown} does not exist: no restic repository is there (init: true creates one)"
                     )
                 outcome.created = True
+            else:
+                restic.refuse_live_lock(exclusive_only=True)  # a live prune or check would keep the backup out
             outcome.ok = True
         except RepoError as exc:
             outcome.error = str(exc)

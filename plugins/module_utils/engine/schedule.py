@@ -51,8 +51,10 @@ _KNOWN = {
     "heartbeat",
     "every_hours",
     "repositories",
+    "read_data_subset",
 }
 ALL_REPOSITORIES = "all"
+_SUBSET_RE = re.compile(r"^(\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?)\Z")  # repos/restic.py SUBSET_RE
 _REPOSITORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")  # repos/config.py NAME_RE
 
 
@@ -77,6 +79,8 @@ class Schedule:
     # Its backup goes into these restic repositories (config.toml's [repositories]) instead of a set; ("all",) every
     # one; (): a set.
     repositories: tuple[str, ...] = ()
+    # With repositories, what its verify (restic check) also reads of the data: "5%", "1/7", "500M"; "": none.
+    read_data_subset: str = ""
 
     @property
     def into_repositories(self) -> bool:
@@ -174,12 +178,11 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
             raise ScheduleError(f"{where}: unknown operation {operation!r} (one of {', '.join(OPERATIONS)})")
     if len(set(operations)) != len(operations):
         raise ScheduleError(f"{where}: an operation is listed twice in {list(operations)}")
-    if repositories and set(operations) - {"backup"}:
-        other = next(o for o in OPERATIONS if o in operations and o != "backup")
-        raise ScheduleError(
-            f"{where}: backs up into repositories, whose {other} is not a schedule operation yet; give it "
-            "operations: [backup] (and a schedule of its own for the sets' verify and prune)"
-        )
+    subset = entry.get("read_data_subset") or ""
+    if not isinstance(subset, str) or (subset and not _SUBSET_RE.match(subset)):
+        raise ScheduleError(f"{where}: read_data_subset must be n% (5%), n/t (1/7) or a size (500M), not {subset!r}")
+    if subset and not repositories:
+        raise ScheduleError(f"{where}: read_data_subset is what verify reads of its repositories: give repositories")
     app = entry.get("app") or default_app
     if app not in apps:
         raise ScheduleError(f"{where}: app must be one of {', '.join(apps)}, not {app!r}")
@@ -230,6 +233,7 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
         heartbeat=heartbeat,
         every_hours=float(every_hours),
         repositories=repositories,
+        read_data_subset=subset,
     )
 
 
@@ -296,6 +300,8 @@ def table(s: Schedule) -> dict[str, object]:
         row["heartbeat"] = s.heartbeat
     if s.repositories:
         row["repositories"] = ALL_REPOSITORIES if s.repositories == (ALL_REPOSITORIES,) else list(s.repositories)
+    if s.read_data_subset:
+        row["read_data_subset"] = s.read_data_subset
     row.update(s.retention)
     return row
 

@@ -17,16 +17,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import stat
 import subprocess
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from .._common import Error
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
+SNAPSHOT_TAG = "selfhost-dr"  # every snapshot selfhost-dr makes carries it; retention looks at no other
+# A restore from the snapshot passed every check (the restore engine adds it): retention never forgets the newest one.
+VERIFIED_TAG = "verified=restore"
 MIN_VERSION = (0, 14, 0)  # repository format 2 (compression) and restore --verify: Debian 12's restic
 _VERSION_RE = re.compile(r"^restic (\d+)\.(\d+)\.(\d+)")
 _LOCATION_RE = re.compile(r"^(?:(?P<scheme>sftp|s3|rest|rclone|swift|b2|azure|gs):)?(?P<rest>.+)$")
@@ -181,7 +187,22 @@ class Restic:
     ) -> Result:
         """``restic ARGS`` for this repository; with ``check``, a failure raises its one sentence. ``pass_fds``: open
         descriptors restic inherits (a directory it reaches as ``/proc/self/fd/N``); ``cwd``: where it runs; ``utc``:
-        with ``TZ=UTC`` (times on its command line are UTC)."""
+        with ``TZ=UTC`` (times on its command line are UTC).
+
+        A command that finds the repository locked runs ``restic unlock`` (which removes only stale locks: a killed
+        run's on this host, or one older than 30 minutes) and is tried once more; a lock still there belongs to a live
+        run, and is reported as "locked by PID ... since ...", never removed."""
+        result = self._call(args, timeout, pass_fds, cwd, utc)
+        if result.code != 0 and args[0] != "unlock" and "--no-lock" not in args and _is_locked(result.err):
+            self._call(["unlock"], timeout, ())  # only the stale ones; its failure shows in the retry's
+            result = self._call(args, timeout, pass_fds, cwd, utc)
+        if check and result.code != 0:
+            raise self.failure(args[0], result)
+        return result
+
+    def _call(
+        self, args: Sequence[str], timeout: float | None, pass_fds: Sequence[int], cwd: str = "", utc: bool = False
+    ) -> Result:
         argv = [self.binary, *args]
         extra: dict[str, Any] = {"pass_fds": tuple(pass_fds)} if pass_fds else {}
         if cwd:
@@ -204,10 +225,7 @@ class Restic:
             raise RepoError(
                 f"restic {args[0]} on {self.repo.shown} did not finish in {timeout or self.timeout:g} s"
             ) from None
-        result = Result(done.returncode, done.stdout or "", done.stderr or "")
-        if check and result.code != 0:
-            raise self.failure(args[0], result)
-        return result
+        return Result(done.returncode, done.stdout or "", done.stderr or "")
 
     def failure(self, command: str, result: Result) -> RepoError:
         """restic's failure as one sentence (its own words, last line, when nothing better is known)."""
@@ -224,8 +242,8 @@ class Restic:
             return RepoError(f"{shown} cannot be reached: {_last_line(text, self.repo)}")
         if "unable to open config file" in text or "Is there a repository at the following location" in text:
             return NoRepositoryError(f"{shown} does not exist: no restic repository is there (init: true creates one)")
-        if "repository is already locked" in text or "unable to create lock" in text:
-            return LockedError(f"{shown} is locked by another restic run: {_last_line(text, self.repo)}")
+        if _is_locked(text) or "unable to create lock" in text:
+            return LockedError(_locked_sentence(shown, text, self.repo))
         if (
             re.search(r"repository version \d+ (is )?(not supported|unsupported)", text)
             or "unsupported repository version" in text
@@ -349,6 +367,13 @@ class Restic:
         if snapshot_ids:
             self.call(["forget", *(["--prune"] if prune else []), "--", *snapshot_ids])
 
+    def prune(self) -> int | None:
+        """``restic prune``: delete the data no snapshot needs any more; the bytes it frees as restic counts them
+        ("total prune"), None when it does not say."""
+        result = self.call(["prune"])
+        match = _FREED_RE.search(result.out)
+        return _bytes(match["size"], match["unit"]) if match else None
+
     def add_tags(self, snapshot_id: str, tags: Sequence[str]) -> None:
         """Add tags to a snapshot (``restic tag --add``; restic saves it as a new snapshot id)."""
         args = ["tag"]
@@ -356,21 +381,37 @@ class Restic:
             args += ["--add", _tag(tag)]
         self.call([*args, "--", snapshot_id])
 
-    def check(self, read_data_subset: str = "") -> None:
-        """``restic check`` (with ``read_data_subset``, e.g. ``5%`` or ``1/7``, also that much of the data): one
-        sentence naming what is wrong."""
+    def check(self, read_data_subset: str = "", read_data: bool = False) -> None:
+        """``restic check`` (with ``read_data``, also every pack's data; with ``read_data_subset``, e.g. ``5%`` or
+        ``1/7``, that much of it): one sentence naming what is wrong, and the damaged packs by id."""
         args = ["check"]
-        if read_data_subset:
-            if not re.fullmatch(r"\d+(\.\d+)?%|\d+/\d+|\d+[KMGT]?", read_data_subset):
+        if read_data:
+            args += ["--read-data"]
+        elif read_data_subset:
+            if not SUBSET_RE.fullmatch(read_data_subset):
                 raise RepoError(f"read_data_subset {read_data_subset!r} is not n%, n/t or a size")
             args += ["--read-data-subset", read_data_subset]
         result = self.call(args, check=False)
-        if result.code != 0:
-            problems = [
-                line.strip() for line in (result.out + "\n" + result.err).splitlines() if _CHECK_PROBLEM.search(line)
-            ]
-            why = problems[0] if problems else _last_line(result.err, self.repo) or f"exit status {result.code}"
-            raise RepoError(f"restic check of {self.repo.shown} found damage: {_scrub(why, self.repo)}")
+        if result.code == 0:
+            return
+        unread = (
+            _is_locked(result.err)
+            or _UNREACHABLE_RE.search(result.err)
+            or _REFUSED_RE.search(result.err)
+            or "wrong password" in result.err
+            or "unable to open config file" in result.err
+        )
+        if unread:
+            raise self.failure("check", result)  # not damage: the repository could not be read at all
+        lines = [line.strip() for line in (result.out + "\n" + result.err).splitlines()]
+        problems = [line for line in lines if _CHECK_PROBLEM.search(line) and not line.startswith("Fatal:")]
+        packs = list(dict.fromkeys(m["id"] for line in problems for m in _PACK_RE.finditer(line)))
+        why = problems[0] if problems else _last_line(result.err, self.repo) or f"exit status {result.code}"
+        if packs:
+            named = ", ".join(packs[:5]) + (f" and {len(packs) - 5} more" if len(packs) > 5 else "")
+            what = f"pack {named} is damaged" if len(packs) == 1 else f"packs {named} are damaged"
+            raise RepoError(f"restic check of {self.repo.shown} found damage: {what} ({_scrub(why, self.repo)[:200]})")
+        raise RepoError(f"restic check of {self.repo.shown} found damage: {_scrub(why, self.repo)[:300]}")
 
     def ls(self, snapshot_id: str, limit: int) -> Iterator[dict[str, Any]]:
         """Every node of a snapshot (``restic ls --json``: name, type, path, uid, gid, size, mode), in tree order,
@@ -434,28 +475,160 @@ class Restic:
         self.call(args, pass_fds=[dir_fd])
 
     def add_key(self, new_password_file: str) -> str:
-        """A second key (``restic key add``), its password read from a file; the new key's id."""
-        before = {k.get("id") for k in self.keys()}
-        self.call(["key", "add", "--new-password-file", new_password_file])
+        """A second key (``restic key add``), its password read from a file that only its owner can read; the new
+        key's id. restic reads the file through a descriptor this process opened (``/dev/fd/N``): the file checked is
+        the file read, and neither the password nor a secret path is on the command line."""
+        fd = open_private(new_password_file, "the new key's password file")
+        try:
+            if not os.read(fd, 4096).strip():
+                raise RepoError(f"the new key's password file {new_password_file} is empty")
+            os.lseek(fd, 0, os.SEEK_SET)
+            before = {k.get("id") for k in self.keys()}
+            self.call(["key", "add", "--new-password-file", f"/dev/fd/{fd}"], pass_fds=(fd,))
+        finally:
+            os.close(fd)
         added = [k for k in self.keys() if k.get("id") not in before]
         return str(added[0].get("id")) if added else ""
 
     def keys(self) -> list[dict[str, Any]]:
+        """The repository's keys (``restic key list --json``): id, user, host, created, and which one opened it."""
         result = self.call(["key", "list", "--json"])
         try:
             value = json.loads(result.out or "[]")
         except ValueError:
-            return []
+            raise RepoError(f"{self.repo.shown} listed its keys as something that is not JSON") from None
         return [k for k in value if isinstance(k, dict)] if isinstance(value, list) else []
+
+    def live_locks(self, exclusive_only: bool = False) -> list[dict[str, Any]]:
+        """The locks of live runs, read without a lock (``restic list locks``, ``restic cat lock``): not the ones
+        ``restic unlock`` would remove (made on this host by a process that is gone, or older than 30 minutes). With
+        ``exclusive_only``, only the exclusive ones (those that keep a backup out)."""
+        ids = [line.strip() for line in self.call(["list", "locks", "--no-lock"]).out.splitlines() if line.strip()]
+        live = []
+        for ident in ids:
+            if not re.fullmatch(r"[0-9a-f]{64}", ident):
+                continue
+            result = self.call(["cat", "lock", ident, "--no-lock"], check=False)
+            try:
+                lock = json.loads(result.out) if result.code == 0 else None
+            except ValueError:
+                lock = None
+            if not isinstance(lock, dict) or (exclusive_only and not lock.get("exclusive")):
+                continue  # gone meanwhile, or unreadable: restic ignores those too
+            if not _stale(lock):
+                live.append({"id": ident, **lock})
+        return live
+
+    def refuse_live_lock(self, exclusive_only: bool = False) -> None:
+        """Check mode's view of a lock: the sentence a run would meet, for the first live lock."""
+        for lock in self.live_locks(exclusive_only):
+            when = _lock_time(lock.get("time"))
+            text = (
+                f"repository is already locked {'exclusively ' if lock.get('exclusive') else ''}by PID "
+                f"{lock.get('pid')} on {lock.get('hostname')} by {lock.get('username')} (UID"
+                + (f"\nlock was created at {when.astimezone().strftime('%Y-%m-%d %H:%M:%S')} (" if when else "")
+            )
+            raise LockedError(_locked_sentence(self.repo.shown, text, self.repo))
 
     def unlock(self) -> None:
         """Remove the stale locks only (a killed run's, or one older than 30 minutes); never a live run's."""
         self.call(["unlock"])
 
 
+SUBSET_RE = re.compile(r"\d+(\.\d+)?%|[1-9]\d*/[1-9]\d*|\d+[KMGTkmgt]?")  # check --read-data-subset
 _CHECK_PROBLEM = re.compile(
-    r"does not match|mismatch|damaged|not found|invalid|unreferenced|missing|error", re.IGNORECASE
+    r"does not match|mismatch|damaged|not found|invalid|unreferenced|missing|error|does not exist", re.IGNORECASE
 )
+# A pack named in check's problems: "Pack ID does not match, want ID, got ...", "pack ID: ...", "<data/ID>".
+_PACK_RE = re.compile(r"(?:want |[Pp]ack |<data/)(?P<id>[0-9a-f]{64}|[0-9a-f]{8}\b)")
+_FREED_RE = re.compile(r"total prune:\s+\d+ blobs / (?P<size>[\d.]+) (?P<unit>B|KiB|MiB|GiB|TiB)")
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+_LOCKED_RE = re.compile(
+    r"repository is already locked (?P<how>exclusively )?by PID (?P<pid>\d+) on (?P<host>\S+) by (?P<user>[^\n(]+?) \("
+)
+_LOCK_TIME_RE = re.compile(r"lock was created at (?P<when>[^()\n]+?) \(")
+
+
+def _bytes(size: str, unit: str) -> int:
+    return round(float(size) * _UNITS[unit])
+
+
+def _is_locked(text: str) -> bool:
+    return "repository is already locked" in text
+
+
+def _locked_sentence(shown: str, text: str, repo: Repository) -> str:
+    """A lock that ``restic unlock`` left in place, as one sentence: who holds it and since when."""
+    match = _LOCKED_RE.search(text)
+    if not match:
+        return f"{shown} is locked by another restic run: {_last_line(text, repo)}"
+    when = _LOCK_TIME_RE.search(text)
+    since = f" since {when['when'].strip()}" if when else ""
+    how = "exclusively " if match["how"] else ""
+    return (
+        f"{shown} is locked {how}by PID {match['pid']} on {match['host']} ({match['user'].strip()}){since}, a run "
+        "restic does not consider stale (its process still runs, and the lock is younger than 30 minutes), so it "
+        "was left in place"
+    )
+
+
+_STALE_AFTER = 30 * 60  # seconds: restic's own staleTimeout
+
+
+def _lock_time(text: object) -> datetime | None:
+    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)$", str(text))
+    if not match:
+        return None
+    zone = "+00:00" if match[3] == "Z" else match[3]
+    try:
+        return datetime.fromisoformat(f"{match[1]}{(match[2] or '.0')[:7]}{zone}")
+    except ValueError:
+        return None
+
+
+def _stale(lock: Mapping[str, Any]) -> bool:
+    """restic's rule (``Lock.Stale``): older than 30 minutes, or made on this host by a process that is gone."""
+    when = _lock_time(lock.get("time"))
+    if when is None:
+        return False
+    if (datetime.now(timezone.utc) - when).total_seconds() > _STALE_AFTER:
+        return True
+    if lock.get("hostname") != socket.gethostname():
+        return False  # another host's process cannot be seen from here
+    pid = lock.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it runs, as another user
+    return False
+
+
+def open_private(path: str, what: str) -> int:
+    """A descriptor of ``path``, a regular file that no other user can read (mode 0600 or stricter), never through a
+    link; one sentence otherwise."""
+    if not os.path.isabs(path):
+        raise RepoError(f"{what} must be an absolute path, not {path!r}")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        raise RepoError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    st = os.fstat(fd)
+    problem = ""
+    if not stat.S_ISREG(st.st_mode):
+        problem = f"{what} {path} is not a regular file"
+    elif st.st_mode & 0o077:
+        problem = f"{what} {path} can be read by other users (mode {stat.S_IMODE(st.st_mode):04o}): chmod 600 it"
+    if problem:
+        os.close(fd)
+        raise RepoError(problem)
+    os.set_inheritable(fd, False)
+    return fd
+
+
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=@+-]{1,200}\Z")
 
 
