@@ -342,6 +342,22 @@ def _strip_xattrs(fd: int) -> None:
             os.removexattr(fd, name)
 
 
+def _strip_attrs_of(dir_fd: int, name: str, kind: str) -> None:
+    """:func:`_strip_xattrs` for a directory (a default ACL there is inherited by every file made in it later) or a
+    link, never through a link; a file's are removed where it is hashed."""
+    if kind == "dir":
+        fd = safe_fs.open_dir(name, dir_fd)
+        try:
+            _strip_xattrs(fd)
+        finally:
+            os.close(fd)
+    elif kind == "symlink":
+        where = f"/proc/self/fd/{dir_fd}/{name}"  # the directory by its descriptor; the link itself not followed
+        with contextlib.suppress(OSError):
+            for attr in os.listxattr(where, follow_symlinks=False):
+                os.removexattr(where, attr, follow_symlinks=False)
+
+
 def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int = 0) -> Checked:
     """Check what ``restic restore`` wrote below the directory ``top_fd`` for ``paths`` against the manifest: every
     entry, nothing missing, nothing more, every file's sha256 and every database copy's integrity. Raises
@@ -375,6 +391,7 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
                     f"{path} was restored with owner {st.st_uid}:{st.st_gid}, not {want.get('uid')}:{want.get('gid')}"
                 )
                 break
+            _strip_attrs_of(dir_fd, posixpath.basename(rel), got)
             if got == "symlink":
                 target = os.readlink(posixpath.basename(rel), dir_fd=dir_fd)
                 if target != want.get("target"):
