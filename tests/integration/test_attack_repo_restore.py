@@ -6,16 +6,29 @@ not vouch for, and a failed or killed restore leaves the previous data as it was
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import sqlite3
 import struct
 import subprocess
+import threading
+import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from ansible_collections.selfhost.dr.plugins.module_utils._common import VerificationError
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import repo_restore, restore, swap
+from ansible_collections.selfhost.dr.plugins.module_utils.repos import fetch
 from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Restic
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import MANIFEST_MEMBER, MAX_MANIFEST
 
+from . import restic_craft
 from . import test_repo_restore as base
 from .test_repo_restore import Tree, _backup, _journal_leftovers, _restore
 
@@ -67,3 +80,313 @@ def test_a_snapshot_cannot_restore_acls_or_attributes_on_directories_the_manifes
     (tree / "private" / "new-secret").write_text("made by the application after the restore")
     assert os.listxattr(tree / "private" / "new-secret") == []
     assert _journal_leftovers(tree.parent) == []
+
+
+# -- crafted snapshots --------------------------------------------------------------------------------------------
+
+
+def _crafted(restic: Restic, snapshot: str, edit: Callable[[str, restic_craft.Tree], bool], towards: str) -> str:
+    return restic_craft.Crafter(restic).rewrite(snapshot, edit, towards)
+
+
+def _node(name: str, kind: str, **fields: object) -> dict[str, object]:
+    mode = {"dir": 0o755 | 1 << 31, "symlink": 0o777 | 1 << 27, "file": 0o644, "chardev": 0o600 | 1 << 26 | 1 << 21}[
+        kind
+    ]
+    node: dict[str, object] = {"name": name, "type": kind, "mode": mode, "mtime": "2026-01-01T00:00:00Z"}
+    node.update({"atime": node["mtime"], "ctime": node["mtime"], "uid": 0, "gid": 0, "user": "root", "group": "root"})
+    node.update(fields)
+    return node
+
+
+def test_a_name_twice_a_link_then_a_directory_is_refused_before_restic_writes(
+    tmp_path: Path, tree: Path, local: Restic
+) -> None:
+    """restic restores a tree's nodes in order: a link ``1`` to /somewhere, then a directory ``1`` whose files it
+    would write through the link. The listing is checked before restic runs."""
+    app = Tree(tree)
+    snapshot = _backup(app, local, tmp_path / "backups")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    web = f"{tree}/web"
+
+    def edit(path: str, found: restic_craft.Tree) -> bool:
+        if path != web:
+            return False
+        found["nodes"].insert(0, _node("1", "symlink", linktarget=str(outside)))
+        return True
+
+    _crafted(local, snapshot, edit, web)
+    before = base._state(tree)
+    app.calls.clear()
+    with pytest.raises(VerificationError, match=rf"it holds {web}/1 twice \(restic would write through the first\)"):
+        _restore(app, local, tmp_path)
+    assert list(outside.iterdir()) == [] and app.calls == []
+    assert base._state(tree) == before and _journal_leftovers(tree.parent) == []
+
+
+def test_a_manifest_whose_listing_lies_about_its_size_is_not_read_whole(
+    tmp_path: Path, tree: Path, local: Restic
+) -> None:
+    """The manifest's node says a few KiB; its content is the same MiB 300 times over (a few KiB in the repository).
+    ``restic dump`` would hand all of it to a process running as root."""
+    app = Tree(tree)
+    snapshot = _backup(app, local, tmp_path / "backups")
+    crafter = restic_craft.Crafter(local)
+    (big,) = crafter.save_blobs([("data", os.urandom(1 << 20))])
+    stage = f"{tmp_path}/backups/.selfhost-dr-repo/tenement"
+
+    def edit(path: str, found: restic_craft.Tree) -> bool:
+        if path != stage:
+            return False
+        node = next(n for n in found["nodes"] if n["name"] == MANIFEST_MEMBER)
+        node["content"] = [big] * (MAX_MANIFEST // (1 << 20) + 44)
+        return True
+
+    crafter.rewrite(snapshot, edit, stage)
+    app.calls.clear()
+    with pytest.raises(VerificationError, match=r"its manifest is larger than a manifest can be"):
+        repo_restore.plan(app, local, base._options(tmp_path), check=True)
+
+
+# -- kills at every step of a fetch -------------------------------------------------------------------------------
+
+
+def kill_on_call(owner: object, name: str, n: int, after: bool = False) -> None:
+    """Make the Nth call of ``owner.name`` SIGKILL this process, before it runs (or right after, ``after``); as in
+    tests/unit/test_attack_interrupts.py."""
+    real = getattr(owner, name)
+    calls = [0]
+
+    def wrapper(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        if calls[0] == n and not after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = real(*args, **kwargs)
+        if calls[0] == n and after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def in_child(work: Callable[[], object], setup: Callable[[], None]) -> bool:
+    """Run ``setup`` then ``work`` in a forked child; True when it was SIGKILLed, False when it finished."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 0
+        try:
+            setup()
+            work()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status):
+        return os.WTERMSIG(status) == signal.SIGKILL
+    assert os.WEXITSTATUS(status) == 0, "the child failed before reaching its kill point (see captured stderr)"
+    return False
+
+
+class _Own:
+    """A module's own ``os`` (so a kill point on ``os.rename`` of one module leaves every other one alone)."""
+
+    def __init__(self, real: object) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+def _own_os(module: object) -> _Own:
+    own = _Own(os)
+    module.os = own  # type: ignore[attr-defined]
+    return own
+
+
+def _kill_while_restic_restores(restic: Restic) -> None:
+    """SIGKILL this process once ``restic restore`` wrote its first files (restic itself keeps running)."""
+    real = restic.restore_into
+
+    def midway(snapshot_id: str, dir_fd: int, includes: list[str]) -> None:
+        runner = threading.Thread(target=real, args=(snapshot_id, dir_fd, includes), daemon=True)
+        runner.start()
+        while runner.is_alive():
+            if sum(len(files) for _top, _dirs, files in os.walk(f"/proc/self/fd/{dir_fd}")) >= 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    restic.restore_into = midway  # type: ignore[method-assign]
+
+
+KILLS: dict[str, Callable[[Restic], None]] = {
+    "right after the fetch directory is made": lambda r: kill_on_call(_own_os(repo_restore), "mkdir", 1, after=True),
+    "while restic restores": _kill_while_restic_restores,
+    "while the files restic wrote are checked": lambda r: kill_on_call(fetch, "_hash", 3),
+    "moving the checked tree into staging": lambda r: kill_on_call(_own_os(repo_restore), "rename", 2, after=True),
+    "moving a database copy into staging": lambda r: kill_on_call(_own_os(repo_restore), "rename", 4, after=True),
+    "right after the fetch directory is removed": lambda r: kill_on_call(swap, "remove_scratch", 1, after=True),
+    "swapping, the previous data moved aside": lambda r: kill_on_call(_own_os(swap), "rename", 1, after=True),
+    "swapping, the snapshot in place": lambda r: kill_on_call(_own_os(swap), "rename", 2, after=True),
+}
+
+
+@pytest.mark.parametrize("when", list(KILLS))
+def test_a_restore_killed_at_any_step_leaves_the_previous_data_or_the_snapshot_and_nothing_else(
+    tmp_path: Path, tree: Path, local: Restic, when: str
+) -> None:
+    app = Tree(tree)
+    many = tree / "web" / "1" / "many"  # enough for restic to be caught writing
+    many.mkdir()
+    for n in range(3000):
+        (many / f"{n}.bin").write_bytes(os.urandom(2000))
+    _backup(app, local, tmp_path / "backups")
+    expected = base._state(tree)
+    with contextlib.closing(sqlite3.connect(tree / "tenement.db")) as db:
+        db.execute("DELETE FROM rows WHERE id > 10")
+        db.commit()
+    (tree / "web" / "1" / "upload-2.bin").write_bytes(b"changed since")
+    (tree / "web" / "1" / "new.bin").write_bytes(b"new")
+    before = base._state(tree)
+    options = base._options(tmp_path)
+    planned = repo_restore.plan(app, local, options)
+    assert in_child(lambda: restore.run(app, planned, options), lambda: KILLS[when](local)) is True
+    # The next run on the host (a backup, say) finishes or undoes what the kill left.
+    swap.recover_interrupted(options.state_dir)
+    waiting = swap.pending(options.state_dir)
+    if waiting:
+        assert [w["state"] for w in waiting] == ["swapped"], waiting
+        assert base._state(tree) == expected
+        assert swap.rollback(str(waiting[0]["restore_id"]), options.state_dir) is True
+    assert base._state(tree) == before, "neither the data before the restore nor the snapshot's"
+    assert _journal_leftovers(tree.parent) == []
+    assert swap.pending(options.state_dir) == []
+    _restore(app, local, tmp_path)  # and the next restore works
+    assert base._state(tree) == expected and _journal_leftovers(tree.parent) == []
+
+
+class _DatabaseFile(Tree):
+    """An application whose paths are a database file and a file beside it (as Tomo's: its database, its
+    environment file), not a directory."""
+
+    def inspect(self) -> base.Facts:
+        facts = super().inspect()
+        facts.paths = [str(self.top / "app.db"), str(self.top / "environment")]
+        return facts
+
+
+def test_an_application_whose_path_is_a_database_file_restores_from_a_repository(tmp_path: Path) -> None:
+    """The snapshot holds the database's consistent copy in the stage, never the live file: there is nothing at the
+    path itself to walk."""
+    top = tmp_path / "var" / "lib" / "tomo"
+    top.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(top / "app.db")) as db:
+        db.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, body TEXT)")
+        db.executemany("INSERT INTO rows (body) VALUES (?)", [(f"row {n}",) for n in range(50)])
+        db.commit()
+    (top / "environment").write_text("SECRET=1\n")
+    os.chmod(top / "environment", 0o600)
+    restic = _local(tmp_path)
+    app = _DatabaseFile(top)
+    _backup(app, restic, tmp_path / "backups")
+    expected = base._state(top)
+    with contextlib.closing(sqlite3.connect(top / "app.db")) as db:
+        db.execute("DELETE FROM rows")
+        db.commit()
+    (top / "environment").write_text("SECRET=2\n")
+    _restore(app, restic, tmp_path)
+    assert base._state(top) == expected and _journal_leftovers(top) == []
+
+
+def _local(tmp_path: Path) -> Restic:
+    password = tmp_path / "password"
+    password.write_text("a long repository password\n")
+    password.chmod(0o600)
+    return Restic(base.Repository("local", str(tmp_path / "restic"), password_file=str(password), init=True))
+
+
+def _backup_as_is(restic: Restic, backups: Path, tree: Path) -> None:
+    """A snapshot of the stage and the tree as they are now (the stage's manifest possibly edited by hand)."""
+    stage = backups / ".selfhost-dr-repo" / "tenement"
+    subprocess.run(
+        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
+         "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
+        env=restic.environment(), check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def test_a_file_that_changed_during_the_backup_does_not_hide_the_rest_of_the_listing(
+    tmp_path: Path, tree: Path, local: Restic
+) -> None:
+    """A size that differs is forgiven for a file the manifest says changed while it was backed up; the files listed
+    after it are still checked, in check mode too (which stops at the listing)."""
+    app = Tree(tree)
+    _backup(app, local, tmp_path / "backups")
+    manifest_file = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement" / MANIFEST_MEMBER
+    manifest = json.loads(manifest_file.read_text())
+    manifest["changed_during_backup"] = [str(tree / "web" / "1" / "upload-0.bin").lstrip("/")]
+    manifest_file.write_text(json.dumps(manifest))
+    (tree / "web" / "1" / "upload-0.bin").write_bytes(b"other bytes, another size")
+    (tree / "web" / "1" / "zz-planted").write_text("not in the manifest")  # listed after upload-0.bin
+    _backup_as_is(local, tmp_path / "backups", tree)
+    with pytest.raises(VerificationError, match=r"zz-planted, which its manifest does not list"):
+        repo_restore.plan(app, local, base._options(tmp_path), check=True)
+
+
+Edit = tuple[Callable[[str, restic_craft.Tree], bool], str]
+
+
+def _add(where: str, node: dict[str, object], replace: bool = False) -> Edit:
+    def edit(path: str, found: restic_craft.Tree) -> bool:
+        if path != where:
+            return False
+        if replace:
+            found["nodes"] = [n for n in found["nodes"] if n["name"] != node["name"]]
+        found["nodes"].append(node)
+        found["nodes"].sort(key=lambda n: n["name"])
+        return True
+
+    return edit, where
+
+
+CRAFTED = {
+    "a node named ..": (
+        lambda tree, stage, outside: _add(f"{tree}/web/1", _node("..", "file", content=[], size=0)),
+        r"it holds \"\.\.\", which is not a file name",
+    ),
+    "a node named with a slash": (
+        lambda tree, stage, outside: _add(f"{tree}/web", _node("1/evil", "file", content=[], size=0)),
+        r"which is not a file name \(a slash in it\)",
+    ),
+    "a character device": (
+        lambda tree, stage, outside: _add(f"{tree}/web/1", _node("tty", "chardev", device=0x0500)),
+        r"tty is a chardev, which a backup never holds",
+    ),
+    "a database copy that is a link out": (
+        lambda tree, stage, outside: _add(
+            f"{stage}/db{tree}", _node("tenement.db", "symlink", linktarget=str(outside)), replace=True
+        ),
+        r"the database copy of \S+/tenement.db is not the \d+ bytes the manifest says",
+    ),
+}
+
+
+@pytest.mark.parametrize("what", list(CRAFTED))
+def test_a_crafted_node_restic_must_not_write_is_refused_before_it_writes(
+    tmp_path: Path, tree: Path, local: Restic, what: str
+) -> None:
+    app = Tree(tree)
+    snapshot = _backup(app, local, tmp_path / "backups")
+    outside = tmp_path / "outside"
+    outside.write_text("root's secret\n")
+    stage = f"{tmp_path}/backups/.selfhost-dr-repo/tenement"
+    make, refusal = CRAFTED[what]
+    _crafted(local, snapshot, *make(str(tree), stage, outside))
+    before = base._state(tree)
+    app.calls.clear()
+    with pytest.raises(VerificationError, match=refusal):
+        _restore(app, local, tmp_path)
+    assert app.calls == [] and base._state(tree) == before and _journal_leftovers(tree.parent) == []
+    assert outside.read_text() == "root's secret\n"
