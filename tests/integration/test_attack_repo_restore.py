@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils._common import VerificationError
+from ansible_collections.selfhost.dr.plugins.module_utils._common import RestoreError, VerificationError
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import repo_restore, restore, swap
 from ansible_collections.selfhost.dr.plugins.module_utils.repos import fetch
 from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Restic
@@ -390,3 +390,114 @@ def test_a_crafted_node_restic_must_not_write_is_refused_before_it_writes(
         _restore(app, local, tmp_path)
     assert app.calls == [] and base._state(tree) == before and _journal_leftovers(tree.parent) == []
     assert outside.read_text() == "root's secret\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plays the application's user")
+def test_the_application_cannot_swap_its_own_file_in_for_the_checked_one_while_it_is_stopped(tmp_path: Path) -> None:
+    """Tomo's database lies in Tomo's home, which Tomo's user may write: while the application still runs (it runs
+    while the snapshot is fetched, and while it is being stopped), it can put a file of its own, or a link, where
+    the checked copy waits to be swapped in. The restore must check what it swaps in once the application is
+    stopped, not before."""
+    top = tmp_path / "home" / "tomo"
+    top.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(top / "app.db")) as db:
+        db.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, body TEXT)")
+        db.executemany("INSERT INTO rows (body) VALUES (?)", [(f"row {n}",) for n in range(50)])
+        db.commit()
+    (top / "environment").write_text("SECRET=1\n")
+    restic = _local(tmp_path)
+    app = _DatabaseFile(top)
+    _backup(app, restic, tmp_path / "backups")
+    os.chown(top, 4242, 4242)  # the application's home, its own
+    (top / "environment").write_text("SECRET=2\n")
+    before = base._state(top)
+    outside = tmp_path / "outside"
+    outside.write_text("root's\n")
+
+    def stop(log: object = None) -> bool:  # the application's process, as it is being stopped
+        app.calls.append("stop")
+        home = os.open(top, os.O_RDONLY | os.O_DIRECTORY)  # (the test's own directories are root's alone)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.setgid(4242)
+                os.setuid(4242)
+                for name in os.listdir(home):
+                    if name.startswith(".app.db.selfhost-dr-restore-"):
+                        os.rename(name, "kept-aside", src_dir_fd=home, dst_dir_fd=home)
+                        os.symlink(outside, name, dir_fd=home)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        os.close(home)
+        assert (top / "kept-aside").exists()
+        return True
+
+    app.stop = stop  # type: ignore[method-assign]
+    with pytest.raises(RestoreError, match=r"was replaced while restoring"):
+        _restore(app, restic, tmp_path)
+    assert not (top / "app.db").is_symlink()
+    assert {k: v for k, v in base._state(top).items() if k in before} == before
+    assert outside.read_text() == "root's\n"
+
+
+def test_a_snapshot_chosen_by_id_must_be_a_selfhost_dr_snapshot_of_this_application(
+    tmp_path: Path, tree: Path, local: Restic
+) -> None:
+    app = Tree(tree)
+    _backup(app, local, tmp_path / "backups")
+    env = local.environment()
+
+    def snapshot(*argv: str) -> str:
+        made = subprocess.run(["restic", "backup", "--json", *argv], env=env, check=True, capture_output=True)
+        return next(json.loads(line) for line in made.stdout.splitlines() if b'"summary"' in line)["snapshot_id"]
+
+    plain = snapshot(str(tree))
+    other = snapshot("--tag", "selfhost-dr", "--tag", "app=tomo", str(tree))
+    stageless = snapshot("--tag", "selfhost-dr", "--tag", "app=tenement", str(tree))
+    options = base._options(tmp_path)
+    refusals = {
+        plain: r"was not made by selfhost-dr \(it has no manifest\)",
+        other: r"is a backup of tomo, not of tenement",
+        stageless: r"holds no selfhost-dr stage of tenement; it has no manifest",
+        plain.upper(): r"is not a snapshot id",
+        "0" * 65: r"is not a snapshot id",
+        "0" * 8: r"has no snapshot 00000000",
+    }
+    for chosen, refusal in refusals.items():
+        with pytest.raises((RestoreError, VerificationError), match=refusal):
+            repo_restore.plan(app, local, options, snapshot=chosen, check=True)
+    with pytest.raises(RestoreError, match=r"holds no tenement snapshot of ../etc, only of other hosts$"):
+        repo_restore.plan(app, local, options, host="../etc", check=True)
+    assert app.calls == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
+def test_a_snapshot_that_cannot_fit_beside_the_live_data_is_refused_before_restic_fills_the_disk(
+    tmp_path: Path,
+) -> None:
+    """The application keeps running while its snapshot is fetched beside its data: a fetch that cannot fit would
+    first fill the filesystem the application writes to, then fail."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        top = small / "tenement"
+        top.mkdir()
+        (top / "data.bin").write_bytes(os.urandom(600_000))
+        app = Tree(top)
+        restic = _local(tmp_path)
+        _backup(app, restic, tmp_path / "backups")
+        (top / "data.bin").write_bytes(os.urandom(600_000))
+        before = base._state(top)
+        fetched: list[str] = []
+        real = restic.restore_into
+        restic.restore_into = lambda *a: fetched.append("restic restore") or real(*a)  # type: ignore[method-assign]
+        app.calls.clear()
+        with pytest.raises(RestoreError, match=r"needs 0\.\d MiB beside \S+, which has 0\.\d MiB free\); nothing was"):
+            _restore(app, restic, tmp_path)
+        assert fetched == [] and app.calls == [] and base._state(top) == before
+        assert _journal_leftovers(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)

@@ -134,6 +134,14 @@ class Filler:
         copies = self.snap.database_copies
         for group in groups.values():
             first = units[group.indexes[0]]
+            paths = [units[i].path for i in group.indexes]
+            size, used = self._needs(paths)
+            free = os.fstatvfs(fds[group.indexes[0]])
+            if used > free.f_bavail * free.f_frsize:  # restic would fill the disk the running application writes to
+                raise RestoreError(
+                    f"snapshot {self.snap.short} needs {used / 2**20:.1f} MiB beside {first.parent}, which has "
+                    f"{free.f_bavail * free.f_frsize / 2**20:.1f} MiB free"
+                )
             name = swap.beside(first.name, "fetch", record.id)
             record.scratch.append(Scratch(first.parent, name))
             journal.save(record)  # before it exists: a kill right after mkdir leaves nothing unknown
@@ -146,13 +154,7 @@ class Filler:
             st = os.fstat(group.scratch_fd)
             record.scratch[-1].made_id = [st.st_dev, st.st_ino]
             journal.save(record)
-            paths = [units[i].path for i in group.indexes]
             includes = paths + [copies[m] for m in copies if any(is_under("/" + m, p) for p in paths)]
-            size = sum(
-                int(f.get("size", 0) or 0)
-                for f in self.snap.manifest["files"]  # type: ignore[attr-defined]
-                if f.get("type") == "file" and any(is_under("/" + str(f["path"]), p) for p in paths)
-            )
             self.log(
                 f"restore: fetching {', '.join(paths)} ({size / 2**20:.1f} MiB) from {self.restic.repo.shown}, "
                 f"snapshot {self.snap.short}"
@@ -175,6 +177,17 @@ class Filler:
         record.scratch = []
         journal.save(record)
         return self.snap.manifest
+
+    def _needs(self, paths: list[str]) -> tuple[int, int]:
+        """The bytes of the files of ``paths`` the manifest lists, and what restic needs on disk to write them (whole
+        4 KiB blocks, one for each directory and link)."""
+        size = used = 0
+        for f in self.snap.manifest["files"]:  # type: ignore[attr-defined]
+            if any(is_under("/" + str(f["path"]), p) for p in paths):
+                length = int(f.get("size", 0) or 0) if f.get("type") == "file" else 0
+                size += length
+                used += -(-length // 4096) * 4096 or 4096
+        return size, used
 
     def close(self) -> None:
         for fd in self._fds:

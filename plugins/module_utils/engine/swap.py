@@ -236,6 +236,11 @@ def _swap_in(
                 raise RestoreError(f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped")
         if before_swap is not None:
             before_swap()
+            for swap, fd in zip(record.swaps, fds):  # again, now that the application (which may write beside its
+                if identity(fd, swap.staging) != swap.staged_id:  # targets) is stopped: it ran while it was fetched
+                    raise RestoreError(
+                        f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped"
+                    )
         record.state = "swapping"
         journal.save(record)
         for swap, fd in zip(record.swaps, fds):
