@@ -501,3 +501,68 @@ def test_a_snapshot_that_cannot_fit_beside_the_live_data_is_refused_before_resti
         assert _journal_leftovers(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def _as_user(directory: Path, act: Callable[[int], None]) -> None:
+    """Run ``act(fd of directory)`` as uid 4242 (the application's user), in a child."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)  # (the test's own directories are root's alone)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.setgid(4242)
+            os.setuid(4242)
+            act(fd)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(fd)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="plays the application's user")
+def test_a_restored_link_is_made_where_the_running_application_cannot_swap_it(tmp_path: Path) -> None:
+    """A path of the snapshot that is a link is made beside its target while the application runs. Made there by
+    name, the application's user could replace it with a file of its own before the restore noted what it made,
+    and that file would be swapped in as the link."""
+    top = tmp_path / "home" / "tomo"
+    top.mkdir(parents=True)
+    (top / "environment").write_text("SECRET=1\n")
+    restic = _local(tmp_path)
+    app = _DatabaseFile(top)
+    app.inspect = lambda: base.Facts("tenement", "0.2.2", [str(top / "environment")], [], {}, [], "")  # type: ignore[method-assign]
+    _backup(app, restic, tmp_path / "backups")
+    # The snapshot's one path is the link current -> data-v1 (its manifest edited by hand to say so).
+    manifest_file = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement" / MANIFEST_MEMBER
+    manifest = json.loads(manifest_file.read_text())
+    link = str(top / "current")
+    manifest["paths"] = [link]
+    manifest["files"] = [{"path": link.lstrip("/"), "type": "symlink", "target": "data-v1", "mode": "0777",
+                          "uid": 0, "gid": 0, "mtime": 0}]  # fmt: skip
+    manifest_file.write_text(json.dumps(manifest))
+    os.symlink("data-v1", link)
+    stage = manifest_file.parent
+    subprocess.run(
+        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
+         "--exclude-file", str(stage / "excludes.txt"), str(stage), link],
+        env=restic.environment(), check=True, capture_output=True,
+    )  # fmt: skip
+    os.unlink(link)
+    os.symlink("data-v0", link)
+    os.chown(top, 4242, 4242)  # the application's home, its own
+
+    def planted(home: int) -> None:
+        for name in os.listdir(home):
+            if name.startswith(".current.selfhost-dr-restore-"):
+                os.unlink(name, dir_fd=home)
+                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=home))
+
+    real_sync = os.sync
+    own = _own_os(swap)
+    own.sync = lambda: (_as_user(top, planted), real_sync())  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(RestoreError, match=r"was replaced while restoring"):
+            _restore(app, restic, tmp_path)
+    finally:
+        swap.os = os  # type: ignore[attr-defined]
+    assert os.readlink(link) == "data-v0"
+    _restore(app, restic, tmp_path)  # with nobody in the way, the link is restored
+    assert os.readlink(link) == "data-v1" and os.lstat(link).st_uid == 0

@@ -29,7 +29,7 @@ from ..repos import fetch
 from ..repos.restic import VERIFIED_TAG, RepoError, Restic
 from ..sets.restore import Unit, _set_metadata, is_under
 from . import restore, swap
-from .journal import Journal, Record, Scratch
+from .journal import Journal, Record, Scratch, SwapRecord, identity
 
 _COPY = 8 * 1024 * 1024
 
@@ -169,7 +169,7 @@ class Filler:
             self.files += checked.files
             self.bytes += checked.bytes
             for index in group.indexes:
-                self._move(units[index], fds[index], staged[index], record.swaps[index].staging, group.scratch_fd)
+                self._move(units[index], fds[index], staged[index], record.swaps[index], group.scratch_fd)
         for fd in self._fds:
             os.close(fd)
         self._fds = []
@@ -194,19 +194,24 @@ class Filler:
             os.close(fd)
         self._fds = []
 
-    def _move(self, unit: Unit, parent_fd: int, staging_fd: int, staging: str, scratch_fd: int) -> None:
+    def _move(self, unit: Unit, parent_fd: int, staging_fd: int, swap_record: SwapRecord, scratch_fd: int) -> None:
         """Move what restic wrote for ``unit`` (checked) into its staging place, each database's copy where the
         database was, and give every directory its owner, mode and times from the manifest."""
         files = {"/" + str(f["path"]): f for f in self.snap.manifest["files"]}  # type: ignore[attr-defined]
         copies = {"/" + m: c.lstrip("/") for m, c in self.snap.database_copies.items()}
         want = files.get(unit.path, {})
         as_root = os.geteuid() == 0
+        staging = swap_record.staging
         if unit.kind == "symlink":
-            os.symlink(str(want["target"]), staging, dir_fd=parent_fd)
+            # Made in the private fetch directory, its owner and times set there, its identity noted, then moved to
+            # its staging name: the target's directory may be the running application's to write in.
+            os.symlink(str(want["target"]), staging, dir_fd=scratch_fd)
             if as_root:
-                os.chown(staging, int(want["uid"]), int(want["gid"]), dir_fd=parent_fd, follow_symlinks=False)  # type: ignore[call-overload]
+                os.chown(staging, int(want["uid"]), int(want["gid"]), dir_fd=scratch_fd, follow_symlinks=False)  # type: ignore[call-overload]
             mtime = int(want.get("mtime", 0) or 0) * 10**9  # type: ignore[call-overload]
-            os.utime(staging, ns=(mtime, mtime), dir_fd=parent_fd, follow_symlinks=False)
+            os.utime(staging, ns=(mtime, mtime), dir_fd=scratch_fd, follow_symlinks=False)
+            swap_record.staged_id = identity(scratch_fd, staging)
+            os.rename(staging, staging, src_dir_fd=scratch_fd, dst_dir_fd=parent_fd)
             return
         if unit.kind == "file":
             source = copies.get(unit.path, unit.path.lstrip("/"))
