@@ -22,7 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from ansible_collections.selfhost.dr.plugins.module_utils._common import RestoreError, VerificationError
+from ansible_collections.selfhost.dr.plugins.module_utils._common import (
+    AppError,
+    RestoreError,
+    RollbackError,
+    VerificationError,
+)
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import repo_restore, restore, swap
 from ansible_collections.selfhost.dr.plugins.module_utils.repos import fetch
 from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Restic
@@ -566,3 +571,29 @@ def test_a_restored_link_is_made_where_the_running_application_cannot_swap_it(tm
     assert os.readlink(link) == "data-v0"
     _restore(app, restic, tmp_path)  # with nobody in the way, the link is restored
     assert os.readlink(link) == "data-v1" and os.lstat(link).st_uid == 0
+
+
+def test_a_stop_that_fails_right_before_the_swap_says_the_previous_data_were_not_changed(
+    tmp_path: Path, tree: Path, local: Restic
+) -> None:
+    """The application is stopped only once the snapshot is fetched and checked: when that stop fails (and fails
+    again), nothing was swapped, and the sentence must not say that putting the previous data back failed."""
+    app = Tree(tree)
+    _backup(app, local, tmp_path / "backups")
+    (tree / "web" / "1" / "new.bin").write_bytes(b"new")
+    before = base._state(tree)
+
+    def stop(log: object = None) -> bool:
+        app.calls.append("stop")
+        raise AppError("systemctl stop tenement failed: Unit tenement.service is masked")
+
+    app.stop = stop  # type: ignore[method-assign]
+    app.calls.clear()
+    with pytest.raises(RestoreError) as caught:
+        _restore(app, local, tmp_path)
+    assert not isinstance(caught.value, RollbackError), caught.value
+    assert str(caught.value).endswith(
+        "its previous data were not changed, but stopping and starting it again failed too (systemctl stop tenement "
+        "failed: Unit tenement.service is masked)"
+    )
+    assert base._state(tree) == before and _journal_leftovers(tree.parent) == []
