@@ -30,7 +30,7 @@ from ..repos import fetch
 from ..repos.restic import VERIFIED_TAG, RepoError, Restic
 from ..sets.restore import Unit, _set_metadata, is_under
 from . import restore, swap
-from .journal import Journal, Record, Scratch
+from .journal import Journal, Record, Scratch, SwapRecord, identity
 
 _COPY = 8 * 1024 * 1024
 
@@ -135,6 +135,14 @@ class Filler:
         copies = self.snap.database_copies
         for group in groups.values():
             first = units[group.indexes[0]]
+            paths = [units[i].path for i in group.indexes]
+            size, used = self._needs(paths)
+            free = os.fstatvfs(fds[group.indexes[0]])
+            if used > free.f_bavail * free.f_frsize:  # restic would fill the disk the running application writes to
+                raise RestoreError(
+                    f"snapshot {self.snap.short} needs {used / 2**20:.1f} MiB beside {first.parent}, which has "
+                    f"{free.f_bavail * free.f_frsize / 2**20:.1f} MiB free"
+                )
             name = swap.beside(first.name, "fetch", record.id)
             record.scratch.append(Scratch(first.parent, name))
             journal.save(record)  # before it exists: a kill right after mkdir leaves nothing unknown
@@ -147,13 +155,7 @@ class Filler:
             st = os.fstat(group.scratch_fd)
             record.scratch[-1].made_id = [st.st_dev, st.st_ino]
             journal.save(record)
-            paths = [units[i].path for i in group.indexes]
             includes = paths + [copies[m] for m in copies if any(is_under("/" + m, p) for p in paths)]
-            size = sum(
-                int(f.get("size", 0) or 0)
-                for f in self.snap.manifest["files"]  # type: ignore[attr-defined]
-                if f.get("type") == "file" and any(is_under("/" + str(f["path"]), p) for p in paths)
-            )
             self.log(
                 f"restore: fetching {', '.join(paths)} ({size / 2**20:.1f} MiB) from {self.restic.repo.shown}, "
                 f"snapshot {self.snap.short}"
@@ -170,7 +172,7 @@ class Filler:
             self.files += checked.files
             self.bytes += checked.bytes
             for index in group.indexes:
-                self._move(units[index], fds[index], staged[index], record.swaps[index].staging, group.scratch_fd)
+                self._move(units[index], fds[index], staged[index], record.swaps[index], group.scratch_fd)
         for fd in self._fds:
             os.close(fd)
         self._fds = []
@@ -179,24 +181,40 @@ class Filler:
         journal.save(record)
         return self.snap.manifest
 
+    def _needs(self, paths: list[str]) -> tuple[int, int]:
+        """The bytes of the files of ``paths`` the manifest lists, and what restic needs on disk to write them (whole
+        4 KiB blocks, one for each directory and link)."""
+        size = used = 0
+        for f in self.snap.manifest["files"]:  # type: ignore[attr-defined]
+            if any(is_under("/" + str(f["path"]), p) for p in paths):
+                length = int(f.get("size", 0) or 0) if f.get("type") == "file" else 0
+                size += length
+                used += -(-length // 4096) * 4096 or 4096
+        return size, used
+
     def close(self) -> None:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
 
-    def _move(self, unit: Unit, parent_fd: int, staging_fd: int, staging: str, scratch_fd: int) -> None:
+    def _move(self, unit: Unit, parent_fd: int, staging_fd: int, swap_record: SwapRecord, scratch_fd: int) -> None:
         """Move what restic wrote for ``unit`` (checked) into its staging place, each database's copy where the
         database was, and give every directory its owner, mode and times from the manifest."""
         files = {"/" + str(f["path"]): f for f in self.snap.manifest["files"]}  # type: ignore[attr-defined]
         copies = {"/" + m: c.lstrip("/") for m, c in self.snap.database_copies.items()}
         want = files.get(unit.path, {})
         as_root = os.geteuid() == 0
+        staging = swap_record.staging
         if unit.kind == "symlink":
-            os.symlink(str(want["target"]), staging, dir_fd=parent_fd)
+            # Made in the private fetch directory, its owner and times set there, its identity noted, then moved to
+            # its staging name: the target's directory may be the running application's to write in.
+            os.symlink(str(want["target"]), staging, dir_fd=scratch_fd)
             if as_root:
-                os.chown(staging, int(want["uid"]), int(want["gid"]), dir_fd=parent_fd, follow_symlinks=False)  # type: ignore[call-overload]
+                os.chown(staging, int(want["uid"]), int(want["gid"]), dir_fd=scratch_fd, follow_symlinks=False)  # type: ignore[call-overload]
             mtime = int(want.get("mtime", 0) or 0) * 10**9  # type: ignore[call-overload]
-            os.utime(staging, ns=(mtime, mtime), dir_fd=parent_fd, follow_symlinks=False)
+            os.utime(staging, ns=(mtime, mtime), dir_fd=scratch_fd, follow_symlinks=False)
+            swap_record.staged_id = identity(scratch_fd, staging)
+            os.rename(staging, staging, src_dir_fd=scratch_fd, dst_dir_fd=parent_fd)
             return
         if unit.kind == "file":
             source = copies.get(unit.path, unit.path.lstrip("/"))

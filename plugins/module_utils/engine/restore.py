@@ -135,12 +135,13 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
     name = os.path.basename(planned.archive)
     result = Result(planned)
     restored: swap.Restored | None = None
-    stopped = False
+    stopped = stop_failed = False
 
     def stop() -> None:
-        nonlocal stopped
-        stopped = True
+        nonlocal stopped, stop_failed
+        stopped = stop_failed = True
         steps.stop()
+        stop_failed = False
 
     try:
         if planned.fetch is not None:
@@ -170,6 +171,11 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
                 swap.rollback(restored.restore_id, options.state_dir)
             steps.start_previous()
         except Error as again:
+            if stop_failed:  # the stop comes before the first rename: nothing was swapped, nothing to put back
+                raise RestoreError(
+                    f"restoring {steps.what} from {name} failed ({reason}); its previous data were not changed, but "
+                    f"stopping and starting it again failed too ({again})"
+                ) from exc
             raise RollbackError(
                 f"restoring {steps.what} from {name} failed ({reason}), and putting the previous data back "
                 f"failed too ({again}); see selfhost-dr status"

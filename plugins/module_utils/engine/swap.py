@@ -230,12 +230,17 @@ def _swap_in(
         result.manifest = manifest
         os.sync()
         for unit, swap, fd in zip(units, record.swaps, fds):
-            if unit.kind == "symlink":
-                swap.staged_id = identity(fd, swap.staging)  # made only now
+            if unit.kind == "symlink" and not swap.staged_id:
+                swap.staged_id = identity(fd, swap.staging)  # made only now (a set's, with the application stopped)
             elif identity(fd, swap.staging) != swap.staged_id:
                 raise RestoreError(f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped")
         if before_swap is not None:
             before_swap()
+            for swap, fd in zip(record.swaps, fds):  # again, now that the application (which may write beside its
+                if identity(fd, swap.staging) != swap.staged_id:  # targets) is stopped: it ran while it was fetched
+                    raise RestoreError(
+                        f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped"
+                    )
         record.state = "swapping"
         journal.save(record)
         for swap, fd in zip(record.swaps, fds):

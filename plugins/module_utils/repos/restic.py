@@ -14,9 +14,11 @@ repository locked by a live run, a repository format newer than this restic read
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import subprocess
@@ -186,8 +188,9 @@ class Restic:
         utc: bool = False,
     ) -> Result:
         """``restic ARGS`` for this repository; with ``check``, a failure raises its one sentence. ``pass_fds``: open
-        descriptors restic inherits (a directory it reaches as ``/proc/self/fd/N``); ``cwd``: where it runs; ``utc``:
-        with ``TZ=UTC`` (times on its command line are UTC).
+        descriptors restic inherits (a directory it reaches as ``/proc/self/fd/N``); such a restic dies with this
+        process (killed, it would go on writing into a directory the next run removes). ``cwd``: where it runs;
+        ``utc``: with ``TZ=UTC`` (times on its command line are UTC).
 
         A command that finds the repository locked runs ``restic unlock`` (which removes only stale locks: a killed
         run's on this host, or one older than 30 minutes) and is tried once more; a lock still there belongs to a live
@@ -204,7 +207,7 @@ class Restic:
         self, args: Sequence[str], timeout: float | None, pass_fds: Sequence[int], cwd: str = "", utc: bool = False
     ) -> Result:
         argv = [self.binary, *args]
-        extra: dict[str, Any] = {"pass_fds": tuple(pass_fds)} if pass_fds else {}
+        extra: dict[str, Any] = {"pass_fds": tuple(pass_fds), "preexec_fn": _dies_with(os.getpid())} if pass_fds else {}
         if cwd:
             extra["cwd"] = cwd
         try:
@@ -453,11 +456,37 @@ class Restic:
         if proc.returncode != 0:
             raise self.failure("ls", Result(proc.returncode, "", b"".join(err).decode(errors="replace")))
 
-    def dump(self, snapshot_id: str, path: str) -> str:
-        """The content of one file of a snapshot, as text (``restic dump``); the caller knows its size from
-        :meth:`ls` and asks only for files it can hold."""
+    def dump(self, snapshot_id: str, path: str, limit: int) -> bytes:
+        """The content of one file of a snapshot (``restic dump``), read up to ``limit`` bytes and one more: a node's
+        size in :meth:`ls` is what the snapshot says, not what its content holds, so longer content (crafted, the
+        same blob a million times) stops restic there instead of filling memory."""
         _snapshot_id(snapshot_id)
-        return self.call(["dump", "--no-lock", snapshot_id, path]).out
+        argv = [self.binary, "dump", "--no-lock", snapshot_id, path]
+        try:
+            proc = subprocess.Popen(
+                argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except FileNotFoundError:
+            raise RepoError(f"restic is not installed ({self.binary}): apt-get install restic") from None
+        assert proc.stdout is not None and proc.stderr is not None  # noqa: S101
+        err: list[bytes] = []
+        reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        out = bytearray()
+        try:
+            while len(out) <= limit and (chunk := proc.stdout.read(min(1 << 20, limit + 1 - len(out)))):
+                out += chunk
+        finally:
+            if len(out) > limit and proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.wait()
+            reader.join()
+            proc.stderr.close()
+        if len(out) <= limit and proc.returncode != 0:
+            said = b"".join(err)[-(1 << 20) :].decode(errors="replace")
+            raise self.failure("dump", Result(proc.returncode, "", said))
+        return bytes(out)
 
     def restore(self, snapshot_id: str, target: str) -> None:
         """``restic restore`` of one snapshot into ``target`` (a new, empty directory): a hand restore, as the docs
@@ -630,6 +659,22 @@ def open_private(path: str, what: str) -> int:
 
 
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=@+-]{1,200}\Z")
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: a child only calls into it
+
+
+def _dies_with(parent: int) -> Callable[[], None]:
+    """What a child runs before restic: SIGKILL it when ``parent`` dies (``prctl(PR_SET_PDEATHSIG)``), and exit
+    at once when it is dead already."""
+
+    def child() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return child
 
 
 def _snapshot_id(snapshot_id: str) -> str:
