@@ -28,6 +28,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils._common import (
     RollbackError,
     VerificationError,
 )
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Facts
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import repo_restore, restore, swap
 from ansible_collections.selfhost.dr.plugins.module_utils.repos import fetch
 from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Restic
@@ -276,7 +277,7 @@ class _DatabaseFile(Tree):
     """An application whose paths are a database file and a file beside it (as Tomo's: its database, its
     environment file), not a directory."""
 
-    def inspect(self) -> base.Facts:
+    def inspect(self) -> Facts:
         facts = super().inspect()
         facts.paths = [str(self.top / "app.db"), str(self.top / "environment")]
         return facts
@@ -533,7 +534,7 @@ def test_a_restored_link_is_made_where_the_running_application_cannot_swap_it(tm
     (top / "environment").write_text("SECRET=1\n")
     restic = _local(tmp_path)
     app = _DatabaseFile(top)
-    app.inspect = lambda: base.Facts("tenement", "0.2.2", [str(top / "environment")], [], {}, [], "")  # type: ignore[method-assign]
+    app.inspect = lambda: Facts("tenement", "0.2.2", [str(top / "environment")], [], {}, [], "")  # type: ignore[method-assign]
     _backup(app, restic, tmp_path / "backups")
     # The snapshot's one path is the link current -> data-v1 (its manifest edited by hand to say so).
     manifest_file = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement" / MANIFEST_MEMBER

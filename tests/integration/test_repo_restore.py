@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -19,12 +18,10 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils import cli
-from ansible_collections.selfhost.dr.plugins.module_utils._common import Log, RestoreError, VerificationError, no_log
-from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
+from ansible_collections.selfhost.dr.plugins.module_utils._common import RestoreError, VerificationError, no_log
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import (
     backup,
     repo_backup,
-    repo_import,
     repo_restore,
     restore,
 )
@@ -32,29 +29,9 @@ from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Re
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import MANIFEST_MEMBER
 
 from . import s3_store
+from .test_repo_backup import Tree, _cli
 
 pytestmark = pytest.mark.skipif(shutil.which("restic") is None, reason="restic is not installed (scripts/bootstrap)")
-
-
-class Tree(Application):
-    """An application whose data is one directory; it records stops and starts."""
-
-    modes = ("hot", "cold")
-
-    def __init__(self, top: Path) -> None:
-        self.name = "tenement"
-        self.top = top
-        self.calls: list[str] = []
-
-    def inspect(self) -> Facts:
-        return Facts(self.name, "0.2.2", [str(self.top)], ["*.sock"], {"running": ["web:1"]}, ["web:1"], "")
-
-    def stop(self, log: Log = no_log) -> bool:
-        self.calls.append("stop")
-        return True
-
-    def start(self, units: list[str], timeout: float, log: Log = no_log) -> None:
-        self.calls.append("start " + ",".join(units))
 
 
 def _rows(db: Path) -> list[tuple[int, str]]:
@@ -344,66 +321,3 @@ def test_the_host_command_restores_from_s3_with_only_location_credentials_and_pa
     code, result = _cli(capsys, "restore", "--snapshot", "1a2b3c4d", "--config", str(config))
     assert code == 2 and "give --repo NAME" in str(result["error"])
     assert "a long repository password" not in json.dumps(result)
-
-
-def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object]]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}  # main() sets its own
-    try:
-        code = cli.main([*argv, "--json"])
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-    return code, json.loads(capsys.readouterr().out)
-
-
-# -- importing a set ----------------------------------------------------------------------------------------------
-
-
-def test_an_imported_set_restores_as_a_snapshot_the_day_it_was_made(tmp_path: Path, tree: Path, local: Restic) -> None:
-    app = Tree(tree)
-    options = backup.Options(dest=str(tmp_path / "sets"), host="old-server", state_dir=str(tmp_path / "state"))
-    made = backup.run(app, backup.plan(app, "hot", options), options)
-    archive = str(made.sets[0]["path"])
-    expected = _state(tree)
-    done = repo_import.run(archive, [local], str(tmp_path / "backups"), str(tmp_path / "state"))
-    (outcome,) = done.outcomes
-    assert outcome.ok and outcome.created, outcome.error
-    (snapshot,) = local.snapshots([repo_import.IMPORTED_TAG])
-    assert snapshot["hostname"] == "old-server" and snapshot["time"].startswith(done.started_at[:19])
-    assert set(snapshot["tags"]) == {"selfhost-dr", "app=tenement", "kind=hot", "imported"}
-    assert not list((tmp_path / "backups" / ".selfhost-dr-repo").glob(".import-*"))  # nothing left behind
-    shutil.rmtree(tree)
-    _restore(app, local, tmp_path, host="old-server")
-    assert _state(tree) == expected
-
-
-def test_a_set_that_does_not_verify_is_not_imported(tmp_path: Path, tree: Path, local: Restic) -> None:
-    app = Tree(tree)
-    options = backup.Options(dest=str(tmp_path / "sets"), state_dir=str(tmp_path / "state"))
-    archive = Path(str(backup.run(app, backup.plan(app, "hot", options), options).sets[0]["path"]))
-    data = bytearray(archive.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    archive.write_bytes(bytes(data))
-    with pytest.raises(VerificationError, match=r"refusing to import tenement-.*\.tar\.zst: .*sha256"):
-        repo_import.run(str(archive), [local], str(tmp_path / "backups"), str(tmp_path / "state"))
-    assert not local.exists()
-
-
-def test_the_host_command_imports_the_newest_set(
-    tmp_path: Path, tree: Path, local: Restic, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(cli, "application", lambda _name, _options: Tree(tree))
-    config = tmp_path / "config.toml"
-    config.write_text(
-        f'backup_dir = "{tmp_path}/backups"\nstate_dir = "{tmp_path}/state"\n[metrics]\ntextfile_dir = ""\n'
-        f'[repositories.local]\nlocation = "{local.repo.location}"\npassword_file = "{local.repo.password_file}"\n'
-        "init = true\n"
-    )
-    code, made = _cli(capsys, "backup", "--config", str(config))
-    assert code == 0, made
-    code, result = _cli(capsys, "backup", "--repo", "local", "--import", "newest", "--config", str(config))
-    assert code == 0, result
-    assert result["path"] == made["sets"][0]["path"]  # type: ignore[index]
-    assert [r["ok"] for r in result["repositories"]] == [True]  # type: ignore[union-attr]
-    code, result = _cli(capsys, "backup", "--import", "newest", "--config", str(config))
-    assert (code, result["error"]) == (2, "--import puts a set into repositories: give --repo NAME or --all-repos")
