@@ -524,6 +524,14 @@ def _as_user(directory: Path, act: Callable[[int], None]) -> None:
     os.close(fd)
 
 
+def _fd_is(fd: int, st: os.stat_result) -> bool:
+    try:
+        mine = os.fstat(fd)
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (st.st_dev, st.st_ino)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="plays the application's user")
 def test_a_restored_link_is_made_where_the_running_application_cannot_swap_it(tmp_path: Path) -> None:
     """A path of the snapshot that is a link is made beside its target while the application runs. Made there by
@@ -558,17 +566,33 @@ def test_a_restored_link_is_made_where_the_running_application_cannot_swap_it(tm
     def planted(home: int) -> None:
         for name in os.listdir(home):
             if name.startswith(".current.selfhost-dr-restore-"):
+                # the link's inode number is tried for a file of the user's own (ext4 hands freed ones out again)
+                old = os.stat(name, dir_fd=home, follow_symlinks=False).st_ino
                 os.unlink(name, dir_fd=home)
-                os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=home))
+                for attempt in range(64):
+                    spare = f".spare-{attempt}"
+                    os.close(os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=home))
+                    if os.stat(spare, dir_fd=home).st_ino == old:
+                        break
+                os.rename(spare, name, src_dir_fd=home, dst_dir_fd=home)
+
+    held: list[bool] = []
+
+    def attack() -> None:
+        staged = next(n for n in os.listdir(top) if n.startswith(".current.selfhost-dr-restore-"))
+        st = os.lstat(top / staged)
+        held.append(any(_fd_is(int(n), st) for n in os.listdir("/proc/self/fd")))
+        _as_user(top, planted)
 
     real_sync = os.sync
     own = _own_os(swap)
-    own.sync = lambda: (_as_user(top, planted), real_sync())  # type: ignore[attr-defined]
+    own.sync = lambda: (attack(), real_sync())  # type: ignore[attr-defined]
     try:
         with pytest.raises(RestoreError, match=r"was replaced while restoring"):
             _restore(app, restic, tmp_path)
     finally:
         swap.os = os  # type: ignore[attr-defined]
+    assert held == [True], "the staged link's inode number could be handed to the user's file"
     assert os.readlink(link) == "data-v0"
     _restore(app, restic, tmp_path)  # with nobody in the way, the link is restored
     assert os.readlink(link) == "data-v1" and os.lstat(link).st_uid == 0

@@ -30,7 +30,7 @@ from ..repos import fetch
 from ..repos.restic import VERIFIED_TAG, RepoError, Restic
 from ..sets.restore import Unit, _set_metadata, is_under
 from . import restore, swap
-from .journal import Journal, Record, Scratch, SwapRecord, identity
+from .journal import Journal, Record, Scratch, SwapRecord
 
 _COPY = 8 * 1024 * 1024
 
@@ -172,7 +172,9 @@ class Filler:
             self.files += checked.files
             self.bytes += checked.bytes
             for index in group.indexes:
-                self._move(units[index], fds[index], staged[index], record.swaps[index], group.scratch_fd)
+                held = self._move(units[index], fds[index], staged[index], record.swaps[index], group.scratch_fd)
+                if held is not None:
+                    staged[index] = held  # closed with the other staged trees, once swapped
         for fd in self._fds:
             os.close(fd)
         self._fds = []
@@ -197,9 +199,12 @@ class Filler:
             os.close(fd)
         self._fds = []
 
-    def _move(self, unit: Unit, parent_fd: int, staging_fd: int, swap_record: SwapRecord, scratch_fd: int) -> None:
+    def _move(
+        self, unit: Unit, parent_fd: int, staging_fd: int, swap_record: SwapRecord, scratch_fd: int
+    ) -> int | None:
         """Move what restic wrote for ``unit`` (checked) into its staging place, each database's copy where the
-        database was, and give every directory its owner, mode and times from the manifest."""
+        database was, and give every directory its owner, mode and times from the manifest. A link's staging place
+        is returned as a descriptor to hold until the swap."""
         files = {"/" + str(f["path"]): f for f in self.snap.manifest["files"]}  # type: ignore[attr-defined]
         copies = {"/" + m: c.lstrip("/") for m, c in self.snap.database_copies.items()}
         want = files.get(unit.path, {})
@@ -213,14 +218,22 @@ class Filler:
                 os.chown(staging, int(want["uid"]), int(want["gid"]), dir_fd=scratch_fd, follow_symlinks=False)  # type: ignore[call-overload]
             mtime = int(want.get("mtime", 0) or 0) * 10**9  # type: ignore[call-overload]
             os.utime(staging, ns=(mtime, mtime), dir_fd=scratch_fd, follow_symlinks=False)
-            swap_record.staged_id = identity(scratch_fd, staging)
-            os.rename(staging, staging, src_dir_fd=scratch_fd, dst_dir_fd=parent_fd)
-            return
+            # Held open until the swap, so its inode number cannot be given to a file the application's user puts
+            # there instead (it would pass for the link: an identity is a device and an inode number).
+            held = os.open(staging, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=scratch_fd)
+            st = os.fstat(held)
+            swap_record.staged_id = [st.st_dev, st.st_ino]
+            try:
+                os.rename(staging, staging, src_dir_fd=scratch_fd, dst_dir_fd=parent_fd)
+            except BaseException:
+                os.close(held)
+                raise
+            return held
         if unit.kind == "file":
             source = copies.get(unit.path, unit.path.lstrip("/"))
             _copy_into(scratch_fd, source, staging_fd)
             _metadata(staging_fd, want)
-            return
+            return None
         top = _open_rel(staging_fd, unit.prefix, create=True)
         try:
             source = fetch._open_below(scratch_fd, unit.path.lstrip("/"))
@@ -267,6 +280,7 @@ class Filler:
                     _metadata(fd, files[above])
                 finally:
                     os.close(fd)
+        return None
 
 
 def _metadata(fd: int, want: dict[str, object]) -> None:

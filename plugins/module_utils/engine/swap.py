@@ -229,9 +229,12 @@ def _swap_in(
         manifest = filler.fill(units, fds, record, staged, journal)
         result.manifest = manifest
         os.sync()
-        for unit, swap, fd in zip(units, record.swaps, fds):
-            if unit.kind == "symlink" and not swap.staged_id:
-                swap.staged_id = identity(fd, swap.staging)  # made only now (a set's, with the application stopped)
+        for index, (unit, swap, fd) in enumerate(zip(units, record.swaps, fds)):
+            if unit.kind == "symlink" and not swap.staged_id:  # made only now (a set's, with the application stopped)
+                # held until the swap: its inode number cannot be given to anything else meanwhile
+                staged[index] = os.open(swap.staging, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                st = os.fstat(staged[index])
+                swap.staged_id = [st.st_dev, st.st_ino]
             elif identity(fd, swap.staging) != swap.staged_id:
                 raise RestoreError(f"{swap.parent}/{swap.staging} was replaced while restoring; nothing was swapped")
         if before_swap is not None:
