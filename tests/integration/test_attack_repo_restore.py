@@ -306,6 +306,36 @@ def test_an_application_whose_path_is_a_database_file_restores_from_a_repository
     assert base._state(top) == expected and _journal_leftovers(top) == []
 
 
+def test_a_snapshot_naming_a_path_this_host_does_not_keep_is_refused_before_anything_is_fetched(
+    tmp_path: Path,
+) -> None:
+    """Whatever the snapshot's manifest names, only where the application keeps its data on this host is restored:
+    here the snapshot holds an environment file this host's application does not have; check mode and the run
+    refuse it alike, nothing fetched, nothing stopped."""
+    top = tmp_path / "var" / "lib" / "tomo"
+    top.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(top / "app.db")) as db:
+        db.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY)")
+        db.commit()
+    (top / "environment").write_text("SECRET=1\n")
+    restic = _local(tmp_path)
+    _backup(_DatabaseFile(top), restic, tmp_path / "backups")
+    app = _DatabaseFile(top)
+    app.inspect = lambda: Facts("tenement", "0.2.2", [str(top / "app.db")], [], {}, [], "")  # type: ignore[method-assign]
+    (top / "environment").write_text("SECRET=2\n")
+    options = base._options(tmp_path)
+    with pytest.raises(RestoreError) as in_check:
+        repo_restore.plan(app, restic, options, check=True)
+    with pytest.raises(RestoreError) as in_run:
+        _restore(app, restic, tmp_path)
+    assert str(in_run.value) == str(in_check.value)
+    assert str(in_run.value).endswith(
+        f"would restore {top}/environment, which is not where tenement keeps its data on this host "
+        f"({top}/app.db); nothing was changed"
+    )
+    assert "stop" not in app.calls and (top / "environment").read_text() == "SECRET=2\n"
+
+
 def _local(tmp_path: Path) -> Restic:
     password = tmp_path / "password"
     password.write_text("a long repository password\n")
@@ -544,6 +574,7 @@ def test_a_restored_link_is_made_where_the_running_application_cannot_swap_it(tm
     app = _DatabaseFile(top)
     app.inspect = lambda: Facts("tenement", "0.2.2", [str(top / "environment")], [], {}, [], "")  # type: ignore[method-assign]
     _backup(app, restic, tmp_path / "backups")
+    app.inspect = lambda: Facts("tenement", "0.2.2", [str(top / "current")], [], {}, [], "")  # type: ignore[method-assign]
     # The snapshot's one path is the link current -> data-v1 (its manifest edited by hand to say so).
     manifest_file = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement" / MANIFEST_MEMBER
     manifest = json.loads(manifest_file.read_text())

@@ -124,6 +124,42 @@ def test_a_set_of_another_application_is_refused_before_anything_stops(tmp_path:
     assert sentence.endswith("is a backup of files, not of tenement")
 
 
+def test_a_set_naming_a_path_the_application_does_not_keep_is_refused_before_anything_stops(
+    tmp_path: Path, dest: Path
+) -> None:
+    """A crafted set with valid checksums whose manifest names /etc/cron.d beside the application's own tree: a
+    restore as root would put a cron job in place. Only where the application keeps its data on this host is
+    restored, whatever the set says."""
+    (tmp_path / "a").mkdir()
+    only_foreign = write_set(tmp_path / "a", tree("etc/cron.d"), ["/etc/cron.d"]).path
+    sentence = _refused_alike(Recorder("files", PATHS), only_foreign, dest)
+    assert sentence == (
+        f"{os.path.basename(only_foreign)} would restore /etc/cron.d, which is not where files keeps its data on "
+        "this host (/srv/app); nothing was changed"
+    )
+    (tmp_path / "b").mkdir()
+    beside = write_set(tmp_path / "b", [*tree("srv/app"), *tree("etc/cron.d")], ["/srv/app", "/etc/cron.d"]).path
+    assert "would restore /etc/cron.d, which is not where files keeps" in _refused_alike(
+        Recorder("files", PATHS), beside, dest
+    )
+    # the parent of the application's path is not the application's either
+    (tmp_path / "c").mkdir()
+    above = write_set(tmp_path / "c", tree("srv"), ["/srv"]).path
+    assert "would restore /srv, which is not where files keeps" in _refused_alike(Recorder("files", PATHS), above, dest)
+
+
+def test_a_set_holding_selfhost_drs_own_state_is_refused_even_where_the_application_keeps_data(
+    tmp_path: Path, dest: Path, state_dir: Path
+) -> None:
+    """An application configured (by mistake) to keep its data above selfhost.dr's state: a restore of it would
+    replace the restore journal it runs on."""
+    top = str(state_dir.parent).lstrip("/")
+    (tmp_path / "s").mkdir()
+    crafted = write_set(tmp_path / "s", tree(top), ["/" + top]).path
+    sentence = _refused_alike(Recorder("files", ["/" + top]), crafted, dest)
+    assert sentence.endswith(f"would restore /{top}, which holds selfhost.dr's own {state_dir}; nothing was changed")
+
+
 def _good_set(tmp_path: Path, content: str = "restored notes\n") -> str:
     source = tmp_path / "source" / "srv" / "app"
     (source / "one").mkdir(parents=True, exist_ok=True)

@@ -95,6 +95,11 @@ class Application:
         """The set's paths a full restore puts back (None: all of them)."""
         return None
 
+    def restore_roots(self, before: Facts | None) -> list[str]:
+        """Where a whole restore may put a set's trees on this host: the application's own paths as this host
+        configures them, never as the set says (a set is hostile input; it could name ``/etc`` or ``/root``)."""
+        return list(before.paths) if before else []
+
     def units_to_start(self, manifest: dict[str, object]) -> list[str]:
         """What ran when the set was made, to start after a full restore."""
         running = dict(manifest.get("metadata") or {}).get("running")  # type: ignore[call-overload]

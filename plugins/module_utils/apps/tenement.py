@@ -277,6 +277,12 @@ class Tenement(Application):
         self._facts = facts
         return facts
 
+    def restore_roots(self, before: Facts | None) -> list[str]:
+        """tenement's config dir and data dir as this host has them (the operator's ``data_dir``, else this host's
+        tenement.toml, else tenement's default), and the TLS cache dir this host's tenement.toml names."""
+        s = self.settings
+        return list(dict.fromkeys([s.config_dir, s.data_dir or DEFAULT_DATA_DIR, *(before.paths if before else [])]))
+
     @staticmethod
     def _persists(unit: str, services: dict[str, dict[str, object]]) -> bool:
         return bool(dict(services.get(unit.split(":", 1)[0]) or {}).get("storage_persist", True))

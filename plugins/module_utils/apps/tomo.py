@@ -24,7 +24,7 @@ from . import tomo_import
 from .base import Application, Facts
 from .service import Service
 from .tomo_export import export
-from .tomo_schema import CATEGORIES, installed_version, locate_database
+from .tomo_schema import CATEGORIES, database_candidates, installed_version, locate_database
 
 
 def settle(given: str, log: Log = no_log) -> None:
@@ -105,6 +105,12 @@ class Tomo(Application):
         document = dict(manifest.get("metadata") or {}).get("document")  # type: ignore[call-overload]
         paths = [str(p) for p in manifest.get("paths", [])]  # type: ignore[attr-defined]
         return [p for p in paths if not document or os.path.basename(p) != document]
+
+    def restore_roots(self, before: Facts | None) -> list[str]:
+        """Tomo's database (where ``database`` says, else its usual places), environment file and known_hosts."""
+        s = self.settings
+        places = [s.database] if s.database else database_candidates()
+        return list(dict.fromkeys([*places, s.environment, s.known_hosts, *(before.paths if before else [])]))
 
     def stop(self, log: Log = no_log) -> bool:
         log(f"tomo: stopping {self.settings.service}")

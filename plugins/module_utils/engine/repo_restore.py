@@ -58,6 +58,7 @@ def plan(
     snap = fetch.read(restic, found, app.name)
     log(f"restore: snapshot {snap.short} of {snap.host} ({snap.time[:19]}) in {restic.repo.shown}")
     paths = app.restore_paths(snap.manifest)
+    restore.refuse_foreign(app, before, snap.manifest, paths, options.state_dir, f"snapshot {snap.short}")
     units = swap.check_manifest(snap.manifest, options.dest_root, paths, options.state_dir)
     fetch.check_listing(snap, [u.path for u in units])
     app.check_can_restart()

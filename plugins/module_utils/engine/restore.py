@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from .._common import AppError, Error, Log, RestoreError, RollbackError, VerificationError, no_log
 from ..apps.base import Application, Facts
 from ..sets.catalog import catalog
-from . import swap
+from ..sets.restore import is_under
+from . import journal, swap
 
 
 @dataclass
@@ -108,7 +109,12 @@ def plan(
         app_of_set = manifest.get("app")
         if app_of_set not in (app.name, None):
             raise RestoreError(f"{os.path.basename(archive)} is a backup of {app_of_set}, not of {app.name}")
-        return chosen if units else app.restore_paths(manifest)
+        if units:
+            refuse_foreign(app, before, manifest, chosen, options.state_dir, os.path.basename(archive), here=True)
+            return chosen
+        paths = app.restore_paths(manifest)
+        refuse_foreign(app, before, manifest, paths, options.state_dir, os.path.basename(archive))
+        return paths
 
     manifest, planned = swap.check(archive, options.dest_root, None, options.state_dir, log, choose)
     if not units:
@@ -124,6 +130,44 @@ def plan(
         manifest,
         before,
     )
+
+
+# selfhost.dr's own configuration (the repositories' passwords): never a restore's to replace
+CONFIG_DIR = "/etc/selfhost-dr"
+
+
+def refuse_foreign(
+    app: Application,
+    before: Facts | None,
+    manifest: dict[str, object],
+    paths: list[str] | None,
+    state_dir: str | None,
+    what: str,
+    here: bool = False,
+) -> None:
+    """Refuse, before anything is read or changed, a restore that would put a tree of the set (or snapshot,
+    ``what``) anywhere but where the application keeps its data on this host, or over selfhost.dr's own state and
+    configuration. A set's manifest is hostile input: a crafted one, with valid checksums, could name ``/etc``.
+
+    ``here``: the paths were chosen by this host (a unit's, from its own configuration), not by the set.
+    ``paths`` None: all the set's paths."""
+    chosen = [str(p) for p in (paths if paths is not None else manifest.get("paths", []))]  # type: ignore[attr-defined]
+    own = [journal.state_dir(state_dir), CONFIG_DIR]
+    for path in chosen:
+        mine = next((o for o in own if is_under(o, os.path.abspath(path))), None)
+        if mine is not None:
+            raise RestoreError(
+                f"{what} would restore {path}, which holds selfhost.dr's own {mine}; nothing was changed"
+            )
+    if here:
+        return
+    roots = app.restore_roots(before)
+    for path in chosen:
+        if not any(is_under(os.path.abspath(path), os.path.abspath(r)) for r in roots if r):
+            raise RestoreError(
+                f"{what} would restore {path}, which is not where {app.name} keeps its {app.data_words} on this host "
+                f"({', '.join(roots) or 'nothing found'}); nothing was changed"
+            )
 
 
 def run(app: Application, planned: Plan, options: Options, log: Log = no_log) -> Result:
