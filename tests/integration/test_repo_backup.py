@@ -214,6 +214,14 @@ def test_status_and_the_metrics_say_per_repository_when_it_last_got_a_snapshot_a
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(cli, "application", lambda _name, _options: Tree(tree))
+    listed: list[str] = []
+    real_snapshots = Restic.snapshots
+
+    def snapshots(self: Restic, *args: object, **kwargs: object) -> list[dict[str, object]]:
+        listed.append(self.repo.name)
+        return real_snapshots(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Restic, "snapshots", snapshots)
     textfiles = tmp_path / "textfiles"
     textfiles.mkdir()
     config = _config(tmp_path, store)
@@ -228,6 +236,9 @@ def test_status_and_the_metrics_say_per_repository_when_it_last_got_a_snapshot_a
     assert code == 0, status
     local, s3 = status["repositories"]["local"], status["repositories"]["s3"]  # type: ignore[index]
     assert local["snapshots"] == 2 and local["backup"]["last_attempt"]["ok"] is True
+    # never listed (a restic command each): the first backup made both repositories, so each holds its one
+    # snapshot; the second day goes on from state.json
+    assert listed == [], listed
     assert 0 < local["backup"]["last_success"]["data_added"] < 1_000_000  # the second day: only what changed
     assert s3["snapshots"] == 1 and s3["backup"]["last_attempt"]["ok"] is False
     assert "refuses the store's credentials" in s3["backup"]["last_failure"]["reason"]

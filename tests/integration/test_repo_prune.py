@@ -174,9 +174,13 @@ def test_the_host_command_prunes_each_repository_by_its_own_rules_and_never_the_
         left = restic.snapshots()
         assert {s["hostname"] for s in left} == {here, "another-host"}  # another host's snapshot is its own business
         assert len(left) == len(outcome["kept"]) + 1 == (3 if name == "local" else 4)
+        assert outcome["snapshots"] == len(left) - 1  # this host's, for status and the metrics
         assert {s["id"] for s in left} == {d["id"] for d in outcome["kept"]} | {
             s["id"] for s in left if s["hostname"] == "another-host"
         }
+    code, status = _cli(capsys, "status", "--config", str(config))
+    assert code == 0, status
+    assert {n: status["repositories"][n]["snapshots"] for n in ("local", "s3")} == {"local": 2, "s3": 3}  # type: ignore[index]
 
 
 def test_a_failed_optional_repository_is_a_warning_and_a_failed_required_one_fails_the_prune(

@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,38 @@ def test_a_second_stage_reads_and_copies_only_what_changed(tree: Path, tmp_path:
     third = _stage(tree, tmp_path)
     assert third.hashed_bytes == len("one\ntwo\n") and third.databases_replaced == 1
     assert copy.stat().st_ino != inode
+    # The previous copy was moved out of the stage (restic never reads it) and is deleted beside restic's read.
+    assert third.emptying is not None
+    third.emptying.join()
+    trash = tmp_path / "backups" / ".selfhost-dr-repo" / stage_module.TRASH
+    assert trash.is_dir() and list(trash.iterdir()) == []
+    copies = [p for p in Path(third.stage).rglob("*") if p.is_file() and p.name.startswith("app.db")]
+    assert copies == [copy]
+
+
+def test_a_database_that_cannot_be_copied_fails_the_stage_with_no_descriptor_left_open(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files are opened ahead of the workers that hash them: a failure while some wait must close every one."""
+    real = stage_module._hash_open
+
+    def slow(fd: int, st: os.stat_result) -> tuple[str, int, tuple[int, ...]]:
+        time.sleep(0.05)  # workers busier than the failure is quick
+        return real(fd, st)
+
+    monkeypatch.setattr(stage_module, "_hash_open", slow)
+    for n in range(40):
+        (tree / "logs" / f"{n}.log").write_bytes(os.urandom(50_000))
+    with contextlib.closing(sqlite3.connect(tree / "aa-locked.db")) as db:  # a rollback-journal database...
+        db.execute("CREATE TABLE t (x)")
+        db.commit()
+    before = sorted(os.listdir("/proc/self/fd"))
+    with contextlib.closing(sqlite3.connect(tree / "aa-locked.db", isolation_level=None)) as writer:
+        writer.execute("BEGIN EXCLUSIVE")  # ...that a writer keeps locked for longer than the lock timeout
+        with pytest.raises(BackupError, match=r"aa-locked.db stayed locked by another process for longer than 0.2 s"):
+            stage_module.stage([str(tree)], str(tmp_path / "backups"), app="tenement", lock_timeout=0.2)
+        writer.execute("ROLLBACK")
+    assert sorted(os.listdir("/proc/self/fd")) == before
 
 
 def test_a_file_changed_after_its_hash_is_found_and_rehashed_into_changed_during_backup(

@@ -40,7 +40,9 @@ HELP = {
     "repository_last_attempt_timestamp_seconds": "When the operation last ran in the repository (Unix time).",
     "repository_last_attempt_success": "1 when the operation's last run succeeded in the repository, else 0.",
     "repository_last_bytes_added": "Bytes the last successful backup added to the repository (restic's data_added).",
-    "repository_snapshots": "selfhost-dr snapshots of this host in the repository, counted by its last backup.",
+    "repository_snapshots": (
+        "selfhost-dr snapshots of this host in the repository (counted by the last prune, one more per backup since)."
+    ),
 }
 
 

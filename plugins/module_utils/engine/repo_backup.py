@@ -52,6 +52,7 @@ class Outcome:
     seconds: float = 0.0
     tries: int = 0
     snapshots: int = -1  # this host's selfhost-dr snapshots in the repository afterwards (-1: not counted)
+    snapshots_added: int = 0  # net (the superseded ones forgotten): state.json counts on from its last count
     error: str = ""
 
     def as_dict(self) -> dict[str, object]:
@@ -215,12 +216,18 @@ def _store(
     )
     result.hashed_bytes = staged.hashed_bytes
     host = options.host or default_host()
+    counted = state.Store(options.state_dir).read().get("repositories") or {}
     for restic in repos:
-        result.outcomes.append(_into(restic, staged, host, tags(app.name, mode, schedule), log))
+        # Counting costs a restic command (half a second of key derivation): only where state.json has no count to
+        # go on from (a prune counts again).
+        count = not isinstance(dict(counted.get(restic.repo.name) or {}).get("snapshots"), int)  # type: ignore[attr-defined]
+        result.outcomes.append(_into(restic, staged, host, tags(app.name, mode, schedule), log, count))
+    if staged.emptying is not None:
+        staged.emptying.join()
     result.manifest = staged.manifest
 
 
-def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log) -> Outcome:
+def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log, count: bool = True) -> Outcome:
     """One repository's snapshot. One restic command in the usual case (each one derives the key from the password,
     about half a second): restic takes as parent the newest snapshot of the same host and paths, which the stage's
     fixed path keeps the same."""
@@ -255,10 +262,14 @@ def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log
             superseded.append(outcome.snapshot_id)
         restic.forget(superseded)
         outcome.ok = True
-        try:  # for status and the metrics; a repository that answered the backup but not this is no failure
-            outcome.snapshots = len(restic.snapshots(["selfhost-dr"], host))
-        except RepoError as exc:
-            log(f"{repo.shown}: the snapshots could not be counted ({exc})")
+        outcome.snapshots_added = 1
+        if outcome.created:
+            outcome.snapshots = 1  # a repository this run made holds this one snapshot
+        elif count:
+            try:  # for status and the metrics; a repository that answered the backup but not this is no failure
+                outcome.snapshots = len(restic.snapshots(["selfhost-dr"], host))
+            except RepoError as exc:
+                log(f"{repo.shown}: the snapshots could not be counted ({exc})")
         log(
             f"{repo.shown}: snapshot {outcome.snapshot_id}, {outcome.data_added / 1048576:.1f} MiB added "
             f"({outcome.files_new} new, {outcome.files_changed} changed, {outcome.files_unmodified} unchanged files)"

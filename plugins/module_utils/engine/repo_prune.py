@@ -92,6 +92,7 @@ class Plan:
     forget: list[Decision] = field(default_factory=list)
     future: list[str] = field(default_factory=list)
     other_hosts: int = 0  # snapshots of other hosts, left out (not with all_hosts)
+    remaining: int = -1  # this host's selfhost-dr snapshots once the forgotten ones are gone
 
 
 def decide(
@@ -164,6 +165,8 @@ def plan(
     kept, forget, others = decide(snapshots, policy, host, all_hosts, app, now or datetime.now(timezone.utc))
     repo = restic.repo
     planned = Plan(repo.name, repo.shown, repo.required, kept, forget, other_hosts=others)
+    mine = sum(1 for s in snapshots if s.get("hostname") == host and SNAPSHOT_TAG in (s.get("tags") or []))
+    planned.remaining = mine - sum(1 for d in forget if d.host == host)
     planned.future = [d.id for d in kept if FUTURE in d.reasons]
     return planned
 
@@ -182,6 +185,7 @@ class Outcome:
     other_hosts: int = 0
     pruned: bool = False
     freed_bytes: int | None = None
+    snapshots: int = -1  # this host's selfhost-dr snapshots afterwards (for status and the metrics)
     error: str = ""
 
     def as_dict(self) -> dict[str, object]:
@@ -213,6 +217,7 @@ def _outcome(planned: Plan) -> Outcome:
         forgotten=[d.as_dict() for d in planned.forget],
         future=planned.future,
         other_hosts=planned.other_hosts,
+        snapshots=planned.remaining,
     )
 
 

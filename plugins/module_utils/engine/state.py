@@ -175,7 +175,8 @@ class Store:
 
     def record_repositories(self, run: Run, outcomes: list[dict[str, object]]) -> None:
         """Each repository's outcome of ``run`` (a backup, prune or check into several repositories): its own last
-        attempt, success or failure per operation, the bytes a backup added and the snapshots it counted."""
+        attempt, success or failure per operation, the bytes a backup added, and this host's snapshots there: counted by
+        a prune (or a backup when none were counted yet), one more for each backup since."""
         data = self.read(set_aside=True)
         section = data.setdefault("repositories", {})
         for outcome in outcomes:
@@ -197,6 +198,8 @@ class Store:
             runs["last_success" if entry["ok"] else "last_failure"] = entry
             if isinstance(outcome.get("snapshots"), int) and outcome["snapshots"] >= 0:  # type: ignore[operator]
                 about["snapshots"] = outcome["snapshots"]
+            elif isinstance(outcome.get("snapshots_added"), int) and isinstance(about.get("snapshots"), int):
+                about["snapshots"] += outcome["snapshots_added"]  # type: ignore[operator]
         self.latest = data
         self._write(data)
 

@@ -18,13 +18,18 @@ other bytes than the manifest says for them, so the backup is made again for tho
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import json
 import os
 import stat
+import threading
+import uuid
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import safe_fs
 from .._common import BackupError, Log, atomic_write, iso, no_log, utc_now
@@ -37,9 +42,12 @@ from ..sqlite_snapshot import SnapshotError, snapshot
 
 STAGE_DIR = ".selfhost-dr-repo"  # in the backup directory
 HASHES = "hashes.json"  # the hash cache, in the stage
+TRASH = ".trash"  # beside the stages: previous copies of databases, deleted while restic reads
 EXCLUDES = "excludes.txt"
 _CHUNK = 1024 * 1024
 _CACHE_LIMIT = 64 * 1024 * 1024
+_WORKERS = max(2, min(4, os.cpu_count() or 2))  # copying databases and hashing files beside each other
+_AHEAD = 16  # files opened (or databases being copied) ahead of the manifest's records
 
 
 @dataclass
@@ -53,6 +61,7 @@ class Staged:
     keys: dict[str, tuple[int, ...]] = field(default_factory=dict)  # file path -> the stat its hash is of
     hashed_bytes: int = 0  # read and hashed this time (the rest came from the cache)
     databases_replaced: int = 0  # database copies that changed (the others restic skips)
+    emptying: threading.Thread | None = None  # deletes the previous copies beside restic's read: join it after
 
     @property
     def paths(self) -> list[str]:
@@ -119,14 +128,10 @@ def _cached(cache: dict[str, dict[str, object]], path: str, key: tuple[int, ...]
     return digest if isinstance(digest, str) and len(digest) == 64 else ""
 
 
-def _hash_member(entry: Entry, dirs: Dirs) -> tuple[str, int, tuple[int, ...]] | str:
-    """The sha256 and size of a scanned file, read through its verified directory (never a link), and the stat of
-    what was read (``()`` when it changed while it was read: it is hashed again after restic's read); or why it
-    could not be read."""
-    opened = open_member(entry, dirs)
-    if isinstance(opened, str):
-        return opened
-    fd, st = opened
+def _hash_open(fd: int, st: os.stat_result) -> tuple[str, int, tuple[int, ...]]:
+    """The sha256 and size of a file opened by :func:`open_member` (closed here), and the stat of what was read
+    (``()`` when it changed while it was read: it is hashed again after restic's read). Runs in a worker thread:
+    reading and hashing let go of the GIL."""
     digest = hashlib.sha256()
     size = 0
     try:
@@ -175,7 +180,7 @@ def _source_key(entry: Entry) -> list[object]:
 
 
 def _copy_database(
-    entry: Entry, db_dir: str, cache: dict[str, dict[str, object]], lock_timeout: float
+    entry: Entry, db_dir: str, cache: dict[str, dict[str, object]], lock_timeout: float, trash: str = ""
 ) -> tuple[str, int, bool]:
     """A consistent copy of the database at ``db_dir/<its path>``: its sha256, its size, and whether the copy
     changed (an unchanged one is left as it was, so restic does not read it again). A database whose file, ``-wal``
@@ -223,6 +228,11 @@ def _copy_database(
         finally:
             os.close(parent)
     os.chmod(fresh, 0o600)
+    if trash and old is not None and stat.S_ISREG(old.st_mode):
+        # The previous copy is moved aside and deleted beside restic's read (freeing a large file's blocks takes a
+        # tenth of a second per 200 MiB): outside the stage, so restic never sees it.
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(final, os.path.join(trash, uuid.uuid4().hex))
     os.replace(fresh, final)  # a link at the name is replaced, never followed
     cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256, "source": source}
     return made.sha256, made.size, True
@@ -261,6 +271,8 @@ def stage(
     db_dir = os.path.join(where, "db")
     safe_fs.makedirs_private(backup_dir)
     _private_dir(db_dir, backup_dir)
+    trash = os.path.join(backup_dir, STAGE_DIR, TRASH)
+    _private_dir(trash, backup_dir)
     cache_path = os.path.join(where, HASHES)
     cache = _load_cache(cache_path)
     fresh_cache: dict[str, dict[str, object]] = {}
@@ -273,38 +285,65 @@ def stage(
     left_out = [s["path"] for s in found.skipped if "path" in s]
     left_out += [os.path.join(where, HASHES), os.path.join(where, EXCLUDES)]
     dirs = Dirs(found.roots, found.dirs)
+    # Databases are copied and files hashed by workers (SQLite's backup, reads and sha256 let go of the GIL), at most
+    # _AHEAD ahead of the records, which are made in the scan's order. Files are opened here, in order: Dirs walks
+    # one path at a time.
+    pending: collections.deque[tuple[Entry, Future[Any] | None, object]] = collections.deque()
+    pool = ThreadPoolExecutor(max_workers=_WORKERS)
+
+    def settle(entry: Entry, job: Future[Any] | None, ready: object) -> None:
+        if entry.kind in ("dir", "symlink"):
+            records.append(manifest_record(entry))
+            return
+        if entry.kind == "sqlite":
+            digest, size, replaced = job.result()  # type: ignore[union-attr]
+            staged.databases_replaced += int(replaced)
+            copy = os.path.join(db_dir, entry.member)
+            fresh_cache[copy] = cache[copy]
+            records.append(manifest_record(entry, size, digest))
+            snapshots.append({"path": entry.member, "size": size, "sha256": digest})
+            left_out.extend(entry.path + side for side in ("", *SQLITE_SIDE_FILES))
+            return
+        if isinstance(ready, str):
+            skipped.append({"path": entry.path, "reason": ready})
+            left_out.append(entry.path)
+            return
+        if job is not None:
+            digest, size, key = job.result()
+            staged.hashed_bytes += size
+        else:
+            digest, size, key = ready  # type: ignore[misc]
+        staged.keys[entry.path] = key
+        if key:
+            fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
+        else:  # written to while it was hashed: backed up all the same, and hashed again after restic's read
+            changed.append(entry.member)
+        records.append(manifest_record(entry, size, digest))
+
     try:
         for entry in found.entries:
-            if entry.kind in ("dir", "symlink"):
-                records.append(manifest_record(entry))
-                continue
+            job: Future[Any] | None = None
+            ready: object = None
             if entry.kind == "sqlite":
-                digest, size, replaced = _copy_database(entry, db_dir, cache, lock_timeout)
-                staged.databases_replaced += int(replaced)
-                copy = os.path.join(db_dir, entry.member)
-                fresh_cache[copy] = cache[copy]
-                records.append(manifest_record(entry, size, digest))
-                snapshots.append({"path": entry.member, "size": size, "sha256": digest})
-                left_out += [entry.path + side for side in ("", *SQLITE_SIDE_FILES)]
-                continue
-            key = _key(entry.st)
-            digest = _cached(cache, entry.path, key)
-            size = entry.st.st_size
-            if not digest:
-                hashed = _hash_member(entry, dirs)
-                if isinstance(hashed, str):
-                    skipped.append({"path": entry.path, "reason": hashed})
-                    left_out.append(entry.path)
-                    continue
-                digest, size, key = hashed
-                staged.hashed_bytes += size
-            staged.keys[entry.path] = key
-            if key:
-                fresh_cache[entry.path] = {"key": list(key), "sha256": digest}
-            else:  # written to while it was hashed: backed up all the same, and hashed again after restic's read
-                changed.append(entry.member)
-            records.append(manifest_record(entry, size, digest))
+                job = pool.submit(_copy_database, entry, db_dir, cache, lock_timeout, trash)
+            elif entry.kind not in ("dir", "symlink"):
+                key = _key(entry.st)
+                digest = _cached(cache, entry.path, key)
+                if digest:
+                    ready = (digest, entry.st.st_size, key)
+                else:
+                    opened = open_member(entry, dirs)
+                    if isinstance(opened, str):
+                        ready = opened
+                    else:
+                        job = pool.submit(_hash_open, *opened)
+            pending.append((entry, job, ready))
+            while len(pending) > _AHEAD or (pending and (pending[0][1] is None or pending[0][1].done())):
+                settle(*pending.popleft())
+        while pending:
+            settle(*pending.popleft())
     finally:
+        pool.shutdown(wait=True)  # a failure: the files already opened are read and closed by their jobs
         dirs.close()
     for stale in _stale_copies(db_dir, {os.path.join(db_dir, s["path"]) for s in snapshots}):  # type: ignore[arg-type]
         with contextlib.suppress(FileNotFoundError):
@@ -337,6 +376,8 @@ def stage(
         "metadata": {**(metadata or {}), "store": "restic", "stage": where},
     }
     staged.manifest = manifest
+    staged.emptying = threading.Thread(target=empty_trash, args=(trash,), daemon=True)
+    staged.emptying.start()
     write_manifest(staged)
     atomic_write(cache_path, json.dumps(fresh_cache).encode())
     for path in left_out:
@@ -353,6 +394,20 @@ def stage(
         f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
     )
     return staged
+
+
+def empty_trash(trash: str) -> None:
+    """Delete the previous copies of databases moved aside (also those a killed run left); never through a link."""
+    try:
+        fd = safe_fs.open_dir(trash)
+    except OSError:
+        return
+    try:
+        for name in os.listdir(fd):
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def write_manifest(staged: Staged) -> None:
