@@ -52,10 +52,10 @@ def plan(
     except AppError:
         before = None
     try:
-        found = fetch.choose(restic, app.name, snapshot, host)
+        found = None if snapshot == "latest" else fetch.choose(restic, app.name, snapshot, host)
     except RepoError as exc:
         raise RestoreError(str(exc)) from exc
-    snap = fetch.read(restic, found, app.name)
+    snap = fetch.read(restic, found, app.name, host)
     log(f"restore: snapshot {snap.short} of {snap.host} ({snap.time[:19]}) in {restic.repo.shown}")
     paths = app.restore_paths(snap.manifest)
     restore.refuse_foreign(app, before, snap.manifest, paths, options.state_dir, f"snapshot {snap.short}")

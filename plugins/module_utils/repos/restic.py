@@ -416,11 +416,25 @@ class Restic:
             raise RepoError(f"restic check of {self.repo.shown} found damage: {what} ({_scrub(why, self.repo)[:200]})")
         raise RepoError(f"restic check of {self.repo.shown} found damage: {_scrub(why, self.repo)[:300]}")
 
-    def ls(self, snapshot_id: str, limit: int) -> Iterator[dict[str, Any]]:
+    def ls(
+        self,
+        snapshot_id: str,
+        limit: int,
+        host: str = "",
+        tags: Sequence[str] = (),
+        header: list[dict[str, Any]] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Every node of a snapshot (``restic ls --json``: name, type, path, uid, gid, size, mode), in tree order,
-        read as restic writes them; more than ``limit`` nodes raises (a hostile snapshot cannot fill memory)."""
-        _snapshot_id(snapshot_id)
-        argv = [self.binary, "ls", "--json", "--no-lock", snapshot_id]
+        read as restic writes them; more than ``limit`` nodes raises (a hostile snapshot cannot fill memory).
+
+        ``latest`` with ``host`` and ``tags`` lists the newest snapshot of that host holding all the tags (nothing
+        when there is none); the snapshot itself (id, time, paths, hostname, tags) is put in ``header`` before the
+        first node is given."""
+        argv = [self.binary, "ls", "--json", "--no-lock"]
+        if snapshot_id == "latest" and host and tags:
+            argv += ["--host", host, "--tag", ",".join(_tag(t) for t in tags), "latest"]
+        else:
+            argv.append(_snapshot_id(snapshot_id))
         try:
             proc = subprocess.Popen(
                 argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -440,6 +454,8 @@ class Restic:
                     node = json.loads(raw)
                 except ValueError:
                     continue
+                if isinstance(node, dict) and node.get("struct_type") == "snapshot" and header is not None:
+                    header.append(node)
                 if not isinstance(node, dict) or node.get("struct_type") != "node":
                     continue
                 count += 1
