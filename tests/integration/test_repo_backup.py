@@ -106,6 +106,9 @@ def test_two_days_into_two_repositories_the_second_costs_only_what_changed(
     assert second.hashed_bytes == 100_000  # only the rewritten upload was read to be hashed
     snapshots = repos[0].snapshots(repo_backup.tags("tenement", "hot"))
     assert len(snapshots) == 2 and set(snapshots[-1]["tags"]) == {"selfhost-dr", "app=tenement", "kind=hot"}
+    # Nothing recorded in state.json (only the host command records): the first run made the repositories, so
+    # each holds its one snapshot; the second counts those there before it, and adds its own.
+    assert [o.snapshots for o in first.outcomes] == [1, 1] and [o.snapshots for o in second.outcomes] == [2, 2]
 
 
 def test_a_snapshot_restores_every_file_its_manifest_lists(tmp_path: Path, tree: Path, store: s3_store.Store) -> None:
@@ -228,6 +231,8 @@ def test_status_and_the_metrics_say_per_repository_when_it_last_got_a_snapshot_a
     text = config.read_text().replace('textfile_dir = ""', f'textfile_dir = "{textfiles}"')
     config.write_text(f'state_dir = "{tmp_path}/state"\n' + text)
     assert _cli(capsys, "backup", "--all-repos", "--config", str(config))[0] == 0
+    assert sorted(listed) == ["local", "s3"]  # counted once (a restic command each), beside the staging
+    listed.clear()
     # The next day the S3 store refuses the credentials: the optional repository fails, the local one goes on.
     (tmp_path / "secrets" / "s3.env").write_text("AWS_ACCESS_KEY_ID=nobody\nAWS_SECRET_ACCESS_KEY=wrong-key\n")
     code, result = _cli(capsys, "backup", "--all-repos", "--config", str(config))
@@ -236,9 +241,7 @@ def test_status_and_the_metrics_say_per_repository_when_it_last_got_a_snapshot_a
     assert code == 0, status
     local, s3 = status["repositories"]["local"], status["repositories"]["s3"]  # type: ignore[index]
     assert local["snapshots"] == 2 and local["backup"]["last_attempt"]["ok"] is True
-    # never listed (a restic command each): the first backup made both repositories, so each holds its one
-    # snapshot; the second day goes on from state.json
-    assert listed == [], listed
+    assert listed == [], listed  # the second day goes on from state.json's count
     assert 0 < local["backup"]["last_success"]["data_added"] < 1_000_000  # the second day: only what changed
     assert s3["snapshots"] == 1 and s3["backup"]["last_attempt"]["ok"] is False
     assert "refuses the store's credentials" in s3["backup"]["last_failure"]["reason"]

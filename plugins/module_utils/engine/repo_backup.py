@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,6 +203,17 @@ def _store(
     schedule: str,
     result: Result,
 ) -> None:
+    host = options.host or default_host()
+    counted = state.Store(options.state_dir).read().get("repositories") or {}
+    # Counting this host's snapshots costs a restic command (half a second of key derivation): only where
+    # state.json has no count to go on from (a prune counts again), and while the snapshot is staged.
+    counting = ThreadPoolExecutor(max_workers=max(1, len(repos)))
+    before: dict[str, Future[list[dict[str, Any]]]] = {
+        r.repo.name: counting.submit(r.snapshots, ["selfhost-dr"], host)
+        for r in repos
+        if not isinstance(dict(counted.get(r.repo.name) or {}).get("snapshots"), int)  # type: ignore[attr-defined]
+    }
+    counting.shutdown(wait=False)
     staged = stage(
         facts.paths,
         options.dest,
@@ -215,19 +227,21 @@ def _store(
         log=log,
     )
     result.hashed_bytes = staged.hashed_bytes
-    host = options.host or default_host()
-    counted = state.Store(options.state_dir).read().get("repositories") or {}
     for restic in repos:
-        # Counting costs a restic command (half a second of key derivation): only where state.json has no count to
-        # go on from (a prune counts again).
-        count = not isinstance(dict(counted.get(restic.repo.name) or {}).get("snapshots"), int)  # type: ignore[attr-defined]
-        result.outcomes.append(_into(restic, staged, host, tags(app.name, mode, schedule), log, count))
+        outcome = _into(restic, staged, host, tags(app.name, mode, schedule), log)
+        listed = before.get(restic.repo.name)
+        if outcome.ok and outcome.snapshots < 0 and listed is not None:
+            try:
+                outcome.snapshots = len(listed.result()) + 1  # the ones before, and this one (superseded: forgotten)
+            except RepoError as exc:  # for status and the metrics; no failure of the backup
+                log(f"{restic.repo.shown}: the snapshots could not be counted ({exc})")
+        result.outcomes.append(outcome)
     if staged.emptying is not None:
         staged.emptying.join()
     result.manifest = staged.manifest
 
 
-def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log, count: bool = True) -> Outcome:
+def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log) -> Outcome:
     """One repository's snapshot. One restic command in the usual case (each one derives the key from the password,
     about half a second): restic takes as parent the newest snapshot of the same host and paths, which the stage's
     fixed path keeps the same."""
@@ -265,11 +279,6 @@ def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log
         outcome.snapshots_added = 1
         if outcome.created:
             outcome.snapshots = 1  # a repository this run made holds this one snapshot
-        elif count:
-            try:  # for status and the metrics; a repository that answered the backup but not this is no failure
-                outcome.snapshots = len(restic.snapshots(["selfhost-dr"], host))
-            except RepoError as exc:
-                log(f"{repo.shown}: the snapshots could not be counted ({exc})")
         log(
             f"{repo.shown}: snapshot {outcome.snapshot_id}, {outcome.data_added / 1048576:.1f} MiB added "
             f"({outcome.files_new} new, {outcome.files_changed} changed, {outcome.files_unmodified} unchanged files)"
