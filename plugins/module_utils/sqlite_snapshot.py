@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -134,6 +135,11 @@ def _open_source(source: str, lock_timeout: float, expect: Identity | None = Non
     return conn, mode
 
 
+# Held while a database is opened by name and SQLite's descriptor found among the process's (and by callers that
+# open files in other threads meanwhile, see repos/stage.py).
+OPEN_LOCK = threading.Lock()
+
+
 def _open_checked(
     source: str, lock_timeout: float, expect: Identity | None, any_thread: bool = False
 ) -> tuple[sqlite3.Connection, str, int]:
@@ -143,24 +149,32 @@ def _open_checked(
     """
     # The connection's timeout is SQLite's busy timeout for each statement. Reading
     # through mmap saves a copy per page; it changes nothing on disk.
-    before = _fds_of(expect) if expect is not None else set()
     if expect is None:
         conn = sqlite3.connect(source, timeout=lock_timeout, isolation_level=None, check_same_thread=not any_thread)
-    else:
-        # mode=rw: SQLite never creates the file, so a link swapped in before it opens cannot make root create one
-        # anywhere; read-write (not read-only) because opening a FIFO swapped in for reading would block forever.
-        # Nothing is read or written before the descriptor is checked below. SQLite (3.40) refuses a -wal or -shm
-        # that is a link (tests/unit/test_attack_backup.py swaps both).
-        uri = f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=rw"
+        try:
+            conn.execute("PRAGMA mmap_size = 1073741824")
+        except BaseException:
+            conn.close()
+            raise
+        return conn, journal_mode_of_file(source), -1
+    # mode=rw: SQLite never creates the file, so a link swapped in before it opens cannot make root create one
+    # anywhere; read-write (not read-only) because opening a FIFO swapped in for reading would block forever.
+    # Nothing is read or written before the descriptor is checked below. SQLite (3.40) refuses a -wal or -shm
+    # that is a link (tests/unit/test_attack_backup.py swaps both). The descriptor SQLite opened is the one that
+    # appeared during connect(): no other thread of this process opens a file meanwhile (OPEN_LOCK), or its
+    # descriptor of the expected file (a hard link's) would pass for SQLite's.
+    uri = f"file:{urllib.parse.quote(os.path.abspath(source))}?mode=rw"
+    with OPEN_LOCK:
+        before = _fds_of(expect)
         conn = sqlite3.connect(
             uri, timeout=lock_timeout, isolation_level=None, uri=True, check_same_thread=not any_thread
         )
+        try:
+            opened = sorted(_fds_of(expect) - before)
+        except BaseException:
+            conn.close()
+            raise
     try:
-        if expect is None:
-            conn.execute("PRAGMA mmap_size = 1073741824")
-            return conn, journal_mode_of_file(source), -1
-        # SQLite opened the file in connect(); check it before it reads anything.
-        opened = sorted(_fds_of(expect) - before)
         if not opened:
             raise ReplacedError(f"{source} was replaced while it was being backed up; it was not read")
         header = os.pread(opened[0], 20, 0)

@@ -24,6 +24,7 @@ import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import (
     AppError,
+    Error,
     RestoreError,
     RollbackError,
     VerificationError,
@@ -129,6 +130,22 @@ def test_a_name_twice_a_link_then_a_directory_is_refused_before_restic_writes(
         _restore(app, local, tmp_path)
     assert list(outside.iterdir()) == [] and app.calls == []
     assert base._state(tree) == before and _journal_leftovers(tree.parent) == []
+
+
+def test_a_snapshot_path_that_reads_as_an_option_is_never_handed_to_restic(tmp_path: Path, tree: Path) -> None:
+    """Whoever holds the password can write a snapshot whose paths say where the stage is; the manifest is read
+    early from there. A path that restic would read as an option (``--password-command=...``) runs a command as
+    root if it reaches restic's command line."""
+    given = "a long repository password"  # in restic's environment, where --password-command would run
+    restic = Restic(base.Repository("local", str(tmp_path / "restic"), password=given, init=True))
+    app = Tree(tree)
+    snapshot = _backup(app, restic, tmp_path / "backups")
+    marker = tmp_path / "ran"
+    evil = f"--password-command=sh -c 'touch {marker}; echo a long repository password' x/.selfhost-dr-repo/tenement"
+    restic_craft.Crafter(restic).rewrite(snapshot, lambda _path, _tree: False, str(tree), paths=[evil, str(tree)])
+    with pytest.raises(Error):
+        _restore(app, restic, tmp_path)
+    assert not marker.exists(), "a snapshot's path ran a command"
 
 
 def test_a_manifest_whose_listing_lies_about_its_size_is_not_read_whole(

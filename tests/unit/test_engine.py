@@ -9,6 +9,7 @@ tests/integration (tenement) and in the Molecule scenarios.
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -134,13 +135,13 @@ def test_a_set_naming_a_path_the_application_does_not_keep_is_refused_before_any
     only_foreign = write_set(tmp_path / "a", tree("etc/cron.d"), ["/etc/cron.d"]).path
     sentence = _refused_alike(Recorder("files", PATHS), only_foreign, dest)
     assert sentence == (
-        f"{os.path.basename(only_foreign)} would restore /etc/cron.d, which is not where files keeps its data on "
-        "this host (/srv/app); nothing was changed"
+        f"{os.path.basename(only_foreign)} would restore /etc/cron.d, which holds or lies in the system's /etc; "
+        "nothing was changed"
     )
     (tmp_path / "b").mkdir()
-    beside = write_set(tmp_path / "b", [*tree("srv/app"), *tree("etc/cron.d")], ["/srv/app", "/etc/cron.d"]).path
-    assert "would restore /etc/cron.d, which is not where files keeps" in _refused_alike(
-        Recorder("files", PATHS), beside, dest
+    beside = write_set(tmp_path / "b", [*tree("srv/app"), *tree("srv/other")], ["/srv/app", "/srv/other"]).path
+    assert _refused_alike(Recorder("files", PATHS), beside, dest).endswith(
+        "would restore /srv/other, which is not where files keeps its data on this host (/srv/app); nothing was changed"
     )
     # the parent of the application's path is not the application's either
     (tmp_path / "c").mkdir()
@@ -148,16 +149,76 @@ def test_a_set_naming_a_path_the_application_does_not_keep_is_refused_before_any
     assert "would restore /srv, which is not where files keeps" in _refused_alike(Recorder("files", PATHS), above, dest)
 
 
-def test_a_set_holding_selfhost_drs_own_state_is_refused_even_where_the_application_keeps_data(
-    tmp_path: Path, dest: Path, state_dir: Path
+@pytest.mark.parametrize("where", ["above", "below"])
+def test_a_set_holding_or_inside_selfhost_drs_own_state_is_refused_even_where_the_application_keeps_data(
+    where: str, tmp_path: Path, dest: Path, state_dir: Path
 ) -> None:
-    """An application configured (by mistake) to keep its data above selfhost.dr's state: a restore of it would
-    replace the restore journal it runs on."""
-    top = str(state_dir.parent).lstrip("/")
+    """An application configured (by mistake) to keep its data above selfhost.dr's state, or a set naming a tree
+    inside it: a restore would replace the restore journal it runs on."""
+    top = str(state_dir.parent if where == "above" else state_dir / "journal").lstrip("/")
     (tmp_path / "s").mkdir()
     crafted = write_set(tmp_path / "s", tree(top), ["/" + top]).path
-    sentence = _refused_alike(Recorder("files", ["/" + top]), crafted, dest)
-    assert sentence.endswith(f"would restore /{top}, which holds selfhost.dr's own {state_dir}; nothing was changed")
+    sentence = _refused_alike(Recorder("files", [str(state_dir.parent)]), crafted, dest)
+    assert sentence.endswith(
+        f"would restore /{top}, which holds or lies in selfhost.dr's own {state_dir}; nothing was changed"
+    )
+
+
+class _Derived(Recorder):
+    """An application whose data dir comes from a file a restore writes back (tenement.toml): not trusted."""
+
+    def __init__(self, derived: list[str], trusted: list[str]) -> None:
+        super().__init__("files", [])
+        self.derived, self.trusted = derived, trusted
+
+    def trusted_roots(self) -> list[str]:
+        return self.trusted
+
+    def restore_roots(self, before: Facts | None) -> list[str]:
+        return self.derived
+
+
+@pytest.mark.parametrize(
+    ("top", "words"),
+    [
+        ("etc/cron.d", "holds or lies in the system's /etc"),
+        ("usr/local/bin", "holds or lies in the system's /usr"),
+        ("home/alice/.ssh", "holds or lies in the system's /home"),
+        ("var", "holds or lies in the system's /var/spool"),
+    ],
+)
+def test_a_data_dir_named_by_a_restored_file_never_opens_the_systems_places(
+    top: str, words: str, tmp_path: Path, dest: Path
+) -> None:
+    """A first hostile set restores a tenement.toml saying data_dir = "/": the next set is still refused the
+    system's places (the operator's own settings alone may put the application's files there)."""
+    crafted = write_set(tmp_path, tree(top), ["/" + top]).path
+    assert words in _refused_alike(_Derived(["/"], []), crafted, dest)
+    app = _Derived([], ["/" + top])  # what the operator's settings name is the operator's choice
+    options = restore.Options(dest_root=str(dest))
+    restore.run(app, restore.plan(app, crafted, options), options)
+    assert (dest / top / "one" / "notes.txt").read_bytes() == b"notes\n"
+
+
+def test_a_set_whose_paths_the_application_all_leaves_out_restores_nothing(tmp_path: Path, dest: Path) -> None:
+    """Tomo leaves out the copy of its document: a set holding nothing else must not restore everything."""
+    crafted = write_set(tmp_path, tree("srv/app"), PATHS).path
+    app = Recorder("files", PATHS)
+    app.restore_paths = lambda manifest: []  # type: ignore[method-assign]
+    assert _refused_alike(app, crafted, dest).endswith("holds nothing of files to restore; nothing was changed")
+
+
+def test_a_path_recorded_as_a_link_lands_where_it_leads_and_that_place_is_checked(tmp_path: Path, dest: Path) -> None:
+    """An earlier restore left a link at the application's path (links are data); a set recording that path as a
+    link to /etc would be swapped in at /etc: the place a tree lands is checked, not only the path it names."""
+    (dest / "etc").mkdir()
+    app_dir = dest / "srv" / "app"
+    shutil.rmtree(app_dir)
+    app_dir.symlink_to("../etc")
+    crafted = write_set(tmp_path, tree("srv/app"), PATHS, links=[{"path": "/srv/app", "target": "/etc"}]).path
+    assert _refused_alike(Recorder("files", PATHS), crafted, dest).endswith(
+        "would restore /etc, which holds or lies in selfhost.dr's own /etc/selfhost-dr; nothing was changed"
+    )
 
 
 def _good_set(tmp_path: Path, content: str = "restored notes\n") -> str:

@@ -95,6 +95,11 @@ class Application:
         """The set's paths a full restore puts back (None: all of them)."""
         return None
 
+    def trusted_roots(self) -> list[str]:
+        """The application's paths as the operator's own settings give them (not read from a file a restore writes
+        back): a restore may put its trees there even in a system directory (``/etc/tenement``)."""
+        return []
+
     def restore_roots(self, before: Facts | None) -> list[str]:
         """Where a whole restore may put a set's trees on this host: the application's own paths as this host
         configures them, never as the set says (a set is hostile input; it could name ``/etc`` or ``/root``)."""

@@ -235,6 +235,7 @@ class Tenement(Application):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._given_data_dir = settings.data_dir or ""  # (inspect() fills settings.data_dir from tenement.toml)
         self._client: TenementClient | None = None
         self._service: Service | None = None
         self._facts: Facts | None = None
@@ -277,11 +278,15 @@ class Tenement(Application):
         self._facts = facts
         return facts
 
+    def trusted_roots(self) -> list[str]:
+        """The config dir, and the data dir when the operator gave it."""
+        return [self.settings.config_dir, *([self._given_data_dir] if self._given_data_dir else [])]
+
     def restore_roots(self, before: Facts | None) -> list[str]:
-        """tenement's config dir and data dir as this host has them (the operator's ``data_dir``, else this host's
-        tenement.toml, else tenement's default), and the TLS cache dir this host's tenement.toml names."""
+        """The data dir as this host has it (the operator's ``data_dir``, else this host's tenement.toml, else
+        tenement's default), and the TLS cache dir this host's tenement.toml names."""
         s = self.settings
-        return list(dict.fromkeys([s.config_dir, s.data_dir or DEFAULT_DATA_DIR, *(before.paths if before else [])]))
+        return list(dict.fromkeys([s.data_dir or DEFAULT_DATA_DIR, *(before.paths if before else [])]))
 
     @staticmethod
     def _persists(unit: str, services: dict[str, dict[str, object]]) -> bool:

@@ -106,11 +106,11 @@ class Tomo(Application):
         paths = [str(p) for p in manifest.get("paths", [])]  # type: ignore[attr-defined]
         return [p for p in paths if not document or os.path.basename(p) != document]
 
-    def restore_roots(self, before: Facts | None) -> list[str]:
+    def trusted_roots(self) -> list[str]:
         """Tomo's database (where ``database`` says, else its usual places), environment file and known_hosts."""
         s = self.settings
         places = [s.database] if s.database else database_candidates()
-        return list(dict.fromkeys([*places, s.environment, s.known_hosts, *(before.paths if before else [])]))
+        return list(dict.fromkeys([*places, s.environment, s.known_hosts]))
 
     def stop(self, log: Log = no_log) -> bool:
         log(f"tomo: stopping {self.settings.service}")

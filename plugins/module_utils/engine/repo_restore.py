@@ -60,6 +60,10 @@ def plan(
     paths = app.restore_paths(snap.manifest)
     restore.refuse_foreign(app, before, snap.manifest, paths, options.state_dir, f"snapshot {snap.short}")
     units = swap.check_manifest(snap.manifest, options.dest_root, paths, options.state_dir)
+    restore.refuse_foreign(
+        app, before, snap.manifest, paths, options.state_dir, f"snapshot {snap.short}", units=units,
+        dest_root=options.dest_root,
+    )  # fmt: skip
     fetch.check_listing(snap, [u.path for u in units])
     app.check_can_restart()
 

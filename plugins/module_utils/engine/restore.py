@@ -19,13 +19,13 @@ with one sentence that says what happened and that the previous data is back.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .._common import AppError, Error, Log, RestoreError, RollbackError, VerificationError, no_log
 from ..apps.base import Application, Facts
 from ..sets.catalog import catalog
-from ..sets.restore import is_under
+from ..sets.restore import Unit, is_under
 from . import journal, swap
 
 
@@ -117,6 +117,17 @@ def plan(
         return paths
 
     manifest, planned = swap.check(archive, options.dest_root, None, options.state_dir, log, choose)
+    refuse_foreign(
+        app,
+        before,
+        manifest,
+        chosen if units else app.restore_paths(manifest),
+        options.state_dir,
+        os.path.basename(archive),
+        here=bool(units),
+        units=planned,
+        dest_root=options.dest_root,
+    )
     if not units:
         app.check_can_restart()
     start = list(units) if units else app.units_to_start(manifest)
@@ -134,6 +145,18 @@ def plan(
 
 # selfhost.dr's own configuration (the repositories' passwords): never a restore's to replace
 CONFIG_DIR = "/etc/selfhost-dr"
+# The system's own places: a restore never replaces one, a tree above one or a tree in one, unless the operator's
+# own settings put the application's files there (/etc/tenement, /etc/tomo/environment). A host's tenement.toml is
+# no such setting: a restore writes it back, so a hostile set could name data_dir = "/" in it for the next one.
+SYSTEM = (
+    "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/boot", "/dev", "/proc", "/sys", "/run",
+    "/root", "/home", "/var/spool", "/var/lib/dpkg", "/var/lib/apt", "/var/lib/systemd", "/var/lib/selfhost-dr",
+)  # fmt: skip
+
+
+def _touches(path: str, places: Iterable[str]) -> str:
+    """The first of ``places`` that ``path`` lies in or holds, or ""."""
+    return next((p for p in places if is_under(path, p) or is_under(p, path)), "")
 
 
 def refuse_foreign(
@@ -144,30 +167,53 @@ def refuse_foreign(
     state_dir: str | None,
     what: str,
     here: bool = False,
+    units: Iterable[Unit] = (),
+    dest_root: str = "/",
 ) -> None:
-    """Refuse, before anything is read or changed, a restore that would put a tree of the set (or snapshot,
-    ``what``) anywhere but where the application keeps its data on this host, or over selfhost.dr's own state and
-    configuration. A set's manifest is hostile input: a crafted one, with valid checksums, could name ``/etc``.
+    """Refuse, before anything is stopped or changed, a restore that would put a tree of the set (or snapshot,
+    ``what``) anywhere but where the application keeps its data on this host, in or over a system directory, or in
+    or over selfhost.dr's own state and configuration. A set's manifest is hostile input: a crafted one, with valid
+    checksums, could name ``/etc``.
 
-    ``here``: the paths were chosen by this host (a unit's, from its own configuration), not by the set.
-    ``paths`` None: all the set's paths."""
+    ``here``: the paths were chosen by this host (a unit's, from its configuration), not by the set. ``paths``
+    None: all the set's paths. ``units``: where the planned trees land (a recorded link at a path is followed to
+    where the set says it led), checked as well, relative to ``dest_root``."""
+    if paths is not None and not paths:
+        raise RestoreError(f"{what} holds nothing of {app.name} to restore; nothing was changed")
     chosen = [str(p) for p in (paths if paths is not None else manifest.get("paths", []))]  # type: ignore[attr-defined]
+    root = os.path.abspath(dest_root)
+    landing: list[str] = []
+    for unit in units:
+        for place in (unit.target, unit.swap_point):
+            if not is_under(place, root):
+                raise RestoreError(f"{what} would restore {place}, outside {root}; nothing was changed")
+            landing.append("/" + os.path.relpath(place, root).removeprefix(".").lstrip("/"))
     own = [journal.state_dir(state_dir), CONFIG_DIR]
-    for path in chosen:
-        mine = next((o for o in own if is_under(o, os.path.abspath(path))), None)
-        if mine is not None:
-            raise RestoreError(
-                f"{what} would restore {path}, which holds selfhost.dr's own {mine}; nothing was changed"
-            )
-    if here:
-        return
-    roots = app.restore_roots(before)
-    for path in chosen:
-        if not any(is_under(os.path.abspath(path), os.path.abspath(r)) for r in roots if r):
-            raise RestoreError(
-                f"{what} would restore {path}, which is not where {app.name} keeps its {app.data_words} on this host "
-                f"({', '.join(roots) or 'nothing found'}); nothing was changed"
-            )
+    given = [r for r in app.trusted_roots() if r]
+    every = [r for r in [*given, *app.restore_roots(before)] if r]
+    # Each path as named, and (restoring into this host's /) as this host's links resolve it, each against the
+    # roots in the same form: a data dir reached through a link of the host's is still the data dir.
+    forms: list[Callable[[str], str]] = [os.path.abspath] + ([os.path.realpath] if root == "/" else [])
+    for path in [*chosen, *landing]:
+        for form in forms:
+            where, trusted, roots = form(path), [form(r) for r in given], [form(r) for r in every]
+            mine = _touches(where, own)
+            if mine:
+                raise RestoreError(
+                    f"{what} would restore {path}, which holds or lies in selfhost.dr's own {mine}; nothing was changed"
+                )
+            if any(is_under(where, t) for t in trusted):
+                continue
+            system = _touches(where, SYSTEM)
+            if system:
+                raise RestoreError(
+                    f"{what} would restore {path}, which holds or lies in the system's {system}; nothing was changed"
+                )
+            if not here and not any(is_under(where, r) for r in roots):
+                raise RestoreError(
+                    f"{what} would restore {path}, which is not where {app.name} keeps its {app.data_words} on this "
+                    f"host ({', '.join(dict.fromkeys(every)) or 'nothing found'}); nothing was changed"
+                )
 
 
 def run(app: Application, planned: Plan, options: Options, log: Log = no_log) -> Result:

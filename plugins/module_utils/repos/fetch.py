@@ -165,23 +165,27 @@ def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "")
     early: Future[bytes] | None = None
     stage = guess = ""
     # The manifest is where the snapshot's paths say the stage is, nearly always: it is read (bounded, into memory
-    # only) while the listing is. It is used only if the listing then says it is the manifest.
-    with ThreadPoolExecutor(max_workers=1) as pool:
+    # only) while the listing is. It is used only if the listing then says it is the manifest. (Those paths are the
+    # snapshot's word: only an absolute, normal one is read early.)
+    with ThreadPoolExecutor(max_workers=1) as pool, contextlib.closing(listing):
         try:
             for node in listing:
-                if early is None:
+                if not stage:
                     if found is None:
                         found = _latest(header, app, host or default_host(), restic.repo.shown)
                     stage = stage_of(found, app)
                     guess = f"{stage}/{MANIFEST_MEMBER}"
-                    early = pool.submit(restic.dump, str(found["id"]), guess, MAX_MANIFEST)
+                    if guess.startswith("/") and posixpath.normpath(guess) == guess:
+                        early = pool.submit(restic.dump, str(found["id"]), guess, MAX_MANIFEST)
                 problem = _node_problem(node, nodes)
                 if problem:
                     problems.append(problem)
                     break
                 nodes[str(node["path"])] = node
         except RepoError as exc:
-            raise RestoreError(str(exc)) from exc
+            if found is not None:
+                raise RestoreError(str(exc)) from exc
+            # (nothing listed: restic 0.16 and later fail where no snapshot matched; choose says why below)
     if found is None:  # nothing listed: no snapshot of that host (or a race with one being made)
         try:
             chosen = choose(restic, app, "latest", host)

@@ -432,9 +432,9 @@ class Restic:
         first node is given."""
         argv = [self.binary, "ls", "--json", "--no-lock"]
         if snapshot_id == "latest" and host and tags:
-            argv += ["--host", host, "--tag", ",".join(_tag(t) for t in tags), "latest"]
+            argv += ["--host", host, "--tag", ",".join(_tag(t) for t in tags), "--", "latest"]
         else:
-            argv.append(_snapshot_id(snapshot_id))
+            argv += ["--", _snapshot_id(snapshot_id)]
         try:
             proc = subprocess.Popen(
                 argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -477,7 +477,9 @@ class Restic:
         size in :meth:`ls` is what the snapshot says, not what its content holds, so longer content (crafted, the
         same blob a million times) stops restic there instead of filling memory."""
         _snapshot_id(snapshot_id)
-        argv = [self.binary, "dump", "--no-lock", snapshot_id, path]
+        if not path.startswith("/"):  # (after "--" all the same: never an option)
+            raise RepoError(f"{path!r} is not a path in a snapshot")
+        argv = [self.binary, "dump", "--no-lock", "--", snapshot_id, path]
         try:
             proc = subprocess.Popen(
                 argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -38,7 +38,7 @@ from ..sets.manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from ..sets.members import open_member
 from ..sets.names import default_host, token
 from ..sets.scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, scan
-from ..sqlite_snapshot import SnapshotError, snapshot
+from ..sqlite_snapshot import OPEN_LOCK, SnapshotError, snapshot
 
 STAGE_DIR = ".selfhost-dr-repo"  # in the backup directory
 HASHES = "hashes.json"  # the hash cache, in the stage
@@ -158,7 +158,8 @@ def _private_dir(path: str, top: str, stale: bool = False) -> None:
         except FileNotFoundError:
             st = None
         if st is not None and stale and stat.S_ISREG(st.st_mode):
-            os.unlink(here)
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):  # (another worker got there first)
+                os.unlink(here)
             st = None
         if st is None:
             safe_fs.makedirs_private(here)
@@ -332,18 +333,25 @@ def stage(
                 if digest:
                     ready = (digest, entry.st.st_size, key)
                 else:
-                    opened = open_member(entry, dirs)
+                    with OPEN_LOCK:  # (a worker may be finding SQLite's descriptor among this process's)
+                        opened = open_member(entry, dirs)
                     if isinstance(opened, str):
                         ready = opened
                     else:
                         job = pool.submit(_hash_open, *opened)
+                        ready = opened[0]  # (closed by the job, or below when the job never runs)
             pending.append((entry, job, ready))
             while len(pending) > _AHEAD or (pending and (pending[0][1] is None or pending[0][1].done())):
                 settle(*pending.popleft())
         while pending:
             settle(*pending.popleft())
     finally:
-        pool.shutdown(wait=True)  # a failure: the files already opened are read and closed by their jobs
+        # A failure: the jobs not started are dropped (a database copy may wait its lock timeout), and the files
+        # their hash jobs would have read and closed are closed here.
+        for _entry, job, ready in pending:
+            if job is not None and job.cancel() and isinstance(ready, int):
+                os.close(ready)
+        pool.shutdown(wait=True)
         dirs.close()
     for stale in _stale_copies(db_dir, {os.path.join(db_dir, s["path"]) for s in snapshots}):  # type: ignore[arg-type]
         with contextlib.suppress(FileNotFoundError):
