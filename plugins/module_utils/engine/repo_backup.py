@@ -207,13 +207,16 @@ def _store(
     counted = state.Store(options.state_dir).read().get("repositories") or {}
     # Counting this host's snapshots costs a restic command (half a second of key derivation): only where
     # state.json has no count to go on from (a prune counts again), and while the snapshot is staged.
-    counting = ThreadPoolExecutor(max_workers=max(1, len(repos)))
-    before: dict[str, Future[list[dict[str, Any]]]] = {
-        r.repo.name: counting.submit(r.snapshots, ["selfhost-dr"], host)
+    uncounted = [
+        r
         for r in repos
         if not isinstance(dict(counted.get(r.repo.name) or {}).get("snapshots"), int)  # type: ignore[attr-defined]
-    }
-    counting.shutdown(wait=False)
+    ]
+    before: dict[str, Future[list[dict[str, Any]]]] = {}
+    if uncounted:
+        counting = ThreadPoolExecutor(max_workers=len(uncounted))
+        before = {r.repo.name: counting.submit(r.snapshots, ["selfhost-dr"], host) for r in uncounted}
+        counting.shutdown(wait=False)
     staged = stage(
         facts.paths,
         options.dest,
