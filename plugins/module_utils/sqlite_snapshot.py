@@ -116,11 +116,14 @@ def _fds_of(identity: Identity) -> set[int]:
     except OSError:
         return set()
     found = set()
+    dev, ino = identity
     for fd in numbers:
-        with contextlib.suppress(OSError):
+        try:
             st = os.fstat(fd)
-            if (st.st_dev, st.st_ino) == identity:
-                found.add(fd)
+        except OSError:
+            continue
+        if st.st_ino == ino and st.st_dev == dev:
+            found.add(fd)
     return found
 
 
@@ -185,6 +188,93 @@ def _open_checked(
     except BaseException:
         conn.close()
         raise
+
+
+# The byte of a WAL database's -shm file that SQLite's unix VFS locks (fcntl, shared) for a reader on read mark 0
+# (WALINDEX_LOCK_OFFSET 120 + WAL_READ_LOCK(0) 3): a reader that reads the database file alone, never the WAL.
+_READ_MARK_0_BYTE = 123
+
+
+@dataclass
+class Held:
+    """A read transaction on a live WAL database that sees the database file alone (SQLite's read mark 0): every
+    commit in its WAL was already copied into the file when it began, and while it is open no checkpoint can write to
+    the file (a checkpoint needs read mark 0 to itself). The file's bytes are then one consistent point in time, and
+    stay so until :meth:`close`: the application's writers go on committing to the WAL meanwhile."""
+
+    conn: sqlite3.Connection
+    fd: int  # SQLite's own descriptor of the file (checked to be the file the caller scanned)
+
+    def stat(self) -> os.stat_result:
+        return os.fstat(self.fd)
+
+    def sha256(self) -> tuple[str, int]:
+        """The sha256 and size of the file, read through SQLite's descriptor (``pread``: its offset is untouched)."""
+        digest = hashlib.sha256()
+        offset = 0
+        while chunk := os.pread(self.fd, _CHUNK, offset):
+            digest.update(chunk)
+            offset += len(chunk)
+        return digest.hexdigest(), offset
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.close()
+
+
+def _holds_read_mark_0(shm: str) -> bool:
+    """Whether this process holds SQLite's read-mark-0 lock of the WAL index ``shm``, by the kernel's lock table.
+    (Never by opening ``shm``: closing any descriptor of a file lets go of every lock the process holds on it.)"""
+    try:
+        st = os.stat(shm)
+        with open("/proc/locks", "rb") as table:
+            lines = table.read().decode("ascii", "replace").splitlines()
+    except OSError:
+        return False
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    pid = str(os.getpid())
+    for line in lines:
+        if where not in line:
+            continue
+        fields = line.split()
+        # "1: POSIX  ADVISORY  READ 1234 fe:01:5678 123 123"; a waiter's line has "->" after the number.
+        if len(fields) != 8 or fields[1] != "POSIX" or fields[3] != "READ" or fields[4] != pid or fields[5] != where:
+            continue
+        end = (1 << 63) if fields[7] == "EOF" else int(fields[7])
+        if int(fields[6]) <= _READ_MARK_0_BYTE <= end:
+            return True
+    return False
+
+
+def hold(source: str, lock_timeout: float, expect: Identity, tries: int = 3) -> Held | None:
+    """A :class:`Held` read transaction on the WAL database ``source`` (which must be the file ``expect``), or None
+    where there is none to be had: a database in rollback-journal mode (a reader there would block its writers), or a
+    WAL that a writer keeps adding to between the checkpoint that empties it and the read that begins after it.
+    Any error is None too: the caller copies the database instead, and that copy reports it."""
+    try:
+        conn, mode, fd = _open_checked(source, lock_timeout, expect, any_thread=True)
+    except (sqlite3.Error, SnapshotError, OSError):
+        return None
+    try:
+        if mode != "wal":
+            conn.close()
+            return None
+        for _attempt in range(tries):
+            busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or frames != copied:
+                continue
+            conn.execute("BEGIN")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction begins here
+            if _holds_read_mark_0(source + "-shm"):
+                return Held(conn, fd)
+            conn.execute("COMMIT")
+    except sqlite3.Error:
+        pass
+    except BaseException:
+        conn.close()
+        raise
+    conn.close()
+    return None
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

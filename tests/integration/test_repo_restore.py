@@ -13,6 +13,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,3 +322,43 @@ def test_the_host_command_restores_from_s3_with_only_location_credentials_and_pa
     code, result = _cli(capsys, "restore", "--snapshot", "1a2b3c4d", "--config", str(config))
     assert code == 2 and "give --repo NAME" in str(result["error"])
     assert "a long repository password" not in json.dumps(result)
+
+
+def test_a_large_database_read_where_it_is_comes_back_as_one_moment_while_its_writer_went_on(
+    tmp_path: Path, tree: Path, local: Restic
+) -> None:
+    """A database of a megabyte or more is not copied: restic reads its file, held still by a read transaction, while
+    the application commits to its WAL. Restored, it holds every row up to one commit and none after."""
+    big = tree / "web" / "1" / "big.db"
+    with contextlib.closing(sqlite3.connect(big)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE rows (id INTEGER PRIMARY KEY, body BLOB)")
+        db.executemany("INSERT INTO rows (body) VALUES (randomblob(1000))", [()] * 1500)
+        db.commit()
+    code = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)\n"
+        "print('writing', flush=True)\n"
+        "while True:\n"
+        "    db.execute('INSERT INTO rows (body) VALUES (randomblob(1000))'); time.sleep(0.005)\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(big)], stdout=subprocess.PIPE)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == b"writing\n"
+        _backup(Tree(tree), local, tmp_path / "backups")
+    finally:
+        writer.kill()
+        writer.wait()
+    with contextlib.closing(sqlite3.connect(big)) as db:
+        written = db.execute("SELECT max(id) FROM rows").fetchone()[0]
+    manifest = json.loads(next((tmp_path / "backups").rglob(MANIFEST_MEMBER)).read_text())
+    (record,) = [f for f in manifest["files"] if f["path"].endswith("/web/1/big.db")]
+    assert record["in_place"] is True
+    assert not list((tmp_path / "backups").rglob("big.db"))  # never copied
+    done = _restore(Tree(tree), local, tmp_path)
+    assert done.committed
+    assert hashlib.sha256(big.read_bytes()).hexdigest() == record["sha256"]
+    with contextlib.closing(sqlite3.connect(big)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        count, top = db.execute("SELECT count(*), max(id) FROM rows").fetchone()
+    assert count == top and 1500 < top < written  # every row up to one commit, none of the later ones

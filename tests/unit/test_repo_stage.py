@@ -5,9 +5,12 @@ databases out. No restic here: what restic does with the stage is tests/integrat
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -143,3 +146,137 @@ def test_a_hash_cache_that_lies_about_a_file_is_only_believed_for_the_exact_stat
     again = _stage(tree, tmp_path)
     record = next(r for r in again.manifest["files"] if str(r["path"]).endswith("blob.bin"))  # type: ignore[union-attr]
     assert record["sha256"] != "0" * 64
+
+
+def _large_wal_database(path: Path, rows: int = 1500) -> None:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("CREATE TABLE t (n INTEGER PRIMARY KEY, x BLOB)")
+        db.executemany("INSERT INTO t (x) VALUES (randomblob(1000))", [()] * rows)
+        db.commit()
+
+
+def _writer(path: Path, per_second: int) -> subprocess.Popen[bytes]:
+    """Another process committing a row at a time (a lock of this process's own would not show in the kernel's
+    table as another's); it prints a line once it committed its first row."""
+    code = (
+        "import sqlite3, sys, time\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)\n"
+        "first = True\n"
+        "while True:\n"
+        "    db.execute('INSERT INTO t (x) VALUES (randomblob(1000))')\n"
+        "    if first:\n"
+        "        print('writing', flush=True); first = False\n"
+        "    time.sleep(1 / int(sys.argv[2]))\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", code, str(path), str(per_second)], stdout=subprocess.PIPE)
+    assert writer.stdout is not None and writer.stdout.readline() == b"writing\n"
+    return writer
+
+
+def _checkpoint_elsewhere(path: Path) -> tuple[int, int, int]:
+    """``PRAGMA wal_checkpoint(PASSIVE)`` run by another process (one of this process's would share its locks)."""
+    code = (
+        "import sqlite3, sys; print(*sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(PASSIVE)').fetchone())"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(path)], check=True, capture_output=True, text=True).stdout
+    busy, frames, copied = (int(n) for n in out.split())
+    return busy, frames, copied
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_large_wal_database_is_read_where_it_is_its_file_held_still_while_its_writer_goes_on(
+    tree: Path, tmp_path: Path
+) -> None:
+    """No copy of a large database: a read transaction that sees its file alone keeps the file still (no checkpoint
+    can write it) while restic reads it, and the application's writer goes on committing to the WAL meanwhile."""
+    big = tree / "big.db"
+    _large_wal_database(big)
+    writer = _writer(big, 200)
+    try:
+        staged = _stage(tree, tmp_path)
+        member = f"{tree.relative_to('/')}/big.db"
+        manifest = json.loads((Path(staged.stage) / MANIFEST_MEMBER).read_text())
+        (record,) = [r for r in manifest["files"] if r["path"] == member]
+        assert record["sqlite"] is True and record["in_place"] is True
+        assert not (Path(staged.stage) / "db" / member).exists()  # not copied
+        excluded = Path(staged.exclude_file).read_text().splitlines()
+        assert f"{big}-wal" in excluded and f"{big}-shm" in excluded and str(big) not in excluded
+        assert f"{tree}/app.db" in excluded  # (a small one is copied as before)
+        wal = os.path.getsize(f"{big}-wal")
+        time.sleep(0.5)  # a hundred commits
+        busy, frames, copied = _checkpoint_elsewhere(big)
+        assert busy == 0 and frames > copied  # another process cannot copy the WAL back into the file...
+        assert _sha256(big) == record["sha256"] and big.stat().st_size == record["size"]  # ...which stays still
+        assert stage_module.unstable(staged) == []
+        assert os.path.getsize(f"{big}-wal") > wal  # the writer went on
+        copy = tmp_path / "as-restic-read-it.db"
+        copy.write_bytes(big.read_bytes())  # the file alone, as restic stores it
+        with contextlib.closing(sqlite3.connect(f"file:{copy}?immutable=1", uri=True)) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            held_rows = db.execute("SELECT count(*) FROM t").fetchone()[0]
+        assert held_rows >= 1501
+        staged.release()
+        with contextlib.closing(sqlite3.connect(big, timeout=10)) as db:  # the WAL can be copied back again
+            busy, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            assert busy == 0 and frames == copied and frames > 0
+            assert db.execute("SELECT count(*) FROM t").fetchone()[0] > held_rows
+        assert _sha256(big) != record["sha256"]
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_large_database_that_cannot_be_held_still_is_copied(tree: Path, tmp_path: Path) -> None:
+    """A rollback-journal database (a reader there would block its writers) and a WAL database whose WAL a reader of
+    an older moment keeps from being copied back into the file are both copied, as before."""
+    rollback = tree / "rollback.db"
+    with contextlib.closing(sqlite3.connect(rollback)) as db:
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.executemany("INSERT INTO t VALUES (randomblob(1000))", [()] * 1500)
+        db.commit()
+    behind = tree / "behind.db"
+    _large_wal_database(behind)
+    code = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('INSERT INTO t (x) VALUES (randomblob(1000))')\n"
+        "db.execute('BEGIN'); db.execute('SELECT count(*) FROM t').fetchone()\n"  # reads at that commit...
+        "print('reading', flush=True); sys.stdin.readline()\n"
+    )
+    reader = subprocess.Popen([sys.executable, "-c", code, str(behind)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert reader.stdout is not None and reader.stdout.readline() == b"reading\n"
+        with contextlib.closing(sqlite3.connect(behind)) as db:  # ...and a later commit it does not see
+            db.execute("INSERT INTO t (x) VALUES (randomblob(1000))")
+            db.commit()
+        staged = _stage(tree, tmp_path)
+    finally:
+        reader.kill()
+        reader.wait()
+    manifest = json.loads((Path(staged.stage) / MANIFEST_MEMBER).read_text())
+    for db_path, rows in ((rollback, 1500), (behind, 1502)):
+        member = f"{tree.relative_to('/')}/{db_path.name}"
+        (record,) = [r for r in manifest["files"] if r["path"] == member]
+        assert "in_place" not in record
+        with contextlib.closing(sqlite3.connect(Path(staged.stage) / "db" / member)) as db:
+            assert db.execute("SELECT count(*) FROM t").fetchone() == (rows,)
+    assert staged.held == {}
+
+
+def test_a_failed_stage_lets_go_of_the_databases_it_held(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _large_wal_database(tree / "aa-big.db")
+    monkeypatch.setattr(stage_module, "write_manifest", lambda staged: (_ for _ in ()).throw(OSError("disk full")))
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError, match="disk full"):
+        _stage(tree, tmp_path)
+    assert sorted(os.listdir("/proc/self/fd")) == before  # SQLite's descriptors closed: the transaction is over
+    with contextlib.closing(sqlite3.connect(tree / "aa-big.db")) as db:
+        db.execute("INSERT INTO t (x) VALUES (1)")
+        db.commit()
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)

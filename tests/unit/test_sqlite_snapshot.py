@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +15,7 @@ import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import (
     SnapshotError,
+    hold,
     is_sqlite,
     journal_mode_of_file,
     sha256_file,
@@ -127,3 +132,57 @@ def test_snapshot_in_memory_gives_up_on_a_long_lock(tmp_path: Path) -> None:
     finally:
         locker.execute("ROLLBACK")
         locker.close()
+
+
+def _reader_of_the_file_alone(db: Path) -> subprocess.Popen[bytes]:
+    """Another process in a read transaction that began with the WAL all copied back: it, too, reads the file alone."""
+    code = (
+        "import sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA wal_checkpoint(TRUNCATE)')\n"
+        "db.execute('BEGIN'); db.execute('SELECT count(*) FROM sqlite_master').fetchone()\n"
+        "print('reading', flush=True); sys.stdin.readline()\n"
+    )
+    reader = subprocess.Popen([sys.executable, "-c", code, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stdout.readline() == b"reading\n"
+    return reader
+
+
+@pytest.mark.parametrize("beside", ["alone", "another reader of the file alone"])
+def test_a_held_wal_database_keeps_its_file_still_and_a_rollback_one_is_never_held(tmp_path: Path, beside: str) -> None:
+    db = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+    reader = _reader_of_the_file_alone(db) if beside != "alone" else None
+    try:
+        st = db.stat()
+        held = hold(str(db), 5.0, (st.st_dev, st.st_ino))
+        assert held is not None
+        before = held.sha256()
+        code = (  # another process (one of this process's connections would share its locks)
+            "import sqlite3, sys\n"
+            "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "db.executemany('INSERT INTO t VALUES (?)', [(n,) for n in range(2000)])\n"
+            "print(*db.execute('PRAGMA wal_checkpoint(PASSIVE)').fetchone())\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code, str(db)], check=True, capture_output=True, text=True)
+        busy, frames, copied = (int(n) for n in out.stdout.split())
+        assert busy == 0 and frames > 0 and copied == 0  # nothing copied back into the file while it is held
+        assert held.sha256() == before == (hashlib.sha256(db.read_bytes()).hexdigest(), st.st_size)
+        held.close()
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+            if reader is None:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                assert hashlib.sha256(db.read_bytes()).hexdigest() != before[0]  # let go: copied back now
+    finally:
+        if reader is not None:
+            reader.kill()
+            reader.wait()
+    rollback = tmp_path / "rollback.db"
+    with contextlib.closing(sqlite3.connect(rollback)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+    st = rollback.stat()
+    assert hold(str(rollback), 5.0, (st.st_dev, st.st_ino)) is None
+    assert hold(str(db), 5.0, (st.st_dev, st.st_ino)) is None  # not the file checked

@@ -230,15 +230,18 @@ def _store(
         log=log,
     )
     result.hashed_bytes = staged.hashed_bytes
-    for restic in repos:
-        outcome = _into(restic, staged, host, tags(app.name, mode, schedule), log)
-        listed = before.get(restic.repo.name)
-        if outcome.ok and outcome.snapshots < 0 and listed is not None:
-            try:
-                outcome.snapshots = len(listed.result()) + 1  # the ones before, and this one (superseded: forgotten)
-            except RepoError as exc:  # for status and the metrics; no failure of the backup
-                log(f"{restic.repo.shown}: the snapshots could not be counted ({exc})")
-        result.outcomes.append(outcome)
+    try:
+        for restic in repos:
+            outcome = _into(restic, staged, host, tags(app.name, mode, schedule), log)
+            listed = before.get(restic.repo.name)
+            if outcome.ok and outcome.snapshots < 0 and listed is not None:
+                try:
+                    outcome.snapshots = len(listed.result()) + 1  # the ones before, and this one
+                except RepoError as exc:  # for status and the metrics; no failure of the backup
+                    log(f"{restic.repo.shown}: the snapshots could not be counted ({exc})")
+            result.outcomes.append(outcome)
+    finally:
+        staged.release()  # the databases read where they are: read by every repository's restic
     if staged.emptying is not None:
         staged.emptying.join()
     result.manifest = staged.manifest

@@ -159,7 +159,9 @@ class Filler:
             st = os.fstat(group.scratch_fd)
             record.scratch[-1].made_id = [st.st_dev, st.st_ino]
             journal.save(record)
-            includes = paths + [copies[m] for m in copies if any(is_under("/" + m, p) for p in paths)]
+            includes = paths + [
+                copies[m] for m in copies if copies[m] != "/" + m and any(is_under("/" + m, p) for p in paths)
+            ]
             self.log(
                 f"restore: fetching {', '.join(paths)} ({size / 2**20:.1f} MiB) from {self.restic.repo.shown}, "
                 f"snapshot {self.snap.short}"
@@ -247,8 +249,8 @@ class Filler:
             finally:
                 os.close(source)
             for path, copy in copies.items():
-                if not is_under(path, unit.path) or path == unit.path:
-                    continue
+                if not is_under(path, unit.path) or path == unit.path or copy == path.lstrip("/"):
+                    continue  # (a database read where it was is moved with its directory, as restic restored it)
                 rel = os.path.relpath(path, unit.path).split("/")
                 src = fetch._open_below(scratch_fd, os.path.dirname(copy))
                 dst = _open_rel(top, tuple(rel[:-1]))

@@ -69,10 +69,12 @@ class Snapshot:
 
     @property
     def database_copies(self) -> dict[str, str]:
-        """Manifest path (``var/lib/...``) of every database -> where its consistent copy is in the snapshot."""
+        """Manifest path (``var/lib/...``) of every database -> where its consistent copy is in the snapshot: in the
+        stage, or (``in_place``: its file was held still by a read transaction while restic read it) at its own
+        path."""
         files = self.manifest.get("files", [])
         return {
-            str(f["path"]): f"{self.stage}/db/{f['path']}"
+            str(f["path"]): f"/{f['path']}" if f.get("in_place") is True else f"{self.stage}/db/{f['path']}"
             for f in files  # type: ignore[attr-defined]
             if isinstance(f, dict) and f.get("sqlite")
         }
@@ -261,7 +263,7 @@ def check_listing(snap: Snapshot, paths: Iterable[str]) -> None:
     copies = {"/" + k: v for k, v in snap.database_copies.items()}
     roots = [str(p) for p in snap.manifest.get("paths", [])]  # type: ignore[attr-defined]
     above = {snap.stage, f"{snap.stage}/db"}
-    for root in [*roots, snap.stage, *copies.values()]:
+    for root in [*roots, snap.stage, *(c for p, c in copies.items() if c != p)]:
         parts = root.strip("/").split("/")
         above.update("/" + "/".join(parts[:n]) for n in range(1, len(parts)))
     stage_files = {f"{snap.stage}/{MANIFEST_MEMBER}", *copies.values()}
@@ -427,11 +429,11 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
     seen: set[str] = set()
     for root in paths:
         if root in copies:
-            continue  # a database file: restic wrote its copy in the stage (checked below), nothing at its path
+            continue  # a database file: restic wrote its copy in the stage or at its path (checked below)
         for rel, st, dir_fd in _walk(top_fd, root.lstrip("/")):
             path = "/" + rel
             want = files.get(path)
-            if want is None or want.get("sqlite"):
+            if want is None or (want.get("sqlite") and copies.get(path) != path):
                 problems.append(f"restic wrote {path}, which the manifest of snapshot {short} does not list")
                 break
             seen.add(path)
@@ -457,7 +459,7 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
                         f"the link {path} leads to {target}, not to {want.get('target')} as its manifest says"
                     )
                     break
-            elif got == "file":
+            elif got == "file" and path not in copies:  # (a database read where it was: its job is below)
                 jobs.append((path, rel, want))
         if problems:
             break

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import stat
 import threading
 import uuid
@@ -38,7 +39,7 @@ from ..sets.manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from ..sets.members import open_member
 from ..sets.names import default_host, token
 from ..sets.scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, scan
-from ..sqlite_snapshot import OPEN_LOCK, SnapshotError, snapshot
+from ..sqlite_snapshot import OPEN_LOCK, Held, SnapshotError, hold, snapshot
 
 STAGE_DIR = ".selfhost-dr-repo"  # in the backup directory
 HASHES = "hashes.json"  # the hash cache, in the stage
@@ -48,6 +49,14 @@ _CHUNK = 1024 * 1024
 _CACHE_LIMIT = 64 * 1024 * 1024
 _WORKERS = max(2, min(4, os.cpu_count() or 2))  # copying databases and hashing files beside each other
 _AHEAD = 16  # files opened (or databases being copied) ahead of the manifest's records
+_IN_PLACE_MIN = 1024 * 1024  # smaller databases are copied (cheap), larger ones read where they are when they can be
+
+
+def _in_place_max() -> int:
+    """How many databases may be held at once: each keeps three descriptors open (the file, its WAL and its WAL
+    index), and a third of what the descriptor limit leaves beside the workers' and restic's is theirs."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(0, min(1000, (soft - 256) // 9)) if soft != resource.RLIM_INFINITY else 1000
 
 
 @dataclass
@@ -62,6 +71,12 @@ class Staged:
     hashed_bytes: int = 0  # read and hashed this time (the rest came from the cache)
     databases_replaced: int = 0  # database copies that changed (the others restic skips)
     emptying: threading.Thread | None = None  # deletes the previous copies beside restic's read: join it after
+    held: dict[str, Held] = field(default_factory=dict)  # databases read where they are: release() after restic
+
+    def release(self) -> None:
+        """End the read transactions of the databases read where they are (their WAL can be checkpointed again)."""
+        while self.held:
+            self.held.popitem()[1].close()
 
     @property
     def paths(self) -> list[str]:
@@ -178,6 +193,39 @@ def _source_key(entry: Entry) -> list[object]:
         except FileNotFoundError:
             key.append(None)
     return key
+
+
+@dataclass
+class _Database:
+    """How a database was staged: its sha256 and size; a copy that changed (``replaced``), or the live file held
+    still by a read transaction (``held``, with the stat its hash is of)."""
+
+    sha256: str
+    size: int
+    replaced: bool = False
+    held: Held | None = None
+    key: tuple[int, ...] = ()
+
+
+def _stage_database(
+    entry: Entry, db_dir: str, cache: dict[str, dict[str, object]], lock_timeout: float, trash: str, in_place: bool
+) -> _Database:
+    """The database read where it is (``in_place``, when SQLite can hold its file still), else copied."""
+    if in_place:
+        held = hold(entry.path, lock_timeout, (entry.st.st_dev, entry.st.st_ino))
+        if held is not None:
+            try:
+                st = held.stat()
+                digest, size = _cached(cache, entry.path, _key(st)), st.st_size
+                if not digest:
+                    digest, size = held.sha256()
+                if _key(held.stat()) == _key(st) and size == st.st_size:
+                    return _Database(digest, size, held=held, key=_key(st))
+            except BaseException:
+                held.close()
+                raise
+            held.close()  # (written to by something else than SQLite: copied instead)
+    return _Database(*_copy_database(entry, db_dir, cache, lock_timeout, trash))
 
 
 def _copy_database(
@@ -297,8 +345,17 @@ def stage(
             records.append(manifest_record(entry))
             return
         if entry.kind == "sqlite":
-            digest, size, replaced = job.result()  # type: ignore[union-attr]
-            staged.databases_replaced += int(replaced)
+            got: _Database = job.result()  # type: ignore[union-attr]
+            if got.held is not None:  # restic reads the live file, which the read transaction keeps still
+                staged.held[entry.path] = got.held
+                staged.keys[entry.path] = got.key
+                fresh_cache[entry.path] = {"key": list(got.key), "sha256": got.sha256}
+                records.append({**manifest_record(entry, got.size, got.sha256), "in_place": True})
+                snapshots.append({"path": entry.member, "size": got.size, "sha256": got.sha256, "in_place": True})
+                left_out.extend(entry.path + side for side in SQLITE_SIDE_FILES)
+                return
+            digest, size = got.sha256, got.size
+            staged.databases_replaced += int(got.replaced)
             copy = os.path.join(db_dir, entry.member)
             fresh_cache[copy] = cache[copy]
             records.append(manifest_record(entry, size, digest))
@@ -321,12 +378,15 @@ def stage(
             changed.append(entry.member)
         records.append(manifest_record(entry, size, digest))
 
+    in_place, in_place_max = 0, _in_place_max()
     try:
         for entry in found.entries:
             job: Future[Any] | None = None
             ready: object = None
             if entry.kind == "sqlite":
-                job = pool.submit(_copy_database, entry, db_dir, cache, lock_timeout, trash)
+                large = entry.wal and entry.st.st_size >= _IN_PLACE_MIN and in_place < in_place_max
+                in_place += int(large)
+                job = pool.submit(_stage_database, entry, db_dir, cache, lock_timeout, trash, large)
             elif entry.kind not in ("dir", "symlink"):
                 key = _key(entry.st)
                 digest = _cached(cache, entry.path, key)
@@ -345,63 +405,77 @@ def stage(
                 settle(*pending.popleft())
         while pending:
             settle(*pending.popleft())
+    except BaseException:
+        staged.release()
+        raise
     finally:
         # A failure: the jobs not started are dropped (a database copy may wait its lock timeout), and the files
-        # their hash jobs would have read and closed are closed here.
+        # their hash jobs would have read and closed are closed here, the databases they held let go.
         for _entry, job, ready in pending:
             if job is not None and job.cancel() and isinstance(ready, int):
                 os.close(ready)
         pool.shutdown(wait=True)
+        for _entry, job, _ready in pending:
+            if job is not None and not job.cancelled() and job.exception() is None:
+                got = job.result()
+                if isinstance(got, _Database) and got.held is not None:
+                    got.held.close()
         dirs.close()
-    for stale in _stale_copies(db_dir, {os.path.join(db_dir, s["path"]) for s in snapshots}):  # type: ignore[arg-type]
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(stale)
-    files = sum(1 for r in records if r["type"] == "file")
-    manifest: dict[str, object] = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "name": "",
-        "app": app,
-        "app_version": app_version,
-        "host": host or default_host(),
-        "label": label,
-        "started_at": iso(started),
-        "finished_at": iso(utc_now()),
-        "compression": "restic",
-        "paths": sorted({r.stored for r in found.roots}),
-        "links": found.links,
-        "excludes": excludes,
-        "files": records,
-        "snapshots": snapshots,
-        "skipped": skipped,
-        "changed_during_backup": changed,
-        "notes": [],
-        "totals": {
-            "files": files,
-            "databases": len(snapshots),
-            "bytes": sum(int(r.get("size", 0)) for r in records if r["type"] == "file"),  # type: ignore[call-overload]
-        },
-        "metadata": {**(metadata or {}), "store": "restic", "stage": where},
-    }
-    staged.manifest = manifest
-    staged.emptying = threading.Thread(target=empty_trash, args=(trash,), daemon=True)
-    staged.emptying.start()
-    write_manifest(staged)
-    atomic_write(cache_path, json.dumps(fresh_cache).encode())
-    for path in left_out:
-        other = _excluded_too(path, (e.path for e in found.entries)) if "\n" in path else ""
-        if other and other not in left_out:
-            raise BackupError(
-                f"{path!r} has a line break in its name, and restic's exclude file cannot leave it out without "
-                f"{other!r}: rename one of them"
-            )
-    lines = "\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n"
-    atomic_write(staged.exclude_file, os.fsencode(lines))  # a name that is not UTF-8 as its bytes
-    log(
-        f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
-        f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
-    )
-    return staged
+    try:
+        copied = {os.path.join(db_dir, str(s["path"])) for s in snapshots if not s.get("in_place")}
+        for stale in _stale_copies(db_dir, copied):
+            # (deleted beside restic's read, as a replaced copy is: a large one takes a tenth of a second per 200 MiB)
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(stale, os.path.join(trash, uuid.uuid4().hex))
+        files = sum(1 for r in records if r["type"] == "file")
+        manifest: dict[str, object] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": "",
+            "app": app,
+            "app_version": app_version,
+            "host": host or default_host(),
+            "label": label,
+            "started_at": iso(started),
+            "finished_at": iso(utc_now()),
+            "compression": "restic",
+            "paths": sorted({r.stored for r in found.roots}),
+            "links": found.links,
+            "excludes": excludes,
+            "files": records,
+            "snapshots": snapshots,
+            "skipped": skipped,
+            "changed_during_backup": changed,
+            "notes": [],
+            "totals": {
+                "files": files,
+                "databases": len(snapshots),
+                "bytes": sum(int(r.get("size", 0)) for r in records if r["type"] == "file"),  # type: ignore[call-overload]
+            },
+            "metadata": {**(metadata or {}), "store": "restic", "stage": where},
+        }
+        staged.manifest = manifest
+        staged.emptying = threading.Thread(target=empty_trash, args=(trash,), daemon=True)
+        staged.emptying.start()
+        write_manifest(staged)
+        atomic_write(cache_path, json.dumps(fresh_cache).encode())
+        for path in left_out:
+            other = _excluded_too(path, (e.path for e in found.entries)) if "\n" in path else ""
+            if other and other not in left_out:
+                raise BackupError(
+                    f"{path!r} has a line break in its name, and restic's exclude file cannot leave it out without "
+                    f"{other!r}: rename one of them"
+                )
+        lines = "\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n"
+        atomic_write(staged.exclude_file, os.fsencode(lines))  # a name that is not UTF-8 as its bytes
+        log(
+            f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
+            f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
+        )
+        return staged
+    except BaseException:
+        staged.release()
+        raise
 
 
 def empty_trash(trash: str) -> None:
@@ -470,6 +544,14 @@ def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
     for path in paths:
         record = by_path.get(path)
         if record is None:
+            continue
+        held = staged.held.get(path)
+        if held is not None:  # through SQLite's descriptor (closing one of its own would let go of SQLite's locks)
+            st = held.stat()
+            digest_hex, size = held.sha256()
+            record.update(size=size, sha256=digest_hex, mtime=int(st.st_mtime))
+            staged.keys[path] = _key(st)
+            again.append(str(record["path"]))
             continue
         try:
             fd = _open_unlinked(path)

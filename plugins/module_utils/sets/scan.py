@@ -55,6 +55,7 @@ class Entry:
     target: str = ""
     root: int = 0
     rel: tuple[str, ...] = ()
+    wal: bool = False  # a database whose header says WAL mode (when it was scanned)
 
 
 @dataclass
@@ -246,8 +247,10 @@ def _walk(index: int, root: Root, patterns: list[str], result: Scan, seen: set[s
             elif stat.S_ISREG(mode):
                 if not os.access(rel[-1], os.R_OK, dir_fd=parent, follow_symlinks=False):
                     raise BackupError(f"file {path} cannot be read: permission denied")
-                kind = "sqlite" if _is_sqlite_file(rel[-1], parent, st) else "file"
-                result.entries.append(Entry(path, member, kind, st, root=index, rel=rel))
+                header = _sqlite_header(rel[-1], parent, st)
+                kind = "sqlite" if header else "file"
+                wal = header[18:20] == b"\x02\x02"
+                result.entries.append(Entry(path, member, kind, st, root=index, rel=rel, wal=wal))
             elif stat.S_ISLNK(mode):
                 target = os.readlink(rel[-1], dir_fd=parent)
                 result.entries.append(Entry(path, member, "symlink", st, target, root=index, rel=rel))
@@ -257,16 +260,18 @@ def _walk(index: int, root: Root, patterns: list[str], result: Scan, seen: set[s
         dirs.close()
 
 
-def _is_sqlite_file(name: str, parent: int, st: os.stat_result) -> bool:
+def _sqlite_header(name: str, parent: int, st: os.stat_result) -> bytes:
+    """The first 20 bytes of a SQLite database (through its journal mode's bytes), or ``b""`` for any other file."""
     if st.st_size < 100:  # smaller than a SQLite header: not a database
-        return False
+        return b""
     try:
         fd, opened = safe_fs.open_file(name, parent)
     except OSError:
-        return False
+        return b""
     try:
-        return safe_fs.same(opened, st) and os.read(fd, len(SQLITE_HEADER)) == SQLITE_HEADER
+        header = os.read(fd, 20) if safe_fs.same(opened, st) else b""
     except OSError:
-        return False
+        return b""
     finally:
         os.close(fd)
+    return header if header.startswith(SQLITE_HEADER) and len(header) == 20 else b""
