@@ -13,6 +13,7 @@ import shutil
 import signal
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils import cli
 from ansible_collections.selfhost.dr.plugins.module_utils._common import BackupError, Log, no_log
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Application, Facts
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, repo_backup
-from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Repository, Restic
+from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import RepoError, Repository, Restic, Started
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import MANIFEST_MEMBER, parse_manifest
 
 from . import s3_store
@@ -258,3 +259,46 @@ def test_status_and_the_metrics_say_per_repository_when_it_last_got_a_snapshot_a
     lines = capsys.readouterr().out
     assert code == 0 and "repository local: last backup 0.0 h ago" in lines and "2 snapshot(s)" in lines
     assert "repository s3: last backup" in lines and "last attempt failed 0.0 h ago: repository s3" in lines
+
+
+def test_the_first_repositorys_restic_opens_it_while_the_snapshot_is_staged(
+    tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restic derives its key and loads the index beside the staging, then reads the stage once it is complete; where
+    it cannot (no repository yet), the plain backup makes the repository and the snapshot."""
+    password = tmp_path / "password"
+    password.write_text("a long repository password\n")
+    restic = Restic(Repository("local", str(tmp_path / "restic"), password_file=str(password), init=True))
+    seen: list[str] = []
+    real_start, real_finish, real_stage = Restic.start_backup, Started.finish, repo_backup.stage
+    running: list[Started] = []
+
+    def start(self: Restic, *args: Any) -> Started | None:
+        started = real_start(self, *args)
+        running.extend([started] if started else [])
+        return started
+
+    def staging(*args: Any, **kw: Any) -> Any:
+        seen.append("restic waiting" if running and running[-1].process.poll() is None else "no restic")
+        return real_stage(*args, **kw)
+
+    def finish(self: Started, excludes: bytes) -> dict[str, Any]:
+        try:
+            summary = real_finish(self, excludes)
+        except RepoError:
+            seen.append("early failed")
+            raise
+        seen.append("early saved")
+        return summary
+
+    monkeypatch.setattr(Restic, "start_backup", start)
+    monkeypatch.setattr(Started, "finish", finish)
+    monkeypatch.setattr(repo_backup, "stage", staging)
+    first = _run(Tree(tree), [restic], tmp_path / "backups")
+    assert first.outcomes[0].ok and first.outcomes[0].created
+    second = _run(Tree(tree), [restic], tmp_path / "backups")
+    assert second.outcomes[0].ok and not second.outcomes[0].created
+    assert seen == ["restic waiting", "early failed", "restic waiting", "early saved"]
+    assert len(restic.snapshots()) == 2
+    paths = {str(n["path"]) for n in restic.ls(second.outcomes[0].snapshot_id, 10_000)}
+    assert f"{tree}/tenement.db" in paths and f"{tree}/tenement.db-wal" not in paths  # the exclude file was read

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,73 @@ def test_a_stale_lock_of_a_killed_run_is_removed_by_unlock(tmp_path: Path, passw
     (stale,) = [p for p in locks.iterdir() if "-tmp-" not in p.name]
     restic.unlock()
     assert not stale.exists()
+
+
+def _paths_in(restic: Restic, snapshot: str) -> set[str]:
+    return {str(n["path"]) for n in restic.ls(snapshot, 1000)}
+
+
+def test_a_backup_started_early_waits_for_its_exclude_file_and_an_abandoned_one_saves_nothing(
+    tmp_path: Path, password_file: Path
+) -> None:
+    """``start_backup`` lets restic open the repository while the snapshot is staged: it reads nothing before its
+    exclude file is handed over, and killed (abandoned) first it saves no snapshot."""
+    restic = Restic(Repository("local", str(tmp_path / "repo"), password_file=str(password_file), init=True))
+    restic.ensure()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    started = restic.start_backup([str(tree)], "web1", ["selfhost-dr"])
+    assert started is not None
+    time.sleep(2)  # the repository opened and its index loaded meanwhile: restic now waits for the exclude file
+    assert started.process.poll() is None
+    (tree / "kept").write_text("made while restic waited\n")  # staged after restic started, and read all the same
+    (tree / "left-out").write_text("never in the snapshot\n")
+    summary = started.finish(f"{tree}/left-out\n".encode())
+    paths = _paths_in(restic, str(summary["snapshot_id"]))
+    assert f"{tree}/kept" in paths and f"{tree}/left-out" not in paths
+    abandoned = restic.start_backup([str(tree)], "web1", ["selfhost-dr"])
+    assert abandoned is not None
+    abandoned.abandon()
+    assert abandoned.process.returncode == -9
+    assert [str(s["id"])[:8] for s in restic.snapshots()] == [str(summary["snapshot_id"])[:8]]
+    with pytest.raises(RepoError, match="abandoned"):
+        abandoned.finish(b"")
+
+
+def test_a_backup_started_early_dies_with_the_process_that_started_it(tmp_path: Path, password_file: Path) -> None:
+    """A run killed while it stages (SIGKILL: no handler runs) leaves no restic behind, waiting or reading an empty
+    exclude file, and no snapshot."""
+    repo = Repository("local", str(tmp_path / "repo"), password_file=str(password_file), init=True)
+    Restic(repo).ensure()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "left-out").write_text("never in a snapshot\n")
+    code = (
+        "import os, sys, time\n"
+        "from ansible_collections.selfhost.dr.plugins.module_utils.repos.restic import Repository, Restic\n"
+        "repo = Repository('local', sys.argv[1], password_file=sys.argv[2])\n"
+        "started = Restic(repo).start_backup([sys.argv[3]], 'web1', ['selfhost-dr'])\n"
+        "print(started.process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-c", code, repo.location, str(password_file), str(tree)],
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    assert run.stdout is not None
+    child = int(run.stdout.readline())
+    time.sleep(1)
+    run.kill()
+    run.wait()
+    for _ in range(100):
+        try:
+            with open(f"/proc/{child}/stat") as status:
+                if status.read().split(") ")[-1].startswith("Z"):
+                    break  # (a zombie of the killed run, reaped by init)
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"restic {child} outlived the run that started it")
+    assert Restic(repo).snapshots() == []

@@ -18,6 +18,7 @@ stopped until every repository has read the files, and is started again whatever
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Sequence
@@ -28,8 +29,8 @@ from typing import Any
 from .. import safe_fs
 from .._common import BackupError, Log, iso, no_log, utc_now
 from ..apps.base import Application, Facts
-from ..repos.restic import NoRepositoryError, RepoError, Restic
-from ..repos.stage import Staged, refuse_inside, rehash, stage, unstable
+from ..repos.restic import LockedError, NoRepositoryError, RepoError, Restic, Started
+from ..repos.stage import Staged, refuse_inside, rehash, stage, stage_dir, unstable
 from ..sets.names import default_host
 from . import backup, state
 
@@ -217,22 +218,35 @@ def _store(
         counting = ThreadPoolExecutor(max_workers=len(uncounted))
         before = {r.repo.name: counting.submit(r.snapshots, ["selfhost-dr"], host) for r in uncounted}
         counting.shutdown(wait=False)
-    staged = stage(
-        facts.paths,
-        options.dest,
-        app=app.name,
-        app_version=facts.version,
-        host=options.host,
-        label=options.label or mode,
-        metadata={**facts.metadata, "mode": mode},
-        excludes=[*options.excludes, *facts.excludes],
-        lock_timeout=options.lock_timeout,
-        log=log,
-    )
+    wanted = tags(app.name, mode, schedule)
+    # The first repository's restic opens it (half a second of key derivation) and loads its index while the
+    # snapshot is staged, then waits for the exclude file: the paths it is given are those the stage will give.
+    expected = [stage_dir(options.dest, app.name), *(os.path.normpath(os.path.abspath(p)) for p in facts.paths)]
+    early: Started | None = repos[0].start_backup(expected, host, wanted) if repos else None
+    try:
+        staged = stage(
+            facts.paths,
+            options.dest,
+            app=app.name,
+            app_version=facts.version,
+            host=options.host,
+            label=options.label or mode,
+            metadata={**facts.metadata, "mode": mode},
+            excludes=[*options.excludes, *facts.excludes],
+            lock_timeout=options.lock_timeout,
+            log=log,
+        )
+    except BaseException:
+        if early is not None:
+            early.abandon()
+        raise
     result.hashed_bytes = staged.hashed_bytes
+    if early is not None and staged.paths != expected:
+        early.abandon()  # (a path the scan found otherwise: the plain backup)
+        early = None
     try:
         for restic in repos:
-            outcome = _into(restic, staged, host, tags(app.name, mode, schedule), log)
+            outcome = _into(restic, staged, host, wanted, log, early if restic is repos[0] else None)
             listed = before.get(restic.repo.name)
             if outcome.ok and outcome.snapshots < 0 and listed is not None:
                 try:
@@ -241,13 +255,17 @@ def _store(
                     log(f"{restic.repo.shown}: the snapshots could not be counted ({exc})")
             result.outcomes.append(outcome)
     finally:
+        if early is not None:
+            early.abandon()  # (once finished, nothing)
         staged.release()  # the databases read where they are: read by every repository's restic
     if staged.emptying is not None:
         staged.emptying.join()
     result.manifest = staged.manifest
 
 
-def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log) -> Outcome:
+def _into(
+    restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log, early: Started | None = None
+) -> Outcome:
     """One repository's snapshot. One restic command in the usual case (each one derives the key from the password,
     about half a second): restic takes as parent the newest snapshot of the same host and paths, which the stage's
     fixed path keeps the same."""
@@ -259,7 +277,13 @@ def _into(restic: Restic, staged: Staged, host: str, wanted: list[str], log: Log
         for attempt in range(1, TRIES + 1):
             outcome.tries = attempt
             try:
-                summary = restic.backup(staged.paths, host, wanted, staged.exclude_file)
+                summary: dict[str, Any] | None = None
+                if early is not None:
+                    waiting, early = early, None
+                    with contextlib.suppress(LockedError):  # (the plain backup removes a stale lock, tries again)
+                        summary = waiting.finish(staged.excludes)
+                if summary is None:
+                    summary = restic.backup(staged.paths, host, wanted, staged.exclude_file)
             except NoRepositoryError:
                 if not repo.init or outcome.created:
                     raise

@@ -342,6 +342,49 @@ class Restic:
         ``parent``, files whose size, mtime, ctime and inode are unchanged since it are not read again. Relative
         ``paths`` (with ``cwd``) are stored as those paths from the snapshot's root; ``time`` (``YYYY-MM-DD
         HH:MM:SS``, UTC) dates the snapshot."""
+        args = self._backup_args(host, tags, exclude_file, parent, time)
+        return self.summary(self.call([*args, "--", *paths], cwd=cwd, utc=bool(time)))
+
+    def start_backup(self, paths: Sequence[str], host: str, tags: Sequence[str]) -> Started | None:
+        """``restic backup`` of ``paths`` started before they are ready: restic opens the repository (half a second
+        of key derivation) and loads its index, then waits to read its exclude file from a pipe, which
+        :meth:`Started.finish` writes once they are. None where it cannot be started so (a stand-in runner, no
+        restic): the plain :meth:`backup` then."""
+        if self._run is not subprocess.run:
+            return None
+        read, write = os.pipe()  # (neither inherited but the read end, passed)
+        args = [*self._backup_args(host, tags, f"/dev/fd/{read}"), "--", *paths]
+        try:
+            process = subprocess.Popen(
+                [self.binary, *args],
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+                pass_fds=(read,),
+                preexec_fn=_dies_with(os.getpid()),  # killed, this process leaves no restic waiting (or reading)
+            )
+        except OSError:
+            os.close(write)
+            return None
+        finally:
+            os.close(read)
+        return Started(self, process, write)
+
+    def summary(self, result: Result) -> dict[str, Any]:
+        """The summary message of a ``restic backup --json`` that succeeded."""
+        summary = [m for m in result.messages() if m.get("message_type") == "summary"]
+        if not summary or not isinstance(summary[-1].get("snapshot_id"), str):
+            raise RepoError(
+                f"restic backup into {self.repo.shown} saved no snapshot: {_last_line(result.err, self.repo)}"
+            )
+        return summary[-1]
+
+    def _backup_args(
+        self, host: str, tags: Sequence[str], exclude_file: str = "", parent: str = "", time: str = ""
+    ) -> list[str]:
         args = ["backup", "--json", "--host", host]  # across mounts below a path, as the scan goes
         if time:
             if not re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", time):
@@ -353,13 +396,7 @@ class Restic:
             args += ["--exclude-file", exclude_file]
         if parent:
             args += ["--parent", parent]
-        result = self.call([*args, "--", *paths], cwd=cwd, utc=bool(time))
-        summary = [m for m in result.messages() if m.get("message_type") == "summary"]
-        if not summary or not isinstance(summary[-1].get("snapshot_id"), str):
-            raise RepoError(
-                f"restic backup into {self.repo.shown} saved no snapshot: {_last_line(result.err, self.repo)}"
-            )
-        return summary[-1]
+        return args
 
     def forget(self, snapshot_ids: Sequence[str], prune: bool = False) -> None:
         """Forget these snapshots (chosen by the collection's own retention engine), and with ``prune`` delete the
@@ -681,6 +718,60 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=@+-]{1,200}\Z")
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: a child only calls into it
+
+
+class Started:
+    """A ``restic backup`` waiting for its exclude file (:meth:`Restic.start_backup`): :meth:`finish` hands it over
+    and waits for the snapshot, :meth:`abandon` kills restic first (were the pipe closed first, restic would read
+    an empty exclude file and back up what it must leave out)."""
+
+    def __init__(self, restic: Restic, process: subprocess.Popen[str], excludes: int) -> None:
+        self.restic = restic
+        self.process = process
+        self._excludes = excludes
+
+    def finish(self, excludes: bytes) -> dict[str, Any]:
+        """The exclude file's lines handed to restic, then its summary; RepoError in one sentence."""
+        fd, self._excludes = self._excludes, -1
+        if fd < 0:
+            raise RepoError(f"restic backup into {self.restic.repo.shown} was abandoned")
+
+        def hand_over() -> None:  # (beside the wait: restic reads a long exclude file as it is written)
+            try:
+                view = memoryview(excludes)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError:
+                pass  # (restic ended before reading it: its failure is what is reported)
+            finally:
+                os.close(fd)
+
+        writer = threading.Thread(target=hand_over, daemon=True)
+        writer.start()
+        try:
+            out, err = self.process.communicate(timeout=self.restic.timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise RepoError(
+                f"restic backup on {self.restic.repo.shown} did not finish in {self.restic.timeout:g} s"
+            ) from None
+        finally:
+            writer.join()
+        result = Result(self.process.returncode, out or "", err or "")
+        if result.code != 0:
+            raise self.restic.failure("backup", result)
+        return self.restic.summary(result)
+
+    def abandon(self) -> None:
+        """Kill restic (before it read an exclude file), then close the pipe. Does nothing once finished."""
+        if self._excludes < 0:
+            return
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate()
+        os.close(self._excludes)
+        self._excludes = -1
 
 
 def _dies_with(parent: int) -> Callable[[], None]:

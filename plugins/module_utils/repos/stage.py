@@ -68,6 +68,7 @@ class Staged:
     roots: list[str]  # the live paths restic backs up, beside the stage
     exclude_file: str
     keys: dict[str, tuple[int, ...]] = field(default_factory=dict)  # file path -> the stat its hash is of
+    excludes: bytes = b""  # the exclude file's lines
     hashed_bytes: int = 0  # read and hashed this time (the rest came from the cache)
     databases_replaced: int = 0  # database copies that changed (the others restic skips)
     emptying: threading.Thread | None = None  # deletes the previous copies beside restic's read: join it after
@@ -467,7 +468,8 @@ def stage(
                     f"{other!r}: rename one of them"
                 )
         lines = "\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n"
-        atomic_write(staged.exclude_file, os.fsencode(lines))  # a name that is not UTF-8 as its bytes
+        staged.excludes = os.fsencode(lines)
+        atomic_write(staged.exclude_file, staged.excludes)  # a name that is not UTF-8 as its bytes
         log(
             f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
             f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
