@@ -362,3 +362,30 @@ def test_a_large_database_read_where_it_is_comes_back_as_one_moment_while_its_wr
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         count, top = db.execute("SELECT count(*), max(id) FROM rows").fetchone()
     assert count == top and 1500 < top < written  # every row up to one commit, none of the later ones
+
+
+def test_every_tables_rows_are_recorded_and_a_manifest_whose_counts_lie_is_refused_and_nothing_stops(
+    tmp_path: Path, tree: Path, local: Restic
+) -> None:
+    """The manifest holds each database's row counts, table by table; a restore counts them again. A crafted
+    snapshot (its files matching their sha256) whose manifest says other counts is refused before anything stops."""
+    app = Tree(tree)
+    _backup(app, local, tmp_path / "backups")
+    stage = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement"
+    manifest = json.loads((stage / MANIFEST_MEMBER).read_text())
+    rows = {s["path"].rsplit("/", 1)[-1]: s["rows"] for s in manifest["snapshots"]}
+    assert rows == {"tenement.db": {"rows": 2000}, "app.db": {"rows": 100}}
+    (record,) = [s for s in manifest["snapshots"] if s["path"].endswith("/app.db")]
+    record["rows"] = {"rows": 99}
+    (stage / MANIFEST_MEMBER).write_text(json.dumps(manifest))
+    subprocess.run(
+        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
+         "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
+        env=local.environment(), check=True, capture_output=True,
+    )  # fmt: skip
+    before = _state(tree)
+    app.calls.clear()
+    with pytest.raises(VerificationError, match=r"app.db in snapshot \w+ holds 100 rows in table 'rows', its manifest"):
+        _restore(app, local, tmp_path)
+    assert app.calls == []  # never stopped
+    assert _state(tree) == before and _journal_leftovers(tree.parent) == []

@@ -18,6 +18,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.sqlite_snapshot import
     hold,
     is_sqlite,
     journal_mode_of_file,
+    row_counts_of_file,
     sha256_file,
     snapshot,
 )
@@ -186,3 +187,21 @@ def test_a_held_wal_database_keeps_its_file_still_and_a_rollback_one_is_never_he
     st = rollback.stat()
     assert hold(str(rollback), 5.0, (st.st_dev, st.st_ino)) is None
     assert hold(str(db), 5.0, (st.st_dev, st.st_ino)) is None  # not the file checked
+
+
+def test_row_counts_name_every_table_whatever_its_name_and_leave_virtual_ones_out(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    hostile = 'a"b; DROP TABLE t; --'
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute('CREATE TABLE "a""b; DROP TABLE t; --" (x)')
+        conn.execute("CREATE VIRTUAL TABLE docs USING fts5(body)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(n,) for n in range(7)])
+        conn.execute('INSERT INTO "a""b; DROP TABLE t; --" VALUES (1)')
+        conn.executemany("INSERT INTO docs VALUES (?)", [("one",), ("two",)])
+        conn.commit()
+    counts = row_counts_of_file(str(db))
+    assert counts is not None and counts["t"] == 7 and counts[hostile] == 1
+    assert "docs" not in counts and counts["docs_content"] == 2  # (its shadow table holds the rows)
+    (tmp_path / "damaged.db").write_bytes(db.read_bytes()[:4096] + b"\xff" * 8192)
+    assert row_counts_of_file(str(tmp_path / "damaged.db")) is None

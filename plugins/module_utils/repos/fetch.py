@@ -41,6 +41,7 @@ from .._common import RestoreError, VerificationError
 from ..sets.databases import _integrity_of_file
 from ..sets.manifest import MANIFEST_MEMBER, MAX_MANIFEST, MAX_MEMBERS, name_problem, parse_manifest
 from ..sets.names import default_host, token
+from ..sqlite_snapshot import row_counts_of_file
 from .restic import RepoError, Restic
 from .stage import STAGE_DIR
 
@@ -373,6 +374,12 @@ def _open_below(top_fd: int, rel: str) -> int:
     return fd
 
 
+def _check_database(path: str) -> tuple[str, dict[str, int] | None]:
+    """``PRAGMA integrity_check`` of a restored database, and every table's rows when it is sound."""
+    result = _integrity_of_file(path)
+    return result, row_counts_of_file(path) if result == "ok" else None
+
+
 def _hash(top_fd: int, rel: str) -> tuple[str, int]:
     parent = _open_below(top_fd, posixpath.dirname(rel))
     try:
@@ -481,7 +488,7 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
     )
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         # The largest databases' integrity checks first, the hashes beside them (SQLite and hashlib release the GIL).
-        checks = [pool.submit(_integrity_of_file, f"/proc/self/fd/{top_fd}/{rel}") for _p, rel, _s in databases]
+        checks = [pool.submit(_check_database, f"/proc/self/fd/{top_fd}/{rel}") for _p, rel, _s in databases]
         hashes = [pool.submit(_hash, top_fd, rel) for _p, rel, _w in jobs]
         hashed = [f.result() for f in hashes]
         integrity = [f.result() for f in checks]
@@ -495,10 +502,23 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
                 problems.append(f"{path} in snapshot {short} does not match its sha256 in the manifest")
         checked.files += 1
         checked.bytes += max(size, 0)
-    for (path, _rel, _size), result in zip(databases, integrity):
+    counted = {
+        "/" + str(s["path"]): s.get("rows")
+        for s in snap.manifest.get("snapshots") or []  # type: ignore[attr-defined]
+        if isinstance(s, dict) and isinstance(s.get("path"), str)
+    }
+    for (path, _rel, _size), (result, rows) in zip(databases, integrity):
         checked.databases += 1
         if result != "ok":
             problems.append(f"database {path} in snapshot {short} fails integrity_check: {result}")
+            continue
+        want = counted.get(path)
+        if isinstance(want, dict) and rows != want:
+            table = next((t for t in sorted({*want, *(rows or {})}) if (rows or {}).get(t) != want.get(t)), "")
+            problems.append(
+                f"database {path} in snapshot {short} holds {(rows or {}).get(table)} rows in table {table!r}, "
+                f"its manifest says {want.get(table)}"
+            )
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise VerificationError(f"refusing to restore snapshot {short}: {problems[0]}{more}")

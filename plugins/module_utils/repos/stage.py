@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import resource
+import sqlite3
 import stat
 import threading
 import uuid
@@ -39,7 +40,7 @@ from ..sets.manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from ..sets.members import open_member
 from ..sets.names import default_host, token
 from ..sets.scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, scan
-from ..sqlite_snapshot import OPEN_LOCK, Held, SnapshotError, hold, snapshot
+from ..sqlite_snapshot import OPEN_LOCK, Held, SnapshotError, hold, row_counts, row_counts_of_file, snapshot
 
 STAGE_DIR = ".selfhost-dr-repo"  # in the backup directory
 HASHES = "hashes.json"  # the hash cache, in the stage
@@ -144,6 +145,25 @@ def _cached(cache: dict[str, dict[str, object]], path: str, key: tuple[int, ...]
     return digest if isinstance(digest, str) and len(digest) == 64 else ""
 
 
+def _snapshot_record(entry: Entry, got: _Database, in_place: bool = False) -> dict[str, object]:
+    """A database as the manifest's ``snapshots`` lists it: its path, size, sha256, whether it was read where it is,
+    and every table's rows (left out where SQLite could not count them)."""
+    record: dict[str, object] = {"path": entry.member, "size": got.size, "sha256": got.sha256}
+    if in_place:
+        record["in_place"] = True
+    if got.rows is not None:
+        record["rows"] = got.rows
+    return record
+
+
+def _cached_rows(cache: dict[str, dict[str, object]], path: str) -> dict[str, int] | None:
+    """The row counts the cache holds for ``path`` (its hash's entry), when they are well formed."""
+    rows = (cache.get(path) or {}).get("rows")
+    if isinstance(rows, dict) and all(isinstance(k, str) and type(v) is int and v >= 0 for k, v in rows.items()):
+        return rows
+    return None
+
+
 def _hash_open(fd: int, st: os.stat_result) -> tuple[str, int, tuple[int, ...]]:
     """The sha256 and size of a file opened by :func:`open_member` (closed here), and the stat of what was read
     (``()`` when it changed while it was read: it is hashed again after restic's read). Runs in a worker thread:
@@ -204,6 +224,7 @@ class _Database:
     sha256: str
     size: int
     replaced: bool = False
+    rows: dict[str, int] | None = None  # every table's rows (None: SQLite could not count them)
     held: Held | None = None
     key: tuple[int, ...] = ()
 
@@ -218,15 +239,25 @@ def _stage_database(
             try:
                 st = held.stat()
                 digest, size = _cached(cache, entry.path, _key(st)), st.st_size
+                rows = _cached_rows(cache, entry.path) if digest else None
                 if not digest:
                     digest, size = held.sha256()
+                if rows is None:
+                    with contextlib.suppress(sqlite3.Error):
+                        rows = row_counts(held.conn)  # (in the read transaction the file's bytes are of)
                 if _key(held.stat()) == _key(st) and size == st.st_size:
-                    return _Database(digest, size, held=held, key=_key(st))
+                    return _Database(digest, size, rows=rows, held=held, key=_key(st))
             except BaseException:
                 held.close()
                 raise
             held.close()  # (written to by something else than SQLite: copied instead)
-    return _Database(*_copy_database(entry, db_dir, cache, lock_timeout, trash))
+    digest, size, replaced = _copy_database(entry, db_dir, cache, lock_timeout, trash)
+    copy = os.path.join(db_dir, entry.member)
+    rows = _cached_rows(cache, copy)
+    if rows is None:  # (a copy made before counts were kept, or one SQLite could not count)
+        rows = row_counts_of_file(copy)
+        cache[copy] = {**cache[copy], "rows": rows}
+    return _Database(digest, size, replaced, rows)
 
 
 def _copy_database(
@@ -267,9 +298,10 @@ def _copy_database(
         old = os.lstat(final)
     except FileNotFoundError:
         old = None
+    rows = row_counts_of_file(fresh)
     if old is not None and stat.S_ISREG(old.st_mode) and _cached(cache, final, _key(old)) == made.sha256:
         os.unlink(fresh)
-        cache[final] = {"key": list(_key(old)), "sha256": made.sha256, "source": source}
+        cache[final] = {"key": list(_key(old)), "sha256": made.sha256, "source": source, "rows": rows}
         return made.sha256, made.size, False
     if old is not None and stat.S_ISDIR(old.st_mode):  # the copies of a directory that is now this database
         parent = os.open(os.path.dirname(final), safe_fs.DIR_FLAGS)
@@ -284,7 +316,7 @@ def _copy_database(
         with contextlib.suppress(FileNotFoundError):
             os.rename(final, os.path.join(trash, uuid.uuid4().hex))
     os.replace(fresh, final)  # a link at the name is replaced, never followed
-    cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256, "source": source}
+    cache[final] = {"key": list(_key(os.lstat(final))), "sha256": made.sha256, "source": source, "rows": rows}
     return made.sha256, made.size, True
 
 
@@ -350,9 +382,9 @@ def stage(
             if got.held is not None:  # restic reads the live file, which the read transaction keeps still
                 staged.held[entry.path] = got.held
                 staged.keys[entry.path] = got.key
-                fresh_cache[entry.path] = {"key": list(got.key), "sha256": got.sha256}
+                fresh_cache[entry.path] = {"key": list(got.key), "sha256": got.sha256, "rows": got.rows}
                 records.append({**manifest_record(entry, got.size, got.sha256), "in_place": True})
-                snapshots.append({"path": entry.member, "size": got.size, "sha256": got.sha256, "in_place": True})
+                snapshots.append(_snapshot_record(entry, got, in_place=True))
                 left_out.extend(entry.path + side for side in SQLITE_SIDE_FILES)
                 return
             digest, size = got.sha256, got.size
@@ -360,7 +392,7 @@ def stage(
             copy = os.path.join(db_dir, entry.member)
             fresh_cache[copy] = cache[copy]
             records.append(manifest_record(entry, size, digest))
-            snapshots.append({"path": entry.member, "size": size, "sha256": digest})
+            snapshots.append(_snapshot_record(entry, got))
             left_out.extend(entry.path + side for side in ("", *SQLITE_SIDE_FILES))
             return
         if isinstance(ready, str):
