@@ -279,8 +279,11 @@ def test_the_first_repositorys_restic_opens_it_while_the_snapshot_is_staged(
         return started
 
     def staging(*args: Any, **kw: Any) -> Any:
-        seen.append("restic waiting" if running and running[-1].process.poll() is None else "no restic")
-        return real_stage(*args, **kw)
+        before = len(running)
+        staged = real_stage(*args, **kw)
+        assert len(running) == before + 1  # started during the staging, once the scan knew the paths
+        seen.append("restic waiting" if running[-1].process.poll() is None else "restic ended")
+        return staged
 
     def finish(self: Started, excludes: bytes) -> dict[str, Any]:
         try:
@@ -298,7 +301,31 @@ def test_the_first_repositorys_restic_opens_it_while_the_snapshot_is_staged(
     assert first.outcomes[0].ok and first.outcomes[0].created
     second = _run(Tree(tree), [restic], tmp_path / "backups")
     assert second.outcomes[0].ok and not second.outcomes[0].created
-    assert seen == ["restic waiting", "early failed", "restic waiting", "early saved"]
+    assert seen == ["restic ended", "early failed", "restic waiting", "early saved"]  # (no repository at first)
     assert len(restic.snapshots()) == 2
     paths = {str(n["path"]) for n in restic.ls(second.outcomes[0].snapshot_id, 10_000)}
     assert f"{tree}/tenement.db" in paths and f"{tree}/tenement.db-wal" not in paths  # the exclude file was read
+    # Another backup directory (another application, or a new one): its stage is made before restic starts, which
+    # would leave out a path that is not there yet.
+    third = _run(Tree(tree), [restic], tmp_path / "elsewhere")
+    assert third.outcomes[0].ok and seen[-1] == "early saved"
+    paths = {str(n["path"]) for n in restic.ls(third.outcomes[0].snapshot_id, 10_000)}
+    assert f"{tmp_path}/elsewhere/.selfhost-dr-repo/tenement/{MANIFEST_MEMBER}" in paths
+
+
+def test_a_database_is_held_only_while_the_first_repository_reads_it_and_the_others_get_a_copy(
+    tmp_path: Path, tree: Path, store: s3_store.Store
+) -> None:
+    repos = _repos(tmp_path, store)
+    done = _run(Tree(tree), repos, tmp_path / "backups")
+    assert [o.ok for o in done.outcomes] == [True, True]
+    stage = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement"
+    copy = f"{stage}/db/{str(tree).lstrip('/')}/tenement.db"
+    first = {str(n["path"]) for n in repos[0].ls(done.outcomes[0].snapshot_id, 10_000)}
+    second = {str(n["path"]) for n in repos[1].ls(done.outcomes[1].snapshot_id, 10_000)}
+    assert f"{tree}/tenement.db" in first and copy not in first  # read where it is, held
+    assert copy in second and f"{tree}/tenement.db" not in second  # let go, then copied for the second
+    with contextlib.closing(sqlite3.connect(tree / "tenement.db")) as db:  # and nothing holds it any more
+        db.execute("INSERT INTO rows (body) VALUES ('after')")
+        db.commit()
+        assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)

@@ -257,8 +257,11 @@ def test_a_backup_started_early_waits_for_its_exclude_file_and_an_abandoned_one_
     assert f"{tree}/kept" in paths and f"{tree}/left-out" not in paths
     abandoned = restic.start_backup([str(tree)], "web1", ["selfhost-dr"])
     assert abandoned is not None
+    time.sleep(2)  # (locked, and waiting for its exclude file)
+    assert restic.call(["list", "locks", "--no-lock"]).out.split()  # its lock
     abandoned.abandon()
-    assert abandoned.process.returncode == -9
+    assert abandoned.process.returncode is not None
+    assert restic.call(["list", "locks", "--no-lock"]).out.split() == []  # stopped (SIGINT), it removed its lock
     assert [str(s["id"])[:8] for s in restic.snapshots()] == [str(summary["snapshot_id"])[:8]]
     with pytest.raises(RepoError, match="abandoned"):
         abandoned.finish(b"")
@@ -301,3 +304,31 @@ def test_a_backup_started_early_dies_with_the_process_that_started_it(tmp_path: 
     else:
         pytest.fail(f"restic {child} outlived the run that started it")
     assert Restic(repo).snapshots() == []
+
+
+def test_a_backup_started_early_and_interrupted_while_restic_reads_never_goes_on_alone(
+    tmp_path: Path, password_file: Path
+) -> None:
+    """A SIGTERM turned into an exception while restic reads: restic is stopped (and removes its lock) before the
+    run lets go of what it held still for it."""
+    restic = Restic(Repository("local", str(tmp_path / "repo"), password_file=str(password_file), init=True))
+    restic.ensure()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a").write_text("a\n")
+    started = restic.start_backup([str(tree)], "web1", ["selfhost-dr"])
+    assert started is not None
+    real = started.process.communicate
+    interrupted: list[bool] = []
+
+    def communicate(*args: Any, **kw: Any) -> Any:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    started.process.communicate = communicate  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        started.finish(b"")
+    assert started.process.returncode is not None
+    assert restic.call(["list", "locks", "--no-lock"]).out.split() == []

@@ -280,3 +280,45 @@ def test_a_failed_stage_lets_go_of_the_databases_it_held(
         db.execute("INSERT INTO t (x) VALUES (1)")
         db.commit()
         assert db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone() == (0, 0, 0)
+
+
+def test_a_database_with_a_second_name_is_copied_never_held(tree: Path, tmp_path: Path) -> None:
+    """A hard link: SQLite would hold the file under one name while the application writes it under the other."""
+    _large_wal_database(tree / "big.db")
+    os.link(tree / "big.db", tree / "logs" / "alias.db")
+    staged = _stage(tree, tmp_path)
+    assert staged.held == {}
+    manifest = json.loads((Path(staged.stage) / MANIFEST_MEMBER).read_text())
+    assert [r for r in manifest["files"] if r.get("in_place")] == []
+    assert (Path(staged.stage) / "db" / f"{tree.relative_to('/')}/big.db").exists()
+
+
+def test_a_held_database_replaced_at_its_path_is_copied_as_it_is_now_and_a_chmod_changes_nothing(
+    tree: Path, tmp_path: Path
+) -> None:
+    big = tree / "big.db"
+    _large_wal_database(big)
+    staged = _stage(tree, tmp_path)
+    try:
+        assert list(staged.held) == [str(big)]
+        os.chmod(big, 0o640)  # its ctime only: the held bytes are the same
+        assert stage_module.unstable(staged) == []
+        with contextlib.closing(sqlite3.connect(big)) as db:  # the application replaces its database (VACUUM INTO)
+            db.execute("DELETE FROM t WHERE n > 1000")
+            db.commit()
+            db.execute("VACUUM INTO ?", (str(tree / "big.db.new"),))
+        os.replace(tree / "big.db.new", big)
+        moved = stage_module.unstable(staged)
+        assert moved == [str(big)]
+        stage_module.rehash(staged, moved)
+        assert staged.held == {} and stage_module.unstable(staged) == []
+        manifest = json.loads((Path(staged.stage) / MANIFEST_MEMBER).read_text())
+        member = f"{tree.relative_to('/')}/big.db"
+        (record,) = [r for r in manifest["files"] if r["path"] == member]
+        (snap,) = [s for s in manifest["snapshots"] if s["path"] == member]
+        copy = Path(staged.stage) / "db" / member
+        assert "in_place" not in record and record["sha256"] == _sha256(copy) == snap["sha256"]
+        assert snap["rows"] == {"t": 1000} and member not in manifest["changed_during_backup"]
+        assert str(big) in Path(staged.exclude_file).read_text().splitlines()  # the live file left out now
+    finally:
+        staged.release()

@@ -30,7 +30,7 @@ from .. import safe_fs
 from .._common import BackupError, Log, iso, no_log, utc_now
 from ..apps.base import Application, Facts
 from ..repos.restic import LockedError, NoRepositoryError, RepoError, Restic, Started
-from ..repos.stage import Staged, refuse_inside, rehash, stage, stage_dir, unstable
+from ..repos.stage import Staged, refuse_inside, rehash, stage, unstable
 from ..sets.names import default_host
 from . import backup, state
 
@@ -219,10 +219,14 @@ def _store(
         before = {r.repo.name: counting.submit(r.snapshots, ["selfhost-dr"], host) for r in uncounted}
         counting.shutdown(wait=False)
     wanted = tags(app.name, mode, schedule)
-    # The first repository's restic opens it (half a second of key derivation) and loads its index while the
-    # snapshot is staged, then waits for the exclude file: the paths it is given are those the stage will give.
-    expected = [stage_dir(options.dest, app.name), *(os.path.normpath(os.path.abspath(p)) for p in facts.paths)]
-    early: Started | None = repos[0].start_backup(expected, host, wanted) if repos else None
+    # The first repository's restic opens it (half a second of key derivation) while the snapshot is staged, then
+    # waits for the exclude file: started once the scan knows the paths (and the stage directory is made).
+    starting: list[Started] = []
+
+    def start(paths: list[str]) -> None:
+        started = repos[0].start_backup(paths, host, wanted) if repos else None
+        starting.extend([started] if started is not None else [])
+
     try:
         staged = stage(
             facts.paths,
@@ -235,18 +239,19 @@ def _store(
             excludes=[*options.excludes, *facts.excludes],
             lock_timeout=options.lock_timeout,
             log=log,
+            scanned=start,
         )
     except BaseException:
-        if early is not None:
-            early.abandon()
+        for started in starting:
+            started.abandon()
         raise
     result.hashed_bytes = staged.hashed_bytes
-    if early is not None and staged.paths != expected:
-        early.abandon()  # (a path the scan found otherwise: the plain backup)
-        early = None
+    early = starting[0] if starting else None
     try:
         for restic in repos:
             outcome = _into(restic, staged, host, wanted, log, early if restic is repos[0] else None)
+            if restic is not repos[-1]:
+                staged.copy_held(log)  # (held no longer than the first repository's read: the others get copies)
             listed = before.get(restic.repo.name)
             if outcome.ok and outcome.snapshots < 0 and listed is not None:
                 try:

@@ -14,6 +14,7 @@ repository locked by a live run, a repository format newer than this restic read
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -346,10 +347,10 @@ class Restic:
         return self.summary(self.call([*args, "--", *paths], cwd=cwd, utc=bool(time)))
 
     def start_backup(self, paths: Sequence[str], host: str, tags: Sequence[str]) -> Started | None:
-        """``restic backup`` of ``paths`` started before they are ready: restic opens the repository (half a second
-        of key derivation) and loads its index, then waits to read its exclude file from a pipe, which
-        :meth:`Started.finish` writes once they are. None where it cannot be started so (a stand-in runner, no
-        restic): the plain :meth:`backup` then."""
+        """``restic backup`` of ``paths`` started before what is below them is ready (each of them must exist: restic
+        leaves out one that does not): restic opens the repository (half a second of key derivation) and locks it,
+        then waits to read its exclude file from a pipe, which :meth:`Started.finish` writes once they are. None
+        where it cannot be started so (a stand-in runner, no restic): the plain :meth:`backup` then."""
         if self._run is not subprocess.run:
             return None
         read, write = os.pipe()  # (neither inherited but the read end, passed)
@@ -722,17 +723,25 @@ _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: a child onl
 
 class Started:
     """A ``restic backup`` waiting for its exclude file (:meth:`Restic.start_backup`): :meth:`finish` hands it over
-    and waits for the snapshot, :meth:`abandon` kills restic first (were the pipe closed first, restic would read
+    and waits for the snapshot, :meth:`abandon` stops restic first (were the pipe closed first, restic would read
     an empty exclude file and back up what it must leave out)."""
 
     def __init__(self, restic: Restic, process: subprocess.Popen[str], excludes: int) -> None:
         self.restic = restic
         self.process = process
-        self._excludes = excludes
+        self._excludes = excludes  # the pipe's write end; -1 once closed
+        self._lock = threading.Lock()
+
+    def _close(self) -> None:
+        with self._lock:
+            fd, self._excludes = self._excludes, -1
+        if fd >= 0:
+            os.close(fd)
 
     def finish(self, excludes: bytes) -> dict[str, Any]:
         """The exclude file's lines handed to restic, then its summary; RepoError in one sentence."""
-        fd, self._excludes = self._excludes, -1
+        with self._lock:
+            fd = self._excludes
         if fd < 0:
             raise RepoError(f"restic backup into {self.restic.repo.shown} was abandoned")
 
@@ -744,19 +753,20 @@ class Started:
             except OSError:
                 pass  # (restic ended before reading it: its failure is what is reported)
             finally:
-                os.close(fd)
+                self._close()
 
         writer = threading.Thread(target=hand_over, daemon=True)
         writer.start()
         try:
             out, err = self.process.communicate(timeout=self.restic.timeout)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
+            self.abandon()
             raise RepoError(
                 f"restic backup on {self.restic.repo.shown} did not finish in {self.restic.timeout:g} s"
             ) from None
         finally:
+            if self.process.returncode is None:  # (interrupted: restic never goes on alone)
+                self.abandon()
             writer.join()
         result = Result(self.process.returncode, out or "", err or "")
         if result.code != 0:
@@ -764,14 +774,17 @@ class Started:
         return self.restic.summary(result)
 
     def abandon(self) -> None:
-        """Kill restic (before it read an exclude file), then close the pipe. Does nothing once finished."""
-        if self._excludes < 0:
-            return
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.communicate()
-        os.close(self._excludes)
-        self._excludes = -1
+        """Stop restic, then close the pipe: SIGINT first (restic removes its lock and saves nothing), SIGKILL when it
+        has not ended within five seconds. Does nothing to a restic that has ended."""
+        if self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.communicate(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.communicate()
+        self._close()
 
 
 def _dies_with(parent: int) -> Callable[[], None]:

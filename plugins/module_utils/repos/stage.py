@@ -28,7 +28,7 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,11 +74,20 @@ class Staged:
     databases_replaced: int = 0  # database copies that changed (the others restic skips)
     emptying: threading.Thread | None = None  # deletes the previous copies beside restic's read: join it after
     held: dict[str, Held] = field(default_factory=dict)  # databases read where they are: release() after restic
+    left_out: list[str] = field(default_factory=list)  # what the exclude file names
+    lock_timeout: float = 30.0
 
     def release(self) -> None:
         """End the read transactions of the databases read where they are (their WAL can be checkpointed again)."""
         while self.held:
             self.held.popitem()[1].close()
+
+    def copy_held(self, log: Log = no_log) -> None:
+        """Copy every database read where it is into the stage instead, and let it go: held no longer than one
+        repository's read (its application's WAL cannot be copied back into the file meanwhile). One that cannot be
+        copied stays held."""
+        for path in list(self.held):
+            _held_to_copy(self, path, log)
 
     @property
     def paths(self) -> list[str]:
@@ -332,6 +341,7 @@ def stage(
     excludes: Iterable[str] = (),
     lock_timeout: float = 30.0,
     log: Log = no_log,
+    scanned: Callable[[list[str]], None] | None = None,
 ) -> Staged:
     """Stage a snapshot of ``paths``: the databases copied, every file hashed, the manifest and the exclude file
     written. Raises BackupError in one sentence."""
@@ -359,6 +369,9 @@ def stage(
     cache = _load_cache(cache_path)
     fresh_cache: dict[str, dict[str, object]] = {}
     staged = Staged(where, {}, [os.path.join(r.parent, r.name) for r in found.roots], os.path.join(where, EXCLUDES))
+    staged.lock_timeout = lock_timeout
+    if scanned is not None:  # (the stage directory is there already: restic, started now, finds every path it is given)
+        scanned(staged.paths)
     records: list[dict[str, object]] = []
     snapshots: list[dict[str, object]] = []
     changed: list[str] = []
@@ -417,7 +430,9 @@ def stage(
             job: Future[Any] | None = None
             ready: object = None
             if entry.kind == "sqlite":
-                large = entry.wal and entry.st.st_size >= _IN_PLACE_MIN and in_place < in_place_max
+                # (a database with another name, a hard link, is held under one name while written under the other)
+                large = entry.wal and entry.st.st_nlink == 1 and entry.st.st_size >= _IN_PLACE_MIN
+                large = large and in_place < in_place_max
                 in_place += int(large)
                 job = pool.submit(_stage_database, entry, db_dir, cache, lock_timeout, trash, large)
             elif entry.kind not in ("dir", "symlink"):
@@ -499,9 +514,8 @@ def stage(
                     f"{path!r} has a line break in its name, and restic's exclude file cannot leave it out without "
                     f"{other!r}: rename one of them"
                 )
-        lines = "\n".join(_glob_escape(p) for p in sorted(set(left_out))) + "\n"
-        staged.excludes = os.fsencode(lines)
-        atomic_write(staged.exclude_file, staged.excludes)  # a name that is not UTF-8 as its bytes
+        staged.left_out = left_out
+        write_excludes(staged)
         log(
             f"staged: {files} files ({len(snapshots)} databases, {staged.databases_replaced} changed), "
             f"{staged.hashed_bytes / 1048576:.1f} MiB read to hash"
@@ -524,6 +538,59 @@ def empty_trash(trash: str) -> None:
                 os.unlink(name, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def write_excludes(staged: Staged) -> None:
+    lines = "\n".join(_glob_escape(p) for p in sorted(set(staged.left_out))) + "\n"
+    staged.excludes = os.fsencode(lines)
+    atomic_write(staged.exclude_file, staged.excludes)  # a name that is not UTF-8 as its bytes
+
+
+def _held_to_copy(staged: Staged, path: str, log: Log, replaced: bool = False) -> bool:
+    """The database held at ``path`` copied into the stage (SQLite's backup API, at the moment it is copied) and let
+    go, its records in the manifest and the exclude file changed to say so; True when copied. When it cannot be
+    copied it stays held (False); but a database ``replaced`` at its path (or written to by something else than
+    SQLite) is let go all the same, and its records dropped and its path left out."""
+    member = path.lstrip("/")
+    records = [r for r in staged.manifest["files"] if r.get("path") == member]  # type: ignore[union-attr]
+    snaps = [s for s in staged.manifest["snapshots"] if s.get("path") == member]  # type: ignore[union-attr]
+    db_dir = os.path.join(staged.stage, "db")
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or "\n" in path:
+            raise BackupError(f"{path} is no longer a regular file")
+        cache: dict[str, dict[str, object]] = {}
+        trash = os.path.join(os.path.dirname(staged.stage), TRASH)
+        entry = Entry(path, member, "sqlite", st)
+        digest, size, _replaced = _copy_database(entry, db_dir, cache, staged.lock_timeout, trash)
+        rows = _cached_rows(cache, os.path.join(db_dir, member))
+    except (OSError, BackupError) as exc:
+        if not replaced:
+            log(f"{path}: stays held, it cannot be copied ({exc})")
+            return False
+        staged.held.pop(path).close()
+        staged.keys.pop(path, None)
+        log(f"{path}: dropped from the snapshot, it was replaced and cannot be copied ({exc})")
+        for record in records:
+            staged.manifest["files"].remove(record)  # type: ignore[union-attr]
+        for snap in snaps:
+            staged.manifest["snapshots"].remove(snap)  # type: ignore[union-attr]
+        staged.left_out.append(path)
+        write_excludes(staged)
+        write_manifest(staged)
+        return False
+    staged.held.pop(path).close()
+    staged.keys.pop(path, None)
+    for record in records:
+        record.update(size=size, sha256=digest, mtime=int(st.st_mtime))
+        record.pop("in_place", None)
+    for snap in snaps:
+        snap.clear()
+        snap.update(path=member, size=size, sha256=digest, **({"rows": rows} if rows is not None else {}))
+    staged.left_out.append(path)
+    write_excludes(staged)
+    write_manifest(staged)
+    return True
 
 
 def write_manifest(staged: Staged) -> None:
@@ -551,7 +618,7 @@ def unstable(staged: Staged) -> list[str]:
         except OSError:
             moved.append(path)
             continue
-        if now != key:
+        if now != key and (path not in staged.held or now[:4] != key[:4]):  # (a held file's ctime: a chmod)
             moved.append(path)
     return moved
 
@@ -579,13 +646,8 @@ def rehash(staged: Staged, paths: Iterable[str]) -> list[str]:
         record = by_path.get(path)
         if record is None:
             continue
-        held = staged.held.get(path)
-        if held is not None:  # through SQLite's descriptor (closing one of its own would let go of SQLite's locks)
-            st = held.stat()
-            digest_hex, size = held.sha256()
-            record.update(size=size, sha256=digest_hex, mtime=int(st.st_mtime))
-            staged.keys[path] = _key(st)
-            again.append(str(record["path"]))
+        if path in staged.held:  # replaced or written to by something else than SQLite: copied as it is now
+            _held_to_copy(staged, path, no_log, replaced=True)
             continue
         try:
             fd = _open_unlinked(path)
