@@ -257,8 +257,12 @@ def test_a_backup_started_early_waits_for_its_exclude_file_and_an_abandoned_one_
     assert f"{tree}/kept" in paths and f"{tree}/left-out" not in paths
     abandoned = restic.start_backup([str(tree)], "web1", ["selfhost-dr"])
     assert abandoned is not None
-    time.sleep(2)  # (locked, and waiting for its exclude file)
-    assert restic.call(["list", "locks", "--no-lock"]).out.split()  # its lock
+    for _ in range(200):  # (its key derived, the repository locked: then it waits for its exclude file)
+        if restic.call(["list", "locks", "--no-lock"]).out.split():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("restic never locked the repository")
     abandoned.abandon()
     assert abandoned.process.returncode is not None
     assert restic.call(["list", "locks", "--no-lock"]).out.split() == []  # stopped (SIGINT), it removed its lock
