@@ -265,7 +265,7 @@ def test_a_backup_started_early_waits_for_its_exclude_file_and_an_abandoned_one_
         pytest.fail("restic never locked the repository")
     abandoned.abandon()
     assert abandoned.process.returncode is not None
-    assert restic.call(["list", "locks", "--no-lock"]).out.split() == []  # stopped (SIGINT), it removed its lock
+    assert restic.call(["list", "locks", "--no-lock"]).out.split() == []  # stopped, its lock removed
     assert [str(s["id"])[:8] for s in restic.snapshots()] == [str(summary["snapshot_id"])[:8]]
     with pytest.raises(RepoError, match="abandoned"):
         abandoned.finish(b"")

@@ -775,7 +775,9 @@ class Started:
 
     def abandon(self) -> None:
         """Stop restic, then close the pipe: SIGINT first (restic removes its lock and saves nothing), SIGKILL when it
-        has not ended within five seconds. Does nothing to a restic that has ended."""
+        has not ended within five seconds; then ``restic unlock``, which removes a lock of this host's that no live
+        process holds (restic takes a fifth of a second to count a new lock as its own: stopped meanwhile, it leaves
+        the lock behind). Does nothing to a restic that has ended."""
         if self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.process.send_signal(signal.SIGINT)
@@ -784,6 +786,9 @@ class Started:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.communicate()
+            self._close()
+            with contextlib.suppress(RepoError):
+                self.restic._call(["unlock"], 60, ())
         self._close()
 
 
