@@ -110,6 +110,15 @@ def _restore(app: Tree, restic: Restic, tmp_path: Path, **kw: str) -> restore.Re
     return restore.run(app, planned, options)
 
 
+def _backup_by_hand(restic: Restic, stage: Path, tree: Path) -> None:
+    """``restic backup`` of the stage as it is now (a manifest edited by hand: a crafted snapshot) and the tree."""
+    subprocess.run(
+        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
+         "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
+        env=restic.environment(), check=True, capture_output=True,
+    )  # fmt: skip
+
+
 def _journal_leftovers(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if "selfhost-dr" in p.name)
 
@@ -191,12 +200,7 @@ def test_a_snapshot_whose_files_differ_from_its_manifest_is_refused_and_nothing_
     upload = tree / "web" / "1" / "upload-3.bin"
     upload.write_bytes(os.urandom(50_000))  # same size, other bytes: the listing agrees, the content does not
     stage = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement"
-    env = local.environment()
-    subprocess.run(
-        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
-         "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
+    _backup_by_hand(local, stage, tree)
     upload.write_bytes(b"the live data")
     before = _state(tree)
     app.calls.clear()
@@ -213,21 +217,12 @@ def test_a_snapshot_holding_a_fifo_or_an_unlisted_file_is_refused_before_restic_
     _backup(app, local, tmp_path / "backups")
     stage = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement"
     os.mkfifo(tree / "web" / "1" / "pipe")
-    env = local.environment()
-    subprocess.run(
-        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
-         "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
+    _backup_by_hand(local, stage, tree)
     with pytest.raises(VerificationError, match=r"pipe is a fifo, which a backup never holds"):
         repo_restore.plan(app, local, _options(tmp_path), check=True)
     os.unlink(tree / "web" / "1" / "pipe")
     (tree / "web" / "1" / "planted").write_text("x")
-    subprocess.run(
-        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
-         "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
-        env=env, check=True, capture_output=True,
-    )  # fmt: skip
+    _backup_by_hand(local, stage, tree)
     with pytest.raises(VerificationError, match=r"planted, which its manifest does not list"):
         repo_restore.plan(app, local, _options(tmp_path), check=True)
 
@@ -378,11 +373,7 @@ def test_every_tables_rows_are_recorded_and_a_manifest_whose_counts_lie_is_refus
     (record,) = [s for s in manifest["snapshots"] if s["path"].endswith("/app.db")]
     record["rows"] = {"rows": 99}
     (stage / MANIFEST_MEMBER).write_text(json.dumps(manifest))
-    subprocess.run(
-        ["restic", "backup", "--host", os.uname().nodename, "--tag", "selfhost-dr", "--tag", "app=tenement",
-         "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
-        env=local.environment(), check=True, capture_output=True,
-    )  # fmt: skip
+    _backup_by_hand(local, stage, tree)
     before = _state(tree)
     app.calls.clear()
     with pytest.raises(VerificationError, match=r"app.db in snapshot \w+ holds 100 rows in table 'rows', its manifest"):

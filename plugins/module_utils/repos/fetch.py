@@ -30,7 +30,9 @@ import json
 import os
 import posixpath
 import re
+import sqlite3
 import stat
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,10 +40,9 @@ from typing import Any
 
 from .. import safe_fs
 from .._common import RestoreError, VerificationError
-from ..sets.databases import _integrity_of_file
 from ..sets.manifest import MANIFEST_MEMBER, MAX_MANIFEST, MAX_MEMBERS, name_problem, parse_manifest
 from ..sets.names import default_host, token
-from ..sqlite_snapshot import row_counts_of_file
+from ..sqlite_snapshot import integrity_of, row_counts
 from .restic import RepoError, Restic
 from .stage import STAGE_DIR
 
@@ -375,9 +376,20 @@ def _open_below(top_fd: int, rel: str) -> int:
 
 
 def _check_database(path: str) -> tuple[str, dict[str, int] | None]:
-    """``PRAGMA integrity_check`` of a restored database, and every table's rows when it is sound."""
-    result = _integrity_of_file(path)
-    return result, row_counts_of_file(path) if result == "ok" else None
+    """``PRAGMA integrity_check`` of a restored database, and every table's rows when it is sound (one connection,
+    ``immutable``: no locks and no -wal or -shm made beside a copy nothing else writes)."""
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?immutable=1", uri=True)
+    except sqlite3.DatabaseError as exc:
+        return str(exc), None
+    try:
+        conn.execute("PRAGMA mmap_size = 1073741824")
+        result = integrity_of(conn)
+        return result, row_counts(conn) if result == "ok" else None
+    except sqlite3.DatabaseError as exc:
+        return str(exc), None
+    finally:
+        conn.close()
 
 
 def _hash(top_fd: int, rel: str) -> tuple[str, int]:
