@@ -29,7 +29,7 @@ import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -425,6 +425,7 @@ def stage(
         records.append(manifest_record(entry, size, digest))
 
     in_place, in_place_max = 0, _in_place_max()
+    linked: dict[tuple[int, int], Future[Any]] = {}  # the last copy of each hard-linked database
     try:
         for entry in found.entries:
             job: Future[Any] | None = None
@@ -434,7 +435,15 @@ def stage(
                 large = entry.wal and entry.st.st_nlink == 1 and entry.st.st_size >= _IN_PLACE_MIN
                 large = large and in_place < in_place_max
                 in_place += int(large)
+                if entry.st.st_nlink > 1:
+                    # SQLite's unix VFS hands a new connection a descriptor its other connection to the same file
+                    # left open, and a copy that sees no new descriptor must call it replaced: one name at a time.
+                    same = (entry.st.st_dev, entry.st.st_ino)
+                    if same in linked:
+                        wait([linked[same]])
                 job = pool.submit(_stage_database, entry, db_dir, cache, lock_timeout, trash, large)
+                if entry.st.st_nlink > 1:
+                    linked[(entry.st.st_dev, entry.st.st_ino)] = job
             elif entry.kind not in ("dir", "symlink"):
                 key = _key(entry.st)
                 digest = _cached(cache, entry.path, key)
