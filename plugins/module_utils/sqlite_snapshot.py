@@ -94,9 +94,13 @@ class Snapshot:
     duration: float
     attempts: int
     integrity: str
+    rows: dict[str, int] | None = None  # every table's rows in the copy (row_counts), when they were counted
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        made = asdict(self)
+        if self.rows is None:
+            del made["rows"]
+        return made
 
 
 def check_source(source: str) -> None:
@@ -419,15 +423,45 @@ def _copy(src: sqlite3.Connection, tmp: str, method: str, deadline: float, clock
 
 
 def _backup_one_step(
-    src: sqlite3.Connection, dst: sqlite3.Connection, deadline: float, clock: Callable[[], float]
+    src: sqlite3.Connection,
+    dst: sqlite3.Connection,
+    deadline: float,
+    clock: Callable[[], float],
+    rows: dict[str, int] | None = None,
 ) -> None:
+    """The copy; with ``rows``, also every table's row count (:func:`row_counts`) of the very state copied: counted
+    on the copy (rollback journal), or for a WAL database in the source's read transaction the copy is made in."""
+
     def give_up_when_late(status: int, remaining: int, total: int) -> None:
         # CPython retries a busy backup step forever; this bounds it.
         if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) and clock() >= deadline:
             raise _LockTimeoutError()
 
-    # One step: the whole database under one read transaction (see module doc).
-    src.backup(dst, pages=-1, progress=give_up_when_late, sleep=0.05)
+    wal = rows is not None and str(src.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal"
+    if rows is None or not wal:
+        # One step: the whole database under one read transaction (see module doc).
+        src.backup(dst, pages=-1, progress=give_up_when_late, sleep=0.05)
+        if rows is not None:  # (rollback journal: counted on the copy, the writers never wait for it)
+            rows.clear()
+            try:
+                rows.update(row_counts(dst))
+            except sqlite3.DatabaseError:  # damaged: copied as it is, with no counts
+                rows.clear()
+        return
+    # WAL: the copy of a WAL database (its header says so) cannot be queried in memory, so the rows are counted on
+    # the source, in the read transaction the copy is made in; a WAL reader keeps no writer waiting.
+    rows.clear()
+    src.execute("BEGIN")
+    try:
+        src.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the read transaction holds from here
+        src.backup(dst, pages=-1, progress=give_up_when_late, sleep=0.05)  # (in it: the same state)
+        try:
+            rows.update(row_counts(src))
+        except sqlite3.DatabaseError:  # damaged: copied as it is, with no counts (rows stays empty)
+            rows.clear()
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            src.execute("COMMIT")
 
 
 def snapshot_connection(
@@ -456,7 +490,12 @@ def _memory_db(memdb: bool) -> sqlite3.Connection:
 
 
 def _snapshot_to_memory(
-    source: str, lock_timeout: float, clock: Callable[[], float], expect: Identity | None, memdb: bool = False
+    source: str,
+    lock_timeout: float,
+    clock: Callable[[], float],
+    expect: Identity | None,
+    memdb: bool = False,
+    rows: dict[str, int] | None = None,
 ) -> tuple[sqlite3.Connection, int, str]:
     deadline = clock() + lock_timeout
     if expect is None:
@@ -472,7 +511,7 @@ def _snapshot_to_memory(
         src, mode = _open_source(source, lock_timeout, expect)
         with contextlib.closing(src):
             attempts = _retry_while_busy(
-                lambda: _backup_one_step(src, dst, deadline, clock), fresh_copy, deadline, clock
+                lambda: _backup_one_step(src, dst, deadline, clock, rows), fresh_copy, deadline, clock
             )
     except BaseException as exc:
         dst.close()

@@ -28,6 +28,7 @@ from .sqlite_snapshot import (
     _snapshot_to_memory,
     _translate,
     integrity_of,
+    row_counts,
 )
 
 # -- for streaming into an archive: copies made to be read once ------------------------------------------
@@ -40,15 +41,18 @@ def snapshot_in_memory(
     check_integrity: bool,
     expect: Identity | None,
     clock: Callable[[], float] = time.monotonic,
+    count_rows: bool = False,
 ) -> tuple[bytes, Snapshot, bytes]:
     """:func:`snapshot_bytes`, less one copy of the database: the header's bytes 18 and 19 (the source's journal
     mode, :func:`journal_version`) are returned for the reader to put in the first chunk it streams. The rest, the
-    one-step backup and the check of the file SQLite opened (``expect``), is the same."""
+    one-step backup and the check of the file SQLite opened (``expect``), is the same. ``count_rows``: the snapshot
+    records every table's rows in the copy (:func:`row_counts`, counted in the same read transaction)."""
     started = clock()
+    rows: dict[str, int] | None = {} if count_rows else None
     # Unchecked copies go to a memdb database, whose pages serialize() hands over without an extra copy: one copy of
     # the database less at the peak. It is only serialized: its header may say WAL, which a memdb database cannot
     # open again for a query, so the page size and count are read from the bytes.
-    dst, attempts, mode = _snapshot_to_memory(source, lock_timeout, clock, expect, memdb=not check_integrity)
+    dst, attempts, mode = _snapshot_to_memory(source, lock_timeout, clock, expect, memdb=not check_integrity, rows=rows)
     try:
         with contextlib.closing(dst):
             if check_integrity:
@@ -78,6 +82,7 @@ def snapshot_in_memory(
         duration=round(clock() - started, 6),
         attempts=attempts,
         integrity=integrity,
+        rows=rows or None,
     )
     return data, snap, journal_version(mode)
 
@@ -95,6 +100,7 @@ def snapshot_to_scratch(
     check_integrity: bool,
     expect: Identity,
     opened: tuple[sqlite3.Connection, str] | None = None,
+    count_rows: bool = False,
 ) -> tuple[Snapshot, bytes]:
     """A consistent copy of the live database ``source`` in the private file ``staged``, made to be read once.
 
@@ -112,6 +118,7 @@ def snapshot_to_scratch(
     started = clock()
     deadline = started + lock_timeout
     dst: sqlite3.Connection | None = None
+    rows: dict[str, int] | None = {} if count_rows else None
 
     def fresh() -> None:
         nonlocal dst
@@ -130,7 +137,7 @@ def snapshot_to_scratch(
             src.execute("PRAGMA mmap_size = 0")
             fresh()
             attempts = _retry_while_busy(
-                lambda: _backup_one_step(src, dst, deadline, clock),  # type: ignore[arg-type]
+                lambda: _backup_one_step(src, dst, deadline, clock, rows),  # type: ignore[arg-type]
                 fresh,
                 deadline,
                 clock,
@@ -167,6 +174,7 @@ def snapshot_to_scratch(
         duration=round(clock() - started, 6),
         attempts=attempts,
         integrity=integrity,
+        rows=rows or None,
     )
     return snap, journal_version(mode)
 
@@ -257,7 +265,7 @@ def _side_fd(fd: int, suffix: str, before: set[int]) -> int | None:
 
 
 def snapshot_file(
-    source: str, staged: str, *, lock_timeout: float, check_integrity: bool, expect: Identity
+    source: str, staged: str, *, lock_timeout: float, check_integrity: bool, expect: Identity, count_rows: bool = False
 ) -> FileCopy | tuple[Snapshot, bytes]:
     """A consistent copy of the live database ``source`` read straight from its file (see the comment above); when
     that is not safe now (a WAL database whose -wal holds frames) or the source is busy, what
@@ -280,7 +288,11 @@ def snapshot_file(
         conn, header_mode, fd = _open_checked(source, lock_timeout, expect, any_thread=True)
     except BaseException as exc:
         raise _translate(exc, source, "memory", lock_timeout) from exc
-    copy = _file_copy(conn, fd, before, source, check_integrity, started + lock_timeout, clock) if before else None
+    copy = (
+        _file_copy(conn, fd, before, source, check_integrity, started + lock_timeout, clock, count_rows)
+        if before
+        else None
+    )
     if copy is not None:
         return copy
     with contextlib.suppress(sqlite3.Error):
@@ -293,6 +305,7 @@ def snapshot_file(
         check_integrity=check_integrity,
         expect=expect,
         opened=(conn, header_mode),
+        count_rows=count_rows,
     )
 
 
@@ -304,6 +317,7 @@ def _file_copy(
     check_integrity: bool,
     deadline: float,
     clock: Callable[[], float],
+    count_rows: bool = False,
 ) -> FileCopy | None:
     """:func:`snapshot_file`'s copy from the file, its read transaction begun, or None when that is not safe now
     (or the source was busy, before ``deadline``: a lock held longer fails as the backup API's copy does)."""
@@ -339,6 +353,10 @@ def _file_copy(
         integrity = integrity_of(conn) if check_integrity else "not checked"
         if check_integrity and integrity != "ok":
             raise SnapshotError(f"the copy of {source} fails integrity_check: {integrity}")
+        rows = None
+        if count_rows:
+            with contextlib.suppress(sqlite3.DatabaseError):  # damaged: copied as it is, with no counts
+                rows = row_counts(conn) or None
         mode = "wal" if wal else "rollback"
         snap = Snapshot(
             source=source,
@@ -352,6 +370,7 @@ def _file_copy(
             duration=round(clock() - started, 6),
             attempts=1,
             integrity=integrity,
+            rows=rows,
         )
         copy = FileCopy(conn, fd, snap, journal_version(mode))
         return copy

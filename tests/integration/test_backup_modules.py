@@ -57,7 +57,7 @@ def test_create_check_mode_then_create_then_verify_and_list(app: Path, tmp_path:
 
     verified = run_module("backup_verify", {"path": made["path"]})
     assert verified["ok"] is True and verified["changed"] is False
-    assert [c["check"] for c in verified["checks"]] == ["checksum", "manifest", "members", "sqlite"]  # type: ignore[union-attr]
+    assert [c["check"] for c in verified["checks"]] == ["checksum", "manifest", "members", "sqlite", "rows"]  # type: ignore[union-attr]
     listed = run_module("backup_info", {"path": str(dest), "app": "demo"})
     assert listed["latest"]["verification"]["state"] == "verified"  # type: ignore[index]
     assert run_module("backup_info", {"path": str(dest), "app": "other"})["count"] == 0

@@ -130,8 +130,9 @@ def test_verify_reports_every_check_and_records_the_result(tree: Path, tmp_path:
     made = create([str(tree)], str(tmp_path), now=at(T0))
     result = verify(made.path, now=at(T0 + timedelta(minutes=1)))
     assert result.ok, result.problems
-    assert [c["check"] for c in result.checks] == ["checksum", "manifest", "members", "sqlite"]
-    assert "2 databases pass integrity_check" in str(result.checks[-1]["detail"])
+    assert [c["check"] for c in result.checks] == ["checksum", "manifest", "members", "sqlite", "rows"]
+    assert "2 databases pass integrity_check" in str(result.checks[-2]["detail"])
+    assert "match the manifest" in str(result.checks[-1]["detail"]) and result.stats["tables_counted"] >= 2
     marker = json.loads(Path(Sidecars.of(made.path).verified).read_text())
     assert marker["ok"] is True and marker["sha256"] == made.sha256
 

@@ -36,6 +36,11 @@ HELP = {
     "schedule_last_duration_seconds": "How long the schedule's last finished run took.",
     "schedule_next_run_timestamp_seconds": "When the schedule's timer fires next (Unix time, before its random delay).",
     "schedule_sets": "Sets in the backup directory the schedule's retention keeps (of those made for it).",
+    "drill_last_attempt_timestamp_seconds": "When the application's last DR drill ended (Unix time), passed or not.",
+    "drill_last_attempt_success": "1 when the application's last DR drill passed and met its targets, else 0.",
+    "drill_last_success_timestamp_seconds": "When a DR drill of the application last passed (Unix time).",
+    "drill_rto_seconds": "The recovery time the application's last passed DR drill measured.",
+    "drill_rpo_seconds": "The recovery point (drill start minus the set's start) of the last passed DR drill.",
     "repository_last_success_timestamp_seconds": "When the operation last succeeded in the repository (Unix time).",
     "repository_last_attempt_timestamp_seconds": "When the operation last ran in the repository (Unix time).",
     "repository_last_attempt_success": "1 when the operation's last run succeeded in the repository, else 0.",
@@ -157,6 +162,7 @@ def render(
         for state_name in SET_STATES:
             samples["sets"].append((f'state="{state_name}"', float(counts[state_name])))
     _repositories(samples, state)
+    _drills(samples, state)
     lines: list[str] = []
     for name, help_text in HELP.items():
         if not samples[name]:
@@ -165,6 +171,24 @@ def render(
         lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
         lines += [f"{metric}{{{labels}}} {_number(value)}" for labels, value in samples[name]]
     return "\n".join(lines) + "\n" if lines else ""
+
+
+def _drills(samples: dict[str, list[tuple[str, float]]], state: dict[str, object]) -> None:
+    drills = state.get("drills")
+    for app, about in sorted(drills.items() if isinstance(drills, dict) else []):
+        if not isinstance(about, dict):
+            continue
+        label = f'app="{_escape(str(app))}"'
+        attempt, success = about.get("last_attempt"), about.get("last_success")
+        if isinstance(attempt, dict) and timestamp(attempt.get("at")) is not None:
+            samples["drill_last_attempt_timestamp_seconds"].append((label, timestamp(attempt.get("at")) or 0.0))
+            samples["drill_last_attempt_success"].append((label, 1.0 if attempt.get("ok") is True else 0.0))
+        if isinstance(success, dict) and timestamp(success.get("at")) is not None:
+            samples["drill_last_success_timestamp_seconds"].append((label, timestamp(success.get("at")) or 0.0))
+            for key in ("rto_seconds", "rpo_seconds"):
+                value = success.get(key)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    samples[f"drill_{key}"].append((label, float(value)))
 
 
 def write(directory: str, text: str) -> str:

@@ -105,6 +105,9 @@ def _check(data: object) -> str:
         SCHEDULE_RE.match(str(k)) and isinstance(v, dict) for k, v in repositories.items()
     ):
         return "its repositories are not an object of repositories"
+    drills = data.get("drills", {})
+    if not isinstance(drills, dict) or not all(isinstance(v, dict) for v in drills.values()):
+        return "its drills are not an object of applications"
     for section, known in (("operations", OPERATIONS), ("schedules", None)):
         for name, about in data.get(section, {}).items():
             if (name not in known if known else not SCHEDULE_RE.match(name)) or not isinstance(about, dict):
@@ -200,6 +203,16 @@ class Store:
                 about["snapshots"] = outcome["snapshots"]
             elif isinstance(outcome.get("snapshots_added"), int) and isinstance(about.get("snapshots"), int):
                 about["snapshots"] += outcome["snapshots_added"]  # type: ignore[operator]
+        self.latest = data
+        self._write(data)
+
+    def record_drill(self, app: str, entry: dict[str, object]) -> None:
+        """A DR drill of this host's ``app`` (role drill, ``drill_record``): ``entry`` (``at``, ``ok``, ``reason``,
+        ``set``, ``rto_seconds``, ``rpo_seconds``) as its last attempt and its last success or failure."""
+        data = self.read(set_aside=True)
+        about = data.setdefault("drills", {}).setdefault(app, {})  # type: ignore[attr-defined]
+        about["last_attempt"] = entry
+        about["last_success" if entry.get("ok") is True else "last_failure"] = entry
         self.latest = data
         self._write(data)
 

@@ -10,6 +10,7 @@ files beside it::
     tenement-web1-20261122T035100Z-hot.tar.zst.manifest.json   a copy of the manifest
     tenement-web1-20261122T035100Z-hot.tar.zst.verified.json   written by verify()
     tenement-web1-20261122T035100Z-hot.tar.zst.schedules.json  the schedules it was made for (``tags``)
+    tenement-web1-20261122T035100Z-hot.tar.zst.drilled.json    its last DR drill (``verify.record_drill``)
 
 The archive is a plain POSIX (pax) tar stream compressed by the ``zstd``
 command (``gzip`` where zstd is missing), so ``zstd -d < set.tar.zst | tar -x``

@@ -76,7 +76,7 @@ def catalog(directory: str, **match: str | None) -> list[dict[str, object]]:
     return sets
 
 
-_SIDECARS = r"(?:sha256|manifest\.json|verified\.json|schedules\.json)"
+_SIDECARS = r"(?:sha256|manifest\.json|verified\.json|schedules\.json|drilled\.json)"
 _LEFTOVERS = (
     (re.compile(r"^\..+\.partial-\d+$"), "partial archive"),
     (re.compile(r"^\..+\.staging-\d+$"), "snapshot staging directory"),
@@ -157,7 +157,8 @@ def remove_set(archive: str) -> int:
     freed = 0
     sidecars = Sidecars.of(archive)
     # The archive goes first: an interrupted removal leaves sidecars, never a set without its checksum.
-    for path in (archive, sidecars.verified, sidecars.schedules, sidecars.checksum, sidecars.manifest):
+    kept = (sidecars.verified, sidecars.drilled, sidecars.schedules, sidecars.checksum, sidecars.manifest)
+    for path in (archive, *kept):
         try:
             freed += os.stat(path).st_size
             os.unlink(path)

@@ -19,7 +19,11 @@ from .. import safe_fs
 from .._common import MIB, BackupError
 from ..sqlite_snapshot import (
     integrity_of,
+    row_counts,
 )
+
+# A database's integrity_check result ("ok" or what is wrong) and, when it is sound, every table's rows.
+Checked = tuple[str, "dict[str, int] | None"]
 
 
 class _Spill:
@@ -67,11 +71,12 @@ class _Spill:
 
 
 class _Checker(threading.Thread):
-    """Runs integrity_check on the archive's databases while the stream goes on (SQLite releases the GIL)."""
+    """Runs integrity_check on the archive's databases while the stream goes on (SQLite releases the GIL), and
+    counts the rows of those that pass."""
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        self.results: list[tuple[str, str]] = []
+        self.results: list[tuple[str, Checked]] = []
         self._queue: queue.Queue[tuple[str, bytearray | str, bool] | None] = queue.Queue(maxsize=2)
 
     def submit(self, name: str, data: bytearray | str, remove: bool = False) -> None:
@@ -89,34 +94,39 @@ class _Checker(threading.Thread):
             else:
                 self.results.append((name, _integrity_of_bytes(data)))
 
-    def finish(self) -> list[tuple[str, str]]:
+    def finish(self) -> list[tuple[str, Checked]]:
         self._queue.put(None)
         self.join()
         return self.results
 
 
-def _integrity_of_bytes(data: bytearray) -> str:
+def _checked(conn: sqlite3.Connection) -> Checked:
+    result = integrity_of(conn)
+    return result, row_counts(conn) if result == "ok" else None
+
+
+def _integrity_of_bytes(data: bytearray) -> Checked:
     data[18:20] = b"\x01\x01"  # an in-memory database cannot be in WAL mode; the check is the same
     conn = sqlite3.connect(":memory:")
     try:
         conn.deserialize(data)
-        return integrity_of(conn)
+        return _checked(conn)
     except sqlite3.DatabaseError as exc:
-        return str(exc)
+        return str(exc), None
     finally:
         conn.close()
 
 
-def _integrity_of_file(path: str) -> str:
+def _integrity_of_file(path: str) -> Checked:
     try:
         # immutable: no locks and no -wal/-shm files beside a copy nothing else writes
         conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?immutable=1", uri=True)
     except sqlite3.DatabaseError as exc:
-        return str(exc)
+        return str(exc), None
     try:
         conn.execute("PRAGMA mmap_size = 1073741824")
-        return integrity_of(conn)
+        return _checked(conn)
     except sqlite3.DatabaseError as exc:
-        return str(exc)
+        return str(exc), None
     finally:
         conn.close()

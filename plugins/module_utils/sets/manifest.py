@@ -194,6 +194,13 @@ def _manifest_problem(data: dict[str, object]) -> str:
     for n, snap in enumerate(data["snapshots"]):  # type: ignore[arg-type]
         if not isinstance(snap, dict):
             return f"snapshots[{n}] is not an object"
+        rows = snap.get("rows")
+        if rows is not None and not isinstance(snap.get("path"), str):
+            return f"snapshots[{n}] has row counts but no path"
+        if rows is not None and not (
+            isinstance(rows, dict) and all(isinstance(t, str) and _is_int(c) and c >= 0 for t, c in rows.items())
+        ):
+            return f"snapshots[{n}] has row counts that are not table names and numbers"
     return ""
 
 

@@ -265,13 +265,14 @@ def _snapshot_member(
     try:
         if IN_MEMORY and st.st_size <= memory_limit:
             data, snap, version = snapshot_in_memory(
-                entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, expect=expect
+                entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, expect=expect, count_rows=True
             )
             chunks: Iterator[memoryview] = _memory_chunks(data, version)
             size = held = len(data)
         else:
             os.makedirs(os.path.dirname(staged), mode=0o700, exist_ok=True)
             args = {"lock_timeout": lock_timeout, "check_integrity": integrity_check, "expect": expect}
+            args["count_rows"] = True  # every table's rows, for a restore and a drill to compare
             # From the file, or when that is not safe now staged on disk (see snapshot_file).
             made = snapshot_file(entry.path, staged, **args) if in_file else None  # type: ignore[arg-type]
             if made is None:

@@ -55,11 +55,16 @@ class Sidecars:
     manifest: str
     verified: str
     schedules: str  # the schedules it was made for (sets/tags.py)
+    drilled: str  # its last DR drill (sets/verify.py, record_drill)
 
     @classmethod
     def of(cls, archive: str) -> Sidecars:
         return cls(
-            archive + ".sha256", archive + ".manifest.json", archive + ".verified.json", archive + ".schedules.json"
+            archive + ".sha256",
+            archive + ".manifest.json",
+            archive + ".verified.json",
+            archive + ".schedules.json",
+            archive + ".drilled.json",
         )
 
 

@@ -24,7 +24,7 @@ from ..sqlite_snapshot import (
     SQLITE_HEADER,
 )
 from .codec import CHUNK, decompressor
-from .databases import _Checker, _Spill
+from .databases import Checked, _Checker, _Spill
 from .manifest import (
     MANIFEST_MEMBER,
     MAX_MANIFEST,
@@ -252,12 +252,13 @@ def verify(
             check("members", False, structure[0] + (f" (and {len(structure) - 1} more)" if len(structure) > 1 else ""))
         _compare(manifest, members, check, deep)
     warnings: list[str] = []
+    tables = 0
     if check_sqlite:
         bad: list[str] = []
         if manifest is not None:  # what create() archived as a plain file may start like a database: not one
             listed = {str(f["path"]): f for f in manifest["files"] if isinstance(f, dict) and f.get("sqlite")}  # type: ignore[attr-defined]
-            databases = [(path, result) for path, result in databases if path in listed]
-            for path, result in databases:
+            databases = [(path, got) for path, got in databases if path in listed]
+            for path, (result, _rows) in databases:
                 if result == "ok":
                     continue
                 if members.get(path, {}).get("sha256") == listed[path].get("sha256"):
@@ -267,17 +268,20 @@ def verify(
                 else:
                     bad.append(f"{path}: {result}")
         else:
-            bad = [f"{path}: {result}" for path, result in databases if result != "ok"]
+            bad = [f"{path}: {result}" for path, (result, _rows) in databases if result != "ok"]
         passed = len(databases) - len(bad) - len(warnings)
         detail = f"{passed} databases pass integrity_check" + (
             f"; {len(warnings)} held as they were backed up, damaged" if warnings else ""
         )
         check("sqlite", not bad, detail if not bad else f"database {bad[0]} fails integrity_check")
+        if manifest is not None:
+            tables = _compare_rows(manifest, databases, check)
     ok = not problems
     stats = {
         "bytes": hasher.size,
         "members": len(members),
         "databases": len(databases),
+        "tables_counted": tables,
         "seconds": round(time.monotonic() - t0, 3),
     }
     result = Verification(archive, ok, checks, problems, stats, manifest, warnings)
@@ -295,6 +299,37 @@ def verify(
         atomic_write(sidecars.verified, (json.dumps(marker, indent=1) + "\n").encode())
     log(result.summary)
     return result
+
+
+def _compare_rows(
+    manifest: dict[str, object], databases: list[tuple[str, Checked]], check: Callable[[str, bool, str], None]
+) -> int:
+    """Every table's rows in the set's databases against the counts the manifest recorded when they were snapshotted
+    (sets made before counts were recorded have none: nothing to compare). The number of tables compared."""
+    recorded = {
+        str(s["path"]): s["rows"]
+        for s in manifest["snapshots"]  # type: ignore[attr-defined]
+        if isinstance(s, dict) and isinstance(s.get("rows"), dict) and isinstance(s.get("path"), str)
+    }
+    compared = 0
+    wrong: list[str] = []
+    for path, (result, rows) in databases:
+        want = recorded.get(path)
+        if want is None or result != "ok":
+            continue
+        compared += len(want)
+        if rows != want:
+            got = rows or {}
+            table = next(t for t in sorted({*want, *got}) if got.get(t) != want.get(t))
+            wrong.append(
+                f"database {path} holds {got.get(table, 'no')} rows in table {shown(table)}, "
+                f"its manifest says {want.get(table, 'none')}"
+            )
+    if recorded:
+        more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        matched = f"the rows of {compared} tables in {len(recorded)} databases match the manifest"
+        check("rows", not wrong, wrong[0] + more if wrong else matched)
+    return compared
 
 
 def _structure_problems(members: dict[str, dict[str, object]], paths: list[str]) -> list[str]:
@@ -438,7 +473,16 @@ def _compare(
 
 
 def verification_state(archive: str) -> dict[str, object]:
-    """``verified``, ``failed``, ``changed`` (the file changed since it was verified) or ``unverified``."""
+    """``verified``, ``failed``, ``changed`` (the file changed since it was verified) or ``unverified``; with
+    ``drilled`` (:func:`drill_state`) when this very file passed or failed a DR drill."""
+    state = _verified_state(archive)
+    drilled = drill_state(archive)
+    if drilled is not None:
+        state["drilled"] = drilled
+    return state
+
+
+def _verified_state(archive: str) -> dict[str, object]:
     path = Sidecars.of(archive).verified
     try:
         marker = json.loads(safe_fs.read_regular(path, MIB))
@@ -455,6 +499,56 @@ def verification_state(archive: str) -> dict[str, object]:
         "sha256": marker.get("sha256"),
         "databases_checked": marker.get("databases_checked") is True,
     }
+
+
+_DRILL_KEYS = ("drilled_at", "ok", "reason", "rto_seconds", "rpo_seconds", "report")
+
+
+def record_drill(
+    archive: str,
+    ok: bool,
+    reason: str = "",
+    rto: float | None = None,
+    rpo: float | None = None,
+    report: str = "",
+    now: Callable[[], datetime] = utc_now,
+) -> dict[str, object]:
+    """Record a DR drill of this set (``SET.drilled.json``): when, whether it passed (``reason``: why not), its RTO and
+    RPO, and the set as it was drilled (its checksum file's sha256, size and mtime); :func:`drill_state` reads it
+    back only while the set is still that file. A drill is a verification level above a deep one: the set was
+    restored and the application served its data."""
+    st = os.stat(archive)
+    marker = {
+        "drilled_at": iso(now()),
+        "ok": bool(ok),
+        "reason": "" if ok else (reason or "the drill failed"),
+        "rto_seconds": rto,
+        "rpo_seconds": rpo,
+        "report": report,
+        "sha256": read_checksum(Sidecars.of(archive).checksum),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+    }
+    atomic_write(Sidecars.of(archive).drilled, (json.dumps(marker, indent=1) + "\n").encode(), 0o644)
+    return {k: marker[k] for k in _DRILL_KEYS}
+
+
+def drill_state(archive: str) -> dict[str, object] | None:
+    """The set's last drill (:func:`record_drill`) while the set is the file that was drilled, else None."""
+    try:
+        marker = json.loads(safe_fs.read_regular(Sidecars.of(archive).drilled, MIB))
+        st = os.stat(archive)
+        same = (
+            isinstance(marker, dict)
+            and marker.get("size") == st.st_size
+            and marker.get("mtime_ns") == st.st_mtime_ns
+            and marker.get("sha256") == read_checksum(Sidecars.of(archive).checksum)
+        )
+    except (OSError, ValueError, RecursionError, BackupError):
+        return None
+    if not same or not isinstance(marker.get("drilled_at"), str) or not isinstance(marker.get("ok"), bool):
+        return None
+    return {k: marker.get(k) for k in _DRILL_KEYS}
 
 
 def verified_earlier(archive: str) -> bool:

@@ -1,0 +1,217 @@
+#!/usr/bin/python
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: drill_run
+short_description: On a throwaway target, verify a set, restore it, spawn its instances and check what they serve
+version_added: 0.3.0
+description:
+  - The part of a DR drill that runs on its target (role M(selfhost.dr.drill) makes the target, fetches the set and
+    installs the application first). Never run it on a production host - it restores over what is there.
+  - C(verify) - every byte, every member and every database of the set, with each table's row count against the
+    manifest (recorded when the set was made); the result is recorded beside the set, so the restore that follows
+    reads it once more only to write it.
+  - C(compatibility) - the set's application version must not be newer than the target's.
+  - C(restore) and C(spawn) - the same engine as M(selfhost.dr.app_restore) (tenement - C(instance_state) emptied,
+    the instances the set recorded as running spawned and their health checks waited for).
+  - C(checks) - every recorded instance running and healthy, then O(probes) and O(sql).
+  - The module never fails for what the drill finds - it returns every step and check as a case (name, kind,
+    status, seconds, message) for M(selfhost.dr.drill_report); a failed step ends the drill there and the later
+    steps are returned as skipped. It fails only for malformed checks.
+author:
+  - selfhost.dr developers
+attributes:
+  check_mode:
+    support: full
+    description: Checks the probes and SQL checks and plans the restore (reading the set's manifest), nothing more.
+  diff_mode:
+    support: none
+  idempotent:
+    support: none
+    description: Every run restores the set again.
+options:
+  app:
+    description: The application.
+    type: str
+    choices: [tenement, tomo]
+    required: true
+  path:
+    description: The set on the target.
+    type: path
+    required: true
+  health_timeout:
+    description: Seconds each instance may take to be healthy after its start.
+    type: float
+    default: 60
+  probes:
+    description:
+      - HTTP GETs the restored application must answer, each retried until it passes or its C(timeout).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The check's name in the report.
+        type: str
+        required: true
+      url:
+        description: An C(http://) or C(https://) URL (on the target). Give this or O(probes[].instance).
+        type: str
+      instance:
+        description: A tenement instance (C(service:id)) - the probe goes to its own address plus O(probes[].path).
+        type: str
+      path:
+        description: The path on the instance.
+        type: str
+        default: /
+      status:
+        description: The HTTP status expected.
+        type: int
+        default: 200
+      body:
+        description: A regular expression the answer's body must hold (searched in its first MiB).
+        type: str
+      host:
+        description: The Host header (tenement's proxy routes by name).
+        type: str
+      timeout:
+        description: Seconds to keep trying.
+        type: float
+        default: 30
+  sql:
+    description:
+      - Read-only queries against restored databases (opened read-only, C(query_only) - a query that would write
+        fails). With C(expect) a list, every row (each a list) must equal it; any other value must equal the first
+        row's first column; without C(expect) the query must return a row.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The check's name in the report.
+        type: str
+        required: true
+      database:
+        description: The database's absolute path on the target.
+        type: path
+        required: true
+      query:
+        description: One SQL statement.
+        type: str
+        required: true
+      expect:
+        description: What it must answer.
+        type: raw
+extends_documentation_fragment:
+  - selfhost.dr.tenement
+  - selfhost.dr.tenement.service
+  - selfhost.dr.tomo
+  - selfhost.dr.state_dir
+  - selfhost.dr.state_dir.lock
+seealso:
+  - module: selfhost.dr.drill_report
+  - module: selfhost.dr.app_restore
+"""
+
+EXAMPLES = r"""
+- name: Drill the uploaded set on this throwaway container
+  selfhost.dr.drill_run:
+    app: tenement
+    path: /var/backups/selfhost-dr/tenement-web-1-20261129T020000Z-hot.tar.zst
+    probes:
+      - name: alpha answers through the proxy
+        url: http://127.0.0.1:8080/health
+        host: alpha.demo.localhost
+    sql:
+      - name: every item is back
+        database: /var/lib/tenement/demo/alpha/app.db
+        query: SELECT count(*) FROM items
+        expect: 60
+  register: drilled
+"""
+
+RETURN = r"""
+ok:
+  description: Every step and check passed.
+  returned: always
+  type: bool
+cases:
+  description:
+    - The drill's steps (C(verify), C(compatibility), C(restore), C(spawn), C(checks)) and checks in order, each
+      with C(name), C(kind) (C(step) or C(check)), C(status) (C(passed), C(failed), C(skipped)), C(seconds),
+      C(message) (one sentence when it failed or was skipped) and C(detail).
+  returned: always
+  type: list
+  elements: dict
+properties:
+  description:
+    - What the report shows about the set and the restore - C(set), C(set_started_at), C(app), C(app_version),
+      C(target_version), C(databases), C(tables_counted), C(files), C(bytes), C(instances).
+  returned: always
+  type: dict
+"""
+
+from dataclasses import asdict
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import drill, restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
+
+PROBE = dict(
+    name=dict(type="str", required=True),
+    url=dict(type="str", default=""),
+    instance=dict(type="str", default=""),
+    path=dict(type="str", default="/"),
+    status=dict(type="int", default=200),
+    body=dict(type="str", default=""),
+    host=dict(type="str", default=""),
+    timeout=dict(type="float", default=30.0),
+)
+SQL = dict(
+    name=dict(type="str", required=True),
+    database=dict(type="path", required=True),
+    query=dict(type="str", required=True),
+    expect=dict(type="raw"),
+)
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type="path", required=True),
+            probes=dict(type="list", elements="dict", options=PROBE, default=[]),
+            sql=dict(type="list", elements="dict", options=SQL, default=[]),
+            **APP_SPEC,
+            **STATE_DIR_SPEC,
+            **LOCK_SPEC,
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    try:
+        options = drill.Options(
+            restore.Options(health_timeout=p["health_timeout"], state_dir=p["state_dir"]),
+            drill.probes_from(p["probes"]),
+            drill.sql_from(p["sql"]),
+        )
+        app = application(p["app"], p)
+        if module.check_mode:
+            planned = restore.plan(app, p["path"], options.restore, log=module.log, check=True)
+            module.exit_json(changed=True, ok=True, cases=[], properties={"set": p["path"], "started": planned.start})
+        with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
+            run.set_path, run.sets = p["path"], 1
+            done = drill.run(app, p["path"], options, module.log)
+    except Error as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=True, ok=done.ok, cases=[asdict(c) for c in done.cases], properties=done.properties)
+
+
+if __name__ == "__main__":
+    main()
