@@ -27,6 +27,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 from ._common import Error, fsync_dir
 
@@ -297,20 +298,40 @@ def row_counts(conn: sqlite3.Connection) -> dict[str, int]:
     return counts
 
 
-def row_counts_of_file(path: str) -> dict[str, int] | None:
-    """:func:`row_counts` of a copy nothing else writes (opened ``immutable``: no locks, no -wal or -shm made beside
-    it); None when SQLite cannot count them (a damaged database)."""
+T = TypeVar("T")
+
+
+def _on_copy(path: str, read: Callable[[sqlite3.Connection], T], failed: Callable[[sqlite3.Error], T]) -> T:
+    """``read`` on a copy nothing else writes (opened ``immutable``: no locks, no -wal or -shm made beside it), or
+    ``failed`` with SQLite's error when it cannot be opened or read (a damaged database)."""
     try:
         conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?immutable=1", uri=True)
-    except sqlite3.Error:
-        return None
+    except sqlite3.Error as exc:
+        return failed(exc)
     try:
         conn.execute("PRAGMA mmap_size = 1073741824")
-        return row_counts(conn)
-    except sqlite3.Error:
-        return None
+        return read(conn)
+    except sqlite3.Error as exc:
+        return failed(exc)
     finally:
         conn.close()
+
+
+def row_counts_of_file(path: str) -> dict[str, int] | None:
+    """:func:`row_counts` of a copy nothing else writes; None when SQLite cannot count them (a damaged database)."""
+    return _on_copy(path, row_counts, lambda _exc: None)
+
+
+def integrity_and_rows(conn: sqlite3.Connection) -> tuple[str, dict[str, int] | None]:
+    """``PRAGMA integrity_check`` ("ok" or what is wrong) and, when the database is sound, :func:`row_counts`."""
+    result = integrity_of(conn)
+    return result, row_counts(conn) if result == "ok" else None
+
+
+def check_copy(path: str) -> tuple[str, dict[str, int] | None]:
+    """:func:`integrity_and_rows` of a copy nothing else writes (one connection); SQLite's error and None when it
+    cannot be opened or read."""
+    return _on_copy(path, integrity_and_rows, lambda exc: (str(exc), None))
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:

@@ -30,9 +30,7 @@ import json
 import os
 import posixpath
 import re
-import sqlite3
 import stat
-import urllib.parse
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +40,7 @@ from .. import safe_fs
 from .._common import RestoreError, VerificationError
 from ..sets.manifest import MANIFEST_MEMBER, MAX_MANIFEST, MAX_MEMBERS, name_problem, parse_manifest
 from ..sets.names import default_host, token
-from ..sqlite_snapshot import integrity_of, row_counts
+from ..sqlite_snapshot import check_copy
 from .restic import RepoError, Restic
 from .stage import STAGE_DIR
 
@@ -375,23 +373,6 @@ def _open_below(top_fd: int, rel: str) -> int:
     return fd
 
 
-def _check_database(path: str) -> tuple[str, dict[str, int] | None]:
-    """``PRAGMA integrity_check`` of a restored database, and every table's rows when it is sound (one connection,
-    ``immutable``: no locks and no -wal or -shm made beside a copy nothing else writes)."""
-    try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?immutable=1", uri=True)
-    except sqlite3.DatabaseError as exc:
-        return str(exc), None
-    try:
-        conn.execute("PRAGMA mmap_size = 1073741824")
-        result = integrity_of(conn)
-        return result, row_counts(conn) if result == "ok" else None
-    except sqlite3.DatabaseError as exc:
-        return str(exc), None
-    finally:
-        conn.close()
-
-
 def _hash(top_fd: int, rel: str) -> tuple[str, int]:
     parent = _open_below(top_fd, posixpath.dirname(rel))
     try:
@@ -500,7 +481,7 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
     )
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
         # The largest databases' integrity checks first, the hashes beside them (SQLite and hashlib release the GIL).
-        checks = [pool.submit(_check_database, f"/proc/self/fd/{top_fd}/{rel}") for _p, rel, _s in databases]
+        checks = [pool.submit(check_copy, f"/proc/self/fd/{top_fd}/{rel}") for _p, rel, _s in databases]
         hashes = [pool.submit(_hash, top_fd, rel) for _p, rel, _w in jobs]
         hashed = [f.result() for f in hashes]
         integrity = [f.result() for f in checks]

@@ -13,14 +13,10 @@ import queue
 import sqlite3
 import tempfile
 import threading
-import urllib.parse
 
 from .. import safe_fs
 from .._common import MIB, BackupError
-from ..sqlite_snapshot import (
-    integrity_of,
-    row_counts,
-)
+from ..sqlite_snapshot import check_copy, integrity_and_rows
 
 # A database's integrity_check result ("ok" or what is wrong) and, when it is sound, every table's rows.
 Checked = tuple[str, "dict[str, int] | None"]
@@ -100,17 +96,12 @@ class _Checker(threading.Thread):
         return self.results
 
 
-def _checked(conn: sqlite3.Connection) -> Checked:
-    result = integrity_of(conn)
-    return result, row_counts(conn) if result == "ok" else None
-
-
 def _integrity_of_bytes(data: bytearray) -> Checked:
     data[18:20] = b"\x01\x01"  # an in-memory database cannot be in WAL mode; the check is the same
     conn = sqlite3.connect(":memory:")
     try:
         conn.deserialize(data)
-        return _checked(conn)
+        return integrity_and_rows(conn)
     except sqlite3.DatabaseError as exc:
         return str(exc), None
     finally:
@@ -118,15 +109,4 @@ def _integrity_of_bytes(data: bytearray) -> Checked:
 
 
 def _integrity_of_file(path: str) -> Checked:
-    try:
-        # immutable: no locks and no -wal/-shm files beside a copy nothing else writes
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?immutable=1", uri=True)
-    except sqlite3.DatabaseError as exc:
-        return str(exc), None
-    try:
-        conn.execute("PRAGMA mmap_size = 1073741824")
-        return _checked(conn)
-    except sqlite3.DatabaseError as exc:
-        return str(exc), None
-    finally:
-        conn.close()
+    return check_copy(path)  # (a copy in verify's own spill directory, or the restore's staging file)
