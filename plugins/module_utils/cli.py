@@ -307,6 +307,7 @@ def _backup_options(config: dict[str, Any], label: str, verify_sets: bool) -> ba
         compression=str(settings.get("compression", "auto")),
         level=int(_number(config, "backup", "compression_level", 3)),
         lock_timeout=_number(config, "backup", "lock_timeout", 30),
+        row_counts_max_size=int(_number(config, "backup", "row_counts_max_size", 0)),
         verify=_flag(config, "backup", "verify", True) and verify_sets,
         health_timeout=_number(config, "backup", "health_timeout", 60),
         state_dir=config.get("state_dir"),

@@ -89,6 +89,7 @@ extends_documentation_fragment:
   - selfhost.dr.tomo
   - selfhost.dr.state_dir
   - selfhost.dr.state_dir.lock
+  - selfhost.dr.databases
 seealso:
   - module: selfhost.dr.app_restore
   - module: selfhost.dr.backup_create
@@ -164,6 +165,7 @@ def main() -> None:
             compression=dict(type="str", default="auto", choices=["auto", "zstd", "gzip"]),
             compression_level=dict(type="int", default=3),
             lock_timeout=dict(type="float", default=30.0),
+            row_counts_max_size=dict(type="int", default=0),
             host=dict(type="str"),
             verify=dict(type="bool", default=True),
             **APP_SPEC,
@@ -180,6 +182,7 @@ def main() -> None:
         compression=p["compression"],
         level=p["compression_level"],
         lock_timeout=p["lock_timeout"],
+        row_counts_max_size=p["row_counts_max_size"],
         host=p["host"],
         verify=p["verify"],
         health_timeout=p["health_timeout"],

@@ -142,6 +142,7 @@ notes:
   - The set's file names never hold secrets, but its content does (for tenement, the API token); keep O(dest) private.
 extends_documentation_fragment:
   - selfhost.dr.state_dir
+  - selfhost.dr.databases
 seealso:
   - module: selfhost.dr.backup_verify
   - module: selfhost.dr.backup_info
@@ -321,6 +322,7 @@ def main() -> None:
             compression_level=dict(type="int", default=3),
             threads=dict(type="int", default=0),
             lock_timeout=dict(type="float", default=30.0),
+            row_counts_max_size=dict(type="int", default=0),
             integrity_check=dict(type="bool", default=False),
             memory_limit=dict(type="int", default=DEFAULT_MEMORY_LIMIT),
             **STATE_DIR_SPEC,
@@ -374,6 +376,7 @@ def main() -> None:
             level=p["compression_level"],
             threads=p["threads"],
             lock_timeout=p["lock_timeout"],
+            row_counts_max_size=p["row_counts_max_size"],
             integrity_check=p["integrity_check"],
             memory_limit=p["memory_limit"],
         )

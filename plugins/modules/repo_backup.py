@@ -69,6 +69,7 @@ extends_documentation_fragment:
   - selfhost.dr.tomo
   - selfhost.dr.state_dir
   - selfhost.dr.state_dir.lock
+  - selfhost.dr.databases
 seealso:
   - module: selfhost.dr.repo_snapshots
   - module: selfhost.dr.app_backup
@@ -156,6 +157,7 @@ def main() -> None:
             label=dict(type="str", default=""),
             exclude=dict(type="list", elements="str", default=[]),
             lock_timeout=dict(type="float", default=30.0),
+            row_counts_max_size=dict(type="int", default=0),
             host=dict(type="str"),
             schedule=dict(type="str", default=""),
             **repo_config.MODULE_SPEC,
@@ -171,6 +173,7 @@ def main() -> None:
         label=p["label"],
         excludes=p["exclude"],
         lock_timeout=p["lock_timeout"],
+        row_counts_max_size=p["row_counts_max_size"],
         host=p["host"],
         verify=False,
         health_timeout=p["health_timeout"],

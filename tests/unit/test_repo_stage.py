@@ -322,3 +322,26 @@ def test_a_held_database_replaced_at_its_path_is_copied_as_it_is_now_and_a_chmod
         assert str(big) in Path(staged.exclude_file).read_text().splitlines()  # the live file left out now
     finally:
         staged.release()
+
+
+def test_a_database_above_row_counts_max_size_is_staged_without_counts(tree: Path, tmp_path: Path) -> None:
+    said: list[str] = []
+    staged = stage_module.stage(
+        [str(tree)],
+        str(tmp_path / "backups"),
+        app="tenement",
+        label="hot",
+        host="web1",
+        row_counts_max_size=1024,
+        log=said.append,
+    )
+    (snap,) = staged.manifest["snapshots"]  # type: ignore[misc]
+    assert "rows" not in snap and [line for line in said if "app.db" in line and "not counted" in line]
+    again = stage_module.stage([str(tree)], str(tmp_path / "backups"), app="tenement", label="hot", host="web1")
+    (snap,) = again.manifest["snapshots"]  # type: ignore[misc]
+    assert snap["rows"] == {"t": 500}  # without the limit, counted (the copy's cache held no count to reuse)
+    limited = stage_module.stage(
+        [str(tree)], str(tmp_path / "backups"), app="tenement", label="hot", host="web1", row_counts_max_size=1024
+    )
+    (snap,) = limited.manifest["snapshots"]  # type: ignore[misc]
+    assert "rows" not in snap  # the limit again: the counts the cache now holds are not used either

@@ -122,3 +122,23 @@ def test_a_set_made_before_counts_were_recorded_still_verifies(tmp_path: Path) -
     result = verify(write_set(backups, [*tree("srv/app"), member], ["/srv/app"]).path)
     assert result.ok, result.problems
     assert "rows" not in [c["check"] for c in result.checks]
+
+
+# in memory, read from the file, staged (rollback journal)
+@pytest.mark.parametrize(("mode", "memory_limit"), [("wal", 8 << 20), ("wal", 1), ("delete", 1)])
+def test_databases_above_row_counts_max_size_are_not_counted_and_said_so(
+    tmp_path: Path, mode: str, memory_limit: int
+) -> None:
+    app = tmp_path / "app"
+    app.mkdir()
+    make_db(app / "large.db", mode, rows=2000)  # about 600 KiB
+    make_db(app / "small.db", mode, rows=10)
+    said: list[str] = []
+    made = create([str(app)], str(tmp_path), memory_limit=memory_limit, row_counts_max_size=100_000, log=said.append)
+    snaps = {Path(p).name: s for p, s in _snapshots(made.path).items()}
+    assert "rows" not in snaps["large.db"] and snaps["small.db"]["rows"] == {"ledger": 10, "totals": 1}
+    assert [line for line in said if "large.db" in line and "not counted" in line]
+    assert not [line for line in said if "small.db" in line and "not counted" in line]
+    result = verify(made.path, deep=True)
+    assert result.ok, result.problems  # the rows check compares the small one's counts, and only those
+    assert result.stats["tables_counted"] == 2

@@ -40,6 +40,7 @@ class Options:
     verify: bool = True
     health_timeout: float = 60.0
     state_dir: str | None = None
+    row_counts_max_size: int = 0  # databases larger than this many bytes get no row counts (0: every one)
 
 
 @dataclass
@@ -159,6 +160,7 @@ def _create_args(app: Application, facts: Facts, options: Options, mode: str, la
         compression=options.compression,
         level=options.level,
         lock_timeout=options.lock_timeout,
+        row_counts_max_size=options.row_counts_max_size,
     )
 
 

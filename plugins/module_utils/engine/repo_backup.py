@@ -240,6 +240,7 @@ def _store(
             lock_timeout=options.lock_timeout,
             log=log,
             scanned=start,
+            row_counts_max_size=options.row_counts_max_size,
         )
     except BaseException:
         for started in starting:

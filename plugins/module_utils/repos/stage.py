@@ -37,7 +37,7 @@ from .. import safe_fs
 from .._common import BackupError, Log, atomic_write, iso, no_log, utc_now
 from ..sets.create import manifest_record
 from ..sets.manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
-from ..sets.members import open_member
+from ..sets.members import counted, open_member
 from ..sets.names import default_host, token
 from ..sets.scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, scan
 from ..sqlite_snapshot import OPEN_LOCK, Held, SnapshotError, hold, row_counts, row_counts_of_file, snapshot
@@ -76,6 +76,7 @@ class Staged:
     held: dict[str, Held] = field(default_factory=dict)  # databases read where they are: release() after restic
     left_out: list[str] = field(default_factory=list)  # what the exclude file names
     lock_timeout: float = 30.0
+    row_counts_max_size: int = 0  # databases larger than this many bytes are not counted (0: every one)
 
     def release(self) -> None:
         """End the read transactions of the databases read where they are (their WAL can be checkpointed again)."""
@@ -239,19 +240,26 @@ class _Database:
 
 
 def _stage_database(
-    entry: Entry, db_dir: str, cache: dict[str, dict[str, object]], lock_timeout: float, trash: str, in_place: bool
+    entry: Entry,
+    db_dir: str,
+    cache: dict[str, dict[str, object]],
+    lock_timeout: float,
+    trash: str,
+    in_place: bool,
+    count: bool = True,
 ) -> _Database:
-    """The database read where it is (``in_place``, when SQLite can hold its file still), else copied."""
+    """The database read where it is (``in_place``, when SQLite can hold its file still), else copied; its rows
+    counted unless not ``count``."""
     if in_place:
         held = hold(entry.path, lock_timeout, (entry.st.st_dev, entry.st.st_ino))
         if held is not None:
             try:
                 st = held.stat()
                 digest, size = _cached(cache, entry.path, _key(st)), st.st_size
-                rows = _cached_rows(cache, entry.path) if digest else None
+                rows = _cached_rows(cache, entry.path) if digest and count else None
                 if not digest:
                     digest, size = held.sha256()
-                if rows is None:
+                if rows is None and count:
                     with contextlib.suppress(sqlite3.Error):
                         rows = row_counts(held.conn)  # (in the read transaction the file's bytes are of)
                 if _key(held.stat()) == _key(st) and size == st.st_size:
@@ -260,17 +268,22 @@ def _stage_database(
                 held.close()
                 raise
             held.close()  # (written to by something else than SQLite: copied instead)
-    digest, size, replaced = _copy_database(entry, db_dir, cache, lock_timeout, trash)
+    digest, size, replaced = _copy_database(entry, db_dir, cache, lock_timeout, trash, count)
     copy = os.path.join(db_dir, entry.member)
-    rows = _cached_rows(cache, copy)
-    if rows is None:  # (a copy made before counts were kept, or one SQLite could not count)
+    rows = _cached_rows(cache, copy) if count else None
+    if rows is None and count:  # (a copy made before counts were kept, or one SQLite could not count)
         rows = row_counts_of_file(copy)
         cache[copy] = {**cache[copy], "rows": rows}
     return _Database(digest, size, replaced, rows)
 
 
 def _copy_database(
-    entry: Entry, db_dir: str, cache: dict[str, dict[str, object]], lock_timeout: float, trash: str = ""
+    entry: Entry,
+    db_dir: str,
+    cache: dict[str, dict[str, object]],
+    lock_timeout: float,
+    trash: str = "",
+    count: bool = True,
 ) -> tuple[str, int, bool]:
     """A consistent copy of the database at ``db_dir/<its path>``: its sha256, its size, and whether the copy
     changed (an unchanged one is left as it was, so restic does not read it again). A database whose file, ``-wal``
@@ -307,7 +320,7 @@ def _copy_database(
         old = os.lstat(final)
     except FileNotFoundError:
         old = None
-    rows = row_counts_of_file(fresh)
+    rows = row_counts_of_file(fresh) if count else None
     if old is not None and stat.S_ISREG(old.st_mode) and _cached(cache, final, _key(old)) == made.sha256:
         os.unlink(fresh)
         cache[final] = {"key": list(_key(old)), "sha256": made.sha256, "source": source, "rows": rows}
@@ -342,9 +355,11 @@ def stage(
     lock_timeout: float = 30.0,
     log: Log = no_log,
     scanned: Callable[[list[str]], None] | None = None,
+    row_counts_max_size: int = 0,
 ) -> Staged:
     """Stage a snapshot of ``paths``: the databases copied, every file hashed, the manifest and the exclude file
-    written. Raises BackupError in one sentence."""
+    written. Every table's rows are counted, except in databases larger than ``row_counts_max_size`` bytes (0: no
+    limit). Raises BackupError in one sentence."""
     started = utc_now()
     excludes = list(excludes)
     found: Scan = scan(paths, excludes)
@@ -370,6 +385,7 @@ def stage(
     fresh_cache: dict[str, dict[str, object]] = {}
     staged = Staged(where, {}, [os.path.join(r.parent, r.name) for r in found.roots], os.path.join(where, EXCLUDES))
     staged.lock_timeout = lock_timeout
+    staged.row_counts_max_size = row_counts_max_size
     if scanned is not None:  # (the stage directory is there already: restic, started now, finds every path it is given)
         scanned(staged.paths)
     records: list[dict[str, object]] = []
@@ -441,7 +457,8 @@ def stage(
                     same = (entry.st.st_dev, entry.st.st_ino)
                     if same in linked:
                         wait([linked[same]])
-                job = pool.submit(_stage_database, entry, db_dir, cache, lock_timeout, trash, large)
+                count = counted(row_counts_max_size, entry.st.st_size, entry.path, log)
+                job = pool.submit(_stage_database, entry, db_dir, cache, lock_timeout, trash, large, count)
                 if entry.st.st_nlink > 1:
                     linked[(entry.st.st_dev, entry.st.st_ino)] = job
             elif entry.kind not in ("dir", "symlink"):
@@ -571,8 +588,9 @@ def _held_to_copy(staged: Staged, path: str, log: Log, replaced: bool = False) -
         cache: dict[str, dict[str, object]] = {}
         trash = os.path.join(os.path.dirname(staged.stage), TRASH)
         entry = Entry(path, member, "sqlite", st)
-        digest, size, _replaced = _copy_database(entry, db_dir, cache, staged.lock_timeout, trash)
-        rows = _cached_rows(cache, os.path.join(db_dir, member))
+        count = counted(staged.row_counts_max_size, st.st_size, path)
+        digest, size, _replaced = _copy_database(entry, db_dir, cache, staged.lock_timeout, trash, count)
+        rows = _cached_rows(cache, os.path.join(db_dir, member)) if count else None
     except (OSError, BackupError) as exc:
         if not replaced:
             log(f"{path}: stays held, it cannot be copied ({exc})")

@@ -103,12 +103,14 @@ def create(
     log: Log = no_log,
     now: Callable[[], datetime] = utc_now,
     stored_as: dict[str, str] | None = None,
+    row_counts_max_size: int = 0,
 ) -> Created:
     """Write one backup set of ``paths`` into ``dest_dir`` and return what was made.
 
     ``stored_as`` maps a path to the path it is recorded as (see :func:`scan`). ``integrity_check`` runs
     ``PRAGMA integrity_check`` on every snapshot as it is made; off by default, as in ``backup_create``,
-    because :func:`verify` checks every database of the set.
+    because :func:`verify` checks every database of the set. Every table's rows are counted and recorded, except in
+    databases larger than ``row_counts_max_size`` bytes (0: no limit).
     """
     clock = time.monotonic
     t0 = clock()
@@ -158,7 +160,7 @@ def create(
         staging_fd = safe_fs.open_dir(staging)
         safe_fs.lock(staging_fd)
         pump = Pump(argv, tmp, fd)
-        archived = _archive(found, pump, staging, lock_timeout, integrity_check, memory_limit, log)
+        archived = _archive(found, pump, staging, lock_timeout, integrity_check, memory_limit, log, row_counts_max_size)
         stats = archived.pop("stats")
         finished_at = now()
         manifest: dict[str, object] = {
@@ -232,6 +234,7 @@ def _archive(
     integrity_check: bool,
     memory_limit: int,
     log: Log,
+    rows_max: int = 0,
 ) -> dict[str, object]:
     names = Names()
     files: list[dict[str, object]] = []
@@ -250,6 +253,8 @@ def _archive(
         lock_timeout,
         integrity_check,
         memory_limit,
+        rows_max,
+        log,
     )
     snapshotter.start()
     dirs = Dirs(found.roots, found.dirs)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from .. import safe_fs
-from .._common import MIB, BackupError
+from .._common import MIB, BackupError, Log, no_log
 from ..sqlite_snapshot import (
     CannotOpenError,
     NotADatabaseError,
@@ -120,12 +120,16 @@ class Snapshotter(threading.Thread):
         lock_timeout: float,
         integrity_check: bool,
         memory_limit: int,
+        rows_max: int = 0,
+        log: Log = no_log,
     ) -> None:
         super().__init__(daemon=True)
         self._entries = entries
         self._found = found
         self._staging = staging
-        self._args = (lock_timeout, integrity_check, memory_limit)
+        self._args = (lock_timeout, integrity_check, memory_limit, rows_max)
+        for entry in entries:
+            counted(rows_max, entry.st.st_size, entry.path, log)
         self._budget = memory_limit
         self._ready: collections.deque[tuple[_Snapped | _Deferred | str | BaseException, int]] = collections.deque()
         self._pending = 0
@@ -227,6 +231,18 @@ def file_chunks(
     return chunks(), size
 
 
+def counted(limit: int, size: int, path: str, log: Log = no_log) -> bool:
+    """Whether the tables of a database of ``size`` bytes get their rows counted under ``row_counts_max_size``
+    ``limit`` (0: every database); says so when they do not."""
+    if limit <= 0 or size <= limit:
+        return True
+    log(
+        f"rows: {path} ({size / 2**20:.0f} MiB) is larger than row_counts_max_size ({limit / 2**20:.0f} MiB): its "
+        "tables' rows are not counted, so a restore checks its bytes and integrity only"
+    )
+    return False
+
+
 def _snapshot_member(
     entry: Entry,
     dirs: Dirs,
@@ -234,6 +250,7 @@ def _snapshot_member(
     lock_timeout: float,
     integrity_check: bool,
     memory_limit: int,
+    rows_max: int = 0,
     in_file: bool = False,
 ) -> _Snapped | str:
     """A consistent copy of the database ``entry``, checked to be the file that was scanned.
@@ -262,17 +279,18 @@ def _snapshot_member(
         return "was replaced by something that is not a regular file during the backup (not followed)"
     replaced = not safe_fs.same(st, entry.st)  # by another database (a rename): that one is archived
     expect = (st.st_dev, st.st_ino)
+    count = rows_max <= 0 or entry.st.st_size <= rows_max  # (the size the Snapshotter said it by)
     try:
         if IN_MEMORY and st.st_size <= memory_limit:
             data, snap, version = snapshot_in_memory(
-                entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, expect=expect, count_rows=True
+                entry.path, lock_timeout=lock_timeout, check_integrity=integrity_check, expect=expect, count_rows=count
             )
             chunks: Iterator[memoryview] = _memory_chunks(data, version)
             size = held = len(data)
         else:
             os.makedirs(os.path.dirname(staged), mode=0o700, exist_ok=True)
             args = {"lock_timeout": lock_timeout, "check_integrity": integrity_check, "expect": expect}
-            args["count_rows"] = True  # every table's rows, for a restore and a drill to compare
+            args["count_rows"] = count  # every table's rows, for a restore and a drill to compare
             # From the file, or when that is not safe now staged on disk (see snapshot_file).
             made = snapshot_file(entry.path, staged, **args) if in_file else None  # type: ignore[arg-type]
             if made is None:
