@@ -16,6 +16,8 @@ description:
   - With O(state), also records the drill in the host's C(state.json) (section C(drills), per application), from
     which C(selfhost-dr status --export) writes C(selfhost_dr_drill_*) into the node_exporter textfile.
   - A set that is gone or changed since it was drilled is not marked (C(marked) false, with the reason).
+  - A drill of a restic repository's snapshot has no set to mark (the drill tagged the snapshot in the repository) -
+    give O(source) instead of O(path), and the drill is recorded in the host's state and metrics only.
 author:
   - selfhost.dr developers
 attributes:
@@ -29,9 +31,11 @@ attributes:
     description: Every run records a drill.
 options:
   path:
-    description: The set that was drilled.
+    description: The set that was drilled. Give this or O(source).
     type: path
-    required: true
+  source:
+    description: What was drilled, when it was not a set on this host (e.g. C(snapshot 1a2b3c4d of offsite)).
+    type: str
   app:
     description: The application.
     type: str
@@ -80,6 +84,13 @@ EXAMPLES = r"""
     ok: true
     rto_seconds: 48.2
     rpo_seconds: 3605
+
+- name: Record a drill of a repository's snapshot in the host's state and metrics
+  selfhost.dr.drill_record:
+    source: snapshot 1a2b3c4d of offsite
+    app: tenement
+    ok: false
+    reason: "fetch failed: the store could not be reached"
 """
 
 RETURN = r"""
@@ -110,7 +121,8 @@ from ansible_collections.selfhost.dr.plugins.module_utils.sets.verify import rec
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            path=dict(type="path", required=True),
+            path=dict(type="path"),
+            source=dict(type="str"),
             app=dict(type="str", required=True),
             ok=dict(type="bool", required=True),
             reason=dict(type="str", default=""),
@@ -121,21 +133,27 @@ def main() -> None:
             state=dict(type="bool", default=True),
             **STATE_DIR_SPEC,
         ),
+        mutually_exclusive=[("path", "source")],
+        required_one_of=[("path", "source")],
         supports_check_mode=True,
     )
     p = module.params
-    try:
-        now = read_checksum(Sidecars.of(p["path"]).checksum)
-        present = ""
-        if p["ok"] and p["sha256"] and now != p["sha256"]:  # (a failed drill is recorded whatever was verified)
-            present = f"{p['path']} is not the file that was drilled (its checksum changed since)"
-    except BackupError as exc:
-        present = str(exc)
+    what = p["path"] or p["source"]
+    present = ""
+    if p["path"]:
+        try:
+            now = read_checksum(Sidecars.of(p["path"]).checksum)
+            if p["ok"] and p["sha256"] and now != p["sha256"]:  # (a failed drill is recorded whatever was verified)
+                present = f"{p['path']} is not the file that was drilled (its checksum changed since)"
+        except BackupError as exc:
+            present = str(exc)
     if module.check_mode:
         module.exit_json(changed=not present, marked=False, reason=present or "check mode")
     result: dict[str, object] = {"marked": False}
     try:
-        if present:
+        if not p["path"]:
+            result["reason"] = f"{what} is not a set: the drill is recorded in the host's state only"
+        elif present:
             result["reason"] = f"the set was not marked: {present}"
         else:
             try:
@@ -150,13 +168,13 @@ def main() -> None:
                 "at": iso(utc_now()),
                 "ok": p["ok"],
                 "reason": "" if p["ok"] else p["reason"] or "the drill failed",
-                "set": p["path"],
+                "set": what,
                 "rto_seconds": p["rto_seconds"],
                 "rpo_seconds": p["rpo_seconds"],
             }
             Store(p["state_dir"]).record_drill(p["app"], entry)
     except (Error, OSError) as exc:
-        module.fail_json(msg=f"the drill of {p['path']} could not be recorded: {exc}")
+        module.fail_json(msg=f"the drill of {what} could not be recorded: {exc}")
     module.exit_json(changed=True, **result)
 
 

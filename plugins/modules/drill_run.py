@@ -39,9 +39,32 @@ options:
     choices: [tenement, tomo]
     required: true
   path:
-    description: The set on the target.
+    description: The set on the target. Give this or O(repository).
     type: path
-    required: true
+  repository:
+    description:
+      - Drill a restic repository's snapshot instead of a set - the name of a repository in the host command's
+        configuration (O(config_path); role M(selfhost.dr.host_command) writes it from C(dr_repositories)).
+      - The steps are then C(snapshot) (chosen, its manifest read, its listing checked as a restore checks it),
+        C(compatibility), C(fetch) (C(restic restore) into a private directory, every file and database checked
+        against the manifest - sha256, integrity, row counts), C(restore), C(spawn), C(checks).
+      - A drill that passed tags the snapshot C(verified=restore), as a restore does (retention never forgets the
+        newest such snapshot); a repository that refuses the tag is only said.
+    type: str
+  snapshot:
+    description: With O(repository) - a snapshot id, or C(latest).
+    type: str
+    default: latest
+  from_host:
+    description:
+      - With O(repository) and C(latest) - the host whose newest snapshot is drilled (restic's host name, the
+        backed-up host's short name). A target is never the backed-up host, so give it.
+    type: str
+    default: ""
+  config_path:
+    description: With O(repository) - the host command's configuration, which holds the repositories.
+    type: path
+    default: /etc/selfhost-dr/config.toml
   health_timeout:
     description: Seconds each instance may take to be healthy after its start.
     type: float
@@ -131,6 +154,12 @@ EXAMPLES = r"""
         query: SELECT count(*) FROM items
         expect: 60
   register: drilled
+
+- name: Drill the newest snapshot web-1 made in the repository offsite (configured by role host_command)
+  selfhost.dr.drill_run:
+    app: tenement
+    repository: offsite
+    from_host: web-1
 """
 
 RETURN = r"""
@@ -148,8 +177,10 @@ cases:
   elements: dict
 properties:
   description:
-    - What the report shows about the set and the restore - C(set), C(set_started_at), C(app), C(app_version),
-      C(target_version), C(databases), C(tables_counted), C(files), C(bytes), C(instances).
+    - What the report shows about the set and the restore - C(set), C(source) (C(set) or C(repository)),
+      C(set_started_at), C(app), C(app_version), C(target_version), C(databases), C(tables_counted), C(files),
+      C(bytes), C(instances); from a repository also C(repository), C(snapshot_id), C(snapshot_host) and, once a
+      drill passed, C(snapshot_tagged) (the snapshot's new id, tagged C(verified=restore)).
   returned: always
   type: dict
 """
@@ -160,9 +191,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
-from ansible_collections.selfhost.dr.plugins.module_utils.engine import drill, restore
-from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import drill, repo_restore, restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC, state_dir
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
+from ansible_collections.selfhost.dr.plugins.module_utils.repos import config as repo_config
 
 PROBE = dict(
     name=dict(type="str", required=True),
@@ -185,13 +217,19 @@ SQL = dict(
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
-            path=dict(type="path", required=True),
+            path=dict(type="path"),
+            repository=dict(type="str"),
+            snapshot=dict(type="str", default="latest"),
+            from_host=dict(type="str", default=""),
+            config_path=dict(type="path", default=repo_config.DEFAULT_CONFIG),
             probes=dict(type="list", elements="dict", options=PROBE, default=[]),
             sql=dict(type="list", elements="dict", options=SQL, default=[]),
             **APP_SPEC,
             **STATE_DIR_SPEC,
             **LOCK_SPEC,
         ),
+        mutually_exclusive=[("path", "repository")],
+        required_one_of=[("path", "repository")],
         supports_check_mode=True,
     )
     p = module.params
@@ -202,12 +240,28 @@ def main() -> None:
             drill.sql_from(p["sql"]),
         )
         app = application(p["app"], p)
+        restic = None
+        if p["repository"]:
+            (restic,) = repo_config.from_params(
+                {"repositories": [p["repository"]], "config_path": p["config_path"]}, state_dir(p["state_dir"])
+            )
         if module.check_mode:
-            planned = restore.plan(app, p["path"], options.restore, log=module.log, check=True)
-            module.exit_json(changed=True, ok=True, cases=[], properties={"set": p["path"], "started": planned.start})
+            if restic is not None:
+                planned = repo_restore.plan(
+                    app, restic, options.restore, p["snapshot"], p["from_host"], module.log, check=True
+                )
+            else:
+                planned = restore.plan(app, p["path"], options.restore, log=module.log, check=True)
+            shown = planned.archive if restic is not None else p["path"]
+            module.exit_json(changed=True, ok=True, cases=[], properties={"set": shown, "started": planned.start})
         with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
-            run.set_path, run.sets = p["path"], 1
-            done = drill.run(app, p["path"], options, module.log)
+            run.sets = 1
+            if restic is not None:
+                run.set_path = f"repository {p['repository']}"
+                done = drill.run_repository(app, restic, options, p["snapshot"], p["from_host"], module.log)
+            else:
+                run.set_path = p["path"]
+                done = drill.run(app, p["path"], options, module.log)
     except Error as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=True, ok=done.ok, cases=[asdict(c) for c in done.cases], properties=done.properties)

@@ -59,6 +59,36 @@ options:
           - The restic repositories (names of C(config.toml)'s C([repositories]), or V(all)) its backup goes into,
             instead of writing a set; its operations are then V([backup]) only.
         type: raw
+  drills:
+    description:
+      - DR drills on a calendar, as the C(schedule) role's C(schedule_drills) holds them - for the host Ansible and
+        the inventory are on (the controller, a CI runner). Each gets C(selfhost-dr-drill-NAME.service) (runs
+        C(ansible-playbook -i INVENTORY PLAYBOOK -e @VARS) once, in its report directory) and its timer; its
+        C(extra_vars) go into C(drills/NAME.json) (mode C(0600)) beside the host command's configuration.
+      - An empty list removes every drill's units and variables.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name: {description: The drill's name; its units are C(selfhost-dr-drill-NAME)., type: str, required: true}
+      every: {description: "As in O(schedules); V(monthly) by default.", type: str}
+      at: {description: "C(HH:MM), C(03:00) by default.", type: str}
+      weekday: {description: With V(weekly)., type: str}
+      day: {description: With V(monthly) - 1 to 28 or V(last); 1 by default., type: raw}
+      randomized_delay: {description: A random delay before each run., type: raw}
+      timeout: {description: "A drill still running after this is stopped; 6h by default.", type: raw}
+      inventory: {description: The inventory, an absolute path., type: str, required: true}
+      playbook: {description: "C(selfhost.dr.drill) (the collection's) by default, or an absolute path.", type: str}
+      limit: {description: An Ansible host pattern (C(--limit))., type: str}
+      extra_vars:
+        description:
+          - The drill role's variables (written to a C(0600) file). Keep secrets (a repository's password) in the
+            inventory's vault, not here - Ansible shows a module's arguments at C(-vvv).
+        type: dict
+      args: {description: "More arguments, one word each (C([--vault-password-file, /root/.vault]))", type: list,
+             elements: str}
+      ansible_playbook: {description: "C(/usr/bin/ansible-playbook) by default.", type: str}
+      report_dir: {description: "Where the report goes; C(/var/lib/selfhost-dr/drills) by default.", type: str}
   default_app:
     description: The application of a schedule that names none.
     type: str
@@ -134,12 +164,17 @@ EXAMPLES = r"""
 
 RETURN = r"""
 next_runs:
-  description: Per schedule, its next three runs (UTC, ISO 8601) as systemd computes them.
+  description: Per schedule (a drill's as C(drill-NAME)), its next three runs (UTC, ISO 8601) as systemd computes them.
   returned: always
   type: dict
   sample: {nightly: ["2026-11-29T03:00:00Z", "2026-11-30T03:00:00Z", "2026-12-01T03:00:00Z"]}
 schedules:
   description: The schedules as written (C(heartbeat) only says whether there is one).
+  returned: always
+  type: list
+  elements: dict
+drills:
+  description: The drill schedules as written - C(name), C(calendar), C(timer), C(report_dir).
   returned: always
   type: list
   elements: dict
@@ -175,10 +210,33 @@ from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import MODES
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.service import systemd_runs
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import timers
-from ansible_collections.selfhost.dr.plugins.module_utils.engine.schedule import parse_all, prunable, table
+from ansible_collections.selfhost.dr.plugins.module_utils.engine.schedule import (
+    parse_all,
+    parse_drills,
+    prunable,
+    table,
+)
 
 _RAW = ("day", "randomized_delay", "share_within", "timeout")
 _STR = ("every", "at", "weekday", "app", "mode", "label")
+
+
+DRILL = dict(
+    name=dict(type="str", required=True),
+    every=dict(type="str"),
+    at=dict(type="str"),
+    weekday=dict(type="str"),
+    day=dict(type="raw"),
+    randomized_delay=dict(type="raw"),
+    timeout=dict(type="raw"),
+    inventory=dict(type="str", required=True),
+    playbook=dict(type="str"),
+    limit=dict(type="str"),
+    extra_vars=dict(type="dict"),
+    args=dict(type="list", elements="str"),
+    ansible_playbook=dict(type="str"),
+    report_dir=dict(type="str"),
+)
 
 
 def main() -> None:
@@ -195,6 +253,7 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
             schedules=dict(type="list", elements="dict", default=[], options=entry),
+            drills=dict(type="list", elements="dict", default=[], options=DRILL),
             default_app=dict(type="str", default="tenement", choices=list(MODES)),
             default_mode=dict(type="str", default="hot"),
             default_retention=dict(type="dict", default={}),
@@ -237,12 +296,13 @@ def main() -> None:
     try:
         schedules = parse_all(entries, MODES, p["default_app"], p["default_mode"])
         prunable(schedules, p["default_retention"])
-        runs = timers.schedule_runs(schedules)  # every calendar, before anything is written
+        drills = parse_drills([{k: v for k, v in d.items() if v is not None} for d in p["drills"]], schedules)
+        runs = timers.schedule_runs([*schedules, *drills])  # every calendar, before anything is written
         if not systemd_runs():
             raise timers.TimerError(
                 "systemd is not this host's service manager (no /run/systemd/system): timers need it"
             )
-        result = timers.converge(schedules, settings, p["unit_dir"], check=module.check_mode, runs=runs)
+        result = timers.converge(schedules, settings, p["unit_dir"], check=module.check_mode, runs=runs, drills=drills)
     except Error as exc:
         module.fail_json(msg=str(exc))
     except OSError as exc:
@@ -254,6 +314,10 @@ def main() -> None:
         next_runs=result.next_runs,
         schedules=[
             {**table(s), "name": s.name, "heartbeat": bool(s.heartbeat), "timer": f"{s.unit}.timer"} for s in written
+        ],
+        drills=[
+            {"name": d.name, "calendar": d.calendar, "timer": f"{d.unit}.timer", "report_dir": d.report_dir}
+            for d in drills
         ],
         written=result.written,
         removed=result.removed,

@@ -156,3 +156,27 @@ def test_a_set_made_by_a_newer_version_than_the_target_runs_stops_at_compatibili
     newer = drill.run(_Files(str(tree), "0.10.2"), made.path, options)
     assert newer.ok, [c for c in newer.cases if c.status == "failed"]
     assert (tree / "data.txt").read_text() == "the data\n"
+
+
+@pytest.mark.parametrize(
+    ("fail", "told"),
+    [
+        ("stop", [("restore", "failed"), ("spawn", "skipped")]),  # before anything was swapped
+        ("fix_up", [("restore", "failed"), ("spawn", "skipped")]),  # swapped, put back, started again: a restore
+        ("start ", [("restore", "passed"), ("spawn", "failed")]),  # the restored data would not start
+    ],
+)
+def test_a_failure_is_told_at_the_step_it_happened_in_never_at_the_rollbacks(
+    tmp_path: Path, fail: str, told: list[tuple[str, str]]
+) -> None:
+    from .test_engine import Recorder
+
+    tree = tmp_path / "app"
+    tree.mkdir()
+    (tree / "data.txt").write_text("the data\n")
+    made = create([str(tree)], str(tmp_path), app="rec", app_version="1.0")
+    app = Recorder("rec", [str(tree)], fail=fail)
+    done = drill.run(app, made.path, drill.Options(restore.Options(state_dir=str(tmp_path / "state"))))
+    steps = [(c.name, c.status) for c in done.cases if c.kind == "step"]
+    assert steps == [("verify", "passed"), ("compatibility", "passed"), *told, ("checks", "skipped")], app.calls
+    assert f"failed to {fail.strip()}" in next(c.message for c in done.cases if c.status == "failed")

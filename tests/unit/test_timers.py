@@ -220,13 +220,18 @@ def test_systemd_accepts_the_units(tmp_path: Path) -> None:
         ("selfhost-dr-nightly.timer", timers.render_timer(nightly)),
     ):
         (tmp_path / name).write_text(text)
+    assert_systemd_accepts(tmp_path)
+
+
+def assert_systemd_accepts(units: Path) -> None:
+    """``systemd-analyze verify`` finds nothing to say about the unit files in ``units``."""
     done = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", *(str(p) for p in sorted(tmp_path.iterdir()))],
+        ["systemd-analyze", "verify", "--man=no", *(str(p) for p in sorted(units.iterdir()))],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert str(tmp_path) not in done.stderr, done.stderr
+    assert str(units) not in done.stderr, done.stderr
 
 
 # --- converge -------------------------------------------------------------------------------------------------------

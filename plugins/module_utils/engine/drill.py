@@ -30,11 +30,13 @@ from .._common import Error, Log, iso, no_log, parse_iso
 from ..apps import tomo_export, tomo_schema
 from ..apps.base import Application
 from ..reports import Case, Report, Suite
+from ..repos.restic import Restic
 from ..sets.verify import verification_state, verify
 from ..sqlite_snapshot import open_checked
-from . import restore, swap
+from . import repo_restore, restore, swap
 
-STEPS = ("verify", "compatibility", "restore", "spawn", "checks")
+STEPS = ("verify", "compatibility", "restore", "spawn", "checks")  # a drill of a set
+REPOSITORY_STEPS = ("snapshot", "compatibility", "fetch", "restore", "spawn", "checks")  # of a repository's snapshot
 _LISTEN = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}")  # an instance's host:port
 _BODY_READ = 1 << 20  # bytes of a probe's answer searched for its pattern
 _SQL_ROWS = 1000  # rows of a SQL check's answer compared
@@ -126,6 +128,22 @@ def sql_from(raw: list[dict[str, object]]) -> list[SqlCheck]:
     return made
 
 
+class _Steps:
+    """The drill's steps as cases: a failed one ends the drill, and the steps after it are added as skipped."""
+
+    def __init__(self, cases: list[Case], names: tuple[str, ...], log: Log, clock: Callable[[], float]) -> None:
+        self.cases, self.names, self.log, self.clock = cases, names, log, clock
+
+    def __call__(self, name: str, started: float, error: str = "", detail: dict[str, object] | None = None) -> bool:
+        seconds = round(self.clock() - started, 3)
+        self.cases.append(Case(name, "step", "failed" if error else "passed", seconds, error, detail or {}))
+        if error:
+            self.log(f"drill: {name} failed: {error}")
+            for later in self.names[self.names.index(name) + 1 :]:
+                self.cases.append(Case(later, "step", "skipped", None, f"not run: {name} failed"))
+        return not error
+
+
 def run(
     app: Application,
     archive: str,
@@ -134,18 +152,9 @@ def run(
     clock: Callable[[], float] = time.monotonic,
 ) -> Drilled:
     """Verify, restore, spawn and check on this (throwaway) host; never raises for what a drill finds."""
-    drilled = Drilled([], {"set": os.path.basename(archive)})
+    drilled = Drilled([], {"set": os.path.basename(archive), "source": "set"})
     cases = drilled.cases
-
-    def step(name: str, started: float, error: str = "", detail: dict[str, object] | None = None) -> bool:
-        cases.append(
-            Case(name, "step", "failed" if error else "passed", round(clock() - started, 3), error, detail or {})
-        )
-        if error:
-            log(f"drill: {name} failed: {error}")
-            for later in STEPS[STEPS.index(name) + 1 :]:
-                cases.append(Case(later, "step", "skipped", None, f"not run: {name} failed"))
-        return not error
+    step = _Steps(cases, STEPS, log, clock)
 
     # 1. verify: every byte, every member, every database's integrity and row counts against the manifest
     started = clock()
@@ -171,62 +180,140 @@ def run(
     ok = step("verify", started, "" if checked.ok else checked.summary, {"stats": checked.stats})
     at = next(n for n, c in enumerate(cases) if c.name == "verify") + 1
     cases[at:at] = found  # what verify checked, right after it
-    if not ok:
-        return drilled
+    if ok and _compatible(app, manifest, drilled, step, "set"):
+        _restore_and_check(app, lambda: restore.plan(app, archive, options.restore, log=log), options, drilled, step)
+    return drilled
 
-    # 2. compatibility: the target must run the set's version of the application, or a newer one
+
+def run_repository(
+    app: Application,
+    restic: Restic,
+    options: Options,
+    snapshot: str = "latest",
+    host: str = "",
+    log: Log = no_log,
+    clock: Callable[[], float] = time.monotonic,
+) -> Drilled:
+    """A drill from a restic repository's snapshot (REPOSITORY_STEPS), through the same engine as ``selfhost-dr
+    restore --repo``: ``snapshot`` chooses it, reads its manifest and refuses a listing a restore would refuse;
+    ``fetch`` is ``restic restore`` (reading and decrypting the packs) into a private directory, every file and
+    database checked against the manifest (sha256, integrity, row counts); ``restore`` the swap. A drill that passed
+    tags the snapshot ``verified=restore`` (its new id in ``snapshot_tagged``). Never raises for what a drill finds."""
+    drilled = Drilled([], {"set": f"latest snapshot in {restic.repo.name}", "source": "repository"})
+    drilled.properties["repository"] = restic.repo.name
+    step = _Steps(drilled.cases, REPOSITORY_STEPS, log, clock)
     started = clock()
+    try:
+        planned = repo_restore.plan(app, restic, options.restore, snapshot, host, log)
+    except (Error, OSError) as exc:
+        step("snapshot", started, swap.sentence(exc))
+        return drilled
+    snap, manifest = planned.snapshot, planned.manifest
+    drilled.properties.update(
+        set=f"snapshot {snap['short_id']} of {restic.repo.name}",
+        snapshot_id=snap["id"],
+        snapshot_host=snap["host"],
+        set_started_at=str(manifest.get("started_at", "")) or snap["time"] or None,
+        app=str(manifest.get("app", "")) or None,
+        app_version=str(manifest.get("app_version", "")) or None,
+    )
+    step("snapshot", started, "", {"snapshot": dict(snap)})
+    if _compatible(app, manifest, drilled, step, f"snapshot {snap['short_id']}"):
+        _restore_and_check(app, lambda: planned, options, drilled, step)
+    if drilled.ok:  # as after a restore: retention never forgets the newest snapshot a restore proved
+        drilled.properties["snapshot_tagged"] = repo_restore.mark_verified(restic, snap["id"], log) or None
+    return drilled
+
+
+def _compatible(app: Application, manifest: dict[str, object], drilled: Drilled, step: _Steps, what: str) -> bool:
+    """The target must run the set's version of the application, or a newer one."""
+    started = step.clock()
     installed = _installed_version(app)
     wanted = str(manifest.get("app_version", "") or "")
     drilled.properties["target_version"] = installed or None
     if wanted and installed and _version(wanted) > _version(installed):
-        step(
-            "compatibility",
-            started,
-            f"the set was made by {app.name} {wanted}, newer than the {installed} on the target",
-        )
-        return drilled
-    step("compatibility", started)
+        why = f"the {what} was made by {app.name} {wanted}, newer than the {installed} on the target"
+        return step("compatibility", started, why)
+    return step("compatibility", started)
 
-    # 3. restore and 4. spawn: the restore engine; the moment it starts the application splits the two
+
+def _restore_and_check(
+    app: Application, make_plan: Callable[[], restore.Plan], options: Options, drilled: Drilled, step: _Steps
+) -> None:
+    """The restore engine (fetch, when the plan has one, then restore and spawn: the moments the fetch stops the
+    application and the application starts split the steps), then the checks."""
+    clock, log, cases = step.clock, step.log, drilled.cases
     spawning: list[float] = []
-    start = app.start
+    stopping: list[float] = []
+    swapped: list[bool] = []
+    start, fix_up = app.start, app.fix_up
+
+    def timed_fix_up(manifest: dict[str, object], targets: list[str], log: Log = no_log) -> None:
+        fix_up(manifest, targets, log)
+        swapped.append(True)  # the restored data are in place: the next start is theirs
 
     def timed_start(units: list[str], timeout: float, log: Log = no_log) -> None:
-        spawning.append(clock())
+        if swapped and not spawning:  # (never the start of the previous data a rollback makes)
+            spawning.append(clock())
         start(units, timeout, log)
 
-    app.start = timed_start  # type: ignore[method-assign]
+    app.start, app.fix_up = timed_start, timed_fix_up  # type: ignore[method-assign]
     started = clock()
+    planned: restore.Plan | None = None
     try:
-        planned = restore.plan(app, archive, options.restore, log=log)
+        planned = make_plan()
+        fetch = planned.fetch
+        if fetch is not None:
+
+            def timed_fetch(opts: restore.Options, run_log: Log, stop: Callable[[], None]) -> swap.Restored:
+                def timed_stop() -> None:
+                    stopping.append(clock())
+                    stop()
+
+                return fetch(opts, run_log, timed_stop)
+
+            planned.fetch = timed_fetch
         done = restore.run(app, planned, options.restore, log)
     except (Error, OSError) as exc:
         reason = swap.sentence(exc)
+        fetched = planned is not None and planned.fetch is not None
+        if fetched and not stopping:
+            step("fetch", started, reason)
+            return
+        if fetched:
+            checked = dict(planned.checked)  # type: ignore[union-attr]
+            cases.append(Case("fetch", "step", "passed", round(stopping[0] - started, 3), "", checked))
+        began = stopping[0] if stopping else started
         if spawning:
-            cases.append(Case("restore", "step", "passed", round(spawning[0] - started, 3)))
+            cases.append(Case("restore", "step", "passed", round(spawning[0] - began, 3)))
             step("spawn", spawning[0], reason)
         else:
-            step("restore", started, reason)
-        return drilled
+            step("restore", began, reason)
+        return
     finally:
-        app.start = start  # type: ignore[method-assign]
+        app.start, app.fix_up = start, fix_up  # type: ignore[method-assign]
     spawned = spawning[0] if spawning else clock()
-    cases.append(Case("restore", "step", "passed", round(spawned - started, 3), "", {"files": done.files}))
+    began = started
+    if planned.fetch is not None:
+        began = stopping[0] if stopping else spawned
+        cases.append(Case("fetch", "step", "passed", round(began - started, 3), "", dict(planned.checked)))
+        drilled.properties.update(
+            databases=planned.checked.get("databases", 0), tables_counted=planned.checked.get("tables", 0)
+        )
+    cases.append(Case("restore", "step", "passed", round(spawned - began, 3), "", {"files": done.files}))
     drilled.properties.update(files=done.files, bytes=done.bytes, instances=len(planned.start))
     step("spawn", spawned, "", {"instances": list(planned.start)})
 
-    # 5. checks
+    # checks
     started = clock()
     before = len(cases)
     cases.extend(_instances(app, planned.start, options.restore.health_timeout, clock))
     if app.name == "tomo":
-        cases.append(_tomo_counts(app, manifest, clock))
+        cases.append(_tomo_counts(app, planned.manifest, clock))
     cases.extend(_probe(app, probe, clock) for probe in options.probes)
     cases.extend(_sql(check, clock) for check in options.sql)
     failed = [c for c in cases[before:] if c.status == "failed"]
     step("checks", started, f"{failed[0].name}: {failed[0].message}" if failed else "")
-    return drilled
 
 
 def _installed_version(app: Application) -> str:
@@ -468,15 +555,16 @@ def suite_of(result: dict[str, object], rto_target: float = 0, rpo_target: float
     properties["target"] = _text(result.get("target")) or None
     reached = {c.name for c in cases if c.kind == "step"}
     failed = next((c for c in cases if c.status == "failed"), None)
-    missing = [name for name in STEPS if name not in reached]
+    steps = REPOSITORY_STEPS if properties.get("source") == "repository" else STEPS
+    missing = [name for name in steps if name not in reached]
     if failed is None and missing:  # (nothing said why: a drill that stopped is a drill that failed)
         failed = Case(missing[0], "step", "failed", None, "the drill ended before this step, saying nothing")
         cases.append(failed)
         reached.add(failed.name)
-    for name in (*ROLE_STEPS, *STEPS):
+    for name in (*ROLE_STEPS, *steps):
         if name not in reached and failed is not None:
             cases.append(Case(name, "step", "skipped", None, f"not run: {failed.name} failed"))
-    passed = failed is None and all(s in reached for s in STEPS)
+    passed = failed is None and all(s in reached for s in steps)
     rto = round(finished - started, 1) if passed else None
     rpo = None
     with contextlib.suppress(ValueError, TypeError):

@@ -68,6 +68,7 @@ def plan(
 
     def run_fetch(opts: restore.Options, run_log: Log, stop: Callable[[], None]) -> swap.Restored:
         filler = Filler(restic, snap, run_log)
+        planned.checked = filler.checked  # (filled as the fetch goes: what it checked, should a later step fail)
         restored = swap.restore_from(
             f"snapshot {snap.short} of {restic.repo.name}",
             snap.manifest,
@@ -127,6 +128,7 @@ class Filler:
     def __init__(self, restic: Restic, snap: fetch.Snapshot, log: Log) -> None:
         self.restic, self.snap, self.log = restic, snap, log
         self.files = self.bytes = 0
+        self.checked = {"files": 0, "bytes": 0, "databases": 0, "tables": 0}  # what was checked against the manifest
         self.warnings: list[str] = []
         self._fds: list[int] = []
 
@@ -177,6 +179,8 @@ class Filler:
             self.warnings += checked.warnings
             self.files += checked.files
             self.bytes += checked.bytes
+            for key in self.checked:
+                self.checked[key] += getattr(checked, key)
             for index in group.indexes:
                 held = self._move(units[index], fds[index], staged[index], record.swaps[index], group.scratch_fd)
                 if held is not None:

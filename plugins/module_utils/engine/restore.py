@@ -52,6 +52,7 @@ class Plan:
     fetch: Callable[[Options, Log, Callable[[], None]], swap.Restored] | None = None
     warnings: list[str] = field(default_factory=list)
     snapshot: dict[str, str] = field(default_factory=dict)  # the repository's snapshot restored (with fetch)
+    checked: dict[str, int] = field(default_factory=dict)  # what the fetch checked: files, bytes, databases, tables
 
 
 @dataclass

@@ -34,20 +34,14 @@ DEFAULT_TIMEOUT = 6 * 3600  # a run still going after this is stopped (SIGTERM: 
 DEFAULT_SHARE_WITHIN = 900
 _AT_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)\Z")
 _SPAN_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?:in)?)?(?:(\d+)s?)?\Z")
-_KNOWN = {
-    "name",
-    "every",
-    "at",
-    "weekday",
-    "day",
-    "randomized_delay",
+_TIMER_KEYS = {"name", "every", "at", "weekday", "day", "randomized_delay", "timeout"}  # a schedule's and a drill's
+_KNOWN = _TIMER_KEYS | {
     "operations",
     "app",
     "mode",
     "label",
     "retention",
     "share_within",
-    "timeout",
     "heartbeat",
     "every_hours",
     "repositories",
@@ -153,16 +147,22 @@ def calendar(entry: Mapping[str, object], where: str) -> str:
     return f"*-*-{day:02d} {time}"
 
 
-def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, default_mode: str) -> Schedule:
-    """One entry of ``schedule_list``, checked. ``apps`` maps each application to its backup modes."""
+def _named(entry: object, kind: str) -> tuple[Mapping[str, object], str]:
+    """A ``kind`` entry and its name, checked (its units are named after it)."""
     if not isinstance(entry, Mapping):
-        raise ScheduleError(f"a schedule must be a mapping with a name, not {entry!r}")
+        raise ScheduleError(f"a {kind} must be a mapping with a name, not {entry!r}")
     name = entry.get("name")
     if not isinstance(name, str) or not SCHEDULE_RE.match(name):
         raise ScheduleError(
-            f"a schedule's name must be 1 to 64 letters, digits, '.', '_' and '-' (starting with a letter or digit), "
+            f"a {kind}'s name must be 1 to 64 letters, digits, '.', '_' and '-' (starting with a letter or digit), "
             f"not {name!r}"
         )
+    return entry, name
+
+
+def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, default_mode: str) -> Schedule:
+    """One entry of ``schedule_list``, checked. ``apps`` maps each application to its backup modes."""
+    entry, name = _named(entry, "schedule")
     where = f"schedule {name!r}"
     unknown = sorted(str(k) for k in entry if k not in _KNOWN)
     if unknown:
@@ -235,6 +235,112 @@ def parse(entry: object, apps: Mapping[str, tuple[str, ...]], default_app: str, 
         repositories=repositories,
         read_data_subset=subset,
     )
+
+
+_DRILL_KNOWN = _TIMER_KEYS | {"inventory", "playbook", "limit", "extra_vars", "args", "ansible_playbook", "report_dir"}
+_PLAYBOOK_RE = re.compile(r"^[a-z][a-z0-9_]*\.[a-z][a-z0-9_]*\.[A-Za-z0-9_]+\Z")  # a collection's playbook (FQCN)
+_ARG_RE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]{1,256}\Z")  # one word of a command line in a unit
+_LIMIT_RE = re.compile(r"^[A-Za-z0-9_.:,!&*@\[\]-]{1,512}\Z")  # an Ansible host pattern
+
+
+@dataclass(frozen=True)
+class DrillSchedule:
+    """A DR drill on a calendar, run where Ansible and the inventory are (the controller, a CI runner): its timer
+    starts ``ansible-playbook -i INVENTORY PLAYBOOK -e @VARS`` (the collection's ``playbooks/drill.yml`` by default),
+    whose report lands in ``report_dir``; its unit is ``selfhost-dr-drill-NAME``. The drill records itself on the
+    drilled hosts (state, metrics), where a failed one shows."""
+
+    name: str
+    calendar: str
+    inventory: str  # an absolute path
+    playbook: str = "selfhost.dr.drill"  # a collection's playbook, or an absolute path
+    limit: str = ""  # an Ansible host pattern (--limit); "": every host of the playbook's drill_hosts
+    extra_vars: Mapping[str, object] = field(default_factory=dict)  # the drill role's variables (a 0600 file)
+    args: tuple[str, ...] = ()  # more arguments, e.g. --vault-password-file /root/.vault
+    ansible_playbook: str = "/usr/bin/ansible-playbook"
+    report_dir: str = "/var/lib/selfhost-dr/drills"
+    randomized_delay: int = 0
+    timeout: int = DEFAULT_TIMEOUT
+    every_hours: float = 0.0
+
+    @property
+    def unit(self) -> str:
+        return UNIT_PREFIX + "drill-" + self.name
+
+
+def _absolute(value: object, where: str, what: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or not _ARG_RE.match(value) or "/../" in value + "/":
+        raise ScheduleError(f"{where}: {what} must be an absolute path of letters, digits and _@%+=:,.-, not {value!r}")
+    return value
+
+
+def parse_drill(entry: object) -> DrillSchedule:
+    """One entry of ``schedule_drills``, checked."""
+    entry, name = _named(entry, "drill schedule")
+    where = f"drill schedule {name!r}"
+    if len(name) > 58:  # (its units are selfhost-dr-drill-NAME, and a unit's name after selfhost-dr- is 64 at most)
+        raise ScheduleError(f"{where}: a drill schedule's name is 58 characters at most, not {len(name)}")
+    unknown = sorted(str(k) for k in entry if k not in _DRILL_KNOWN)
+    if unknown:
+        raise ScheduleError(
+            f"{where}: {unknown[0]} is not a drill schedule setting ({', '.join(sorted(_DRILL_KNOWN))})"
+        )
+    playbook = entry.get("playbook") or "selfhost.dr.drill"
+    if not (isinstance(playbook, str) and _PLAYBOOK_RE.match(playbook)):
+        playbook = _absolute(playbook, where, "playbook (or a collection's playbook such as selfhost.dr.drill)")
+    limit = entry.get("limit") or ""
+    if not isinstance(limit, str) or (limit and not _LIMIT_RE.match(limit)):
+        raise ScheduleError(
+            f"{where}: limit must be an Ansible host pattern (letters, digits, _.:,!&*@[]-), not {limit!r}"
+        )
+    extra_vars = entry.get("extra_vars") or {}
+    if not isinstance(extra_vars, Mapping) or not all(isinstance(k, str) and k.isidentifier() for k in extra_vars):
+        raise ScheduleError(f"{where}: extra_vars must be a mapping of variable names to values")
+    args = entry.get("args") or []
+    if (
+        isinstance(args, str)
+        or not isinstance(args, (list, tuple))
+        or not all(isinstance(a, str) and _ARG_RE.match(a) for a in args)
+    ):
+        raise ScheduleError(f"{where}: args must be a list of words of letters, digits and _@%+=:,./- each")
+    timeout = seconds(entry.get("timeout", DEFAULT_TIMEOUT), f"{where}: timeout")
+    if timeout < 60:
+        raise ScheduleError(f"{where}: timeout must be a minute or more, not {timeout} seconds")
+    every = str(entry.get("every", "monthly")).strip()
+    return DrillSchedule(
+        name=name,
+        calendar=calendar({**entry, "every": every}, where),
+        inventory=_absolute(entry.get("inventory"), where, "inventory"),
+        playbook=playbook,
+        limit=limit,
+        extra_vars=dict(extra_vars),
+        args=tuple(args),
+        ansible_playbook=_absolute(
+            entry.get("ansible_playbook") or "/usr/bin/ansible-playbook", where, "ansible_playbook"
+        ),
+        report_dir=_absolute(entry.get("report_dir") or "/var/lib/selfhost-dr/drills", where, "report_dir"),
+        randomized_delay=seconds(entry.get("randomized_delay", 0), f"{where}: randomized_delay"),
+        timeout=timeout,
+        every_hours=EVERY.get(every, 0.0),
+    )
+
+
+def parse_drills(entries: object, schedules: list[Schedule] | None = None) -> list[DrillSchedule]:
+    """Every entry of ``schedule_drills``, checked, with names unique among themselves."""
+    if entries is None:
+        return []
+    if not isinstance(entries, (list, tuple)):
+        raise ScheduleError(f"the drill schedules must be a list, not {type(entries).__name__}")
+    drills = [parse_drill(e) for e in entries]
+    units = {s.unit.lower(): f"schedule {s.name!r}" for s in schedules or []}
+    seen: dict[str, str] = {}
+    for d in drills:
+        if d.name.lower() in seen:
+            raise ScheduleError(f"two drill schedules are named {seen[d.name.lower()]!r} and {d.name!r}")
+        seen[d.name.lower()] = d.name
+        if d.unit.lower() in units:
+            raise ScheduleError(f"drill schedule {d.name!r} and {units[d.unit.lower()]} would share the unit {d.unit}")
+    return drills
 
 
 def _repositories(value: object, where: str) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ and writes ``schedules.toml`` beside the host command's configuration. Standard 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from .. import safe_fs, toml_writer
 from .._common import iso
 from ..host_install import write_if_changed
-from .schedule import SCHEDULES_FILE, UNIT_PREFIX, Schedule, ScheduleError, table
+from .schedule import SCHEDULES_FILE, UNIT_PREFIX, DrillSchedule, Schedule, ScheduleError, table
 
 MARKER = "# Managed by selfhost.dr (schedule role): edits are overwritten"
 DEFAULT_CONFIG = "/etc/selfhost-dr/config.toml"
@@ -159,17 +160,28 @@ def every_hours(runs: Sequence[datetime]) -> float:
     return round(max(gaps), 6) if gaps else 0.0
 
 
-def schedule_runs(schedules: Sequence[Schedule], run: Runner = subprocess.run) -> dict[str, list[datetime]]:
-    """:func:`next_runs` by schedule name; a refused calendar is a :class:`ScheduleError` naming the schedule."""
+def schedule_runs(
+    schedules: Sequence[Schedule | DrillSchedule], run: Runner = subprocess.run
+) -> dict[str, list[datetime]]:
+    """:func:`next_runs` by schedule name (a drill's by ``drill-NAME``, its unit's); a refused calendar is a
+    :class:`ScheduleError` naming the schedule."""
     try:
         by_calendar = next_runs([s.calendar for s in schedules], run)
     except CalendarError as exc:
-        names = [s.name for s in schedules if s.calendar == exc.calendar]
+        names = [_shown(s) for s in schedules if s.calendar == exc.calendar]
         raise ScheduleError(
-            f"schedule {names[0] if names else '?'!r}: its calendar {exc.calendar!r} is not one systemd can run: "
+            f"{names[0] if names else 'a schedule'}: its calendar {exc.calendar!r} is not one systemd can run: "
             f"{exc.reason}"
         ) from None
-    return {s.name: by_calendar[s.calendar] for s in schedules}
+    return {_key(s): by_calendar[s.calendar] for s in schedules}
+
+
+def _key(s: Schedule | DrillSchedule) -> str:
+    return "drill-" + s.name if isinstance(s, DrillSchedule) else s.name
+
+
+def _shown(s: Schedule | DrillSchedule) -> str:
+    return f"{'drill schedule' if isinstance(s, DrillSchedule) else 'schedule'} {s.name!r}"
 
 
 def with_every_hours(schedules: Sequence[Schedule], runs: Mapping[str, Sequence[datetime]]) -> list[Schedule]:
@@ -293,12 +305,71 @@ def render_service(schedule: Schedule, settings: UnitSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render_timer(schedule: Schedule) -> str:
+def render_drill_service(drill: DrillSchedule, settings: UnitSettings) -> str:
+    """``selfhost-dr-drill-NAME.service``: one DR drill, ``ansible-playbook`` of the drill playbook with the drill's
+    variables from its 0600 file (:func:`drill_vars_path`), in its report directory. Not sandboxed: a drill makes
+    containers and reaches the hosts it drills."""
+    argv = [
+        _path(drill.ansible_playbook, "ansible_playbook"),
+        "-i",
+        _path(drill.inventory, "the inventory"),
+        _escape(drill.playbook),
+        "-e",
+        "@" + _path(drill_vars_path(drill, settings), "the drill's variables"),
+        *(["--limit", _escape(drill.limit)] if drill.limit else []),
+        *(_escape(a) for a in drill.args),
+    ]
+    on_failure = settings.on_failure.split() if settings.on_failure else []
+    for unit in on_failure:
+        if not _ON_FAILURE_RE.match(unit):
+            raise TimerError(f"the failure hook must be systemd unit names such as notify@%n.service, not {unit!r}")
+    lines = [
+        MARKER,
+        "[Unit]",
+        f"Description=selfhost.dr DR drill {drill.name} ({_escape(drill.playbook)} over {_escape(drill.inventory)})",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        *([f"OnFailure={' '.join(on_failure)}"] if on_failure else []),
+        "",
+        "[Service]",
+        "Type=oneshot",
+        f"ExecStart={' '.join(a.replace('$', '$$') for a in argv)}",
+        "# The report (drill.json, drill.md, drill.xml) is written here; the drill removes its containers.",
+        f"WorkingDirectory={_path(drill.report_dir, 'report_dir')}",
+        f"TimeoutStartSec={drill.timeout}",
+        "TimeoutStopSec=5min",
+        "Environment=PYTHONUNBUFFERED=1 ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 TMPDIR=/var/tmp",
+        "Nice=10",
+        "UMask=0077",
+        "# A drill stopped (its timeout, a kill) never reaches its report play, which removes its containers: they",
+        "# would hold restored data (and a repository's credentials) until the next drill. Removed here instead.",
+        "ExecStopPost=-/bin/sh -c 'case $$SERVICE_RESULT in timeout|signal|core-dump|watchdog) podman ps -aq "
+        "--filter label=selfhost-dr.drill=target | xargs -r podman rm --force --time 10;; esac'",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def drill_vars_path(drill: DrillSchedule, settings: UnitSettings) -> str:
+    """Where the drill's variables go: ``drills/NAME.json`` beside the host command's configuration (0600: they may
+    hold a repository's password)."""
+    return os.path.join(
+        os.path.dirname(_checked(settings.config_path, "the configuration")), "drills", drill.name + ".json"
+    )
+
+
+def drill_vars(drill: DrillSchedule) -> bytes:
+    """The drill's ``extra_vars``, with its report directory and title (its own say over them kept)."""
+    wanted = {"drill_report_dir": drill.report_dir, "drill_title": f"DR drill {drill.name}", **drill.extra_vars}
+    return (json.dumps(wanted, indent=2, sort_keys=True) + "\n").encode()
+
+
+def render_timer(schedule: Schedule | DrillSchedule) -> str:
     """``selfhost-dr-NAME.timer``: runs the service on the schedule's calendar, also after a missed run."""
+    kind = "DR drill" if isinstance(schedule, DrillSchedule) else "schedule"
     if _UNSAFE_RE.sub(" ", schedule.calendar) != schedule.calendar:
-        raise TimerError(f"schedule {schedule.name!r}: its calendar must be one line of text")
+        raise TimerError(f"{kind} {schedule.name!r}: its calendar must be one line of text")
     return (
-        f"{MARKER}\n[Unit]\nDescription=selfhost.dr schedule {schedule.name} ({_escape(schedule.calendar)})\n\n"
+        f"{MARKER}\n[Unit]\nDescription=selfhost.dr {kind} {schedule.name} ({_escape(schedule.calendar)})\n\n"
         f"[Timer]\nOnCalendar={_escape(schedule.calendar)}\nPersistent=true\n"
         f"RandomizedDelaySec={schedule.randomized_delay}\nAccuracySec=1s\nUnit={schedule.unit}.service\n\n"
         "[Install]\nWantedBy=timers.target\n"
@@ -357,18 +428,23 @@ def converge(
     systemctl: Callable[[list[str]], subprocess.CompletedProcess[str]] = _systemctl,
     runs: Mapping[str, Sequence[datetime]] | None = None,
     run: Runner = subprocess.run,
+    drills: Sequence[DrillSchedule] = (),
 ) -> Result:
     """Make ``unit_dir`` hold exactly the units of ``schedules`` with their timers enabled and running, and
     ``schedules.toml`` beside the configuration. Everything is checked (every calendar by systemd-analyze, every
     path) before anything is written; ``check`` writes nothing, changes nothing and reports the same changes."""
     if runs is None:
-        runs = schedule_runs(schedules, run)
+        runs = schedule_runs([*schedules, *drills], run)
     schedules = with_every_hours(schedules, runs)
     unit_dir = _checked(unit_dir, "the unit directory")
     wanted: dict[str, str] = {}
     for s in schedules:
         wanted[f"{s.unit}.service"] = render_service(s, settings)
         wanted[f"{s.unit}.timer"] = render_timer(s)
+    drill_files = {drill_vars_path(d, settings): drill_vars(d) for d in drills}
+    for d in drills:
+        wanted[f"{d.unit}.service"] = render_drill_service(d, settings)
+        wanted[f"{d.unit}.timer"] = render_timer(d)
     config_dir = os.path.dirname(_checked(settings.config_path, "the configuration"))
     toml_path = os.path.join(config_dir, SCHEDULES_FILE)
     toml_text = schedules_toml(schedules)
@@ -380,11 +456,31 @@ def converge(
         for name in sorted(os.listdir(unit_dir)):
             if _UNIT_FILE_RE.match(name) and name not in wanted and _ours(os.path.join(unit_dir, name)):
                 stale.append(name)
-    for directory in (settings.backup_dir, settings.state_dir):  # ReadWritePaths= binds only what exists
+    made = [settings.backup_dir, settings.state_dir]  # ReadWritePaths= binds only what exists
+    made += [d.report_dir for d in drills] + ([os.path.join(config_dir, "drills")] if drills else [])
+    for directory in dict.fromkeys(made):
         if not os.path.lexists(directory):
             result.directories.append(directory)
             if not check:
                 safe_fs.makedirs_private(directory)
+    drills_dir = os.path.join(config_dir, "drills")
+    if os.path.islink(drills_dir):
+        raise TimerError(f"{drills_dir} is a symbolic link: the drills' variables are never written through one")
+    if os.path.isdir(drills_dir):
+        for name in sorted(os.listdir(drills_dir)):
+            path = os.path.join(drills_dir, name)
+            if (
+                name.endswith(".json")
+                and path not in drill_files
+                and _UNIT_FILE_RE.match(f"{UNIT_PREFIX}{name[:-5]}.timer")
+            ):
+                result.removed.append(path)  # the variables of a drill no longer scheduled
+                if not check:
+                    os.unlink(path)
+    for path, blob in drill_files.items():  # (before the units: a timer that fires at once finds them)
+        if write_if_changed(path, blob, 0o600, check):
+            result.written.append(path)
+            result.diff.append({"before_header": path, "after_header": path, "before": "(hidden)", "after": "(hidden)"})
 
     # schedules.toml first: a timer that fires as soon as it is enabled finds its schedule.
     before = _current(toml_path)
@@ -419,7 +515,7 @@ def converge(
             result.diff.append({"before_header": path, "after_header": path, "before": before or "", "after": text})
     if (any(path != toml_path for path in result.written) or result.removed) and not check:
         _must(systemctl, ["daemon-reload"])
-    for s in schedules:
+    for s in [*schedules, *drills]:
         timer = f"{s.unit}.timer"
         enabled = systemctl(["is-enabled", timer]).stdout.strip() == "enabled"
         active = systemctl(["is-active", timer]).stdout.strip() == "active"

@@ -329,6 +329,7 @@ class Checked:
     files: int = 0
     bytes: int = 0
     databases: int = 0
+    tables: int = 0  # tables whose row counts were compared with the manifest's
     warnings: list[str] = field(default_factory=list)
 
 
@@ -506,6 +507,7 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
             problems.append(f"database {path} in snapshot {short} fails integrity_check: {result}")
             continue
         want = counted.get(path)
+        checked.tables += len(want) if isinstance(want, dict) else 0
         if isinstance(want, dict) and rows != want:
             table = next((t for t in sorted({*want, *(rows or {})}) if (rows or {}).get(t) != want.get(t)), "")
             problems.append(
