@@ -114,6 +114,10 @@ class Application:
         """Make restored files safe to start on (before anything starts)."""
         return None
 
+    def fixed_up_paths(self, facts: Facts) -> list[str]:
+        """The files :meth:`fix_up` may change after a restore (a migration's delta always carries them)."""
+        return []
+
     # -- units (tenement instances): restored and backed up one at a time, the others keep running
     def unit_paths(self, unit: str, facts: Facts) -> list[str]:
         raise AppError(f"{self.name} has no {self.unit_word}s to restore one at a time")

@@ -392,6 +392,10 @@ class Tenement(Application):
             if isinstance(weight, int) and not isinstance(weight, bool) and 0 <= weight <= 100:
                 self._weights.setdefault(str(unit), weight)
 
+    def fixed_up_paths(self, facts: Facts) -> list[str]:
+        data_dir = str(facts.metadata.get("data_dir") or self.data_dir)
+        return [os.path.join(data_dir, "tenement.db")]
+
     # -- one instance at a time
     def unit_paths(self, unit: str, facts: Facts) -> list[str]:
         """Where ``unit`` keeps its data: ``{data_dir}/{service}/{id}`` and the paths its service's env builds from

@@ -125,7 +125,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
     facts = planned.facts
     if planned.mode == "instances":
         for unit in planned.units:
-            args = _create_args(app, facts, options, planned.mode, label=f"instance-{unit.replace(':', '-')}")
+            args = create_args(app, facts, options, planned.mode, label=f"instance-{unit.replace(':', '-')}")
             done = app.backup_unit(unit, facts, options.dest, options.health_timeout, log, args)
             extra = {"downtime": done.downtime, "copy_seconds": done.copy_seconds, "hot_reason": done.hot_reason}
             result.sets.append(_finish(done.created, options, log, unit=unit, **extra))
@@ -149,7 +149,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
     return result
 
 
-def _create_args(app: Application, facts: Facts, options: Options, mode: str, label: str) -> dict[str, object]:
+def create_args(app: Application, facts: Facts, options: Options, mode: str, label: str) -> dict[str, object]:
     return dict(
         app=app.name,
         app_version=facts.version,
@@ -165,7 +165,7 @@ def _create_args(app: Application, facts: Facts, options: Options, mode: str, la
 
 
 def _create(app: Application, facts: Facts, options: Options, mode: str, log: Log) -> Created:
-    args = _create_args(app, facts, options, mode, options.label or mode)
+    args = create_args(app, facts, options, mode, options.label or mode)
     try:
         return create(facts.paths, options.dest, log=log, **args)  # type: ignore[arg-type]
     except SnapshotError as exc:

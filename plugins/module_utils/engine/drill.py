@@ -228,10 +228,10 @@ def run_repository(
 def _compatible(app: Application, manifest: dict[str, object], drilled: Drilled, step: _Steps, what: str) -> bool:
     """The target must run the set's version of the application, or a newer one."""
     started = step.clock()
-    installed = _installed_version(app)
+    installed = installed_version(app)
     wanted = str(manifest.get("app_version", "") or "")
     drilled.properties["target_version"] = installed or None
-    if wanted and installed and _version(wanted) > _version(installed):
+    if wanted and installed and version_key(wanted) > version_key(installed):
         why = f"the {what} was made by {app.name} {wanted}, newer than the {installed} on the target"
         return step("compatibility", started, why)
     return step("compatibility", started)
@@ -316,7 +316,7 @@ def _restore_and_check(
     step("checks", started, f"{failed[0].name}: {failed[0].message}" if failed else "")
 
 
-def _installed_version(app: Application) -> str:
+def installed_version(app: Application) -> str:
     """The application's version on the target ("" when it cannot be told)."""
     try:
         version = app.inspect().version
@@ -331,7 +331,7 @@ def _installed_version(app: Application) -> str:
     return version
 
 
-def _version(text: str) -> tuple[int, ...]:
+def version_key(text: str) -> tuple[int, ...]:
     """A version's numbers (``0.2.2rc1`` → (0, 2, 2)), for comparing."""
     return tuple(int(n) for n in re.findall(r"\d+", text.split("+")[0])[:4])
 

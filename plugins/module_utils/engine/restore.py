@@ -35,6 +35,7 @@ class Options:
     health_timeout: float = 60.0
     state_dir: str | None = None
     dest_root: str = "/"
+    start: bool = True  # False: the restored data left as they are and the application stopped (a seed)
 
 
 @dataclass
@@ -244,8 +245,9 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
             )
         result.restore_id, result.files, result.bytes = restored.restore_id, restored.files, restored.bytes
         result.recovered = restored.recovered
-        app.fix_up(restored.manifest, restored.targets, log)
-        steps.start_restored()
+        if options.start:
+            app.fix_up(restored.manifest, restored.targets, log)
+            steps.start_restored()
     except BaseException as exc:
         reason = swap.sentence(exc)
         if not stopped:  # refused or failed while fetching: nothing was stopped, nothing changed

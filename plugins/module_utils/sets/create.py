@@ -22,6 +22,7 @@ from ..sqlite_snapshot import (
 )
 from .catalog import sweep
 from .codec import CHUNK, Pump, compressor_for, write_error, zstd_options
+from .delta import Base, delta_fields
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from .members import DEFAULT_MEMORY_LIMIT, Snapshotter, file_chunks, left_out, open_member
 from .names import Sidecars, default_host, set_name
@@ -104,6 +105,7 @@ def create(
     now: Callable[[], datetime] = utc_now,
     stored_as: dict[str, str] | None = None,
     row_counts_max_size: int = 0,
+    base: Base | None = None,
 ) -> Created:
     """Write one backup set of ``paths`` into ``dest_dir`` and return what was made.
 
@@ -111,6 +113,9 @@ def create(
     ``PRAGMA integrity_check`` on every snapshot as it is made; off by default, as in ``backup_create``,
     because :func:`verify` checks every database of the set. Every table's rows are counted and recorded, except in
     databases larger than ``row_counts_max_size`` bytes (0: no limit).
+
+    With ``base``, a delta set (sets/delta.py) is written: the files ``base`` holds as they are now are listed as
+    kept, not archived.
     """
     clock = time.monotonic
     t0 = clock()
@@ -160,8 +165,11 @@ def create(
         staging_fd = safe_fs.open_dir(staging)
         safe_fs.lock(staging_fd)
         pump = Pump(argv, tmp, fd)
-        archived = _archive(found, pump, staging, lock_timeout, integrity_check, memory_limit, log, row_counts_max_size)
+        archived = _archive(
+            found, pump, staging, lock_timeout, integrity_check, memory_limit, log, row_counts_max_size, base
+        )
         stats = archived.pop("stats")
+        kept: list[str] = archived.pop("kept")  # type: ignore[assignment]
         finished_at = now()
         manifest: dict[str, object] = {
             "format": FORMAT,
@@ -180,6 +188,8 @@ def create(
             **archived,
             "metadata": metadata or {},
         }
+        if base is not None:
+            manifest.update(delta_fields(base, manifest["files"], kept))  # type: ignore[arg-type]
         blob = (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode()
         info = tarfile.TarInfo(MANIFEST_MEMBER)
         info.size, info.mode, info.mtime = len(blob), 0o600, int(time.time())
@@ -235,8 +245,10 @@ def _archive(
     memory_limit: int,
     log: Log,
     rows_max: int = 0,
+    base: Base | None = None,
 ) -> dict[str, object]:
     names = Names()
+    kept: list[str] = []
     files: list[dict[str, object]] = []
     snapshots: list[dict[str, object]] = []
     changed: list[str] = []
@@ -245,7 +257,12 @@ def _archive(
     snapshot_seconds = 0.0
     # Databases go last, so their snapshots are made while the other files stream; those too large to wait in
     # memory first among them, since their snapshots (staged on disk) can then be made without holding memory.
-    databases = sorted((e for e in found.entries if e.kind == "sqlite"), key=lambda e: e.st.st_size <= memory_limit)
+    entries = found.entries
+    if base is not None:  # a delta: what the base holds as it is now is kept, not archived
+        kept = [e.member for e in entries if base.unchanged(e)]
+        unchanged = set(kept)
+        entries = [e for e in entries if e.member not in unchanged]
+    databases = sorted((e for e in entries if e.kind == "sqlite"), key=lambda e: e.st.st_size <= memory_limit)
     snapshotter = Snapshotter(
         databases,
         found,
@@ -258,7 +275,7 @@ def _archive(
     )
     snapshotter.start()
     dirs = Dirs(found.roots, found.dirs)
-    ordered = [e for e in found.entries if e.kind != "sqlite"] + databases
+    ordered = [e for e in entries if e.kind != "sqlite"] + databases
     buf = bytearray(CHUNK)  # every file is read into this one buffer, hashed and sent from it
     try:
         for entry in ordered:
@@ -324,6 +341,7 @@ def _archive(
         "skipped": found.skipped,
         "changed_during_backup": changed,
         "notes": notes,
+        "kept": kept,
         "stats": {
             "files": totals["files"],
             "databases": totals["databases"],

@@ -21,6 +21,10 @@ FORMAT = "selfhost.dr/backup-set"
 FORMAT_VERSION = 1
 
 
+# A delta set's manifest (sets/delta.py): never read as a whole set's.
+DELTA_FORMAT = "selfhost.dr/delta-set"
+
+
 MANIFEST_MEMBER = "selfhost-dr-manifest.json"
 
 
@@ -42,7 +46,7 @@ class NewerFormatError(BackupError):
     """A set written by a newer selfhost.dr: never read as if it were understood."""
 
 
-def parse_manifest(blob: bytes, where: str) -> dict[str, object]:
+def parse_manifest(blob: bytes, where: str, delta: bool = False) -> dict[str, object]:
     """Manifest bytes parsed and checked in every field; raises BackupError with one sentence, never more."""
     if len(blob) > MAX_MANIFEST:
         raise BackupError(
@@ -54,7 +58,7 @@ def parse_manifest(blob: bytes, where: str) -> dict[str, object]:
         raise BackupError(f"{where} is nested too deeply to be a manifest") from exc
     except ValueError as exc:
         raise BackupError(f"{where} cannot be read as JSON") from exc
-    check_format(data, where)
+    check_format(data, where, delta)
     return data  # type: ignore[return-value]
 
 
@@ -62,7 +66,7 @@ def _no_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-def read_manifest(path: str) -> dict[str, object]:
+def read_manifest(path: str, delta: bool = False) -> dict[str, object]:
     """A manifest (sidecar) file, checked in every field; raises BackupError with one sentence."""
     try:
         blob = safe_fs.read_regular(path, MAX_MANIFEST)
@@ -72,13 +76,20 @@ def read_manifest(path: str) -> dict[str, object]:
         raise BackupError(f"manifest {path} is larger than {MAX_MANIFEST // MIB} MiB") from exc
     except OSError as exc:
         raise BackupError(f"manifest {path} cannot be read ({exc.strerror or 'not a regular file'})") from exc
-    return parse_manifest(blob, f"manifest {path}")
+    return parse_manifest(blob, f"manifest {path}", delta)
 
 
-def check_format(data: object, where: str) -> None:
+def check_format(data: object, where: str, delta: bool = False) -> None:
     """Raise BackupError (NewerFormatError for a newer format) unless ``data`` is a manifest this collection reads,
-    with the right type in every field it uses."""
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+    with the right type in every field it uses. ``delta``: a delta set's manifest is read too (and only then)."""
+    if isinstance(data, dict) and data.get("format") == DELTA_FORMAT and not delta:
+        base = data.get("base")
+        name = base.get("name") if isinstance(base, dict) else None
+        raise BackupError(
+            f"{where} is of a delta set, which holds only what changed since {name or 'its base set'}: "
+            "the migration that made it applies it, or restore its base first and then it by hand (docs/migrate.md)"
+        )
+    if not isinstance(data, dict) or data.get("format") not in ((FORMAT, DELTA_FORMAT) if delta else (FORMAT,)):
         raise BackupError(f"{where} is not a selfhost.dr backup manifest")
     version = data.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool):

@@ -370,6 +370,42 @@ class StagingUnpacker:
             self._fd = -1
         self.files += 1
 
+    def link_kept(self, path: str, live: list[int], cache: dict[tuple[int, tuple[str, ...]], int]) -> int:
+        """Stage the file ``path`` as a second name of the file at the same place in its unit's live tree (``live``:
+        a descriptor of each unit's live tree, or -1): a delta set's kept file. Every directory is opened without
+        following a link, and so is the file; what was linked is returned as its unit's index (its content is
+        checked by the caller). ``cache``: open directories of the live trees, closed by the caller."""
+        index = next((n for n, u in enumerate(self.units) if is_under(path, u.path)), -1)
+        unit = self.units[index] if index >= 0 else None
+        if unit is None or path == unit.path or live[index] < 0:
+            raise RestoreError(f"{path} is kept from the seed but lies in no tree being replaced")
+        rel = unit.prefix + tuple(os.path.relpath(path, unit.path).split("/"))
+        src = cache.get((index, rel[:-1]))
+        try:
+            if src is None:
+                src = os.dup(live[index])
+                for part in rel[:-1]:
+                    below = safe_fs.open_dir(part, src)
+                    os.close(src)
+                    src = below
+                for key in [k for k in cache if k[0] == index]:  # one directory of each tree open at a time
+                    os.close(cache.pop(key))
+                cache[(index, rel[:-1])] = src
+            dst = self._dir(index, rel[:-1])
+            os.link(rel[-1], rel[-1], src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
+        except OSError as exc:
+            raise RestoreError(
+                f"{path} is kept from the seed, but the seeded copy on this server cannot be taken "
+                f"({exc.strerror or 'a link is in its way'})"
+            ) from exc
+        self.written.add(path)
+        self.files += 1
+        return index
+
+    def staged_dir(self, index: int, rel: tuple[str, ...]) -> int:
+        """The staging directory ``rel`` of unit ``index`` (open while this unpacker is)."""
+        return self._dir(index, rel, create=False)
+
     def finish(self) -> None:
         """Make the links, give the files that are whole trees their metadata, then every directory its owner,
         mode and times, deepest first."""

@@ -115,6 +115,7 @@ def verify(
     unpack: Unpacker | None = None,
     deep: bool = True,
     tmpdir: str | None = None,
+    delta: bool = False,
 ) -> Verification:
     """Check a set: whole-file sha256, every member against the manifest, integrity_check of every database.
 
@@ -128,7 +129,7 @@ def verify(
     set's own directory, never a tmpfs ``/tmp``), one or two at a time, removed as soon as they are checked.
     Every member is checked as a restore would use it: a safe name, not a link, device or FIFO, listed once,
     not below a link or a file, and equal to its manifest entry in type, mode, owner, size, link target and
-    sha256. So a set that verifies is a set that restores.
+    sha256. So a set that verifies is a set that restores. ``delta``: a delta set (sets/delta.py) is verified too.
     """
     check_sqlite = check_sqlite and deep
     t0 = time.monotonic()
@@ -151,7 +152,7 @@ def verify(
     sidecar_manifest: dict[str, object] | None = None
     if os.path.lexists(sidecars.manifest):
         try:
-            sidecar_manifest = read_manifest(sidecars.manifest)
+            sidecar_manifest = read_manifest(sidecars.manifest, delta)
         except NewerFormatError:
             raise
         except BackupError as exc:
@@ -245,7 +246,7 @@ def verify(
     elif proc.returncode != 0 or stream_error:
         reason = stderr.splitlines()[-1] if stderr else stream_error
         check("archive", False, f"the archive cannot be read to its end ({reason})")
-    manifest = _pick_manifest(embedded, sidecar_manifest, sidecars.manifest, check)
+    manifest = _pick_manifest(embedded, sidecar_manifest, sidecars.manifest, check, delta)
     if manifest is not None:
         structure = _structure_problems(members, [str(p) for p in manifest["paths"]])  # type: ignore[attr-defined]
         if structure:
@@ -424,13 +425,14 @@ def _pick_manifest(
     sidecar: dict[str, object] | None,
     sidecar_path: str,
     check: Callable[[str, bool, str], None],
+    delta: bool = False,
 ) -> dict[str, object] | None:
     inside: dict[str, object] | None = None
     if embedded is None:
         check("manifest", False, "the archive holds no manifest")
     else:
         try:
-            inside = parse_manifest(embedded, "the manifest inside the archive")
+            inside = parse_manifest(embedded, "the manifest inside the archive", delta)
         except NewerFormatError:
             raise
         except BackupError as exc:
