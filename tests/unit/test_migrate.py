@@ -24,7 +24,6 @@ from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import Side
 
 from .test_engine import Recorder
 
-
 REAL_RACY_NS = delta_mod.RACY_NS
 
 
@@ -288,7 +287,7 @@ def test_a_report_of_pairs_is_written_in_three_formats(tmp_path: Path) -> None:
 
 def test_a_frozen_server_is_not_seeded_and_a_migrated_one_not_replaced_by_a_seed(tmp_path: Path, old: Path) -> None:
     app, seeded, made = _migrate_to_freeze(tmp_path, old)
-    with pytest.raises(migrate.MigrateError, match="froze it at .*; nothing was changed"):
+    with pytest.raises(migrate.MigrateError, match=r"froze it at .*; nothing was changed"):
         migrate.seed(app, _options(tmp_path, "a"))
     new_root = tmp_path / "new"
     target = Recorder("files", [str(old)], running=False)
