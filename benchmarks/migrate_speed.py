@@ -45,6 +45,7 @@ from repo_speed import Tree as RepoTree
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Log, no_log
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Facts
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import backup, migrate, restore
+from ansible_collections.selfhost.dr.plugins.module_utils.sets.manifest import read_manifest
 from ansible_collections.selfhost.dr.plugins.module_utils.sets.names import Sidecars
 
 MIB = 1024 * 1024
@@ -111,6 +112,9 @@ def seed_and_delta(run: Path, tree: str, rng: random.Random, n: int) -> dict[str
     applied = migrate.apply(app, here, new)
     t3 = time.monotonic()
     migrate.thaw(app, old)
+    carried = read_manifest(str(made["manifest_path"]), delta=True)["files"]
+    largest = max((f for f in carried if f["type"] == "file"), key=lambda f: int(f["size"]))  # type: ignore[attr-defined]
+    print(f"  the delta's largest member: {largest['path']}, {int(largest['size']) / MIB:.0f} MiB", flush=True)
     shutil.rmtree(side)
     return {
         "downtime": t3 - t0,

@@ -21,7 +21,8 @@ description:
     application again and keeps the first record.
   - C(delta) - with the application frozen, a delta set against O(seed) (label C(delta)) - every directory and link,
     every file whose size, mtime, ctime or inode changed since the index, a fresh snapshot of every such database,
-    the names kept from the seed and those deleted (docs/migrate.md). Verified before it is returned.
+    the names kept from the seed and those deleted (docs/migrate.md). Not verified here - the new server verifies
+    every byte, member and database of it as it applies it, before anything is swapped.
   - C(thaw) - the application started again with what ran at the freeze (a migration rolled back). Refused once the
     server is retired.
   - C(retire) - the migration stands - the application stays stopped, its data as they were, and a thaw is refused.
