@@ -125,6 +125,7 @@ def seed_and_delta(run: Path, tree: str, rng: random.Random, n: int) -> dict[str
         "seed_bytes": float(seeded["size"]),
         "kept": float(made["kept"]),
         "checked_bytes": float(applied["checked"]["bytes"]),  # type: ignore[index]
+        "hashed": float(applied["checked"]["hashed"]),  # type: ignore[index]
     }
 
 
@@ -188,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     time_ratio = median(deltas, "downtime") / median(colds, "downtime")
     print()
     print(f"tree: {sum(f.stat().st_size for f in Path(source).rglob('*') if f.is_file()) / MIB:.0f} MiB; "
-          f"files kept from the seed: {median(deltas, 'kept'):.0f} ({median(deltas, 'checked_bytes') / MIB:.0f} MiB "
-          "checked on the new server)")  # fmt: skip
+          f"files kept from the seed: {median(deltas, 'kept'):.0f} ({median(deltas, 'checked_bytes') / MIB:.0f} MiB), "
+          f"of them read again on the new server: {median(deltas, 'hashed'):.0f}")  # fmt: skip
     print(f"{'':44}{'seed+delta':>12}{'cold full':>12}{'ratio':>8}")
     print(
         f"{'bytes moved during the downtime, MiB':44}{delta_bytes / MIB:12.1f}{full_bytes / MIB:12.1f}{byte_ratio:8.3f}"

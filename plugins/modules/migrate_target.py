@@ -21,7 +21,8 @@ description:
   - C(apply) - the delta set O(path) applied onto the seed - refused before anything stops when it does not follow
     the seed this server holds or its manifest is not valid; then its members and the seeded copies of the files it
     keeps are staged beside the seeded trees, every file checked against the frozen server's manifest (sha256, size,
-    mode, owner; the delta's databases by integrity and row counts), swapped in, fixed up (tenement -
+    mode, owner - a kept file's sha256 read again unless its stat is what it was right after the seed's restore
+    verified it; the delta's databases by integrity and row counts), swapped in, fixed up (tenement -
     C(instance_state) emptied, so C(ten serve) kills no process), and the application started with what ran on the
     old server, each instance's health waited for. On a failure the seeded trees are put back and the application
     is left stopped. Applying the same delta again changes nothing.
@@ -105,8 +106,9 @@ started:
   type: list
   elements: str
 checked:
-  description: With C(apply) - what was checked against the frozen server's manifest (kept files and their bytes,
-    databases, tables).
+  description: With C(apply) - what was checked against the frozen server's manifest - C(kept) files and their
+    C(bytes), how many of them were C(hashed) again (the others' stat was as the seed's restore left it),
+    C(databases) and C(tables) of the delta.
   returned: with apply, not in check mode
   type: dict
 restore_id:

@@ -119,6 +119,7 @@ def test_seed_then_delta_puts_the_frozen_server_on_the_new_one_and_starts_what_r
     assert _tree(landed) == _tree(old)
     assert target.calls == ["stop", "fix_up", "stop", "fix_up", "start svc:a"]  # receive, then apply
     assert done["checked"]["kept"] == 2  # type: ignore[index]
+    assert done["checked"]["hashed"] == 0, "kept files untouched since the seed's restore were read again"  # type: ignore[index]
     again = migrate.apply(target, str(made["path"]), _options(tmp_path, "b", dest_root=str(new_root)))
     assert again["changed"] is False and _tree(landed) == _tree(old)
     assert not list(landed.parent.glob(".app.*")), "a staging or safety copy was left beside the tree"
@@ -333,3 +334,27 @@ def test_a_crafted_delta_that_keeps_a_file_below_a_directory_it_does_not_carry_i
     (top,) = crafted["paths"]
     crafted["files"] = [f for f in crafted["files"] if f["path"] != top.lstrip("/")]  # the root directory's record
     assert "does not carry its directory" in delta_mod.delta_problem(crafted, base, sha)
+
+
+def test_a_kept_file_touched_on_the_new_server_is_read_again_and_one_changed_behind_its_mtime_is_refused(
+    tmp_path: Path, old: Path
+) -> None:
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
+    target = Recorder("files", [str(old)], running=False)
+    options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"))
+    migrate.receive(target, str(seeded["path"]), options)
+    landed = tmp_path / "new" / str(old).lstrip("/")
+    idle = landed / "idle.db"
+    idle.write_bytes(idle.read_bytes())  # the same bytes written again: its stat changed, its content did not
+    big = landed / "big.bin"
+    before = big.stat()
+    with open(big, "r+b") as handle:  # other bytes, same size, and the mtime put back: only ctime says so
+        handle.write(b"Y" * 16)
+    os.utime(big, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(migrate.MigrateError, match=r"big\.bin does not hold what the seed holds"):
+        migrate.apply(target, str(made["path"]), options)
+    with open(big, "r+b") as handle:
+        handle.write(Path(old / "big.bin").read_bytes()[:16])  # the seed's bytes back: read again, it passes
+    done = migrate.apply(target, str(made["path"]), options)
+    assert done["checked"] == {**done["checked"], "kept": 2, "hashed": 2}  # type: ignore[dict-item]
+    assert _tree(landed) == _tree(old)

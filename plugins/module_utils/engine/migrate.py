@@ -58,6 +58,7 @@ from ..sets.delta import Base, delta_problem, frozen, read_index, take_index, wr
 from ..sets.manifest import read_manifest
 from ..sets.names import Sidecars
 from ..sets.restore import StagingUnpacker, Unit, is_under
+from ..sets.scan import scan
 from ..sets.verify import verify
 from ..sqlite_snapshot import SnapshotError
 from . import backup, journal, restore, swap
@@ -400,7 +401,7 @@ def receive(
     with contextlib.suppress(FileNotFoundError):
         os.unlink(held_path)  # (whatever it held is being replaced: no delta may follow it any more)
     done = restore.run(app, planned, r_options, log)
-    app.fix_up(planned.manifest, [u for u in planned.targets], log)
+    app.fix_up(planned.manifest, list(planned.targets), log)
     sidecars = Sidecars.of(seed_set)
     held = {
         "name": os.path.basename(seed_set),
@@ -408,6 +409,7 @@ def receive(
         "manifest": read_manifest(sidecars.manifest),
         "restore_id": done.restore_id,
         "at": iso(utc_now()),
+        "keys": _seeded_keys(planned.paths, planned.targets),
     }
     _write_state(held_path, held)
     return {
@@ -420,12 +422,26 @@ def receive(
     }
 
 
+def _seeded_keys(paths: list[str], targets: list[str]) -> dict[str, list[int]]:
+    """The stat key of every file of the seed as it was just restored, verified and fixed up here, with the
+    application stopped: a kept file whose key is the same at the delta was not written since, and holds what the
+    restore verified (its sha256 need not be read again inside the downtime)."""
+    found = scan(targets, [], dict(zip(targets, paths)))
+    return {e.member: _stat_key(e.st) for e in found.entries if e.kind in ("file", "sqlite")}
+
+
+def _stat_key(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 class _DeltaFiller:
     """A delta set's members unpacked (verified in the same pass) and the seeded copies of the files it keeps
     linked beside them, every kept file then checked against the frozen server's manifest."""
 
-    def __init__(self, archive: str, delta: dict[str, object], whole: dict[str, object], log: Log) -> None:
-        self.archive, self.delta, self.whole, self.log = archive, delta, whole, log
+    def __init__(
+        self, archive: str, delta: dict[str, object], whole: dict[str, object], keys: dict[str, object], log: Log
+    ) -> None:
+        self.archive, self.delta, self.whole, self.keys, self.log = archive, delta, whole, keys, log
         self.unpacker: StagingUnpacker | None = None
         self.files = self.bytes = 0
         self.checked: dict[str, int] = {}
@@ -460,27 +476,30 @@ class _DeltaFiller:
             except FileNotFoundError:
                 live.append(-1)
         cache: dict[tuple[int, tuple[str, ...]], int] = {}
-        self.checked = {"kept": 0, "bytes": 0}
+        self.checked = {"kept": 0, "bytes": 0, "hashed": 0}
         self.log(f"migrate: taking {len(kept)} kept file(s) from the seeded trees")
         try:
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 for first in range(0, len(kept), _KEPT_BATCH):  # a bounded number of directories open at a time
                     dirs: dict[tuple[int, tuple[str, ...]], int] = {}
-                    jobs: list[tuple[str, int, str]] = []  # (path, its staging directory, its name there)
+                    jobs: list[tuple[str, int, str, list[int] | None]] = []  # (path, dir, name, key if seeded)
                     try:
                         for path in kept[first : first + _KEPT_BATCH]:
-                            index = unpacker.link_kept(path, live, cache)
+                            index, before = unpacker.link_kept(path, live, cache)
                             unit = units[index]
                             rel = unit.prefix + tuple(os.path.relpath(path, unit.path).split("/"))
                             if (index, rel[:-1]) not in dirs:
                                 dirs[(index, rel[:-1])] = os.dup(unpacker.staged_dir(index, rel[:-1]))
-                            jobs.append((path, dirs[(index, rel[:-1])], rel[-1]))
+                            # As the seed's restore left it (its stat key then), the file is what that restore
+                            # verified; the link just made changed its ctime, so it is compared before.
+                            seeded = _stat_key(before) if self.keys.get(path[1:]) == _stat_key(before) else None
+                            jobs.append((path, dirs[(index, rel[:-1])], rel[-1], seeded))
                         done = _check_kept(pool, jobs, records)
                     finally:
                         for fd in dirs.values():
                             os.close(fd)
-                    self.checked["kept"] += done["kept"]
-                    self.checked["bytes"] += done["bytes"]
+                    for key in ("kept", "bytes", "hashed"):
+                        self.checked[key] += done[key]
         finally:
             for fd in [*live, *cache.values()]:
                 if fd >= 0:
@@ -497,8 +516,14 @@ class _DeltaFiller:
             self.unpacker.close()
 
 
-def _hash_kept(job: tuple[str, int, str]) -> tuple[str, os.stat_result | None, str]:
-    path, dir_fd, name = job
+_SEEDED = "seeded"  # (what _hash_kept says of a file whose stat is as the seed's restore left it)
+
+
+def _hash_kept(job: tuple[str, int, str, list[int] | None]) -> tuple[str, os.stat_result | None, str]:
+    """The kept file's stat and sha256; or :data:`_SEEDED` for its sha256 when it is the file whose stat key before
+    it was linked is the one recorded when the seed was restored (and verified) here, unchanged since: not read
+    again."""
+    path, dir_fd, name, seeded = job
     try:
         fd, st = safe_fs.open_file(name, dir_fd)
     except OSError:
@@ -506,6 +531,8 @@ def _hash_kept(job: tuple[str, int, str]) -> tuple[str, os.stat_result | None, s
     try:
         if not stat.S_ISREG(st.st_mode):
             return path, st, ""
+        if seeded is not None and seeded[:4] == _stat_key(st)[:4]:  # (the same file, not written since the link)
+            return path, st, _SEEDED
         digest = hashlib.sha256()
         while chunk := os.read(fd, _CHUNK):
             digest.update(chunk)
@@ -515,16 +542,19 @@ def _hash_kept(job: tuple[str, int, str]) -> tuple[str, os.stat_result | None, s
 
 
 def _check_kept(
-    pool: ThreadPoolExecutor, jobs: list[tuple[str, int, str]], records: dict[str, dict[str, object]]
+    pool: ThreadPoolExecutor,
+    jobs: list[tuple[str, int, str, list[int] | None]],
+    records: dict[str, dict[str, object]],
 ) -> dict[str, int]:
-    """Every kept file as the frozen server's manifest records it: a regular file of that size, sha256, mode and
-    owner. Raises VerificationError naming the first that is not."""
-    done = {"kept": 0, "bytes": 0}
+    """Every kept file as the frozen server's manifest records it: a regular file of that size, sha256 (read again
+    unless its stat is as the seed's restore left it), mode and owner. Raises VerificationError naming the first that
+    is not."""
+    done = {"kept": 0, "bytes": 0, "hashed": 0}
     for path, st, digest in pool.map(_hash_kept, jobs):
         want = records[path]
         if st is None or not stat.S_ISREG(st.st_mode):
             problem = "is not a regular file"
-        elif st.st_size != want.get("size") or digest != want.get("sha256"):
+        elif st.st_size != want.get("size") or digest not in (want.get("sha256"), _SEEDED):
             problem = "does not hold what the seed holds (it changed on this server since it was seeded)"
         elif f"{stat.S_IMODE(st.st_mode):04o}" != want.get("mode") or (st.st_uid, st.st_gid) != (
             want.get("uid"),
@@ -534,6 +564,7 @@ def _check_kept(
         else:
             done["kept"] += 1
             done["bytes"] += st.st_size
+            done["hashed"] += digest != _SEEDED
             continue
         raise VerificationError(f"refusing to apply the delta: the seeded {path} {problem}; seed this server again")
     return done
@@ -583,7 +614,8 @@ def apply(
     # Stopped before anything is staged (it should be, since the seed): a kept file is staged as a second name of
     # the seeded one, so nothing may write to the seeded files from their check to the swap.
     app.stop(log)
-    filler = _DeltaFiller(delta_set, delta_manifest, whole, log)
+    keys = held.get("keys")
+    filler = _DeltaFiller(delta_set, delta_manifest, whole, dict(keys) if isinstance(keys, dict) else {}, log)
     try:
         restored = swap.restore_from(name, whole, filler, dest_root=options.dest_root, only=paths, log=log,
                                      state_dir=options.state_dir)  # fmt: skip

@@ -370,11 +370,14 @@ class StagingUnpacker:
             self._fd = -1
         self.files += 1
 
-    def link_kept(self, path: str, live: list[int], cache: dict[tuple[int, tuple[str, ...]], int]) -> int:
+    def link_kept(
+        self, path: str, live: list[int], cache: dict[tuple[int, tuple[str, ...]], int]
+    ) -> tuple[int, os.stat_result]:
         """Stage the file ``path`` as a second name of the file at the same place in its unit's live tree (``live``:
         a descriptor of each unit's live tree, or -1): a delta set's kept file. Every directory is opened without
         following a link, and so is the file; what was linked is returned as its unit's index (its content is
-        checked by the caller). ``cache``: open directories of the live trees, closed by the caller."""
+        checked by the caller) with the file's stat right before it was linked (a link changes its ctime).
+        ``cache``: open directories of the live trees, closed by the caller."""
         index = next((n for n, u in enumerate(self.units) if is_under(path, u.path)), -1)
         unit = self.units[index] if index >= 0 else None
         if unit is None or path == unit.path or live[index] < 0:
@@ -392,6 +395,7 @@ class StagingUnpacker:
                     os.close(cache.pop(key))
                 cache[(index, rel[:-1])] = src
             dst = self._dir(index, rel[:-1])
+            before = os.stat(rel[-1], dir_fd=src, follow_symlinks=False)
             os.link(rel[-1], rel[-1], src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
         except OSError as exc:
             raise RestoreError(
@@ -400,7 +404,7 @@ class StagingUnpacker:
             ) from exc
         self.written.add(path)
         self.files += 1
-        return index
+        return index, before
 
     def staged_dir(self, index: int, rel: tuple[str, ...]) -> int:
         """The staging directory ``rel`` of unit ``index`` (open while this unpacker is)."""
