@@ -54,7 +54,7 @@ from .._common import (
 from ..apps.base import Application, Facts
 from ..reports import Case, Report, Suite
 from ..sets.create import Created, create
-from ..sets.delta import Base, delta_problem, frozen, read_index, take_index, write_index
+from ..sets.delta import Base, delta_problem, frozen, read_index, stat_key, take_index, write_index
 from ..sets.manifest import read_manifest
 from ..sets.names import Sidecars
 from ..sets.restore import StagingUnpacker, Unit, is_under
@@ -427,11 +427,7 @@ def _seeded_keys(paths: list[str], targets: list[str]) -> dict[str, list[int]]:
     application stopped: a kept file whose key is the same at the delta was not written since, and holds what the
     restore verified (its sha256 need not be read again inside the downtime)."""
     found = scan(targets, [], dict(zip(targets, paths)))
-    return {e.member: _stat_key(e.st) for e in found.entries if e.kind in ("file", "sqlite")}
-
-
-def _stat_key(st: os.stat_result) -> list[int]:
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return {e.member: stat_key(e.st) for e in found.entries if e.kind in ("file", "sqlite")}
 
 
 class _DeltaFiller:
@@ -492,7 +488,8 @@ class _DeltaFiller:
                                 dirs[(index, rel[:-1])] = os.dup(unpacker.staged_dir(index, rel[:-1]))
                             # As the seed's restore left it (its stat key then), the file is what that restore
                             # verified; the link just made changed its ctime, so it is compared before.
-                            seeded = _stat_key(before) if self.keys.get(path[1:]) == _stat_key(before) else None
+                            key = stat_key(before)
+                            seeded = key if self.keys.get(path[1:]) == key else None
                             jobs.append((path, dirs[(index, rel[:-1])], rel[-1], seeded))
                         done = _check_kept(pool, jobs, records)
                     finally:
@@ -531,7 +528,7 @@ def _hash_kept(job: tuple[str, int, str, list[int] | None]) -> tuple[str, os.sta
     try:
         if not stat.S_ISREG(st.st_mode):
             return path, st, ""
-        if seeded is not None and seeded[:4] == _stat_key(st)[:4]:  # (the same file, not written since the link)
+        if seeded is not None and seeded[:4] == stat_key(st)[:4]:  # (the same file, not written since the link)
             return path, st, _SEEDED
         digest = hashlib.sha256()
         while chunk := os.read(fd, _CHUNK):

@@ -51,18 +51,19 @@ _SIDES = ("-wal", "-journal")
 _MAX_INDEX = 512 * 1024 * 1024
 
 
-def _stat_key(st: os.stat_result) -> list[int]:
+def stat_key(st: os.stat_result) -> list[int]:
+    """What says a file was not written since: its device, inode, size, mtime and ctime (ns)."""
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def entry_key(entry: Entry) -> list[list[int]]:
     """What says that ``entry`` did not change: its stat, and for a database its ``-wal``'s and ``-journal``'s (an
     empty list for one that does not exist)."""
-    keys = [_stat_key(entry.st)]
+    keys = [stat_key(entry.st)]
     if entry.kind == "sqlite":
         for side in _SIDES:
             try:
-                keys.append(_stat_key(os.lstat(entry.path + side)))
+                keys.append(stat_key(os.lstat(entry.path + side)))
             except FileNotFoundError:
                 keys.append([])
     return keys
@@ -154,10 +155,6 @@ class Base:
             return False  # (a database's record is of its snapshot, whose size may differ from the file's)
         now = entry_key(entry)
         return now == key and _newest(now) < self.index.started_ns - RACY_NS
-
-
-def is_delta(manifest: dict[str, object]) -> bool:
-    return manifest.get("format") == DELTA_FORMAT
 
 
 def delta_fields(base: Base, archived: list[dict[str, object]], kept: list[str]) -> dict[str, object]:
