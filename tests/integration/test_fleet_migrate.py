@@ -18,11 +18,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp_path: Path, budget: object) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+def _run(
+    tmp_path: Path, budget: object, playbook: str = "fleet_migrate.yml", hosts: list[str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
     inventory = tmp_path / "inventory.ini"
     lines = ["[all:vars]", "ansible_connection=local", f"ansible_python_interpreter={sys.executable}", "[fleet]"]
-    lines += [f"old{n} migrate_to=new{n}" for n in range(1, 6)]
-    lines += [f"new{n}" for n in range(1, 6)]
+    lines += hosts or [f"old{n} migrate_to=new{n}" for n in range(1, 6)] + [f"new{n}" for n in range(1, 6)]
     inventory.write_text("\n".join(lines) + "\n")
     reports = tmp_path / "reports"
     variables = {
@@ -46,7 +47,7 @@ def _run(tmp_path: Path, budget: object) -> tuple[subprocess.CompletedProcess[st
             str(Path(sys.executable).parent / "ansible-playbook"),
             "-i",
             str(inventory),
-            str(ROOT / "playbooks" / "fleet_migrate.yml"),
+            str(ROOT / "playbooks" / playbook),
             "-e",
             json.dumps(variables),
         ],
@@ -76,3 +77,18 @@ def test_no_batch_starts_once_more_pairs_failed_than_the_budget_allows(
     first = next(s for s in report["suites"] if s["name"] == "old1 → new1")  # type: ignore[union-attr]
     preflight = next(c for c in first["cases"] if c["name"] == "preflight")
     assert preflight["status"] == "failed" and "tenement" in preflight["message"], preflight
+
+
+def test_an_old_server_that_cannot_be_reached_is_a_failed_preflight_in_the_report(tmp_path: Path) -> None:
+    """Left to Ansible, an unreachable host leaves the play and its pair the report; here it fails its phase."""
+    away = "ansible_connection=ssh ansible_host=127.0.0.1 ansible_port=9 ansible_ssh_common_args='-o ConnectTimeout=3'"
+    hosts = [f"old1 migrate_to=new1 {away}", "old2 migrate_to=new2", "new1", "new2"]
+    done, report = _run(tmp_path, 0, "migrate.yml", hosts)
+    assert done.returncode != 0
+    suites = {s["name"]: s for s in report["suites"]}  # type: ignore[index]
+    assert set(suites) == {"old1 → new1", "old2 → new2"}, suites
+    away_pair = suites["old1 → new1"]
+    assert away_pair["properties"]["result"] == "not migrated"
+    preflight = next(c for c in away_pair["cases"] if c["name"] == "preflight")
+    assert preflight["status"] == "failed" and "old1 could not be reached" in preflight["message"], preflight
+    assert suites["old2 → new2"]["properties"]["result"] == "not migrated"  # (no tenement here: its own reason)

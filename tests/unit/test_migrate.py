@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -358,3 +359,161 @@ def test_a_kept_file_touched_on_the_new_server_is_read_again_and_one_changed_beh
     done = migrate.apply(target, str(made["path"]), options)
     assert done["checked"] == {**done["checked"], "kept": 2, "hashed": 2}  # type: ignore[dict-item]
     assert _tree(landed) == _tree(old)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _frozen_db(old: Path, name: str, rows: int) -> None:
+    """A database of ``rows`` rows, of which a few are updated after the seed (see :func:`_update`)."""
+    _database(old / name, rows, wal=False)
+    time.sleep(0.1)
+
+
+def _update(path: Path, ids: list[int]) -> None:
+    db = sqlite3.connect(path)
+    with db:
+        db.executemany("UPDATE t SET v = 'changed after the seed' WHERE id = ?", [(i,) for i in ids])
+    db.close()  # (the last connection of a WAL database writes its WAL into it)
+
+
+class FixingUp(Recorder):
+    """An application whose restore fix-up changes a database (as tenement's empties instance_state)."""
+
+    def __init__(self, name: str, paths: list[str], fixed: str, **extra: object) -> None:
+        super().__init__(name, paths, **extra)  # type: ignore[arg-type]
+        self.fixed = fixed
+
+    def fixed_up_paths(self, facts: object) -> list[str]:
+        return [self.fixed]
+
+    def fix_up(self, manifest: dict[str, object], targets: list[str], log: object = print) -> None:
+        super().fix_up(manifest, targets)
+        for target in targets:
+            found = Path(target) / os.path.relpath(self.fixed, self.paths[0])
+            if found.exists():
+                with sqlite3.connect(found) as db:
+                    db.execute("DELETE FROM t WHERE id > 10")
+
+
+def test_a_changed_database_is_carried_as_its_changed_pages_and_rebuilt_exactly(tmp_path: Path, old: Path) -> None:
+    _frozen_db(old, "big.db", 60000)
+    app = Recorder("files", [str(old)])
+    seeded = migrate.seed(app, _options(tmp_path, "a"))
+    _update(old / "big.db", [5, 30000, 59990])
+    migrate.freeze(app, _options(tmp_path, "a"))
+    made = migrate.delta(app, str(seeded["path"]), _options(tmp_path, "a"))
+    manifest = read_manifest(str(made["manifest_path"]), delta=True)
+    record = next(f for f in manifest["files"] if str(f["path"]).endswith("big.db"))  # type: ignore[attr-defined]
+    size = (old / "big.db").stat().st_size
+    # three leaves (split, as the rows grew), the pages above them, the header: not the database's 300 pages
+    assert record["patch"]["pages"] <= 16 and record["size"] < size / 10, "the unchanged pages were carried"  # type: ignore[index]
+    target = Recorder("files", [str(old)], running=False)
+    options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"))
+    migrate.receive(target, str(seeded["path"]), options)
+    done = migrate.apply(target, str(made["path"]), options)
+    landed = tmp_path / "new" / str(old).lstrip("/")
+    assert _sha256(landed / "big.db") == record["patch"]["sha256"]  # type: ignore[index]
+    assert _tree(landed) == _tree(old) and done["checked"]["rebuilt"] == 1  # type: ignore[index]
+
+
+def test_a_database_the_fix_up_changed_is_rebuilt_from_the_seeds_own_copy(tmp_path: Path, old: Path) -> None:
+    app = Recorder("files", [str(old)])
+    seeded = migrate.seed(app, _options(tmp_path, "a"))
+    _change(old)
+    migrate.freeze(app, _options(tmp_path, "a"))
+    made = migrate.delta(app, str(seeded["path"]), _options(tmp_path, "a"))
+    target = FixingUp("files", [str(old)], str(old / "live.db"), running=False)
+    options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"))
+    migrate.receive(target, str(seeded["path"]), options)
+    landed = tmp_path / "new" / str(old).lstrip("/")
+    assert _rows(landed / "live.db") == 10, "the fix-up did not change the seeded database"
+    bases = tmp_path / "b" / "migrate" / ".files-seed-bases"
+    assert len(list(bases.iterdir())) == 1
+    migrate.apply(target, str(made["path"]), options)
+    assert _rows(landed / "live.db") == 10, "the fix-up runs after the apply too"
+    with sqlite3.connect(old / "live.db") as db:
+        want = db.execute("SELECT v FROM t WHERE id <= 10 ORDER BY id").fetchall()
+    with sqlite3.connect(landed / "live.db") as db:
+        assert db.execute("SELECT v FROM t WHERE id <= 10 ORDER BY id").fetchall() == want
+    assert not bases.exists(), "the seed's copy was kept after the delta was applied"
+
+
+def test_a_seeded_database_changed_on_the_new_server_refuses_the_delta(tmp_path: Path, old: Path) -> None:
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
+    target = Recorder("files", [str(old)], running=False)
+    options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"))
+    migrate.receive(target, str(seeded["path"]), options)
+    landed = tmp_path / "new" / str(old).lstrip("/")
+    _update(landed / "live.db", [1])
+    before = _tree(landed)
+    with pytest.raises(migrate.MigrateError) as refused:
+        migrate.apply(target, str(made["path"]), options)
+    assert "live.db applies to the seeded one, which changed here" in str(refused.value)
+    assert _tree(landed) == before and "start svc:a" not in target.calls
+
+
+def test_pages_a_digest_missed_rebuild_a_database_that_is_refused_not_installed(
+    tmp_path: Path, old: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = Recorder("files", [str(old)])
+    seeded = migrate.seed(app, _options(tmp_path, "a"))
+    _change(old)
+    migrate.freeze(app, _options(tmp_path, "a"))
+    from ansible_collections.selfhost.dr.plugins.module_utils.sets import pages
+
+    monkeypatch.setattr(pages, "_digest", lambda page: bytes(pages.DIGEST))  # every page "unchanged" to the delta
+    monkeypatch.setattr(delta_mod.PageMap, "from_json", classmethod(lambda cls, doc: cls(
+        int(doc["page_size"]), int(doc["size"]), bytes(len(pages.base64.b64decode(doc["digests"])))
+    )))  # fmt: skip
+    made = migrate.delta(app, str(seeded["path"]), _options(tmp_path, "a"))
+    target = Recorder("files", [str(old)], running=False)
+    options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"))
+    migrate.receive(target, str(seeded["path"]), options)
+    landed = tmp_path / "new" / str(old).lstrip("/")
+    before = _tree(landed)
+    with pytest.raises(migrate.MigrateError) as refused:
+        migrate.apply(target, str(made["path"]), options)
+    assert "live.db rebuilt from the seeded copy and the delta's pages is not the old server's" in str(refused.value)
+    assert _tree(landed) == before
+
+
+def test_a_crafted_patch_of_a_database_the_seed_does_not_hold_is_refused_before_anything_stops(
+    tmp_path: Path, old: Path
+) -> None:
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
+    base = read_manifest(Sidecars.of(str(seeded["path"])).manifest)
+    manifest = read_manifest(str(made["manifest_path"]), delta=True)
+    sha = hashlib.sha256(Path(Sidecars.of(str(seeded["path"])).manifest).read_bytes()).hexdigest()
+    n = next(i for i, f in enumerate(manifest["files"]) if f.get("patch"))  # type: ignore[arg-type]
+    for change, problem in (
+        ({"base_sha256": "0" * 64}, "as a patch of a database its base does not hold"),
+        ({"page_size": 1000}, "page size is not one SQLite has"),
+        ({"size": -1}, "size is not a number"),
+    ):
+        crafted = json.loads(json.dumps(manifest))
+        crafted["files"][n]["patch"].update(change)
+        assert problem in delta_mod.delta_problem(crafted, base, sha)
+    crafted = json.loads(json.dumps(manifest))
+    crafted["files"][n]["sqlite"] = False
+    assert "which is not a database" in delta_mod.delta_problem(crafted, base, sha)
+
+
+def test_the_hand_procedure_in_the_docs_puts_the_frozen_tree_back_patches_and_all(tmp_path: Path, old: Path) -> None:
+    """docs/migrate.md's "By hand" block, run as written (its set names and directory replaced): seed, patched
+    databases kept aside, delta, rebuild and deletions give the frozen server's tree."""
+    _frozen_db(old, "big.db", 30000)
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
+    want = _tree(old)
+    old.rename(tmp_path / "frozen")
+    text = (Path(__file__).resolve().parents[2] / "docs" / "migrate.md").read_text()
+    block = text.split("**By hand**", 1)[1].split("```sh\n", 1)[1].split("\n```", 1)[0]
+    script = block.replace("M=/var/backups/selfhost-dr/migrate", f"M={tmp_path / 'a' / 'migrate'}")
+    script = script.replace("APP-HOST-...-seed.tar.zst", str(seeded["name"]))
+    script = script.replace("APP-HOST-...-delta.tar.zst", str(made["name"]))
+    assert "..." not in script.replace("'...'", "")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert _tree(old) == want
+    assert not list(old.rglob("*.seed")) and not list(old.rglob("*.new"))

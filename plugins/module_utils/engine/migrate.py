@@ -50,17 +50,20 @@ from .._common import (
     iso,
     no_log,
     utc_now,
+    write_all,
 )
 from ..apps.base import Application, Facts
 from ..reports import Case, Report, Suite
 from ..sets.create import Created, create
-from ..sets.delta import Base, delta_problem, frozen, read_index, stat_key, take_index, write_index
+from ..sets.delta import Base, delta_problem, frozen, patched, read_index, stat_key, take_index, write_index
 from ..sets.manifest import read_manifest
+from ..sets.members import open_member
 from ..sets.names import Sidecars
+from ..sets.pages import PatchError, rebuild
 from ..sets.restore import StagingUnpacker, Unit, is_under
-from ..sets.scan import scan
+from ..sets.scan import Dirs, scan
 from ..sets.verify import verify
-from ..sqlite_snapshot import SnapshotError
+from ..sqlite_snapshot import SnapshotError, check_copy
 from . import backup, journal, restore, swap
 from .backup import Options as BackupOptions
 from .backup import create_args, described
@@ -186,7 +189,7 @@ def seed(app: Application, options: Options, log: Log = no_log) -> dict[str, obj
     index = take_index(facts.paths, list(args["excludes"]))  # type: ignore[call-overload]
     log(f"migrate: seeding {app.name} ({len(index.keys)} files indexed) while it keeps serving")
     try:
-        made = create(facts.paths, options.dest, log=log, **args)  # type: ignore[arg-type]
+        made = create(facts.paths, options.dest, log=log, page_maps=index.pages, **args)  # type: ignore[arg-type]
     except SnapshotError as exc:
         raise BackupError(str(exc)) from exc
     entry = _made(made, log)
@@ -401,6 +404,7 @@ def receive(
     with contextlib.suppress(FileNotFoundError):
         os.unlink(held_path)  # (whatever it held is being replaced: no delta may follow it any more)
     done = restore.run(app, planned, r_options, log)
+    bases = _keep_bases(app, planned.manifest, planned.paths, planned.targets, _bases_dir(options, app), log)
     app.fix_up(planned.manifest, list(planned.targets), log)
     sidecars = Sidecars.of(seed_set)
     held = {
@@ -410,6 +414,7 @@ def receive(
         "restore_id": done.restore_id,
         "at": iso(utc_now()),
         "keys": _seeded_keys(planned.paths, planned.targets),
+        "bases": bases,
     }
     _write_state(held_path, held)
     return {
@@ -430,14 +435,75 @@ def _seeded_keys(paths: list[str], targets: list[str]) -> dict[str, list[int]]:
     return {e.member: stat_key(e.st) for e in found.entries if e.kind in ("file", "sqlite")}
 
 
+def _bases_dir(options: Options, app: Application) -> str:
+    """Where the new server keeps the seed's copies of the databases the fix-up changes (in the migration
+    directory, beside the seed)."""
+    return os.path.join(options.dest, f".{app.name}-seed-bases")
+
+
+def _keep_bases(
+    app: Application, manifest: dict[str, object], paths: list[str], targets: list[str], where: str, log: Log
+) -> dict[str, dict[str, object]]:
+    """A copy, as the seed holds it, of each seeded database the fix-up is about to change (tenement.db): the base a
+    delta's page patch of it applies to. Each is checked against the seed's sha256 as it is copied. By that sha256:
+    the copy's path and stat key."""
+    facts = Facts(app=app.name, metadata=dict(manifest.get("metadata") or {}))  # type: ignore[call-overload]
+    wanted = {os.path.normpath(p) for p in app.fixed_up_paths(facts)}
+    records = {str(f["path"]): f for f in manifest["files"] if isinstance(f, dict) and f.get("sqlite")}  # type: ignore[attr-defined]
+    safe_fs.remove_path(where)
+    found = scan(targets, [], dict(zip(targets, paths)))
+    entries = [e for e in found.entries if "/" + e.member in wanted and e.member in records and e.kind == "sqlite"]
+    if not entries:
+        return {}
+    safe_fs.makedirs_private(where)
+    bases: dict[str, dict[str, object]] = {}
+    dirs = Dirs(found.roots, found.dirs)
+    try:
+        for entry in entries:
+            want = str(records[entry.member].get("sha256"))
+            opened = open_member(entry, dirs)
+            if isinstance(opened, str):
+                raise MigrateError(f"the seeded {entry.path} {opened}; seed this server again")
+            src, _ = opened
+            path = os.path.join(where, want + ".db")
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                try:
+                    digest = hashlib.sha256()
+                    while chunk := os.read(src, _CHUNK):
+                        digest.update(chunk)
+                        write_all(out, chunk)
+                    os.fsync(out)
+                    key = stat_key(os.fstat(out))
+                finally:
+                    os.close(out)
+            finally:
+                os.close(src)
+            if digest.hexdigest() != want:
+                raise MigrateError(f"the seeded {entry.path} is not what the seed holds; seed this server again")
+            bases[want] = {"key": key}
+            log(f"migrate: kept the seed's {entry.path} as the base of the delta's pages")
+    finally:
+        dirs.close()
+    return bases
+
+
 class _DeltaFiller:
     """A delta set's members unpacked (verified in the same pass) and the seeded copies of the files it keeps
     linked beside them, every kept file then checked against the frozen server's manifest."""
 
     def __init__(
-        self, archive: str, delta: dict[str, object], whole: dict[str, object], keys: dict[str, object], log: Log
+        self,
+        archive: str,
+        delta: dict[str, object],
+        whole: dict[str, object],
+        keys: dict[str, object],
+        log: Log,
+        bases: dict[str, object] | None = None,
+        bases_dir: str = "",
     ) -> None:
         self.archive, self.delta, self.whole, self.keys, self.log = archive, delta, whole, keys, log
+        self.bases, self.bases_dir = bases or {}, bases_dir
         self.unpacker: StagingUnpacker | None = None
         self.files = self.bytes = 0
         self.checked: dict[str, int] = {}
@@ -472,9 +538,14 @@ class _DeltaFiller:
             except FileNotFoundError:
                 live.append(-1)
         cache: dict[tuple[int, tuple[str, ...]], int] = {}
-        self.checked = {"kept": 0, "bytes": 0, "hashed": 0}
-        self.log(f"migrate: taking {len(kept)} kept file(s) from the seeded trees")
+        self.checked = {"kept": 0, "bytes": 0, "hashed": 0, "rebuilt": 0}
         try:
+            rows = {str(s_["path"]): s_.get("rows") for s_ in self.delta["snapshots"]}  # type: ignore[attr-defined]
+            for record in patched(self.delta):
+                if under(str(record["path"])):
+                    self._rebuild(unpacker, record, live, cache, rows.get(str(record["path"])))
+                    self.checked["rebuilt"] += 1
+            self.log(f"migrate: taking {len(kept)} kept file(s) from the seeded trees")
             with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
                 for first in range(0, len(kept), _KEPT_BATCH):  # a bounded number of directories open at a time
                     dirs: dict[tuple[int, tuple[str, ...]], int] = {}
@@ -511,6 +582,68 @@ class _DeltaFiller:
     def close(self) -> None:
         if self.unpacker is not None:
             self.unpacker.close()
+
+    def _rebuild(
+        self,
+        unpacker: StagingUnpacker,
+        record: dict[str, object],
+        live: list[int],
+        cache: dict[tuple[int, tuple[str, ...]], int],
+        rows: object,
+    ) -> None:
+        """Put in place of a database's staged page patch the database it makes of the seeded copy (sets/pages.py),
+        checked: its sha256 against the frozen server's, its integrity and its rows against the delta's snapshot."""
+        path = "/" + str(record["path"])
+        patch: dict[str, object] = record["patch"]  # type: ignore[assignment]
+        refuse = f"refusing to apply the delta: the database {path}"
+        index, rel = unpacker.place(path, live)
+        kept = self.bases.get(str(patch["base_sha256"]))
+        if isinstance(kept, dict):  # the seed's copy, from before the fix-up changed the seeded one
+            name = f"{patch['base_sha256']}.db"
+            try:
+                where = safe_fs.open_dir(self.bases_dir)
+                try:
+                    base, st = safe_fs.open_file(name, where)
+                finally:
+                    os.close(where)
+            except OSError as exc:
+                gone = f"{refuse} applies to the seed's copy {name}, gone from {self.bases_dir}"
+                raise VerificationError(gone) from exc
+            trusted = stat_key(st) == kept.get("key")
+        else:
+            base, st = unpacker.open_seeded(path, live, cache)
+            trusted = self.keys.get(path[1:]) == stat_key(st)
+        try:
+            if not trusted and _sha256_fd(base) != patch["base_sha256"]:
+                raise VerificationError(f"{refuse} applies to the seeded one, which changed here; seed it again")
+            staged = unpacker.staged_dir(index, rel[:-1])
+            pfd, _ = safe_fs.open_file(rel[-1], staged)
+            try:
+                os.unlink(rel[-1], dir_fd=staged)
+                out = os.open(rel[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                              dir_fd=staged)  # fmt: skip
+                try:
+                    made = rebuild(base, pfd, out, int(patch["size"]), int(patch["page_size"]))  # type: ignore[call-overload]
+                    if made != patch["sha256"]:
+                        raise VerificationError(
+                            f"{refuse} rebuilt from the seeded copy and the delta's pages is not the old server's "
+                            "(the seeded copy is not what the patch was made against); seed this server again"
+                        )
+                    unpacker.seal(out, int(str(record["mode"]), 8), int(record["uid"]), int(record["gid"]),  # type: ignore[call-overload]
+                                  float(record.get("mtime", 0) or 0))  # type: ignore[arg-type]  # fmt: skip
+                finally:
+                    os.close(out)
+            finally:
+                os.close(pfd)
+        except PatchError as exc:
+            raise VerificationError(f"{refuse} comes as a page patch that {exc}") from exc
+        finally:
+            os.close(base)
+        integrity, counted = check_copy(unpacker.staged_path(index, rel))
+        if integrity != "ok":
+            self.log(f"migrate: warning: {path} was already damaged on the old server: {integrity}")
+        elif isinstance(rows, dict) and counted != rows:
+            raise VerificationError(f"{refuse}, rebuilt, holds other rows than the old server's snapshot")
 
 
 _SEEDED = "seeded"  # (what _hash_kept says of a file whose stat is as the seed's restore left it)
@@ -612,14 +745,18 @@ def apply(
     # the seeded one, so nothing may write to the seeded files from their check to the swap.
     app.stop(log)
     keys = held.get("keys")
-    filler = _DeltaFiller(delta_set, delta_manifest, whole, dict(keys) if isinstance(keys, dict) else {}, log)
+    bases = held.get("bases")
+    filler = _DeltaFiller(
+        delta_set, delta_manifest, whole, dict(keys) if isinstance(keys, dict) else {}, log,
+        dict(bases) if isinstance(bases, dict) else {}, _bases_dir(options, app),
+    )  # fmt: skip
     try:
         restored = swap.restore_from(name, whole, filler, dest_root=options.dest_root, only=paths, log=log,
                                      state_dir=options.state_dir)  # fmt: skip
     except Error as exc:
         reason = swap.sentence(exc)
         if "putting things back failed too" in reason:
-            _forget(held_path)
+            _forget(held_path, _bases_dir(options, app))
             raise MigrateError(
                 f"applying {name} failed ({reason}); {app.name} is stopped on this server, whose seeded data may be "
                 "incomplete: seed it again (selfhost-dr status shows the restore)"
@@ -634,7 +771,7 @@ def apply(
     except BaseException as exc:
         reason = swap.sentence(exc)
         # The kept files are the seeded files themselves (second names): what the start wrote to them stays.
-        _forget(held_path)
+        _forget(held_path, _bases_dir(options, app))
         try:
             app.stop(log)
         except Error as again:
@@ -660,6 +797,7 @@ def apply(
         swap.commit(restored.restore_id, options.state_dir)
     except (Error, OSError) as exc:
         warning = f"dropping the seeded trees did not finish ({swap.sentence(exc)}); the next restore finishes it"
+    safe_fs.remove_path(_bases_dir(options, app))  # (no delta follows an applied one)
     _write_state(
         held_path,
         {
@@ -686,10 +824,21 @@ def apply(
     }
 
 
-def _forget(held_path: str) -> None:
-    """This server no longer holds a seed a delta can follow."""
+def _forget(held_path: str, bases: str = "") -> None:
+    """This server no longer holds a seed a delta can follow (nor the seed's copies of its databases)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(held_path)
+    if bases:
+        safe_fs.remove_path(bases)
+
+
+def _sha256_fd(fd: int) -> str:
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
 
 
 def stop_target(app: Application, log: Log = no_log) -> dict[str, object]:

@@ -11,7 +11,7 @@ import os
 import stat
 import tarfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -26,6 +26,7 @@ from .delta import Base, delta_fields
 from .manifest import FORMAT, FORMAT_VERSION, MANIFEST_MEMBER
 from .members import DEFAULT_MEMORY_LIMIT, Snapshotter, file_chunks, left_out, open_member
 from .names import Sidecars, default_host, set_name
+from .pages import PageHasher, PageMap, PatchWriter
 from .scan import Dirs, Entry, Scan, scan
 from .tar_stream import BLOCK, RECORD, Names, header, padding
 
@@ -106,6 +107,7 @@ def create(
     stored_as: dict[str, str] | None = None,
     row_counts_max_size: int = 0,
     base: Base | None = None,
+    page_maps: dict[str, PageMap] | None = None,
 ) -> Created:
     """Write one backup set of ``paths`` into ``dest_dir`` and return what was made.
 
@@ -115,7 +117,9 @@ def create(
     databases larger than ``row_counts_max_size`` bytes (0: no limit).
 
     With ``base``, a delta set (sets/delta.py) is written: the files ``base`` holds as they are now are listed as
-    kept, not archived.
+    kept, not archived, and a changed database whose pages ``base`` mapped is archived as a page patch
+    (sets/pages.py). ``page_maps``, when given, is filled with the page map of every database's snapshot, by
+    member name (a migration's seed keeps them in its index).
     """
     clock = time.monotonic
     t0 = clock()
@@ -166,7 +170,7 @@ def create(
         safe_fs.lock(staging_fd)
         pump = Pump(argv, tmp, fd)
         archived = _archive(
-            found, pump, staging, lock_timeout, integrity_check, memory_limit, log, row_counts_max_size, base
+            found, pump, staging, lock_timeout, integrity_check, memory_limit, log, row_counts_max_size, base, page_maps
         )
         stats = archived.pop("stats")
         kept: list[str] = archived.pop("kept")  # type: ignore[assignment]
@@ -246,6 +250,7 @@ def _archive(
     log: Log,
     rows_max: int = 0,
     base: Base | None = None,
+    page_maps: dict[str, PageMap] | None = None,
 ) -> dict[str, object]:
     names = Names()
     kept: list[str] = []
@@ -284,6 +289,8 @@ def _archive(
                 files.append(manifest_record(entry))
                 continue
             snap: dict[str, object] | None = None
+            patch: dict[str, object] | None = None
+            pager: PageHasher | None = None
             if entry.kind == "sqlite":
                 got = snapshotter.next(dirs)
                 if isinstance(got, str):
@@ -301,6 +308,12 @@ def _archive(
                     snapshots.append(snap)
                     if size > 16 * MIB:
                         log(f"snapshot: {entry.path}, {size / MIB:.1f} MiB in {snap['duration']:.2f} s")
+                    against = base.page_base(entry.member) if base is not None and entry.rel[1:] else None
+                    if against is not None:  # a delta: only the pages that changed since the base
+                        chunks, size, patch = _patched(chunks, against, staging, len(snapshots), log, entry.path)
+                        snap["sha256"] = patch["sha256"]
+                    elif page_maps is not None:
+                        pager = PageHasher()
             else:
                 opened = open_member(entry, dirs)
                 if isinstance(opened, str):
@@ -316,14 +329,20 @@ def _archive(
             written = 0
             for chunk in chunks:
                 digest.update(chunk)
+                if pager is not None:
+                    pager.update(chunk)
                 pump.write(chunk)
                 written += len(chunk)
                 progress.add(len(chunk))
             pump.write(padding(written))
             progress.add(0, files=1)
             files.append(manifest_record(entry, written, digest.hexdigest()))
-            if snap is not None:
+            if patch is not None:
+                files[-1]["patch"] = patch
+            elif snap is not None:
                 snap["sha256"] = digest.hexdigest()
+            if pager is not None and page_maps is not None:
+                page_maps[entry.member] = pager.result()
     finally:
         dirs.close()
         snapshotter.stop()
@@ -349,3 +368,35 @@ def _archive(
             "seconds_snapshots": round(snapshot_seconds, 3),
         },
     }
+
+
+def _patched(
+    chunks: Iterable[bytes | memoryview], against: tuple[PageMap, str], staging: str, n: int, log: Log, path: str
+) -> tuple[Iterator[bytes], int, dict[str, object]]:
+    """A database's snapshot turned into the page patch against its base (staged as a file, then streamed): the
+    member's chunks, its size, and the record's ``patch`` field."""
+    pages, base_sha256 = against
+    staged = os.path.join(staging, f"{n}.patch")
+    fd = os.open(staged, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.unlink(staged)  # (read back through the descriptor only)
+        writer = PatchWriter(pages, fd)
+        for chunk in chunks:
+            writer.update(chunk)
+        made = writer.result()
+    except BaseException:
+        os.close(fd)
+        raise
+    if made.size > 16 * MIB:
+        log(f"snapshot: {path}, {made.pages} of {-(-made.size // made.page_size)} pages changed since the seed")
+
+    def read() -> Iterator[bytes]:
+        try:
+            offset = 0
+            while chunk := os.pread(fd, CHUNK, offset):
+                offset += len(chunk)
+                yield chunk
+        finally:
+            os.close(fd)
+
+    return read(), made.patch_size, made.record(base_sha256)

@@ -10,15 +10,19 @@ beside it the same sidecars, but its manifest says ``format: selfhost.dr/delta-s
     the set it follows: its ``name`` and the sha256 of its manifest sidecar (``manifest_sha256``);
 ``files``, ``snapshots``
     as in a set, for the members the archive holds: every directory and link, every file that is new or whose
-    size, mtime, ctime or inode changed since the base read it, and a fresh snapshot of every such database;
+    size, mtime, ctime or inode changed since the base read it, and a fresh snapshot of every such database. A
+    database whose pages the index mapped is carried as a page patch (sets/pages.py): its record's ``size`` and
+    ``sha256`` are the patch's, and its ``patch`` field gives the database's own, its page size, the pages carried
+    and the sha256 of the base's snapshot it applies to;
 ``kept``
     the names of the files that did not change: the base holds them, the delta does not;
 ``deleted``
     the names of the base's members that are gone.
 
 The base's records of ``kept`` with the delta's ``files`` are the manifest of the frozen server (:func:`frozen`),
-which the new server is checked against. By hand, in order: unpack the base, unpack the delta over it, delete
-every name ``deleted`` lists (docs/migrate.md).
+which the new server is checked against. By hand, in order: unpack the base, unpack the delta over it (each patch
+beside the base's database), rebuild each patched database, delete every name ``deleted`` lists
+(docs/migrate.md).
 
 A full restore never takes a delta set for a set: the format differs, and the manifest check says what it is.
 
@@ -40,6 +44,7 @@ from dataclasses import dataclass, field
 from .. import safe_fs
 from .._common import BackupError, atomic_write
 from .manifest import DELTA_FORMAT, FORMAT, MAX_MEMBERS, name_problem
+from .pages import PageMap, record_problem
 from .scan import Entry, scan
 
 INDEX_FORMAT = "selfhost.dr/migrate-index"
@@ -81,9 +86,16 @@ class Index:
     started_ns: int
     keys: dict[str, list[list[int]]] = field(default_factory=dict)
     base: dict[str, str] = field(default_factory=dict)  # the set it was taken for: name, manifest_sha256
+    pages: dict[str, PageMap] = field(default_factory=dict)  # each database's snapshot in the set, page by page
 
     def to_json(self) -> bytes:
-        doc = {"format": INDEX_FORMAT, "started_ns": self.started_ns, "base": self.base, "keys": self.keys}
+        doc = {
+            "format": INDEX_FORMAT,
+            "started_ns": self.started_ns,
+            "base": self.base,
+            "keys": self.keys,
+            "pages": {name: m.to_json() for name, m in self.pages.items()},
+        }
         return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -119,7 +131,13 @@ def read_index(path: str) -> Index:
         )
     ):
         raise BackupError(f"the seed index {path} is damaged")
-    return Index(started, keys, {str(k): str(v) for k, v in base.items()})
+    pages: dict[str, PageMap] = {}
+    for name, doc_map in dict(doc.get("pages") or {}).items():  # (an index without maps: databases carried whole)
+        mapped = PageMap.from_json(doc_map)
+        if mapped is None:
+            raise BackupError(f"the seed index {path} is damaged")
+        pages[str(name)] = mapped
+    return Index(started, keys, {str(k): str(v) for k, v in base.items()}, pages)
 
 
 class Base:
@@ -155,6 +173,15 @@ class Base:
             return False  # (a database's record is of its snapshot, whose size may differ from the file's)
         now = entry_key(entry)
         return now == key and _newest(now) < self.index.started_ns - RACY_NS
+
+    def page_base(self, member: str) -> tuple[PageMap, str] | None:
+        """The page map of the base's snapshot of the database ``member`` and that snapshot's sha256, when the base
+        holds one and its pages were mapped (a patch is made against it); else None (carried whole)."""
+        record = self.records.get(member)
+        pages = self.index.pages.get(member)
+        if pages is None or record is None or not record.get("sqlite") or record.get("size") != pages.size:
+            return None
+        return pages, str(record.get("sha256"))
 
 
 def delta_fields(base: Base, archived: list[dict[str, object]], kept: list[str]) -> dict[str, object]:
@@ -205,6 +232,18 @@ def delta_problem(delta: dict[str, object], base: dict[str, object], base_sha256
             if dict(carried_records.get(parent.lstrip("/")) or {}).get("type") != "dir":
                 return f"it keeps {name}, but does not carry its directory {parent} as one"
             parent = parent.rsplit("/", 1)[0] or "/"
+    for name, record in carried_records.items():
+        if "patch" not in record:
+            continue
+        patch = record["patch"]
+        problem = record_problem(patch)
+        if problem:
+            return f"{name}: {problem}"
+        seeded = records.get(name)
+        if record.get("type") != "file" or not record.get("sqlite"):
+            return f"it carries {name} as a patch, which is not a database"
+        if seeded is None or not seeded.get("sqlite") or seeded.get("sha256") != patch["base_sha256"]:  # type: ignore[index]
+            return f"it carries {name} as a patch of a database its base does not hold"
     gone = set(records) - carried - set(kept)
     if any(not isinstance(n, str) for n in deleted) or set(deleted) != gone:
         return "its list of deleted names is not what its base holds and it does not"
@@ -217,7 +256,8 @@ def frozen(delta: dict[str, object], base: dict[str, object]) -> dict[str, objec
     kept = set(delta["kept"])  # type: ignore[arg-type]
     base_files = [f for f in base["files"] if isinstance(f, dict) and f.get("path") in kept]  # type: ignore[attr-defined]
     base_snaps = [s for s in base.get("snapshots") or [] if isinstance(s, dict) and s.get("path") in kept]  # type: ignore[attr-defined]
-    files = sorted([*delta["files"], *base_files], key=lambda f: str(f["path"]))  # type: ignore[misc]
+    carried = [_whole(f) for f in delta["files"]]  # type: ignore[attr-defined]
+    files = sorted([*carried, *base_files], key=lambda f: str(f["path"]))
     manifest = {k: v for k, v in delta.items() if k not in ("base", "kept", "deleted")}
     manifest.update(
         format=FORMAT,
@@ -232,3 +272,18 @@ def frozen(delta: dict[str, object], base: dict[str, object]) -> dict[str, objec
         },
     )
     return manifest
+
+
+def _whole(record: dict[str, object]) -> dict[str, object]:
+    """A delta's record as the frozen server's manifest has it: a patched database's size and sha256 are its own."""
+    patch = record.get("patch")
+    if not isinstance(patch, dict):
+        return record
+    whole = {k: v for k, v in record.items() if k != "patch"}
+    whole.update(size=patch["size"], sha256=patch["sha256"])
+    return whole
+
+
+def patched(delta: dict[str, object]) -> list[dict[str, object]]:
+    """The records of the databases a delta carries as page patches (checked by :func:`delta_problem` first)."""
+    return [f for f in delta["files"] if isinstance(f, dict) and isinstance(f.get("patch"), dict)]  # type: ignore[attr-defined]

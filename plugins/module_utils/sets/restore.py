@@ -378,22 +378,9 @@ class StagingUnpacker:
         following a link, and so is the file; what was linked is returned as its unit's index (its content is
         checked by the caller) with the file's stat right before it was linked (a link changes its ctime).
         ``cache``: open directories of the live trees, closed by the caller."""
-        index = next((n for n, u in enumerate(self.units) if is_under(path, u.path)), -1)
-        unit = self.units[index] if index >= 0 else None
-        if unit is None or path == unit.path or live[index] < 0:
-            raise RestoreError(f"{path} is kept from the seed but lies in no tree being replaced")
-        rel = unit.prefix + tuple(os.path.relpath(path, unit.path).split("/"))
-        src = cache.get((index, rel[:-1]))
+        index, rel = self.place(path, live)
         try:
-            if src is None:
-                src = os.dup(live[index])
-                for part in rel[:-1]:
-                    below = safe_fs.open_dir(part, src)
-                    os.close(src)
-                    src = below
-                for key in [k for k in cache if k[0] == index]:  # one directory of each tree open at a time
-                    os.close(cache.pop(key))
-                cache[(index, rel[:-1])] = src
+            src = self._live_dir(index, rel, live, cache)
             dst = self._dir(index, rel[:-1])
             before = os.stat(rel[-1], dir_fd=src, follow_symlinks=False)
             os.link(rel[-1], rel[-1], src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
@@ -406,9 +393,57 @@ class StagingUnpacker:
         self.files += 1
         return index, before
 
+    def place(self, path: str, live: list[int]) -> tuple[int, tuple[str, ...]]:
+        """The unit a seeded file ``path`` lies in (its index) and its place below the unit's staging root."""
+        index = next((n for n, u in enumerate(self.units) if is_under(path, u.path)), -1)
+        unit = self.units[index] if index >= 0 else None
+        if unit is None or path == unit.path or live[index] < 0:
+            raise RestoreError(f"{path} is taken from the seed but lies in no tree being replaced")
+        return index, unit.prefix + tuple(os.path.relpath(path, unit.path).split("/"))
+
+    def _live_dir(
+        self, index: int, rel: tuple[str, ...], live: list[int], cache: dict[tuple[int, tuple[str, ...]], int]
+    ) -> int:
+        src = cache.get((index, rel[:-1]))
+        if src is None:
+            src = os.dup(live[index])
+            for part in rel[:-1]:
+                below = safe_fs.open_dir(part, src)
+                os.close(src)
+                src = below
+            for key in [k for k in cache if k[0] == index]:  # one directory of each tree open at a time
+                os.close(cache.pop(key))
+            cache[(index, rel[:-1])] = src
+        return src
+
+    def open_seeded(
+        self, path: str, live: list[int], cache: dict[tuple[int, tuple[str, ...]], int]
+    ) -> tuple[int, os.stat_result]:
+        """The file ``path`` of its unit's live tree opened for reading, never through a link (see
+        :meth:`link_kept`)."""
+        index, rel = self.place(path, live)
+        try:
+            fd, st = safe_fs.open_file(rel[-1], self._live_dir(index, rel, live, cache))
+        except OSError as exc:
+            raise RestoreError(
+                f"the seeded {path} cannot be read on this server ({exc.strerror or 'a link is in its way'})"
+            ) from exc
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise RestoreError(f"the seeded {path} on this server is not a regular file")
+        return fd, st
+
     def staged_dir(self, index: int, rel: tuple[str, ...]) -> int:
         """The staging directory ``rel`` of unit ``index`` (open while this unpacker is)."""
         return self._dir(index, rel, create=False)
+
+    def staged_path(self, index: int, rel: tuple[str, ...]) -> str:
+        """Where ``rel`` of unit ``index`` is staged, as a path (below a staging directory this restore made)."""
+        return os.path.join(self.units[index].parent, self._stagings[index], *rel)
+
+    def seal(self, fd: int, mode: int, uid: int, gid: int, mtime: float) -> None:
+        """Give a file staged by the caller its owner, mode and times, as :meth:`end` gives an unpacked one."""
+        _set_metadata(fd, mode, uid, gid, mtime, self._root)
 
     def finish(self) -> None:
         """Make the links, give the files that are whole trees their metadata, then every directory its owner,
