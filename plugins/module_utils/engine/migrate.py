@@ -741,6 +741,11 @@ def apply(
     if check:
         return {"changed": True, **plan}
     t0 = time.monotonic()
+    resumed = _resume(app, name, whole, start, options, log)
+    if resumed is not None:
+        _applied(held_path, name, whole, resumed.id, options, app)
+        return {**plan, "changed": True, "restore_id": resumed.id, "started": start, "resumed": True,
+                "seconds": round(time.monotonic() - t0, 3), "actions": app.actions()}  # fmt: skip
     # Stopped before anything is staged (it should be, since the seed): a kept file is staged as a second name of
     # the seeded one, so nothing may write to the seeded files from their check to the swap.
     app.stop(log)
@@ -797,18 +802,7 @@ def apply(
         swap.commit(restored.restore_id, options.state_dir)
     except (Error, OSError) as exc:
         warning = f"dropping the seeded trees did not finish ({swap.sentence(exc)}); the next restore finishes it"
-    safe_fs.remove_path(_bases_dir(options, app))  # (no delta follows an applied one)
-    _write_state(
-        held_path,
-        {
-            "name": name,
-            "manifest_sha256": hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest(),
-            "manifest": whole,
-            "restore_id": restored.restore_id,
-            "at": iso(utc_now()),
-            "applied": True,
-        },
-    )
+    _applied(held_path, name, whole, restored.restore_id, options, app)
     return {
         **plan,
         "changed": True,
@@ -822,6 +816,46 @@ def apply(
         "warning": warning,
         "actions": app.actions(),
     }
+
+
+def _applied(
+    held_path: str, name: str, whole: dict[str, object], restore_id: str, options: Options, app: Application
+) -> None:
+    """Written down: this server serves the frozen server's data (no delta follows, and a seed would replace them
+    only when told to); then the seed's copies of its databases are dropped."""
+    _write_state(
+        held_path,
+        {
+            "name": name,
+            "manifest_sha256": hashlib.sha256(json.dumps(whole, sort_keys=True).encode()).hexdigest(),
+            "manifest": whole,
+            "restore_id": restore_id,
+            "at": iso(utc_now()),
+            "applied": True,
+        },
+    )
+    safe_fs.remove_path(_bases_dir(options, app))
+
+
+def _resume(
+    app: Application, name: str, whole: dict[str, object], start: list[str], options: Options, log: Log
+) -> journal.Record | None:
+    """The restore of the delta ``name`` that a killed run swapped in (every file of it staged and checked before the
+    swap) but did not write down: finished now, as that run would have (fixed up, started, committed). None when
+    there is none."""
+    swap.recover_interrupted(options.state_dir, log)
+    with journal.Journal(options.state_dir) as jour:
+        done = [r for r in jour.records() if r.archive == name and r.state in ("swapped", "committed")]
+    if not done:
+        return None
+    record = max(done, key=lambda r: r.id)
+    log(f"migrate: {name} was swapped in by a run that did not finish (restore {record.id}); finishing it")
+    app.stop(log)  # (the killed run may have started it: the fix-up is made with it stopped)
+    app.fix_up(whole, [s.target for s in record.swaps], log)
+    app.start(start, options.health_timeout, log)
+    if record.state == "swapped":
+        swap.commit(record.id, options.state_dir)
+    return record
 
 
 def _forget(held_path: str, bases: str = "") -> None:
