@@ -276,13 +276,13 @@ def test_a_report_of_pairs_is_written_in_three_formats(tmp_path: Path) -> None:
 
     report = migrate.report_of(
         [
-            _pair(ALL, downtime_seconds=3.2, seed_bytes=1000, delta_bytes=50),
+            _pair(ALL, downtime_seconds=3.2, seed_bytes=1000, delta_bytes=50, transfer="direct"),
             {**_pair([*ALL[:3], ("sync", "failed"), ("rollback", "passed")]), "old": "old2", "new": "new2"},
         ]
     )
     paths = reports.write(report, str(tmp_path), "migration")
     markdown = Path(paths["markdown"]).read_text()
-    assert "old1 → new1" in markdown and "rolled back" in markdown and "| 5 |" in markdown
+    assert "old1 → new1" in markdown and "rolled back" in markdown and "| 5 | direct |" in markdown
     assert Path(paths["junit"]).read_text().count("<failure") == 1
     assert reports.from_json(Path(paths["json"]).read_text()).status == "failed"
 

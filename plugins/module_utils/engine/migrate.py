@@ -891,6 +891,7 @@ COLUMNS = [
     ("downtime_seconds", "downtime (s)"),
     ("failed_phase", "failed phase"),
     ("delta_percent", "delta / seed (%)"),
+    ("transfer", "transfer"),
 ]
 
 
@@ -940,6 +941,7 @@ def suite_of(result: dict[str, object]) -> Suite:
         "seed_bytes": seed_bytes,
         "delta_bytes": delta_bytes,
         "delta_percent": round(100 * delta_bytes / seed_bytes, 1) if seed_bytes and delta_bytes is not None else None,
+        "transfer": _text(result.get("transfer"), "") or None,  # direct, or through the controller
         "kept": _number(result.get("kept")),
         "deleted": _number(result.get("deleted")),
     }
