@@ -517,3 +517,9 @@ def test_the_hand_procedure_in_the_docs_puts_the_frozen_tree_back_patches_and_al
     assert done.returncode == 0, done.stderr
     assert _tree(old) == want
     assert not list(old.rglob("*.seed")) and not list(old.rglob("*.new"))
+
+
+def test_a_fleet_report_spans_the_pairs_that_ran_not_those_never_started() -> None:
+    report = migrate.report_of([_pair(ALL)], never=[{"old": "old2", "new": "new2"}])
+    assert [s.properties["result"] for s in report.suites] == ["migrated", "not started"]
+    assert (report.started, report.finished) == (migrate.iso_of(1_800_000_000.0), migrate.iso_of(1_800_000_100.0))

@@ -966,7 +966,9 @@ def report_of(
 ) -> Report:
     """One report of every pair: those that ran (``results``, the role's records) and those a fleet's failure budget
     kept from starting (``never``)."""
-    suites = sorted([*(suite_of(r) for r in results), *(not_started(p) for p in never or [])], key=lambda s: s.name)
-    started = min((s.started for s in suites), default=iso(utc_now()))
-    finished = max((s.finished for s in suites), default=started)
+    ran = [suite_of(r) for r in results]
+    suites = sorted([*ran, *(not_started(p) for p in never or [])], key=lambda s: s.name)
+    # (from the first pair's start to the last pair's end: a pair never started has no time of its own)
+    started = min((s.started for s in ran or suites), default=iso(utc_now()))
+    finished = max((s.finished for s in ran or suites), default=started)
     return Report("migration", title, started, finished, suites, list(COLUMNS))
