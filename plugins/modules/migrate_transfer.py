@@ -158,7 +158,8 @@ def main() -> None:
         module.fail_json(msg=str(exc), step=step)
     except OSError as exc:
         module.fail_json(msg=f"the {step} failed: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}")
-    module.exit_json(step=step, seconds=round(time.monotonic() - t0, 3), **done)
+    done.setdefault("seconds", round(time.monotonic() - t0, 3))
+    module.exit_json(step=step, **done)
 
 
 if __name__ == "__main__":
