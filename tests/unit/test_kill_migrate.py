@@ -56,21 +56,24 @@ def _state(tmp_path: Path) -> dict[str, str]:
     }
 
 
-APPLY_POINTS = [
-    (os, "link", 1, False),  # the first kept file taken from the seeded tree
-    (migrate, "rebuild", 1, False),  # a database rebuilt from its seeded copy and its patch
-    (migrate, "rebuild", 1, True),
-    (os, "rename", 1, False),  # the swap: the seeded tree set aside
-    (os, "rename", 2, False),  # ... and the staged one put in its place
-    (swap, "commit", 1, False),  # started on the migrated data, not yet committed
-    (migrate, "_write_state", 1, False),  # committed, not yet written down as applied
-    (safe_fs, "remove_path", 1, False),
+APPLY_POINTS = [  # (where, and whether the next run finishes the killed one's swap rather than applying again)
+    (migrate, "_write_state", 1, False, False),  # about to apply, nothing swapped
+    (os, "link", 1, False, False),  # the first kept file taken from the seeded tree
+    (migrate, "rebuild", 1, False, False),  # a database rebuilt from its seeded copy and its patch
+    (migrate, "rebuild", 1, True, False),
+    (os, "rename", 1, False, False),  # the swap: the seeded tree set aside
+    (os, "rename", 2, False, False),  # ... and the staged one put in its place
+    (swap, "commit", 1, False, True),  # started on the migrated data, not yet committed
+    (migrate, "_write_state", 2, False, True),  # committed, not yet written down as applied
+    (safe_fs, "remove_path", 1, False, False),
 ]
 
 
-@pytest.mark.parametrize(("owner", "name", "n", "after"), APPLY_POINTS, ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize(
+    ("owner", "name", "n", "after", "resumes"), APPLY_POINTS, ids=lambda v: getattr(v, "__name__", str(v))
+)
 def test_a_delta_killed_while_it_is_applied_leaves_the_seed_or_the_frozen_server_and_the_next_run_finishes(
-    tmp_path: Path, old: Path, owner: object, name: str, n: int, after: bool
+    tmp_path: Path, old: Path, owner: object, name: str, n: int, after: bool, resumes: bool
 ) -> None:
     app = Recorder("files", [str(old)])
     seeded = migrate.seed(app, _options(tmp_path, "a"))
@@ -92,17 +95,12 @@ def test_a_delta_killed_while_it_is_applied_leaves_the_seed_or_the_frozen_server
     swap.recover_interrupted(options.state_dir)  # what the next run does first
     assert _tree(landed) in (seed_tree, frozen), "the new server holds a mix of the seed and the frozen server"
     assert _state(tmp_path) == old_bytes, "the old server's data changed"
-    try:
-        again = migrate.apply(target, str(made["path"]), options)
-        if name in ("commit", "_write_state"):  # swapped in, every file checked: finished, not made again
-            assert again.get("resumed") is True, again
-            assert target.calls[-3:] == ["stop", "fix_up", "start svc:a"], target.calls
-    except migrate.MigrateError as exc:  # the seeded copy is no longer the seed's: seeded again, as the role does
-        assert name not in ("commit", "_write_state"), exc
-        assert "seed" in str(exc), exc
-        assert _tree(landed) in (seed_tree, frozen)
-        migrate.receive(target, str(seeded["path"]), options, replace=True)
-        migrate.apply(target, str(made["path"]), options)
+    again = migrate.apply(target, str(made["path"]), options)
+    if resumes:  # swapped in, every file checked: finished, not made again
+        assert again.get("resumed") is True, again
+        assert target.calls[-3:] == ["stop", "fix_up", "start svc:a"], target.calls
+    else:
+        assert not again.get("resumed"), again
     assert _tree(landed) == frozen
     assert not [p for p in landed.parent.iterdir() if p.name.startswith(".app.")], "a staging tree was left"
     assert not (tmp_path / "b" / "migrate" / ".files-seed-bases").exists()
@@ -171,3 +169,31 @@ def test_a_seed_killed_while_the_new_server_restores_it_is_restored_again(
     migrate.receive(target, str(seeded["path"]), options, replace=True)
     assert _tree(landed) == _tree(old)
     shutil.rmtree(tmp_path / "new")
+
+
+@pytest.mark.parametrize(("name", "n"), [("rebuild", 1), ("_write_state", 2)])
+def test_a_kill_keeps_the_seeds_own_copy_of_a_fixed_up_database_until_the_delta_is_applied(
+    tmp_path: Path, old: Path, name: str, n: int
+) -> None:
+    import sqlite3
+
+    from .test_migrate import FixingUp
+
+    app = Recorder("files", [str(old)])
+    seeded = migrate.seed(app, _options(tmp_path, "a"))
+    _change(old)
+    migrate.freeze(app, _options(tmp_path, "a"))
+    made = migrate.delta(app, str(seeded["path"]), _options(tmp_path, "a"))
+    target = FixingUp("files", [str(old)], str(old / "live.db"), running=False)
+    options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"), state_dir=str(tmp_path / "b-state"))
+    migrate.receive(target, str(seeded["path"]), options)
+    bases = tmp_path / "b" / "migrate" / ".files-seed-bases"
+    assert len(list(bases.iterdir())) == 1
+    assert in_child(lambda: migrate.apply(target, str(made["path"]), options), lambda: kill_on_call(migrate, name, n))
+    assert len(list(bases.iterdir())) == 1, "the seed's copy went before the delta was written down as applied"
+    migrate.apply(target, str(made["path"]), options)
+    assert not bases.exists()
+    landed = tmp_path / "new" / str(old).lstrip("/")
+    query = "SELECT id, v FROM t WHERE id <= 10 ORDER BY id"
+    with sqlite3.connect(old / "live.db") as want, sqlite3.connect(landed / "live.db") as got:
+        assert got.execute(query).fetchall() == want.execute(query).fetchall()

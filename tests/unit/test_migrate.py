@@ -191,13 +191,18 @@ def test_a_delta_for_another_seed_is_refused_before_anything_stops(tmp_path: Pat
     assert target.calls == calls
 
 
-def test_a_crafted_delta_with_valid_checksums_that_keeps_what_its_base_lacks_is_refused(
-    tmp_path: Path, old: Path
-) -> None:
+def _to_craft(tmp_path: Path, old: Path) -> tuple[dict[str, object], dict[str, object], str]:
+    """A migration to its delta: the seed's manifest, the delta's (to craft from) and the seed manifest's sha256."""
     _app, seeded, made = _migrate_to_freeze(tmp_path, old)
     base = read_manifest(Sidecars.of(str(seeded["path"])).manifest)
     manifest = read_manifest(str(made["manifest_path"]), delta=True)
-    sha = hashlib.sha256(Path(Sidecars.of(str(seeded["path"])).manifest).read_bytes()).hexdigest()
+    return base, manifest, hashlib.sha256(Path(Sidecars.of(str(seeded["path"])).manifest).read_bytes()).hexdigest()
+
+
+def test_a_crafted_delta_with_valid_checksums_that_keeps_what_its_base_lacks_is_refused(
+    tmp_path: Path, old: Path
+) -> None:
+    base, manifest, sha = _to_craft(tmp_path, old)
     assert delta_mod.delta_problem(manifest, base, sha) == ""
     for kept, deleted, problem in (
         (["etc/passwd"], None, "which its base holds no file of"),
@@ -482,10 +487,7 @@ def test_pages_a_digest_missed_rebuild_a_database_that_is_refused_not_installed(
 def test_a_crafted_patch_of_a_database_the_seed_does_not_hold_is_refused_before_anything_stops(
     tmp_path: Path, old: Path
 ) -> None:
-    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
-    base = read_manifest(Sidecars.of(str(seeded["path"])).manifest)
-    manifest = read_manifest(str(made["manifest_path"]), delta=True)
-    sha = hashlib.sha256(Path(Sidecars.of(str(seeded["path"])).manifest).read_bytes()).hexdigest()
+    base, manifest, sha = _to_craft(tmp_path, old)
     n = next(i for i, f in enumerate(manifest["files"]) if f.get("patch"))  # type: ignore[arg-type]
     for change, problem in (
         ({"base_sha256": "0" * 64}, "as a patch of a database its base does not hold"),
@@ -523,3 +525,19 @@ def test_a_fleet_report_spans_the_pairs_that_ran_not_those_never_started() -> No
     report = migrate.report_of([_pair(ALL)], never=[{"old": "old2", "new": "new2"}])
     assert [s.properties["result"] for s in report.suites] == ["migrated", "not started"]
     assert (report.started, report.finished) == (migrate.iso_of(1_800_000_000.0), migrate.iso_of(1_800_000_100.0))
+
+
+def test_a_delta_applied_before_a_new_seed_is_applied_again_not_taken_for_a_killed_run(
+    tmp_path: Path, old: Path
+) -> None:
+    """The journal holds the first apply's restore of the delta; a seed since makes it no run to finish."""
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
+    target = Recorder("files", [str(old)], running=False)
+    options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"), state_dir=str(tmp_path / "b-state"))
+    migrate.receive(target, str(seeded["path"]), options)
+    migrate.apply(target, str(made["path"]), options)
+    migrate.receive(target, str(seeded["path"]), options, replace=True)
+    landed = tmp_path / "new" / str(old).lstrip("/")
+    assert _tree(landed) != _tree(old), "the seed did not replace the applied delta"
+    again = migrate.apply(target, str(made["path"]), options)
+    assert not again.get("resumed") and _tree(landed) == _tree(old)

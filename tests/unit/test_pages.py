@@ -70,7 +70,7 @@ class _Fd:  # a read-only descriptor, closed on exit
         os.close(self.fd)
 
 
-@pytest.mark.parametrize("chunk", [1, 1000, 4096, 65536, 1 << 20])
+@pytest.mark.parametrize("chunk", [7, 1000, 4096, 65536, 1 << 20])
 def test_a_few_changed_rows_cost_a_few_pages_and_rebuild_the_database_exactly(tmp_path: Path, chunk: int) -> None:
     path = tmp_path / "a.db"
     _db(path, 5000)
@@ -80,7 +80,7 @@ def test_a_few_changed_rows_cost_a_few_pages_and_rebuild_the_database_exactly(tm
     db.commit()
     db.close()
     new = path.read_bytes()
-    patch, made = _patch(tmp_path, base, new, chunk if chunk > 1 else 7)
+    patch, made = _patch(tmp_path, base, new, chunk)
     assert made.page_size == 4096 and made.size == len(new)
     assert 1 <= made.pages <= 5, f"{made.pages} pages carried for three rows and the header"
     assert patch.stat().st_size == made.patch_size < len(new) / 20
@@ -139,7 +139,10 @@ def test_a_hostile_patch_is_refused_in_one_sentence_and_writes_no_database(tmp_p
     page = struct.pack(">I", 5) + bytes(good[5 * 4096 : 6 * 4096])
     assert body == body[:header] + page
     pages_total = -(-made.size // 4096)
+    first = struct.pack(">I", 0) + base[:4096]
     cases = {
+        "larger than its base and all its pages together": body[: len(pages.MAGIC)] + struct.pack(">IQ", 4096, 1 << 26),
+        "leaves out page": body[: len(pages.MAGIC)] + struct.pack(">IQ", 4096, len(base) + 4096) + first,
         "not a page patch": b"GIF89a" + body[6:],
         "does not say what the manifest says": body[: len(pages.MAGIC)] + struct.pack(">IQ", 4096, made.size + 1),
         "ends inside a page": body[:-1],
@@ -148,8 +151,11 @@ def test_a_hostile_patch_is_refused_in_one_sentence_and_writes_no_database(tmp_p
     }
     for sentence, crafted in cases.items():
         patch.write_bytes(crafted)
+        size = struct.unpack(">Q", crafted[len(pages.MAGIC) + 4 : len(pages.MAGIC) + 12])[0] if len(crafted) > 31 else 0
         with pytest.raises(pages.PatchError, match=sentence):
-            _rebuild(tmp_path, base, patch, made.size, made.page_size)
+            _rebuild(tmp_path, base, patch, size if sentence.startswith(("larger", "leaves")) else made.size, 4096)
+        assert (tmp_path / "out").stat().st_size <= len(base), "a hostile patch made a file larger than its base"
+        (tmp_path / "out").unlink()
     assert pages.record_problem(made.record("0" * 64)) == ""
     assert "page size" in pages.record_problem({**made.record("0" * 64), "page_size": 3000})
     assert "sha256" in pages.record_problem({**made.record("0" * 64), "base_sha256": "../x"})

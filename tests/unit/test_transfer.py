@@ -93,3 +93,44 @@ def test_a_server_nobody_reaches_a_bad_checksum_and_a_link_in_the_way_are_refuse
     with pytest.raises(transfer.TransferError, match="cannot be served"):
         transfer.serve([str(src / "link.tar.zst")], keys["cert"], keys["key"], keys["token"], str(tmp_path / "st"))
     assert os.listdir(tmp_path / "elsewhere") == []
+
+
+def test_a_peer_that_connects_and_says_nothing_holds_up_neither_the_transfer_nor_the_servers_end(
+    tmp_path: Path, served: tuple[Path, list[str]]
+) -> None:
+    import socket
+
+    src, names = served
+    keys = transfer.credentials()
+    up = transfer.serve([str(src / n) for n in names], keys["cert"], keys["key"], keys["token"], str(tmp_path / "st"))
+    port = int(up["port"])  # type: ignore[call-overload]
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]  # (no TLS, no token: silence)
+    try:
+        started = time.monotonic()
+        transfer.fetch(["127.0.0.1"], port, keys["cert"], keys["token"], names, str(tmp_path / "new"))
+        assert time.monotonic() - started < 5, "silent connections held up the real client"
+        assert _gone(int(up["pid"])), "silent connections kept the server running after every file was sent"  # type: ignore[call-overload]
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_file_larger_than_the_room_left_is_refused_before_a_byte_is_written(
+    tmp_path: Path, served: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, names = served
+    keys = transfer.credentials()
+    up = transfer.serve([str(src / n) for n in names], keys["cert"], keys["key"], keys["token"], str(tmp_path / "st"))
+    real = os.fstatvfs
+
+    def little(fd: int) -> os.statvfs_result:
+        st = real(fd)
+        return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, 1000, 17000, *tuple(st)[5:]))  # ~64 MiB free
+
+    monkeypatch.setattr(os, "fstatvfs", little)
+    try:
+        with pytest.raises(transfer.TransferError, match="bytes free where it goes"):
+            transfer.fetch(["127.0.0.1"], int(up["port"]), keys["cert"], keys["token"], names, str(tmp_path / "new"))  # type: ignore[call-overload]
+        assert os.listdir(tmp_path / "new") == []
+    finally:
+        transfer.stop(str(tmp_path / "st"), int(up["port"]))  # type: ignore[call-overload]

@@ -741,11 +741,14 @@ def apply(
     if check:
         return {"changed": True, **plan}
     t0 = time.monotonic()
-    resumed = _resume(app, name, whole, start, options, log)
+    resumed = _resume(app, name, whole, start, options, log) if held.get("applying") == name else None
     if resumed is not None:
         _applied(held_path, name, whole, resumed.id, options, app)
         return {**plan, "changed": True, "restore_id": resumed.id, "started": start, "resumed": True,
                 "seconds": round(time.monotonic() - t0, 3), "actions": app.actions()}  # fmt: skip
+    # Written down before anything is swapped: a run killed from here on is finished by the next (_resume), and only
+    # then (a restore of this delta in the journal from before the seed this server holds is no such run).
+    _write_state(held_path, {**held, "applying": name})
     # Stopped before anything is staged (it should be, since the seed): a kept file is staged as a second name of
     # the seeded one, so nothing may write to the seeded files from their check to the swap.
     app.stop(log)
@@ -842,7 +845,8 @@ def _resume(
 ) -> journal.Record | None:
     """The restore of the delta ``name`` that a killed run swapped in (every file of it staged and checked before the
     swap) but did not write down: finished now, as that run would have (fixed up, started, committed). None when
-    there is none."""
+    there is none. Asked only when this server's state says that run began applying ``name`` onto the seed it
+    holds."""
     swap.recover_interrupted(options.state_dir, log)
     with journal.Journal(options.state_dir) as jour:
         done = [r for r in jour.records() if r.archive == name and r.state in ("swapped", "committed")]

@@ -31,6 +31,7 @@ import ssl
 import stat
 import struct
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -41,6 +42,8 @@ _HELLO = b"selfhost.dr transfer 1 "
 _SIZE = struct.Struct(">Q")
 _CHUNK = 1024 * 1024
 CONNECT_TIMEOUT = 5.0
+_RESERVE = 64 * 1024 * 1024  # bytes a fetch leaves free where it writes
+_SLOWEST = 256 * 1024  # bytes a second a file must arrive at, on average, after its first ten minutes
 
 
 class TransferError(Error):
@@ -80,10 +83,11 @@ def credentials() -> dict[str, str]:
     }
 
 
-def _server_context(cert: str, key: str) -> ssl.SSLContext:
+def _server_context(cert: str, key: str, where: str) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    with tempfile.TemporaryDirectory(prefix="selfhost-dr-transfer-") as private:  # (0700, removed right after)
+    # (0700, in the private state directory, removed as soon as the context holds them)
+    with tempfile.TemporaryDirectory(prefix=".transfer-", dir=where) as private:
         for name, pem in (("cert.pem", cert), ("key.pem", key)):
             fd = os.open(os.path.join(private, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "w") as handle:
@@ -126,11 +130,16 @@ def serve(
 ) -> dict[str, object]:
     """Serve ``files`` from a process left running (each file once, then it exits); return its port, pid and this
     host's addresses. The pid and its start time are written to ``state_dir`` for :func:`stop`."""
-    context = _server_context(cert, key)
+    safe_fs.makedirs_private(state_dir)
+    context = _server_context(cert, key, state_dir)
     opened: list[tuple[int, int]] = []
     try:
         for path in files:
-            fd, st = safe_fs.open_file(os.path.basename(path), _open_parent(path))
+            parent = _open_parent(path)
+            try:
+                fd, st = safe_fs.open_file(os.path.basename(path), parent)
+            finally:
+                os.close(parent)
             if not stat.S_ISREG(st.st_mode):
                 os.close(fd)
                 raise TransferError(f"{path} is not a regular file; nothing was sent")
@@ -154,18 +163,18 @@ def serve(
             null = os.open(os.devnull, os.O_RDWR)
             for std in (0, 1, 2):
                 os.dup2(null, std)
-            keep = {listener.fileno(), *(fd for fd, _ in opened), 0, 1, 2}
-            for fd in range(3, 1024):
-                if fd not in keep:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            keep = sorted({listener.fileno(), *(fd for fd, _ in opened)})
+            low = 3
+            for fd in keep:  # every other descriptor closed: nothing of the module's process is held
+                os.closerange(low, fd)
+                low = fd + 1
+            os.closerange(low, os.sysconf("SC_OPEN_MAX") if os.sysconf("SC_OPEN_MAX") > 0 else 65536)
             code = _serve_loop(listener, context, opened, token, time.monotonic() + timeout)
         finally:
             os._exit(code)
     listener.close()
     for fd, _ in opened:
         os.close(fd)
-    safe_fs.makedirs_private(state_dir)
     record = {"pid": pid, "start": _start_time(pid), "port": bound}
     path = os.path.join(state_dir, f"transfer-{bound}.json")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -184,33 +193,41 @@ def _open_parent(path: str) -> int:
         os.close(above)
 
 
-def _serve_loop(
-    listener: socket.socket, context: ssl.SSLContext, opened: list[tuple[int, int]], token: str, deadline: float
-) -> int:
-    sent: set[int] = set()
-    want = _HELLO + token.encode()
-    while len(sent) < len(opened):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return 1
-        ready, _, _ = select.select([listener], [], [], min(left, 5.0))
-        if not ready:
-            continue
+_GREETING_SECONDS = 10.0  # a client has this long for its TLS handshake and its request, or it is dropped
+_MAX_CLIENTS = 16  # connections answered at once; more are closed at once
+
+
+class _Files:
+    """What the serving process sends: each file once (``sent``), one connection at a time for each."""
+
+    def __init__(self, opened: list[tuple[int, int]], token: str) -> None:
+        self.opened, self.want = opened, _HELLO + token.encode()
+        self.sent: set[int] = set()
+        self.busy: set[int] = set()
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(_MAX_CLIENTS)
+
+    def done(self) -> bool:
+        with self.lock:
+            return len(self.sent) == len(self.opened)
+
+    def answer(self, raw: socket.socket, context: ssl.SSLContext) -> None:
+        n = -1
         try:
-            raw, _ = listener.accept()
-        except OSError:
-            continue
-        raw.settimeout(30.0)
-        try:
+            raw.settimeout(_GREETING_SECONDS)
+            until = time.monotonic() + _GREETING_SECONDS
             with context.wrap_socket(raw, server_side=True) as conn:
-                line = _read_line(conn, len(want) + 16)
+                line = _read_line(conn, len(self.want) + 16, until)
                 head, _, index = line.rpartition(b" ")
-                if not hmac.compare_digest(head, want) or not index.isdigit() or int(index) >= len(opened):
-                    continue
-                n = int(index)
-                if n in sent:
-                    continue  # (sent whole once already: never again)
-                fd, size = opened[n]
+                if not hmac.compare_digest(head, self.want) or not index.isdigit() or int(index) >= len(self.opened):
+                    return
+                with self.lock:
+                    if int(index) in self.sent or int(index) in self.busy:
+                        return  # (sent whole once already, or being sent: never twice)
+                    n = int(index)
+                    self.busy.add(n)
+                conn.settimeout(60.0)
+                fd, size = self.opened[n]
                 conn.sendall(_SIZE.pack(size))
                 offset = 0
                 while offset < size:
@@ -220,15 +237,45 @@ def _serve_loop(
                     conn.sendall(chunk)
                     offset += len(chunk)
                 if offset == size:
-                    sent.add(n)
+                    with self.lock:
+                        self.sent.add(n)
         except (OSError, ssl.SSLError, ValueError):
+            pass
+        finally:
+            with self.lock:
+                self.busy.discard(n)
+            with contextlib.suppress(OSError):
+                raw.close()
+            self.slots.release()
+
+
+def _serve_loop(
+    listener: socket.socket, context: ssl.SSLContext, opened: list[tuple[int, int]], token: str, deadline: float
+) -> int:
+    files = _Files(opened, token)
+    while not files.done():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return 1
+        ready, _, _ = select.select([listener], [], [], min(left, 0.5))
+        if not ready:
             continue
+        try:
+            raw, _ = listener.accept()
+        except OSError:
+            continue
+        if not files.slots.acquire(blocking=False):
+            raw.close()  # (a flood of connections: the token's holder connects again)
+            continue
+        threading.Thread(target=files.answer, args=(raw, context), daemon=True).start()
     return 0
 
 
-def _read_line(conn: ssl.SSLSocket, limit: int) -> bytes:
+def _read_line(conn: ssl.SSLSocket, limit: int, until: float) -> bytes:
     line = b""
     while not line.endswith(b"\n"):
+        if time.monotonic() > until:
+            raise ValueError("too slow")
         got = conn.recv(1)
         if not got or len(line) > limit:
             raise ValueError("no request")
@@ -328,11 +375,21 @@ def _fetch_one(
             conn.sendall(_HELLO + token.encode() + f" {index}\n".encode())
             head = _recv_exactly(conn, _SIZE.size)
             (size,) = _SIZE.unpack(head)
+            room = os.fstatvfs(dir_fd)
+            free = room.f_bavail * room.f_frsize
+            if size + _RESERVE > free:
+                raise TransferError(
+                    f"{name} is {size} bytes, and this server has {free} bytes free where it goes (keeping "
+                    f"{_RESERVE // (1024 * 1024)} MiB free); nothing was written"
+                )
+            until = time.monotonic() + 600 + size / _SLOWEST
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=dir_fd)  # fmt: skip
             try:
                 left = size
                 while left:
+                    if time.monotonic() > until:
+                        raise TransferError(f"{name} arrived too slowly (under {_SLOWEST // 1024} KiB/s); stopped")
                     chunk = conn.recv(min(_CHUNK, left))
                     if not chunk:
                         raise TransferError(f"{name} stopped arriving after {size - left} of {size} bytes")

@@ -13,7 +13,9 @@ database, a *patch*: the pages whose digest differs and every page past the base
              bytes (a page size of them; fewer for the last page when the result's size is not a whole number of
              pages)
 
-The result is the base with the carried pages written over it, cut (or extended) to its size. The delta's manifest
+The result is the base with the carried pages written over it, cut to its size (a page past the base's end is
+always carried: a patch that leaves one out, or claims a size larger than its base and its pages together, is
+refused before it is written, so a small patch never makes a large file). The delta's manifest
 gives the result's size and sha256, and a rebuilt database is checked against them: a digest that missed a change
 makes the rebuild fail, never a wrong database (docs/migrate.md shows how to rebuild one by hand).
 """
@@ -230,6 +232,8 @@ def rebuild(base_fd: int, patch_fd: int, out_fd: int, size: int, page_size: int)
     if (got_ps, got_size) != (page_size, size):
         raise PatchError("its header does not say what the manifest says of the database")
     base_size = os.fstat(base_fd).st_size
+    if size > base_size + patch_size:
+        raise PatchError("it would make a database larger than its base and all its pages together")
     pages = -(-size // page_size)
     digest = hashlib.sha256()
     offset = len(head)  # in the patch
@@ -240,10 +244,14 @@ def rebuild(base_fd: int, patch_fd: int, out_fd: int, size: int, page_size: int)
         write_all(out_fd, data)
 
     def from_base(first: int, last: int) -> None:  # pages [first, last) of the result, from the base
+        if first < last and min(last * page_size, size) > base_size:
+            raise PatchError(f"it leaves out page {last - 1}, which its base does not hold whole")
         for start in range(first, last, _RUN):
             begin, end = start * page_size, min(min(start + _RUN, last) * page_size, size)
-            data = os.pread(base_fd, end - begin, begin) if begin < base_size else b""
-            emit(data + bytes(end - begin - len(data)))
+            data = os.pread(base_fd, end - begin, begin)
+            if len(data) != end - begin:
+                raise PatchError("its base changed while the database was rebuilt")
+            emit(data)
 
     while offset < patch_size:
         number = os.pread(patch_fd, _NUMBER.size, offset)
