@@ -24,8 +24,10 @@ author:
   - selfhost.dr developers
 attributes:
   check_mode:
-    support: none
-    description: The role runs no transfer in check mode.
+    support: partial
+    description: C(serve) opens the files as the real run would (refusing a link or anything but a regular file) and
+      serves nothing; C(fetch) opens where the files go and fetches nothing; C(stop) says whether a server of that
+      port runs; C(credentials) makes them as the real run does (it changes nothing).
   diff_mode:
     support: none
   idempotent:
@@ -138,6 +140,7 @@ def main() -> None:
             ("step", "fetch", ["names", "hosts", "port", "cert", "token"]),
             ("step", "stop", ["port"]),
         ],
+        supports_check_mode=True,
     )
     p = module.params
     step = p["step"]
@@ -146,6 +149,8 @@ def main() -> None:
     try:
         if step == "credentials":
             done: dict[str, object] = {"changed": False, **transfer.credentials()}
+        elif module.check_mode:
+            done = {"changed": True, **transfer.check(step, p["files"] or [], p["dir"], where, p["port"] or 0)}
         elif step == "serve":
             done = {"changed": True, **transfer.serve(p["files"], p["cert"], p["key"], p["token"], where,
                                                       timeout=p["timeout"])}  # fmt: skip

@@ -134,3 +134,20 @@ def test_a_file_larger_than_the_room_left_is_refused_before_a_byte_is_written(
         assert os.listdir(tmp_path / "new") == []
     finally:
         transfer.stop(str(tmp_path / "st"), int(up["port"]))  # type: ignore[call-overload]
+
+
+def test_check_mode_refuses_what_the_run_refuses_and_serves_nothing(
+    tmp_path: Path, served: tuple[Path, list[str]]
+) -> None:
+    src, names = served
+    said = transfer.check("serve", [str(src / n) for n in names], "", str(tmp_path / "st"), 0)
+    assert said["port"] == 0 and said["files"] == 3 and not (tmp_path / "st").exists()
+    os.symlink(tmp_path / "secret", src / "link.tar.zst")
+    with pytest.raises(transfer.TransferError, match="cannot be served"):
+        transfer.check("serve", [str(src / "link.tar.zst")], "", str(tmp_path / "st"), 0)
+    os.symlink(src, tmp_path / "linked")
+    with pytest.raises(transfer.TransferError, match="cannot take the files"):
+        transfer.check("fetch", [], str(tmp_path / "linked"), str(tmp_path / "st"), 0)
+    assert transfer.check("fetch", [], str(tmp_path / "new"), str(tmp_path / "st"), 0)["bytes"] == 0
+    assert not (tmp_path / "new").exists()
+    assert transfer.check("stop", [], "", str(tmp_path / "st"), 1234) == {"changed": False}

@@ -183,6 +183,34 @@ def serve(
     return {"port": bound, "pid": pid, "addresses": addresses(), "files": len(files)}
 
 
+def check(step: str, files: list[str], dest: str, state_dir: str, port: int) -> dict[str, object]:
+    """What check mode says of a step, refusing what the real run would refuse without serving or fetching: the
+    files to serve opened as :func:`serve` opens them, where fetched files go opened as :func:`fetch` opens it,
+    whether a server of ``port`` is recorded for :func:`stop`."""
+    if step == "serve":
+        for path in files:
+            try:
+                parent = _open_parent(path)
+                try:
+                    fd, st = safe_fs.open_file(os.path.basename(path), parent)
+                finally:
+                    os.close(parent)
+                os.close(fd)
+            except OSError as exc:
+                raise TransferError(f"the files cannot be served: {exc.strerror or exc}") from exc
+            if not stat.S_ISREG(st.st_mode):
+                raise TransferError(f"{path} is not a regular file; nothing was sent")
+        return {"port": 0, "addresses": addresses(), "files": len(files)}
+    if step == "fetch":
+        try:
+            if os.path.lexists(dest):
+                os.close(safe_fs.open_dir(dest))
+        except OSError as exc:
+            raise TransferError(f"{dest} cannot take the files: {exc.strerror or exc}; nothing was fetched") from exc
+        return {"host": "", "bytes": 0, "files": 0}
+    return {"changed": os.path.lexists(os.path.join(state_dir, f"transfer-{int(port)}.json"))}
+
+
 def _open_parent(path: str) -> int:
     """The directory of ``path``, its last step not followed (a migration's own directory)."""
     parent = os.path.dirname(os.path.abspath(path))
