@@ -72,6 +72,16 @@ def journal_mode_of_file(path: str) -> str:
     return "wal" if header[18] == 2 and header[19] == 2 else "rollback"
 
 
+def sha256_fd(fd: int) -> tuple[str, int]:
+    """The sha256 and size of an open file, read with ``pread`` (the descriptor's offset is untouched)."""
+    digest = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest(), offset
+
+
 def sha256_file(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -215,12 +225,7 @@ class Held:
 
     def sha256(self) -> tuple[str, int]:
         """The sha256 and size of the file, read through SQLite's descriptor (``pread``: its offset is untouched)."""
-        digest = hashlib.sha256()
-        offset = 0
-        while chunk := os.pread(self.fd, _CHUNK, offset):
-            digest.update(chunk)
-            offset += len(chunk)
-        return digest.hexdigest(), offset
+        return sha256_fd(self.fd)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):

@@ -20,7 +20,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.sets import pages
 
 from .test_attack_interrupts import in_child, kill_on_call
 from .test_engine import Recorder
-from .test_migrate import _change, _database, _options, _tree
+from .test_migrate import _change, _database, _migrate_to_freeze, _options, _tree
 
 
 @pytest.fixture(autouse=True)
@@ -75,11 +75,7 @@ APPLY_POINTS = [  # (where, and whether the next run finishes the killed one's s
 def test_a_delta_killed_while_it_is_applied_leaves_the_seed_or_the_frozen_server_and_the_next_run_finishes(
     tmp_path: Path, old: Path, owner: object, name: str, n: int, after: bool, resumes: bool
 ) -> None:
-    app = Recorder("files", [str(old)])
-    seeded = migrate.seed(app, _options(tmp_path, "a"))
-    _change(old)
-    migrate.freeze(app, _options(tmp_path, "a"))
-    made = migrate.delta(app, str(seeded["path"]), _options(tmp_path, "a"))
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
     frozen, old_bytes = _tree(old), _state(tmp_path)
     target = Recorder("files", [str(old)], running=False)
     options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"), state_dir=str(tmp_path / "b-state"))
@@ -179,11 +175,7 @@ def test_a_kill_keeps_the_seeds_own_copy_of_a_fixed_up_database_until_the_delta_
 
     from .test_migrate import FixingUp
 
-    app = Recorder("files", [str(old)])
-    seeded = migrate.seed(app, _options(tmp_path, "a"))
-    _change(old)
-    migrate.freeze(app, _options(tmp_path, "a"))
-    made = migrate.delta(app, str(seeded["path"]), _options(tmp_path, "a"))
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
     target = FixingUp("files", [str(old)], str(old / "live.db"), running=False)
     options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"), state_dir=str(tmp_path / "b-state"))
     migrate.receive(target, str(seeded["path"]), options)

@@ -424,11 +424,7 @@ def test_a_changed_database_is_carried_as_its_changed_pages_and_rebuilt_exactly(
 
 
 def test_a_database_the_fix_up_changed_is_rebuilt_from_the_seeds_own_copy(tmp_path: Path, old: Path) -> None:
-    app = Recorder("files", [str(old)])
-    seeded = migrate.seed(app, _options(tmp_path, "a"))
-    _change(old)
-    migrate.freeze(app, _options(tmp_path, "a"))
-    made = migrate.delta(app, str(seeded["path"]), _options(tmp_path, "a"))
+    _app, seeded, made = _migrate_to_freeze(tmp_path, old)
     target = FixingUp("files", [str(old)], str(old / "live.db"), running=False)
     options = _options(tmp_path, "b", dest_root=str(tmp_path / "new"))
     migrate.receive(target, str(seeded["path"]), options)

@@ -63,7 +63,7 @@ from ..sets.pages import PatchError, rebuild
 from ..sets.restore import StagingUnpacker, Unit, is_under
 from ..sets.scan import Dirs, scan
 from ..sets.verify import verify
-from ..sqlite_snapshot import SnapshotError, check_copy
+from ..sqlite_snapshot import SnapshotError, check_copy, sha256_fd
 from . import backup, journal, restore, swap
 from .backup import Options as BackupOptions
 from .backup import create_args, described
@@ -614,7 +614,7 @@ class _DeltaFiller:
             base, st = unpacker.open_seeded(path, live, cache)
             trusted = self.keys.get(path[1:]) == stat_key(st)
         try:
-            if not trusted and _sha256_fd(base) != patch["base_sha256"]:
+            if not trusted and sha256_fd(base)[0] != patch["base_sha256"]:
                 raise VerificationError(f"{refuse} applies to the seeded one, which changed here; seed it again")
             staged = unpacker.staged_dir(index, rel[:-1])
             pfd, _ = safe_fs.open_file(rel[-1], staged)
@@ -868,15 +868,6 @@ def _forget(held_path: str, bases: str = "") -> None:
         os.unlink(held_path)
     if bases:
         safe_fs.remove_path(bases)
-
-
-def _sha256_fd(fd: int) -> str:
-    digest = hashlib.sha256()
-    offset = 0
-    while chunk := os.pread(fd, _CHUNK, offset):
-        digest.update(chunk)
-        offset += len(chunk)
-    return digest.hexdigest()
 
 
 def stop_target(app: Application, log: Log = no_log) -> dict[str, object]:

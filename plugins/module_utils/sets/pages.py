@@ -92,12 +92,11 @@ class PageMap:
 
 class _Pager:
     """Cuts a stream of chunks into pages of the page size its first bytes give (``fallback`` when they are not a
-    database header), hands each to :meth:`page`, and hashes the whole stream (sha256)."""
+    database header) and hands each to :meth:`page`."""
 
     def __init__(self, fallback: int = 4096) -> None:
         self.page_size = 0
         self.size = 0
-        self.sha256 = hashlib.sha256()
         self._fallback = fallback
         self._buf = bytearray()
         self._index = 0
@@ -106,7 +105,6 @@ class _Pager:
         raise NotImplementedError
 
     def update(self, chunk: bytes | memoryview) -> None:
-        self.sha256.update(chunk)
         self.size += len(chunk)
         if not self.page_size:
             self._buf += chunk
@@ -185,7 +183,12 @@ class PatchWriter(_Pager):
         super().__init__(base.page_size)
         self._base, self._fd = base, fd
         self.carried = 0
+        self.sha256 = hashlib.sha256()  # (of the database: the member archived is the patch)
         write_all(fd, MAGIC + _HEADER.pack(0, 0))
+
+    def update(self, chunk: bytes | memoryview) -> None:
+        self.sha256.update(chunk)
+        super().update(chunk)
 
     def page(self, index: int, page: memoryview) -> None:
         base = self._base
