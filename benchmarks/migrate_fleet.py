@@ -8,8 +8,9 @@ as molecule/migrate makes its platforms (``podman run --systemd always IMAGE /sb
 prepared with the collection's own roles as molecule/migrate/converge.yml does: the old server runs tenement with
 the demo instances (roles demo_app and tenement_server, playbooks/vars/demo.yml; small data: 100 seed rows each, a
 writer committing --rate rows a second in each instance), the new server has tenement and no instance. A new server
-made to fail lacks the demo application's code, so no instance can start there and its pair rolls back at sync,
-after its freeze (the scenario's third pair). Then ``playbooks/fleet_migrate.yml`` migrates them in batches
+made to fail has a broken release of the demo application (role demo_app's ``demo_app_broken``: its program is
+there, so the preflight passes, but it exits at once), so no instance can start there and its pair rolls back at
+sync, after its freeze (the scenario's third pair). Then ``playbooks/fleet_migrate.yml`` migrates them in batches
 [1, 3, "100%"] with a failure budget of 1, twice, on fresh pairs each time:
 
   run 1  one pair of the second batch fails: 1 failure is within the budget, so every batch starts; the report must
@@ -187,21 +188,23 @@ class Bench:
 
     def prepare(self, run: str, inventory: Path) -> tuple[float, float]:
         """molecule/migrate/converge.yml's preparation: the old servers with tenement and the demo instances, each
-        instance's writer started; the new ones with tenement and no instance, the demo code but on the broken."""
+        instance's writer started; the new ones with tenement and no instance, the demo code (a broken release on the
+        broken ones)."""
         playbook = self.work / "prepare.yml"
         demo = self.copy / "playbooks" / "vars" / "demo.yml"
         playbook.write_text(
             f"""---
-- name: Tenement on every server, the demo instances on the old ones, the demo code but on the broken new ones
+- name: Tenement on every server, the demo instances on the old ones, the demo code broken on the broken new ones
   hosts: old:new
   gather_facts: true
   strategy: free
   vars_files: [{demo}]
   tasks:
-    - name: The demo application's code (not on a new server that must fail to start it)
+    - name: The demo application's code (a broken release on a new server that must fail to start it)
       ansible.builtin.include_role:
         name: selfhost.dr.demo_app
-      when: "'broken' not in group_names"
+      vars:
+        demo_app_broken: "{{{{ 'broken' in group_names }}}}"
 
     - name: Tenement (a new server starts with no instances; the migration brings the old one's)
       ansible.builtin.include_role:

@@ -12,8 +12,9 @@ description:
   - Role M(selfhost.dr.migrate) runs these steps on the old server of each pair; the new server's are
     M(selfhost.dr.migrate_target). Nothing here changes the old server's data - the steps read it, stop the
     application and start it again.
-  - C(preflight) - the application's version, files, bytes and what runs, read without changing anything; refuses
-    what the seed would refuse.
+  - C(preflight) - the application's version, files, bytes and what runs, and what its configuration needs of a
+    server (C(needs) - the ports its server listens on, the programs its configuration runs outside its data), read
+    without changing anything; refuses what the seed would refuse.
   - C(seed) - a hot set of the running application in O(dir) (label C(seed)), verified, and beside it
     C(SET.index.json) - the stat of every file taken just before the set read it, which the delta is made against.
   - C(freeze) - what runs is recorded in the host's state directory, then the application is stopped (tenement - the
@@ -150,6 +151,18 @@ bytes:
   description: With C(preflight) - the bytes of its files.
   returned: with preflight
   type: int
+needs:
+  description:
+    - With C(preflight) - what the application's configuration needs of a server beyond its data, which
+      M(selfhost.dr.migrate_target)'s C(preflight) checks on the new server
+      (O(selfhost.dr.migrate_target#module:source_needs)).
+    - C(ports) - each port its server process listens on (C(port), C(what)); C(programs) - absolute paths its
+      configuration runs (C(path), C(service), C(as) - C(command), C(argument) or C(workdir)); C(commands) - bare
+      command names looked for on a PATH (C(name), C(service), C(path) - the service's PATH, empty for the default).
+  returned: with preflight
+  type: dict
+  sample: {ports: [{port: 8080, what: ten serve}], programs: [{path: /opt/app/app.py, service: demo, as: argument}],
+           commands: []}
 frozen:
   description: With C(preflight) - whether the application is frozen by a migration on this server.
   returned: with preflight
@@ -181,7 +194,8 @@ from ansible_collections.selfhost.dr.plugins.module_utils.engine.lock import Hos
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC
 
 _KEEP = ("path", "name", "size", "sha256", "bytes_in", "files", "databases", "kept", "deleted", "index", "base",
-         "running", "frozen_at", "stop_seconds", "manifest_path", "version", "bytes", "frozen", "retired")  # fmt: skip
+         "running", "frozen_at", "stop_seconds", "manifest_path", "version", "bytes", "frozen", "retired",
+         "needs")  # fmt: skip
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ description:
     M(selfhost.dr.migrate_source).
   - C(preflight) - refuses, before anything changes on either server, a new server that runs an older version of
     the application than O(source_version), has less free space where the data go than 1.2 times O(source_bytes),
-    or already runs instances (unless O(replace)).
+    already runs instances (unless O(replace)), or could not run what the old server runs (O(source_needs) - a port
+    its server listens on taken here by another program, a program or file its configuration runs missing).
   - C(receive) - the seed set O(path) verified and restored in place as M(selfhost.dr.app_restore) restores, made
     safe to start (tenement - C(instance_state) emptied), but nothing is started. The server remembers the seed (in
     its state directory) as what it holds. Refused on a server that runs instances or serves the data of an applied
@@ -61,6 +62,20 @@ options:
     description: With C(preflight) - the bytes of the old server's data.
     type: int
     default: 0
+  source_needs:
+    description:
+      - With C(preflight) - what the old server's configuration needs of a server, as M(selfhost.dr.migrate_source)'s
+        C(preflight) returns it (C(needs) - C(ports), C(programs), C(commands)).
+    type: dict
+    default: {}
+  document:
+    description:
+      - With C(receive), Tomo only - migrate by the guide's JSON document - this server keeps its own C(tomo.db) (its
+        install's identity, its version's schema) and C(apply) imports the frozen server's document into it, every
+        category in mode C(replace), before it swaps in the environment and C(known_hosts). C(apply) follows what
+        C(receive) did.
+    type: bool
+    default: false
   replace:
     description:
       - With C(preflight) and C(receive) - allow a new server whose application already runs instances or serves data
@@ -160,6 +175,8 @@ def main() -> None:
             path=dict(type="path"),
             source_version=dict(type="str", default=""),
             source_bytes=dict(type="int", default=0),
+            source_needs=dict(type="dict", default={}),
+            document=dict(type="bool", default=False),
             replace=dict(type="bool", default=False),
             dir=dict(type="path", default="/var/backups/selfhost-dr/migrate"),
             **APP_SPEC,
@@ -176,7 +193,9 @@ def main() -> None:
     try:
         app = application(p["app"], p)
         if step == "preflight":
-            done = migrate.preflight_target(app, p["source_version"], p["source_bytes"], options, p["replace"])
+            done = migrate.preflight_target(
+                app, p["source_version"], p["source_bytes"], options, p["replace"], p["source_needs"]
+            )
         elif module.check_mode:
             if step == "apply":
                 done = migrate.apply(app, p["path"], options, module.log, check=True)
@@ -188,7 +207,7 @@ def main() -> None:
         else:
             with HostLock(p["state_dir"], f"migrate {step}", p["lock_wait"], "", module.log):
                 if step == "receive":
-                    done = migrate.receive(app, p["path"], options, module.log, p["replace"])
+                    done = migrate.receive(app, p["path"], options, module.log, p["replace"], p["document"])
                 elif step == "apply":
                     done = migrate.apply(app, p["path"], options, module.log)
                 else:

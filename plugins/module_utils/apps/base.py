@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from .._common import AppError, Log, no_log
 
 if TYPE_CHECKING:
+    from .needs import Needs
     from .tenement_instance import InstanceBackup
 
 
@@ -117,6 +118,26 @@ class Application:
     def fixed_up_paths(self, facts: Facts) -> list[str]:
         """The files :meth:`fix_up` may change after a restore (a migration's delta always carries them)."""
         return []
+
+    # -- migrated by its document (Tomo): the new server keeps its own database and imports the old one's document
+    def migrate_by_document(self) -> None:
+        """From now on a restore leaves the database out (the new server's own stays); raise when there is none."""
+        raise AppError(f"{self.name} has no document to migrate by; only Tomo has")
+
+    def import_migrated(self, document: str, log: Log = no_log) -> dict[str, object]:
+        """Import the old server's ``document`` into this server's own database, the application stopped."""
+        raise AppError(f"{self.name} has no document to migrate by; only Tomo has")
+
+    # -- what its configuration needs of a server (a migration's preflight, apps/needs.py)
+    def needs(self, facts: Facts) -> Needs:
+        """The ports its server listens on and the programs its configuration runs, beyond the data it archives."""
+        from .needs import Needs
+
+        return Needs()
+
+    def own_processes(self) -> set[int]:
+        """Its processes on this host (the ports they hold are freed when it is stopped)."""
+        return set()
 
     # -- units (tenement instances): restored and backed up one at a time, the others keep running
     def unit_paths(self, unit: str, facts: Facts) -> list[str]:

@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from .. import safe_fs
 from .._common import AppError
 
 MANAGERS = ("auto", "systemd", "process")
@@ -75,6 +76,18 @@ class Service:
             return done.returncode == 0
         done = _run(["start-stop-daemon", "--status", "--pidfile", self.pidfile], "look at a pidfile", ok=range(256))
         return done.returncode == 0
+
+    def main_pid(self) -> int:
+        """The pid of its main process (0 when it does not run): systemd's MainPID, or the pidfile's pid."""
+        if self.manager == "systemd":
+            done = _run(["systemctl", "show", "-P", "MainPID", self.unit], f"ask systemd about {self.unit}")
+            text = done.stdout.strip()
+        else:
+            try:
+                text = safe_fs.read_regular(self.pidfile, 64).decode("ascii", "replace").strip()
+            except (OSError, ValueError):  # none, not a regular file, or too large
+                return 0
+        return int(text) if text.isdigit() and os.path.isdir(f"/proc/{text}") else 0
 
     def state(self) -> str:
         """systemd's ActiveState (``active``, ``failed``, ...), or running/stopped for a plain process."""

@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .._common import Log, no_log
+from .._common import AppError, Log, no_log
 from . import tenement_hazards as hazards
 from .base import Application, Facts
+from .needs import Needs, main_pid, ports_of, process_tree
 from .service import Service
 from .tenement_client import (
     DEFAULT_DATA_DIR,
@@ -396,6 +398,30 @@ class Tenement(Application):
         data_dir = str(facts.metadata.get("data_dir") or self.data_dir)
         return [os.path.join(data_dir, "tenement.db")]
 
+    def needs(self, facts: Facts) -> Needs:
+        """The ports ``ten serve`` listens on itself (its API, and 80/443 with TLS), and for each service that runs
+        or that ``[instances]`` starts, what its command needs outside the data a migration carries."""
+        config = facts.details.get("config") or {}
+        found = Needs(ports=ports_of(self._server_pid(), "ten serve"))
+        table = config.get("instances") if isinstance(config, dict) else None
+        started = [f"{svc}:x" for svc in table if isinstance(table.get(svc), list)] if isinstance(table, dict) else []
+        wanted = sorted({unit.split(":", 1)[0] for unit in [*facts.running, *started]})
+        services = config.get("service") if isinstance(config, dict) else None
+        for name in wanted:
+            svc = services.get(name) if isinstance(services, dict) else None
+            if isinstance(svc, dict):
+                _service_needs(name, svc, facts.paths, found)
+        return found
+
+    def own_processes(self) -> set[int]:
+        return process_tree(self._server_pid())
+
+    def _server_pid(self) -> int:
+        try:
+            return main_pid(self.service)
+        except AppError:  # neither systemd nor a pidfile to ask
+            return 0
+
     # -- one instance at a time
     def unit_paths(self, unit: str, facts: Facts) -> list[str]:
         """Where ``unit`` keeps its data: ``{data_dir}/{service}/{id}`` and the paths its service's env builds from
@@ -477,6 +503,38 @@ class Tenement(Application):
             log=log,
             **create_args,  # type: ignore[arg-type]
         )
+
+
+def _service_needs(name: str, svc: dict[str, object], carried: Sequence[str], found: Needs) -> None:
+    """What ``[service.NAME]`` runs, as tenement 0.2.2 runs it (``command`` shell-split when it has no ``args``),
+    that a migration does not carry: an absolute program, a bare command name (on the service's PATH), each absolute
+    argument that names something on this server, the working directory. Words with placeholders are left out."""
+    command = str(svc.get("command") or "")
+    args = svc.get("args")
+    try:
+        words = [command, *map(str, args)] if isinstance(args, list) and args else shlex.split(command)
+    except ValueError:  # tenement would refuse it as well; nothing to look for
+        return
+    env = svc.get("env")
+    path = str(env.get("PATH", "")) if isinstance(env, dict) else ""
+    workdir = str(svc.get("workdir") or "")
+
+    def outside(where: str) -> bool:
+        return "{" not in where and os.path.isabs(where) and not _under(os.path.normpath(where), carried)
+
+    if words and "{" not in words[0]:
+        program = words[0]
+        if "/" not in program:
+            found.commands.append({"name": program, "service": name, "path": path})
+        elif not os.path.isabs(program) and workdir:
+            program = os.path.join(workdir, program)
+        if outside(program):
+            found.programs.append({"path": os.path.normpath(program), "service": name, "as": "command"})
+    for word in words[1:]:
+        if outside(word) and os.path.exists(word):
+            found.programs.append({"path": os.path.normpath(word), "service": name, "as": "argument"})
+    if outside(workdir):
+        found.programs.append({"path": os.path.normpath(workdir), "service": name, "as": "workdir"})
 
 
 def _restored_under(original: str, targets: list[str], name: str) -> list[str]:

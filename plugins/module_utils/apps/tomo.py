@@ -22,6 +22,7 @@ from .._common import AppError, Log, no_log
 from ..sqlite_snapshot import SnapshotError, open_checked
 from . import tomo_import
 from .base import Application, Facts
+from .needs import Needs, main_pid, ports_of, process_tree
 from .service import Service
 from .tomo_export import export
 from .tomo_schema import CATEGORIES, database_candidates, installed_version, locate_database
@@ -70,6 +71,7 @@ class Tomo(Application):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.service = Service(settings.service, "systemd")
+        self.by_document = False  # a migration by document: restores leave the database out
 
     def inspect(self) -> Facts:
         s = self.settings
@@ -83,6 +85,14 @@ class Tomo(Application):
             metadata={"database": database, "service": s.service, "service_was_running": running},
             unreachable="" if running else f"{s.service} is not running",
         )
+
+    def needs(self, facts: Facts) -> Needs:
+        """The ports ``tomo.service``'s process listens on (Tomo itself is installed on a new server beforehand,
+        its version checked)."""
+        return Needs(ports=ports_of(main_pid(self.service), self.settings.service))
+
+    def own_processes(self) -> set[int]:
+        return process_tree(main_pid(self.service))
 
     def refuse_backup(self, mode: str, facts: Facts) -> None:
         if mode not in self.modes:
@@ -101,10 +111,23 @@ class Tomo(Application):
         return Facts(self.name, version, paths, facts.excludes, metadata, facts.running, facts.unreachable, details)
 
     def restore_paths(self, manifest: dict[str, object]) -> list[str] | None:
-        """Every path of the set but the copy of the JSON document (imported on purpose, never put back)."""
-        document = dict(manifest.get("metadata") or {}).get("document")  # type: ignore[call-overload]
+        """Every path of the set but the copy of the JSON document (imported on purpose, never put back), and, in a
+        migration by document, the database (this server keeps its own, into which the document is imported)."""
+        metadata = dict(manifest.get("metadata") or {})  # type: ignore[call-overload]
+        document = metadata.get("document")
         paths = [str(p) for p in manifest.get("paths", [])]  # type: ignore[attr-defined]
-        return [p for p in paths if not document or os.path.basename(p) != document]
+        kept = [p for p in paths if not document or os.path.basename(p) != document]
+        return [p for p in kept if p != metadata.get("database")] if self.by_document else kept
+
+    def migrate_by_document(self) -> None:
+        self.by_document = True
+
+    def import_migrated(self, document: str, log: Log = no_log) -> dict[str, object]:
+        """The old server's document imported into this server's own database, every category in mode ``replace``
+        (one transaction; this install's identity kept), with Tomo stopped."""
+        done = self.import_document(document, self.settings.categories, "replace", stop=False, log=log)
+        log(f"tomo: imported the old server's document ({', '.join(self.settings.categories)})")
+        return dict(done)
 
     def trusted_roots(self) -> list[str]:
         """Tomo's database (where ``database`` says, else its usual places), environment file and known_hosts."""

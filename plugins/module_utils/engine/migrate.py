@@ -33,6 +33,7 @@ import json
 import os
 import stat
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -52,7 +53,9 @@ from .._common import (
     utc_now,
     write_all,
 )
+from ..apps import needs
 from ..apps.base import Application, Facts
+from ..apps.tomo_schema import MAX_DOCUMENT_SIZE as DOCUMENT_LIMIT
 from ..reports import Case, Report, Suite
 from ..sets.create import Created, create
 from ..sets.delta import Base, delta_problem, frozen, patched, read_index, stat_key, take_index, write_index
@@ -62,6 +65,7 @@ from ..sets.names import Sidecars
 from ..sets.pages import PatchError, rebuild
 from ..sets.restore import StagingUnpacker, Unit, is_under
 from ..sets.scan import Dirs, scan
+from ..sets.tar_stream import Member
 from ..sets.verify import verify
 from ..sqlite_snapshot import SnapshotError, check_copy, sha256_fd
 from . import backup, journal, restore, swap
@@ -163,6 +167,7 @@ def preflight_source(app: Application, options: Options) -> dict[str, object]:
         "running": planned.facts.running,
         "frozen": state is not None,
         "retired": bool(state and state.get("retired")),
+        "needs": app.needs(planned.facts).to_dict(),
     }
 
 
@@ -327,11 +332,18 @@ SPACE_FACTOR = 1.2  # free space the new server needs where the data go, for eac
 
 
 def preflight_target(
-    app: Application, source_version: str, source_bytes: int, options: Options, replace: bool = False
+    app: Application,
+    source_version: str,
+    source_bytes: int,
+    options: Options,
+    replace: bool = False,
+    source_needs: object = None,
 ) -> dict[str, object]:
     """Refuse, before anything changes on either server, a new server that cannot take the old one's data: an older
-    version of the application, less free space where the data go than 1.2 times the data, or (unless ``replace``)
-    an application that already runs instances there."""
+    version of the application, less free space where the data go than 1.2 times the data, (unless ``replace``)
+    an application that already runs instances there, or one that could not run what the old server runs
+    (``source_needs``, :mod:`apps.needs`: a port taken by another program, a program its configuration runs
+    missing)."""
     installed = installed_version(app)
     if source_version and installed and version_key(source_version) > version_key(installed):
         raise MigrateError(
@@ -348,6 +360,9 @@ def preflight_target(
             f"{app.name} on the new server already runs {', '.join(running)}; a migration replaces its data "
             "(set migrate_replace_target to allow it)"
         )
+    problems = needs.unmet(needs.Needs.from_dict(source_needs), app.own_processes(), app.name)
+    if problems:
+        raise MigrateError(f"the new server could not run what the old one does: {'; '.join(problems)}")
     need = int(source_bytes * SPACE_FACTOR)
     free: dict[str, int] = {}
     wanted: dict[int, int] = {}  # bytes needed on each file system: the data, and the sets where they go
@@ -372,7 +387,12 @@ def preflight_target(
 
 
 def receive(
-    app: Application, seed_set: str, options: Options, log: Log = no_log, replace: bool = False
+    app: Application,
+    seed_set: str,
+    options: Options,
+    log: Log = no_log,
+    replace: bool = False,
+    document: bool = False,
 ) -> dict[str, object]:
     """Restore the seed in place and leave the application stopped; remember it as what this server holds.
 
@@ -398,6 +418,8 @@ def receive(
             f"{app.name} on this server runs {', '.join(running)}; a seed would replace its data; nothing was changed "
             "(set migrate_replace_target to replace them, kept as a safety copy)"
         )
+    if document:
+        app.migrate_by_document()  # this server keeps its own database; the delta's document is imported into it
     r_options = restore.Options(health_timeout=options.health_timeout, state_dir=options.state_dir,
                                 dest_root=options.dest_root, start=False, keep_safety=replace)  # fmt: skip
     planned = restore.plan(app, seed_set, r_options, log=log)
@@ -415,6 +437,7 @@ def receive(
         "at": iso(utc_now()),
         "keys": _seeded_keys(planned.paths, planned.targets),
         "bases": bases,
+        "document": document,
     }
     _write_state(held_path, held)
     return {
@@ -729,6 +752,8 @@ def apply(
             f"the delta {name} cannot be applied to what this server holds ({held.get('name')}): {problem}"
         )
     whole = frozen(delta_manifest, base)  # type: ignore[arg-type]
+    if held.get("document"):
+        app.migrate_by_document()
     try:
         before = app.inspect()
     except AppError:
@@ -752,6 +777,7 @@ def apply(
     # Stopped before anything is staged (it should be, since the seed): a kept file is staged as a second name of
     # the seeded one, so nothing may write to the seeded files from their check to the swap.
     app.stop(log)
+    imported = _import_document(app, delta_set, whole, options, log) if held.get("document") else None
     keys = held.get("keys")
     bases = held.get("bases")
     filler = _DeltaFiller(
@@ -818,7 +844,57 @@ def apply(
         "started": start,
         "warning": warning,
         "actions": app.actions(),
+        **({"imported": imported} if imported is not None else {}),
     }
+
+
+class _Document:
+    """Catches the one member named ``name`` (the document) as a set streams by, at most ``limit`` bytes."""
+
+    current_path = ""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name, self.limit = name, limit
+        self.data: bytearray | None = None
+        self.problem = ""
+
+    def begin(self, member: Member) -> Callable[[memoryview], None] | None:
+        if member.kind != "file" or member.name.rsplit("/", 1)[-1] != self.name:
+            return None
+        if self.data is not None:
+            self.problem = f"it holds {self.name} twice"
+            return None
+        if member.size > self.limit:
+            self.problem = f"its {self.name} is larger than {self.limit >> 20} MiB"
+            return None
+        self.data = bytearray()
+        return self.data.extend
+
+    def end(self, member: Member) -> None:
+        return None
+
+
+def _import_document(
+    app: Application, delta_set: str, whole: dict[str, object], options: Options, log: Log
+) -> dict[str, object]:
+    """A migration by document (Tomo): the frozen server's document, read from the delta set as it is verified once
+    more, written privately beside it and imported into this server's own database (which the swap leaves alone).
+    Done before anything is swapped; the import is one transaction, so doing it again after a kill is the same."""
+    name = str(dict(whole.get("metadata") or {}).get("document") or "")  # type: ignore[call-overload]
+    if not name or "/" in name or name.startswith("."):
+        raise MigrateError(f"the delta {os.path.basename(delta_set)} holds no document of {app.name} to import")
+    caught = _Document(name, DOCUMENT_LIMIT)
+    checked = verify(delta_set, unpack=caught, record=False, delta=True, log=log)
+    if not checked.ok or caught.problem or caught.data is None:
+        why = checked.problems[0] if not checked.ok else caught.problem or f"it holds no {name}"
+        raise MigrateError(f"the delta {os.path.basename(delta_set)} cannot be imported: {why}")
+    private = os.path.join(os.path.dirname(os.path.abspath(delta_set)), f".import-{name}")
+    atomic_write(private, bytes(caught.data), 0o600)
+    try:
+        return app.import_migrated(private, log)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(private)
 
 
 def _applied(

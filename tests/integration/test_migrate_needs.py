@@ -1,0 +1,60 @@
+"""What a real tenement 0.2.2 needs of a new server, as the migration's preflight reads it on the old one: the port
+``ten serve`` listens on (found from its pid in /proc) and the program and script its running service's command
+names. Checked on this same machine as if it were the new server, the port is taken by that very ``ten serve`` (not
+the new server's own tenement) and refused; with the program gone, so is that."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils.apps import needs
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement import Settings, Tenement
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import migrate
+
+from .tenement_fixture import DEMO_APP, LiveTenement, running
+
+
+@pytest.fixture
+def live(tmp_path: Path, free_port: int, ten_bin: str) -> Iterator[LiveTenement]:
+    for served in running(ten_bin, tmp_path, free_port, sys.executable):
+        client = TenementClient(ten_bin, server=served.server, token=served.token, data_dir=str(served.data_dir))
+        client.spawn("demo:alpha")
+        client.wait_healthy("demo:alpha", timeout=20)
+        yield served
+
+
+def test_the_old_servers_port_and_programs_are_read_and_checked_on_a_new_one(
+    live: LiveTenement, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "ten.pid"
+    pidfile.write_text(f"{live.process.pid}\n")
+    app = Tenement(Settings(config_dir=str(live.workdir), data_dir=str(live.data_dir), server=live.server,
+                            ten_bin=live.ten_bin, service_manager="process", pidfile=str(pidfile),
+                            start_command=["true"]))  # fmt: skip
+    port = int(live.server.rsplit(":", 1)[1])
+    found = migrate.preflight_source(app, migrate.Options(dest=str(tmp_path / "migrate")))["needs"]
+    assert found == {
+        "ports": [{"port": port, "what": "ten serve"}],  # not the instance's own port: tenement picks it anew
+        "programs": [
+            {"path": sys.executable, "service": "demo", "as": "command"},
+            {"path": str(DEMO_APP), "service": "demo", "as": "argument"},
+        ],
+        "commands": [],
+    }
+    wanted = needs.Needs.from_dict(found)
+    problems = needs.unmet(wanted, set(), "tenement")
+    assert problems == [
+        f"port {port}, which ten serve listens on at the old server, is taken on the new server by ten "
+        f"(pid {live.process.pid}); free it first"
+    ]
+    assert needs.unmet(wanted, app.own_processes(), "tenement") == []  # the new server's own tenement: stopped
+    wanted.programs[1]["path"] = str(tmp_path / "gone" / "demo_app.py")
+    assert needs.unmet(wanted, app.own_processes(), "tenement") == [
+        f"the new server lacks {tmp_path}/gone/demo_app.py, which the command of tenement's demo names; install it "
+        "there first"
+    ]
