@@ -71,9 +71,10 @@ options:
   document:
     description:
       - With C(receive), Tomo only - migrate by the guide's JSON document - this server keeps its own C(tomo.db) (its
-        install's identity, its version's schema) and C(apply) imports the frozen server's document into it, every
-        category in mode C(replace), before it swaps in the environment and C(known_hosts). C(apply) follows what
-        C(receive) did.
+        install's identity, its version's schema; its own environment kept as a safety copy) and C(apply) imports
+        the frozen server's document into it, every category in mode C(replace), before it swaps in the environment
+        and C(known_hosts) - planned first on a private copy (what check mode refuses), the database copied before
+        the import and put back if the swap or the start fails. C(apply) follows what C(receive) did.
     type: bool
     default: false
   replace:
@@ -200,6 +201,8 @@ def main() -> None:
             if step == "apply":
                 done = migrate.apply(app, p["path"], options, module.log, check=True)
             elif step == "receive":
+                if p["document"]:
+                    app.migrate_by_document()
                 restore.plan(app, p["path"], restore.Options(state_dir=p["state_dir"], start=False), check=True)
                 done = {"changed": True}
             else:

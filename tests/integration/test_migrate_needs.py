@@ -39,7 +39,7 @@ def test_the_old_servers_port_and_programs_are_read_and_checked_on_a_new_one(
     port = int(live.server.rsplit(":", 1)[1])
     found = migrate.preflight_source(app, migrate.Options(dest=str(tmp_path / "migrate")))["needs"]
     assert found == {
-        "ports": [{"port": port, "what": "ten serve"}],  # not the instance's own port: tenement picks it anew
+        "ports": [{"port": port, "address": "0.0.0.0", "what": "ten serve"}],  # noqa: S104 - not the instance's
         "programs": [
             {"path": sys.executable, "service": "demo", "as": "command"},
             {"path": str(DEMO_APP), "service": "demo", "as": "argument"},
@@ -47,14 +47,12 @@ def test_the_old_servers_port_and_programs_are_read_and_checked_on_a_new_one(
         "commands": [],
     }
     wanted = needs.Needs.from_dict(found)
-    problems = needs.unmet(wanted, set(), "tenement")
+    problems = needs.unmet(wanted, set())
     assert problems == [
-        f"port {port}, which ten serve listens on at the old server, is taken on the new server by ten "
-        f"(pid {live.process.pid}); free it first"
+        f"port {port} (ten serve's on the old server, at 0.0.0.0) is taken by ten (pid {live.process.pid})"
     ]
-    assert needs.unmet(wanted, app.own_processes(), "tenement") == []  # the new server's own tenement: stopped
+    assert needs.unmet(wanted, app.own_processes()) == []  # the new server's own tenement: stopped
     wanted.programs[1]["path"] = str(tmp_path / "gone" / "demo_app.py")
-    assert needs.unmet(wanted, app.own_processes(), "tenement") == [
-        f"the new server lacks {tmp_path}/gone/demo_app.py, which the command of tenement's demo names; install it "
-        "there first"
+    assert needs.unmet(wanted, app.own_processes()) == [
+        f"{tmp_path}/gone/demo_app.py (named by the command of service demo) is missing"
     ]

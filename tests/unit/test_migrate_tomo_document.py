@@ -60,12 +60,32 @@ def servers(tmp_path: Path) -> tuple[Tomo, NewTomo, Path, Path]:
     return old, new, old_dir, mine
 
 
+def _sides(tmp_path: Path) -> tuple[migrate.Options, migrate.Options]:
+    a = migrate.Options(dest=str(tmp_path / "a" / "migrate"), health_timeout=5, state_dir=str(tmp_path / "old-state"))
+    b = migrate.Options(dest=str(tmp_path / "b" / "migrate"), health_timeout=5, state_dir=str(tmp_path / "state"),
+                        dest_root=str(tmp_path / "new"))  # fmt: skip
+    return a, b
+
+
+def _to_delta(tmp_path: Path, old: Tomo, new: NewTomo, old_dir: Path) -> str:
+    a, b = _sides(tmp_path)
+    seeded = migrate.seed(old, a)
+    migrate.receive(new, str(seeded["path"]), b, document=True)
+    with sqlite3.connect(old_dir / "tomo.db") as db:  # written on the old server after the seed
+        db.execute("UPDATE users SET email = 'carol@after-the-seed.example' WHERE username = 'carol'")
+    migrate.freeze(old, a)
+    return str(migrate.delta(old, str(seeded["path"]), a)["path"])
+
+
+def _everything(top: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(top)): p.read_bytes() for p in sorted(top.rglob("*")) if p.is_file()}
+
+
 def test_the_new_server_keeps_its_database_and_imports_the_frozen_servers_categories(
     tmp_path: Path, servers: tuple[Tomo, NewTomo, Path, Path]
 ) -> None:
     old, new, old_dir, mine = servers
-    a, b = (migrate.Options(dest=str(tmp_path / side / "migrate"), health_timeout=5) for side in ("a", "b"))
-    b.dest_root = str(tmp_path / "new")
+    a, b = _sides(tmp_path)
     seeded = migrate.seed(old, a)
     migrate.receive(new, str(seeded["path"]), b, document=True)
     assert (mine / "known_hosts").read_text() == "10.0.0.11 ssh-ed25519 AAAAold\n", "the seed's files are in place"
@@ -83,7 +103,10 @@ def test_the_new_server_keeps_its_database_and_imports_the_frozen_servers_catego
     assert identity == [(tomo_fixture.TARGET["installation_id"],)], "the new install's identity was replaced"
     assert (mine / "environment").read_text() == "TOMO_MASTER_PASSWORD=old-secret\n"
     assert new.service.calls[-1] == "start" and new.service.running  # type: ignore[attr-defined]
-    assert not list(Path(b.dest).glob(".import-*")), "the imported document was left behind"
+    state = tmp_path / "state" / "migrate"
+    assert not (state / "tomo-migrated-document.json").exists(), "the imported document was left behind"
+    kept = state / "tomo-own-before-import.db"
+    assert _rows(kept, "SELECT username FROM users ORDER BY username") == [("admin",), ("alice",), ("bob",)]
     again = migrate.apply(new, str(made["path"]), b)
     assert again["changed"] is False
 
@@ -93,3 +116,52 @@ def test_a_migration_by_document_is_tomos_only(tmp_path: Path) -> None:
 
     with pytest.raises(Error, match="only Tomo has"):
         Files("files", [str(tmp_path)]).migrate_by_document()
+
+
+class FailingStart(Recorder):
+    def start(self) -> None:
+        self.calls.append("start")  # and it does not run
+
+
+def test_a_start_that_fails_after_the_import_puts_the_new_servers_own_database_back(
+    tmp_path: Path, servers: tuple[Tomo, NewTomo, Path, Path]
+) -> None:
+    old, new, old_dir, mine = servers
+    delta = _to_delta(tmp_path, old, new, old_dir)
+    own = _rows(mine / "tomo.db", "SELECT username, email FROM users ORDER BY username")
+    new.service = FailingStart(running=False)  # type: ignore[assignment]
+    with pytest.raises(Error) as failed:
+        migrate.apply(new, delta, _sides(tmp_path)[1])
+    assert "did not start on the migrated data" in str(failed.value)
+    assert "its own database put back as it was before the import" in str(failed.value)
+    assert _rows(mine / "tomo.db", "SELECT username, email FROM users ORDER BY username") == own
+
+
+def test_a_document_this_tomo_refuses_is_refused_by_check_mode_and_the_run_alike_before_anything_stops(
+    tmp_path: Path, servers: tuple[Tomo, NewTomo, Path, Path]
+) -> None:
+    old, new, old_dir, _mine = servers
+    delta = _to_delta(tmp_path, old, new, old_dir)
+    new.settings.version = "1.1.0"  # older than the old server's 1.2.0
+    before = _everything(tmp_path / "new")
+    calls = list(new.service.calls)  # type: ignore[attr-defined]
+    said = []
+    for check in (True, False):
+        with pytest.raises(Error) as refused:
+            migrate.apply(new, delta, _sides(tmp_path)[1], check=check)
+        said.append(str(refused.value))
+    assert said[0] == said[1] and said[0].startswith("the old server's document cannot be imported into this tomo")
+    assert "newer" in said[0]
+    assert new.service.calls == calls, "Tomo was stopped or started for a refused import"  # type: ignore[attr-defined]
+    assert _everything(tmp_path / "new") == before
+
+
+def test_the_seed_keeps_the_new_servers_own_environment_as_a_safety_copy(
+    tmp_path: Path, servers: tuple[Tomo, NewTomo, Path, Path]
+) -> None:
+    old, new, _old_dir, mine = servers
+    a, b = _sides(tmp_path)
+    migrate.receive(new, str(migrate.seed(old, a)["path"]), b, document=True)
+    assert (mine / "environment").read_text() == "TOMO_MASTER_PASSWORD=old-secret\n"
+    kept = [p for p in (tmp_path / "new").rglob("*") if p.is_file() and b"new-install" in p.read_bytes()]
+    assert kept, "the new server's own master password was thrown away"

@@ -124,8 +124,15 @@ class Application:
         """From now on a restore leaves the database out (the new server's own stays); raise when there is none."""
         raise AppError(f"{self.name} has no document to migrate by; only Tomo has")
 
-    def import_migrated(self, document: str, log: Log = no_log) -> dict[str, object]:
-        """Import the old server's ``document`` into this server's own database, the application stopped."""
+    def import_migrated(
+        self, document: str, keep: str, fresh: bool, check: bool = False, log: Log = no_log
+    ) -> dict[str, object]:
+        """Import the old server's ``document`` into this server's own database, the application stopped, after a
+        copy of that database to ``keep`` (a copy already there is kept unless ``fresh``); ``check``: plan only."""
+        raise AppError(f"{self.name} has no document to migrate by; only Tomo has")
+
+    def put_back_own(self, keep: str, log: Log = no_log) -> None:
+        """This server's own database as :meth:`import_migrated` copied it to ``keep``, put back."""
         raise AppError(f"{self.name} has no document to migrate by; only Tomo has")
 
     # -- what its configuration needs of a server (a migration's preflight, apps/needs.py)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 
 from .._common import AppError
@@ -22,14 +23,17 @@ from .service import Service
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _LISTEN = "0A"
 _MAX_ITEMS = 4096
+_MAX_TEXT = 4096
+ROLES = ("command", "argument", "workdir")  # what a program is to the service that runs it
+WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - compared with, never bound
 
 
 @dataclass
 class Needs:
-    """``ports``: each port the application's server process listens on, with what listens (``{"port", "what"}``).
-    ``programs``: absolute paths the configuration runs or names (``{"path", "service", "as"}``, ``as`` one of
-    ``command``, ``argument``, ``workdir``). ``commands``: bare command names looked for on a PATH
-    (``{"name", "service", "path"}``)."""
+    """``ports``: each address and port the application's server process listens on, with what listens
+    (``{"port", "address", "what"}``). ``programs``: absolute paths the configuration runs or names (``{"path",
+    "service", "as"}``, ``as`` one of :data:`ROLES`). ``commands``: bare command names, looked for on the PATH the old
+    server found them on (``{"name", "service", "path"}``)."""
 
     ports: list[dict[str, object]] = field(default_factory=list)
     programs: list[dict[str, str]] = field(default_factory=list)
@@ -46,7 +50,7 @@ class Needs:
         if not isinstance(data, dict):
             raise AppError("the old server's needs are not a mapping")
         found = cls()
-        for key, want in (("ports", ("port", "what")), ("programs", ("path", "service", "as")),
+        for key, want in (("ports", ("port", "address", "what")), ("programs", ("path", "service", "as")),
                           ("commands", ("name", "service", "path"))):  # fmt: skip
             items = data.get(key) or []
             if not isinstance(items, list) or len(items) > _MAX_ITEMS:
@@ -54,23 +58,50 @@ class Needs:
             for item in items:
                 if not isinstance(item, dict) or any(k not in item for k in want):
                     raise AppError(f"the old server's needs have a malformed entry in {key}: {item!r:.200}")
-                if key == "ports":
-                    port = item["port"]
-                    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-                        raise AppError(f"the old server's needs name port {port!r:.40}, which is no TCP port")
-                    found.ports.append({"port": port, "what": str(item["what"])})
-                else:
-                    entry = {k: str(item[k]) for k in want}
-                    if key == "programs" and not os.path.isabs(entry["path"]):
-                        raise AppError(f"the old server's needs name {entry['path']!r:.200}, which is not absolute")
-                    getattr(found, key).append(entry)
+                entry = {k: item[k] if key == "ports" and k == "port" else str(item[k]) for k in want}
+                problem = _malformed(key, entry)
+                if problem:
+                    raise AppError(f"the old server's needs {problem}")
+                getattr(found, key).append(entry)
         return found
 
 
-def listening(pids: set[int] | None = None) -> dict[int, set[int]]:
-    """Each TCP port with a listening socket (IPv4 or IPv6) on this host, and the processes holding one: all of
-    them, or those of ``pids`` only (a port none of ``pids`` holds is left out)."""
-    inodes: dict[str, int] = {}  # socket inode -> port
+def _malformed(key: str, entry: dict[str, object]) -> str:
+    texts = [str(v) for k, v in entry.items() if not (key == "ports" and k == "port")]
+    if any(len(t) > _MAX_TEXT or "\0" in t for t in texts):
+        return f"have an entry in {key} that is too long or holds a NUL byte"
+    if key == "ports":
+        port = entry["port"]
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            return f"name port {port!r:.40}, which is no TCP port"
+        try:
+            socket.inet_pton(socket.AF_INET6 if ":" in str(entry["address"]) else socket.AF_INET, str(entry["address"]))
+        except OSError:
+            return f"name the address {str(entry['address'])!r:.60}, which is no IP address"
+    elif key == "programs":
+        if not os.path.isabs(str(entry["path"])):
+            return f"name {str(entry['path'])!r:.200}, which is not an absolute path"
+        if entry["as"] not in ROLES:
+            return f"name a program as {str(entry['as'])!r:.40}, not one of {', '.join(ROLES)}"
+    elif not entry["name"] or "/" in str(entry["name"]):
+        return f"name the command {str(entry['name'])!r:.200}, which is not a bare command name"
+    return ""
+
+
+def _address(hex_address: str) -> str:
+    """An address of /proc/net/tcp or tcp6 (each 32-bit word in the host's byte order, little-endian here) as text;
+    an IPv4-mapped IPv6 address as its IPv4 address."""
+    raw = bytes.fromhex(hex_address)
+    if len(raw) == 4:
+        return socket.inet_ntop(socket.AF_INET, raw[::-1])
+    text = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
+    return text.removeprefix("::ffff:") if text.startswith("::ffff:") and "." in text else text
+
+
+def listening(pids: set[int] | None = None) -> dict[tuple[str, int], set[int]]:
+    """Each TCP address and port with a listening socket (IPv4 or IPv6) on this host, and the processes holding
+    one: all of them, or those of ``pids`` only (what none of ``pids`` holds is left out)."""
+    inodes: dict[str, tuple[str, int]] = {}  # socket inode -> (address, port)
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table, encoding="ascii") as handle:
@@ -80,8 +111,9 @@ def listening(pids: set[int] | None = None) -> dict[int, set[int]]:
         for line in lines:
             cols = line.split()
             if len(cols) > 9 and cols[3] == _LISTEN:
-                inodes[cols[9]] = int(cols[1].rsplit(":", 1)[1], 16)
-    held: dict[int, set[int]] = {}
+                address, port = cols[1].rsplit(":", 1)
+                inodes[cols[9]] = (_address(address), int(port, 16))
+    held: dict[tuple[str, int], set[int]] = {}
     for pid in sorted(pids) if pids is not None else _all_pids():
         fd_dir = f"/proc/{pid}/fd"
         try:
@@ -132,6 +164,21 @@ def command_name(pid: int) -> str:
         return "?"
 
 
+def environment_path(pid: int) -> str:
+    """The PATH in the environment of process ``pid`` ("" when it has none or cannot be read)."""
+    if pid <= 0:
+        return ""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            data = handle.read(1 << 20)
+    except OSError:
+        return ""
+    for item in data.split(b"\0"):
+        if item.startswith(b"PATH="):
+            return item[5:].decode("utf-8", "replace")
+    return ""
+
+
 def main_pid(service: Service) -> int:
     """The service's main pid, 0 when it does not run or cannot be asked."""
     try:
@@ -141,46 +188,44 @@ def main_pid(service: Service) -> int:
 
 
 def ports_of(pid: int, what: str) -> list[dict[str, object]]:
-    """The ports the process ``pid`` listens on itself (not its children: tenement's instances take ports it picks
-    anew on every spawn)."""
+    """The addresses and ports the process ``pid`` listens on itself (not its children: tenement's instances take
+    ports it picks anew on every spawn)."""
     if pid <= 0:
         return []
-    return [{"port": port, "what": what} for port in sorted(listening({pid}))]
+    return [{"port": port, "address": address, "what": what} for address, port in sorted(listening({pid}))]
 
 
-def unmet(needs: Needs, own: set[int], app: str) -> list[str]:
-    """One sentence for each need this server does not meet. ``own``: the processes of the application here (a
-    port they hold is freed when the migration stops it)."""
+def _clash(wanted: str, held: str) -> bool:
+    """Whether a socket bound to ``held`` keeps one from binding ``wanted`` on the same port."""
+    return wanted in WILDCARDS or held in WILDCARDS or wanted == held
+
+
+def _holders(pids: list[int]) -> str:
+    named = ", ".join(f"{command_name(p)} (pid {p})" for p in pids[:3])
+    return named + (f" and {len(pids) - 3} more" if len(pids) > 3 else "")
+
+
+def unmet(needs: Needs, own: set[int]) -> list[str]:
+    """What of ``needs`` this server lacks, each as a clause. ``own``: the processes of the application here (a port
+    they hold is freed when the migration stops it)."""
     problems: list[str] = []
-    ports = listening() if needs.ports else {}
+    held = listening() if needs.ports else {}
     for need in needs.ports:
-        port = int(need["port"])  # type: ignore[call-overload]
-        others = sorted(ports.get(port, set()) - own)
+        port, address = int(need["port"]), str(need["address"])  # type: ignore[call-overload]
+        others = sorted({p for (a, n), pids in held.items() if n == port and _clash(address, a) for p in pids} - own)
         if others:
-            holders = ", ".join(f"{command_name(p)} (pid {p})" for p in others[:3])
             problems.append(
-                f"port {port}, which {need['what']} listens on at the old server, is taken on the new server by "
-                f"{holders}; free it first"
+                f"port {port} ({need['what']}'s on the old server, at {address}) is taken by {_holders(others)}"
             )
     for program in needs.programs:
-        path = program["path"]
-        service, role = program["service"], program["as"]
-        if role == "workdir":
-            if not os.path.isdir(path):
-                problems.append(f"the new server has no directory {path}, the working directory of {service}")
+        path, service, role = program["path"], program["service"], program["as"]
+        if role == "workdir" and not os.path.isdir(path):
+            problems.append(f"{path} (the working directory of service {service}) is missing")
         elif role == "command" and not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            problems.append(f"the new server has no program {path}, which {service} runs; install it first")
+            problems.append(f"{path} (the program of service {service}) is missing or not executable")
         elif role == "argument" and not os.path.exists(path):
-            problems.append(f"the new server lacks {path}, which the command of {app}'s {service} names; install "
-                            "it there first")  # fmt: skip
+            problems.append(f"{path} (named by the command of service {service}) is missing")
     for command in needs.commands:
         if shutil.which(command["name"], path=command["path"] or DEFAULT_PATH) is None:
-            problems.append(
-                f"the new server has no command {command['name']} on {service_path(command)}, which "
-                f"{command['service']} runs; install it first"
-            )
+            problems.append(f"command {command['name']} (run by service {command['service']}) is not on its PATH")
     return problems
-
-
-def service_path(command: dict[str, str]) -> str:
-    return "its PATH" if command["path"] else "the default PATH"

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import shlex
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from .._common import AppError, Log, no_log
 from . import tenement_hazards as hazards
 from .base import Application, Facts
-from .needs import Needs, main_pid, ports_of, process_tree
+from .needs import DEFAULT_PATH, Needs, environment_path, main_pid, ports_of, process_tree
 from .service import Service
 from .tenement_client import (
     DEFAULT_DATA_DIR,
@@ -399,18 +400,22 @@ class Tenement(Application):
         return [os.path.join(data_dir, "tenement.db")]
 
     def needs(self, facts: Facts) -> Needs:
-        """The ports ``ten serve`` listens on itself (its API, and 80/443 with TLS), and for each service that runs
-        or that ``[instances]`` starts, what its command needs outside the data a migration carries."""
+        """The addresses and ports ``ten serve`` listens on itself (its API, and 80/443 with TLS), and for each service
+        that runs or that ``[instances]`` starts, what its command needs outside the data a migration carries."""
         config = facts.details.get("config") or {}
-        found = Needs(ports=ports_of(self._server_pid(), "ten serve"))
+        pid = self._server_pid()
+        found = Needs(ports=ports_of(pid, "ten serve"))
         table = config.get("instances") if isinstance(config, dict) else None
-        started = [f"{svc}:x" for svc in table if isinstance(table.get(svc), list)] if isinstance(table, dict) else []
-        wanted = sorted({unit.split(":", 1)[0] for unit in [*facts.running, *started]})
+        started = (
+            [svc for svc, ids in table.items() if isinstance(ids, list) and ids] if isinstance(table, dict) else []
+        )
+        wanted = sorted({*(unit.split(":", 1)[0] for unit in facts.running), *started})
         services = config.get("service") if isinstance(config, dict) else None
+        serve_path = environment_path(pid) or DEFAULT_PATH
         for name in wanted:
             svc = services.get(name) if isinstance(services, dict) else None
             if isinstance(svc, dict):
-                _service_needs(name, svc, facts.paths, found)
+                _service_needs(name, svc, facts.paths, serve_path, found)
         return found
 
     def own_processes(self) -> set[int]:
@@ -505,18 +510,21 @@ class Tenement(Application):
         )
 
 
-def _service_needs(name: str, svc: dict[str, object], carried: Sequence[str], found: Needs) -> None:
-    """What ``[service.NAME]`` runs, as tenement 0.2.2 runs it (``command`` shell-split when it has no ``args``),
-    that a migration does not carry: an absolute program, a bare command name (on the service's PATH), each absolute
-    argument that names something on this server, the working directory. Words with placeholders are left out."""
+def _service_needs(name: str, svc: dict[str, object], carried: Sequence[str], serve_path: str, found: Needs) -> None:
+    """What ``[service.NAME]`` runs, as tenement 0.2.2 runs it (``command`` split as a shell would, a ``#`` comment
+    left out, when it has no ``args``), that a migration does not carry: an absolute program, a bare command name
+    (found on the service's PATH, else ``ten serve``'s), each absolute argument that names something on this server,
+    the working directory. Words with placeholders, and what lies in the data the migration carries, are left out."""
     command = str(svc.get("command") or "")
     args = svc.get("args")
     try:
-        words = [command, *map(str, args)] if isinstance(args, list) and args else shlex.split(command)
+        words = [command, *map(str, args)] if isinstance(args, list) and args else shlex.split(_uncommented(command))
     except ValueError:  # tenement would refuse it as well; nothing to look for
         return
     env = svc.get("env")
-    path = str(env.get("PATH", "")) if isinstance(env, dict) else ""
+    given = str(env.get("PATH", "")) if isinstance(env, dict) else ""
+    # Entries with placeholders are the instance's own (in the data dir, carried): looked for in none of them.
+    path = ":".join(p for p in (given or serve_path).split(":") if p and "{" not in p)
     workdir = str(svc.get("workdir") or "")
 
     def outside(where: str) -> bool:
@@ -525,16 +533,38 @@ def _service_needs(name: str, svc: dict[str, object], carried: Sequence[str], fo
     if words and "{" not in words[0]:
         program = words[0]
         if "/" not in program:
-            found.commands.append({"name": program, "service": name, "path": path})
+            there = shutil.which(program, path=path)
+            if there and outside(there):
+                found.commands.append({"name": program, "service": name, "path": path})
+            program = ""  # not here at all, or in the data: nothing to compare
         elif not os.path.isabs(program) and workdir:
             program = os.path.join(workdir, program)
-        if outside(program):
+        if program and outside(program):
             found.programs.append({"path": os.path.normpath(program), "service": name, "as": "command"})
     for word in words[1:]:
         if outside(word) and os.path.exists(word):
             found.programs.append({"path": os.path.normpath(word), "service": name, "as": "argument"})
     if outside(workdir):
         found.programs.append({"path": os.path.normpath(workdir), "service": name, "as": "workdir"})
+
+
+def _uncommented(command: str) -> str:
+    """``command`` up to a ``#`` that begins a word outside quotes, as the ``shell_words`` crate that tenement splits
+    with reads a comment (``a#b`` is a word; ``a #b`` ends at ``a``)."""
+    quote = ""
+    escaped = False
+    for i, char in enumerate(command):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (i == 0 or command[i - 1].isspace()):
+            return command[:i]
+    return command
 
 
 def _restored_under(original: str, targets: list[str], name: str) -> list[str]:

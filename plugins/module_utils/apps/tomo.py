@@ -10,6 +10,7 @@ SSH ``known_hosts``, and a copy of the JSON document. A full restore puts back a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._common import AppError, Log, no_log
-from ..sqlite_snapshot import SnapshotError, open_checked
+from ..sqlite_snapshot import SnapshotError, open_checked, snapshot
 from . import tomo_import
 from .base import Application, Facts
 from .needs import Needs, main_pid, ports_of, process_tree
@@ -122,12 +123,30 @@ class Tomo(Application):
     def migrate_by_document(self) -> None:
         self.by_document = True
 
-    def import_migrated(self, document: str, log: Log = no_log) -> dict[str, object]:
+    def import_migrated(
+        self, document: str, keep: str, fresh: bool, check: bool = False, log: Log = no_log
+    ) -> dict[str, object]:
         """The old server's document imported into this server's own database, every category in mode ``replace``
-        (one transaction; this install's identity kept), with Tomo stopped."""
-        done = self.import_document(document, self.settings.categories, "replace", stop=False, log=log)
-        log(f"tomo: imported the old server's document ({', '.join(self.settings.categories)})")
-        return dict(done)
+        (one transaction; this install's identity kept), with Tomo stopped; first that database copied to ``keep``
+        (SQLite's backup API), unless a copy is there and not ``fresh`` (one an interrupted run made before its
+        import). ``check``: planned on a private copy, nothing written."""
+        categories = self.settings.categories
+        if check:
+            return dict(self.import_document(document, categories, "replace", check=True, log=log))
+        if fresh or not os.path.isfile(keep):
+            snapshot(locate_database(self.settings.database or None), keep, lock_timeout=self.settings.lock_timeout)
+        done = self.import_document(document, categories, "replace", stop=False, log=log)
+        log(f"tomo: imported the old server's document ({', '.join(categories)}); its own database was kept as {keep}")
+        return {**done, "kept_as": keep}
+
+    def put_back_own(self, keep: str, log: Log = no_log) -> None:
+        database = locate_database(self.settings.database or None)
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{keep}?mode=ro", uri=True)) as source,
+            tomo_import.open_live(database, self.settings.lock_timeout) as live,
+        ):
+            source.backup(live)
+        log(f"tomo: put back this server's own database from {keep}")
 
     def trusted_roots(self) -> list[str]:
         """Tomo's database (where ``database`` says, else its usual places), environment file and known_hosts."""

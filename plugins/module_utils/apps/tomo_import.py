@@ -415,7 +415,7 @@ def import_document(
     doc = tomo_enc.load_enc(path, password) if tomo_enc.is_enc(path) else load(path)
     if not os.path.exists(database):
         raise TomoError(f"Tomo's database {database} does not exist")
-    with consistent_copy(database, lock_timeout) if check else _open_live(database, lock_timeout) as conn:
+    with consistent_copy(database, lock_timeout) if check else open_live(database, lock_timeout) as conn:
         try:
             target_version = application_version or installed_version()
             _check_app_version(doc.get("application_version"), target_version, path)
@@ -449,7 +449,7 @@ def import_document(
 
 
 @contextlib.contextmanager
-def _open_live(database: str, lock_timeout: float) -> Iterator[sqlite3.Connection]:
+def open_live(database: str, lock_timeout: float) -> Iterator[sqlite3.Connection]:
     try:
         conn = sqlite3.connect(database, isolation_level=None, timeout=lock_timeout)
     except sqlite3.Error as exc:

@@ -360,9 +360,12 @@ def preflight_target(
             f"{app.name} on the new server already runs {', '.join(running)}; a migration replaces its data "
             "(set migrate_replace_target to allow it)"
         )
-    problems = needs.unmet(needs.Needs.from_dict(source_needs), app.own_processes(), app.name)
+    problems = needs.unmet(needs.Needs.from_dict(source_needs), app.own_processes())
     if problems:
-        raise MigrateError(f"the new server could not run what the old one does: {'; '.join(problems)}")
+        raise MigrateError(
+            f"the new server cannot run what the old one runs: {'; '.join(problems)}; nothing was changed (install "
+            "what is missing there and free the ports first, or set migrate_check_needs to false)"
+        )
     need = int(source_bytes * SPACE_FACTOR)
     free: dict[str, int] = {}
     wanted: dict[int, int] = {}  # bytes needed on each file system: the data, and the sets where they go
@@ -421,7 +424,10 @@ def receive(
     if document:
         app.migrate_by_document()  # this server keeps its own database; the delta's document is imported into it
     r_options = restore.Options(health_timeout=options.health_timeout, state_dir=options.state_dir,
-                                dest_root=options.dest_root, start=False, keep_safety=replace)  # fmt: skip
+                                dest_root=options.dest_root, start=False,
+                                # By document, the new server keeps its database: and what goes with it (the
+                                # environment, whose master password encrypts its credentials) as a safety copy.
+                                keep_safety=replace or document)  # fmt: skip
     planned = restore.plan(app, seed_set, r_options, log=log)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(held_path)  # (whatever it held is being replaced: no delta may follow it any more)
@@ -763,8 +769,36 @@ def apply(
     refuse_foreign(app, before, whole, paths, options.state_dir, name, units=units, dest_root=options.dest_root)
     start = app.units_to_start(whole)
     plan = {"delta": name, "base": held.get("name"), "start": start, "files": len(whole["files"])}  # type: ignore[arg-type]
-    if check:
-        return {"changed": True, **plan}
+    importing = _Import.read(app, delta_set, delta_manifest, whole, options, log) if held.get("document") else None
+    try:
+        if importing is not None:
+            plan["import"] = importing.plan()  # on a private copy: an import this Tomo refuses stops nothing
+        if check:
+            return {"changed": True, **plan}
+        return _apply_onto_seed(
+            app, delta_set, delta_manifest, whole, held, paths, start, plan, importing, options, log
+        )
+    finally:
+        if importing is not None:
+            importing.close()
+
+
+def _apply_onto_seed(
+    app: Application,
+    delta_set: str,
+    delta_manifest: dict[str, object],
+    whole: dict[str, object],
+    held: dict[str, object],
+    paths: list[str] | None,
+    start: list[str],
+    plan: dict[str, object],
+    importing: _Import | None,
+    options: Options,
+    log: Log,
+) -> dict[str, object]:
+    """What :func:`apply` does once nothing refuses the delta: the swap, the fix-up and the start."""
+    held_path = _state_path(options, app.name, "held")
+    name = os.path.basename(delta_set)
     t0 = time.monotonic()
     resumed = _resume(app, name, whole, start, options, log) if held.get("applying") == name else None
     if resumed is not None:
@@ -777,7 +811,7 @@ def apply(
     # Stopped before anything is staged (it should be, since the seed): a kept file is staged as a second name of
     # the seeded one, so nothing may write to the seeded files from their check to the swap.
     app.stop(log)
-    imported = _import_document(app, delta_set, whole, options, log) if held.get("document") else None
+    imported = importing.run(fresh=held.get("applying") != name) if importing is not None else None
     keys = held.get("keys")
     bases = held.get("bases")
     filler = _DeltaFiller(
@@ -789,14 +823,15 @@ def apply(
                                      state_dir=options.state_dir)  # fmt: skip
     except Error as exc:
         reason = swap.sentence(exc)
+        own = importing.undo(log) if importing is not None else ""
         if "putting things back failed too" in reason:
             _forget(held_path, _bases_dir(options, app))
             raise MigrateError(
                 f"applying {name} failed ({reason}); {app.name} is stopped on this server, whose seeded data may be "
-                "incomplete: seed it again (selfhost-dr status shows the restore)"
+                f"incomplete{own}: seed it again (selfhost-dr status shows the restore)"
             ) from exc
         raise MigrateError(
-            f"applying {name} failed ({reason}); the seeded data are as they were, {app.name} stopped"
+            f"applying {name} failed ({reason}); the seeded data are as they were{own}, {app.name} stopped"
         ) from exc
     applied = round(time.monotonic() - t0, 3)
     try:
@@ -820,11 +855,12 @@ def apply(
                 f"{app.name} did not start on the migrated data ({reason}), and putting the seeded data back failed "
                 f"too ({again}); {app.name} is stopped on this server"
             ) from exc
+        own = importing.undo(log) if importing is not None else ""
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise MigrateError(
             f"{app.name} did not start on the migrated data ({reason}); it is stopped on this server, the seeded data "
-            "back in place (the start may have written to them: seed this server again before another delta)"
+            f"back in place{own} (the start may have written to them: seed this server again before another delta)"
         ) from exc
     warning = ""
     try:
@@ -874,27 +910,68 @@ class _Document:
         return None
 
 
-def _import_document(
-    app: Application, delta_set: str, whole: dict[str, object], options: Options, log: Log
-) -> dict[str, object]:
+@dataclass
+class _Import:
     """A migration by document (Tomo): the frozen server's document, read from the delta set as it is verified once
-    more, written privately beside it and imported into this server's own database (which the swap leaves alone).
-    Done before anything is swapped; the import is one transaction, so doing it again after a kill is the same."""
-    name = str(dict(whole.get("metadata") or {}).get("document") or "")  # type: ignore[call-overload]
-    if not name or "/" in name or name.startswith("."):
-        raise MigrateError(f"the delta {os.path.basename(delta_set)} holds no document of {app.name} to import")
-    caught = _Document(name, DOCUMENT_LIMIT)
-    checked = verify(delta_set, unpack=caught, record=False, delta=True, log=log)
-    if not checked.ok or caught.problem or caught.data is None:
-        why = checked.problems[0] if not checked.ok else caught.problem or f"it holds no {name}"
-        raise MigrateError(f"the delta {os.path.basename(delta_set)} cannot be imported: {why}")
-    private = os.path.join(os.path.dirname(os.path.abspath(delta_set)), f".import-{name}")
-    atomic_write(private, bytes(caught.data), 0o600)
-    try:
-        return app.import_migrated(private, log)
-    finally:
+    more, written privately in the host's state directory, and imported into this server's own database (which the
+    swap leaves alone) after a copy of it is kept; put back when the apply fails after the import. The import is one
+    transaction, and in mode replace doing it again changes nothing, so a run killed after it is finished by the
+    next."""
+
+    app: Application
+    document: str  # the private copy of the document
+    keep: str  # this server's own database as it was before the import
+    done: dict[str, object] | None = None
+
+    @classmethod
+    def read(
+        cls, app: Application, delta_set: str, delta_manifest: dict[str, object], whole: dict[str, object],
+        options: Options, log: Log,
+    ) -> _Import:  # fmt: skip
+        set_name = os.path.basename(delta_set)
+        name = str(dict(whole.get("metadata") or {}).get("document") or "")  # type: ignore[call-overload]
+        if not name or "/" in name or name in (".", ".."):
+            raise MigrateError(f"the delta {set_name} names no document of {app.name} to import")
+        caught = _Document(name, DOCUMENT_LIMIT)
+        checked = verify(delta_set, unpack=caught, record=False, delta=True, log=log)
+        if checked.ok and checked.manifest != delta_manifest:
+            caught.problem = "its manifest changed while it was read"
+        if not checked.ok or caught.problem or caught.data is None:
+            why = checked.problems[0] if not checked.ok else caught.problem or f"it holds no {name}"
+            raise MigrateError(f"the document in the delta {set_name} cannot be imported: {why}")
+        where = os.path.dirname(_state_path(options, app.name, "held"))
+        safe_fs.makedirs_private(where)
+        # Fixed names (never the set's): the document is read as JSON whatever the old server called it.
+        document = os.path.join(where, f"{app.name}-migrated-document.json")
+        atomic_write(document, bytes(caught.data), 0o600)
+        return cls(app, document, os.path.join(where, f"{app.name}-own-before-import.db"))
+
+    def plan(self) -> dict[str, object]:
+        try:
+            planned = self.app.import_migrated(self.document, self.keep, False, check=True)
+        except Error as exc:
+            raise MigrateError(
+                f"the old server's document cannot be imported into this {self.app.name}: {exc}"
+            ) from exc
+        return {k: planned[k] for k in ("changed", "changes") if k in planned}
+
+    def run(self, fresh: bool) -> dict[str, object]:
+        self.done = self.app.import_migrated(self.document, self.keep, fresh)
+        return self.done
+
+    def undo(self, log: Log) -> str:
+        """Put this server's own database back if the document was imported; what became of it, as a clause."""
+        if self.done is None:
+            return ""
+        try:
+            self.app.put_back_own(self.keep, log)
+        except Error as exc:
+            return f", and putting its own database back failed ({exc}; it is kept as {self.keep})"
+        return ", its own database put back as it was before the import"
+
+    def close(self) -> None:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(private)
+            os.unlink(self.document)
 
 
 def _applied(
