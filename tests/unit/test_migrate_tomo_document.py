@@ -165,3 +165,26 @@ def test_the_seed_keeps_the_new_servers_own_environment_as_a_safety_copy(
     assert (mine / "environment").read_text() == "TOMO_MASTER_PASSWORD=old-secret\n"
     kept = [p for p in (tmp_path / "new").rglob("*") if p.is_file() and b"new-install" in p.read_bytes()]
     assert kept, "the new server's own master password was thrown away"
+
+
+def test_a_run_killed_between_the_import_and_the_swap_keeps_the_copy_from_before_the_first_import(
+    tmp_path: Path, servers: tuple[Tomo, NewTomo, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new, old_dir, mine = servers
+    delta = _to_delta(tmp_path, old, new, old_dir)
+    own = _rows(mine / "tomo.db", "SELECT username, email FROM users ORDER BY username")
+    real = migrate.swap.restore_from
+
+    def killed(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt  # (as a SIGINT would, after the import and before anything is swapped)
+
+    monkeypatch.setattr(migrate.swap, "restore_from", killed)
+    with pytest.raises(KeyboardInterrupt):
+        migrate.apply(new, delta, _sides(tmp_path)[1])
+    imported = _rows(mine / "tomo.db", "SELECT username, email FROM users ORDER BY username")
+    assert imported != own, "the import did not happen before the swap"
+    monkeypatch.setattr(migrate.swap, "restore_from", real)
+    done = migrate.apply(new, delta, _sides(tmp_path)[1])
+    assert done["changed"] is True
+    kept = tmp_path / "state" / "migrate" / "tomo-own-before-import.db"
+    assert _rows(kept, "SELECT username, email FROM users ORDER BY username") == own, "the copy was taken again"
