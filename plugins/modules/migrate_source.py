@@ -156,13 +156,15 @@ needs:
     - With C(preflight) - what the application's configuration needs of a server beyond its data, which
       M(selfhost.dr.migrate_target)'s C(preflight) checks on the new server
       (O(selfhost.dr.migrate_target#module:source_needs)).
-    - C(ports) - each port its server process listens on (C(port), C(what)); C(programs) - absolute paths its
-      configuration runs (C(path), C(service), C(as) - C(command), C(argument) or C(workdir)); C(commands) - bare
-      command names looked for on a PATH (C(name), C(service), C(path) - the service's PATH, empty for the default).
+    - C(ports) - each address and port its server process listens on (C(port), C(address), C(what)).
+    - C(programs) - absolute paths its configuration runs (C(path), C(service), C(as) - C(command), C(argument) or
+      C(workdir)).
+    - C(commands) - bare command names, looked for on the PATH the old server found them on (C(name), C(service),
+      C(path)).
   returned: with preflight
   type: dict
-  sample: {ports: [{port: 8080, what: ten serve}], programs: [{path: /opt/app/app.py, service: demo, as: argument}],
-           commands: []}
+  sample: {ports: [{port: 8080, address: 0.0.0.0, what: ten serve}],
+           programs: [{path: /opt/app/app.py, service: demo, as: argument}], commands: []}
 frozen:
   description: With C(preflight) - whether the application is frozen by a migration on this server.
   returned: with preflight

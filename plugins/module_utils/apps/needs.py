@@ -6,8 +6,9 @@ arguments name, its working directory). A migration reads them on the old server
 before anything changes (the preflight), so a new server that could not run what it receives is refused before the
 old one is frozen, not rolled back after it.
 
-Read from ``/proc`` only (``net/tcp``, ``net/tcp6``, each process's ``fd`` links, ``stat``), never by following a
-link into a file; the lists that travel from the old server are checked as data (types, bounds) before use."""
+Read from ``/proc`` only (``net/tcp``, ``net/tcp6``, each process's ``fd`` links, ``stat``, ``comm``, and the server's
+``environ`` for its PATH), never by following a link into a file; the lists that travel from the old server are
+checked as data (types, bounds) before use."""
 
 from __future__ import annotations
 
@@ -142,10 +143,9 @@ def process_tree(pid: int) -> set[int]:
     for each in _all_pids():
         try:
             with open(f"/proc/{each}/stat", encoding="utf-8", errors="replace") as handle:
-                stat = handle.read()
-        except OSError:
+                parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone since the listing
             continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
         children.setdefault(parent, []).append(each)
     tree, todo = set(), [pid]
     while todo:

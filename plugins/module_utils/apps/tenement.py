@@ -400,8 +400,9 @@ class Tenement(Application):
         return [os.path.join(data_dir, "tenement.db")]
 
     def needs(self, facts: Facts) -> Needs:
-        """The addresses and ports ``ten serve`` listens on itself (its API, and 80/443 with TLS), and for each service
-        that runs or that ``[instances]`` starts, what its command needs outside the data a migration carries."""
+        """The addresses and ports ``ten serve`` listens on itself (its API port, and its TLS ports when it serves
+        TLS), and for each service that runs or that ``[instances]`` starts, what its command needs outside the data a
+        migration carries."""
         config = facts.details.get("config") or {}
         pid = self._server_pid()
         found = Needs(ports=ports_of(pid, "ten serve"))

@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import os
+import posixpath
 import stat
 import time
 from collections.abc import Callable
@@ -885,7 +886,8 @@ def _apply_onto_seed(
 
 
 class _Document:
-    """Catches the one member named ``name`` (the document) as a set streams by, at most ``limit`` bytes."""
+    """Catches the one member ``name`` (the document's path in the set) as a set streams by, at most ``limit``
+    bytes."""
 
     current_path = ""
 
@@ -895,7 +897,7 @@ class _Document:
         self.problem = ""
 
     def begin(self, member: Member) -> Callable[[memoryview], None] | None:
-        if member.kind != "file" or member.name.rsplit("/", 1)[-1] != self.name:
+        if member.kind != "file" or member.name != self.name:
             return None
         if self.data is not None:
             self.problem = f"it holds {self.name} twice"
@@ -930,9 +932,10 @@ class _Import:
     ) -> _Import:  # fmt: skip
         set_name = os.path.basename(delta_set)
         name = str(dict(whole.get("metadata") or {}).get("document") or "")  # type: ignore[call-overload]
-        if not name or "/" in name or name in (".", ".."):
+        paths = [str(p) for p in whole.get("paths") or [] if posixpath.basename(str(p)) == name]  # type: ignore[attr-defined]
+        if not name or "/" in name or name in (".", "..") or len(paths) != 1:
             raise MigrateError(f"the delta {set_name} names no document of {app.name} to import")
-        caught = _Document(name, DOCUMENT_LIMIT)
+        caught = _Document(paths[0].lstrip("/"), DOCUMENT_LIMIT)
         checked = verify(delta_set, unpack=caught, record=False, delta=True, log=log)
         if checked.ok and checked.manifest != delta_manifest:
             caught.problem = "its manifest changed while it was read"

@@ -44,7 +44,7 @@ def files(store: s3.Store, prefix: str, workers: int = 8) -> Listing:
         try:
             data = store.read(obj.key, ltx.HEADER_SIZE)
         except s3.S3Error as exc:
-            if "HTTP 404" in str(exc):
+            if exc.status == 404:  # deleted by Litestream's retention since it was listed
                 return None
             raise
         found = ltx.read_header(data, obj.key.rsplit("/", 1)[1])

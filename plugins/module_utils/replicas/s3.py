@@ -30,7 +30,11 @@ _MAX_ERROR = 64 * 1024
 
 
 class S3Error(Error):
-    """A request the store refused or did not answer."""
+    """A request the store refused (``status``, its HTTP status) or did not answer (``status`` 0)."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _quote(text: str, safe: str = "-_.~") -> str:
@@ -155,7 +159,7 @@ class Store:
             code = _xml(data[:_MAX_ERROR]).findtext("Code") or "" if data else ""
         except (ElementTree.ParseError, S3Error):
             code = ""
-        return S3Error(f"the S3 store refused to {what} (HTTP {status}{', ' + code if code else ''})")
+        return S3Error(f"the S3 store refused to {what} (HTTP {status}{', ' + code if code else ''})", status)
 
     def list(self, prefix: str) -> Iterator[Object]:
         """Every object whose key begins with ``prefix``, in key order (ListObjectsV2, page after page)."""
