@@ -49,6 +49,7 @@ from .engine import (
     journal,
     monitor,
     prune,
+    replica_restore,
     repo_backup,
     repo_check,
     repo_import,
@@ -60,6 +61,8 @@ from .engine import (
     swap,
 )
 from .engine.lock import DEFAULT_WAIT, HostLock, held
+from .replicas import litestream
+from .replicas.config import ReplicaConfigError
 from .repos import config as repo_config
 from .repos.restic import SUBSET_RE, RepoError, Restic, open_private, public
 from .sets.catalog import catalog, leftovers
@@ -568,6 +571,10 @@ def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress)
         health_timeout=_number(config, "restore", "health_timeout", 60),
         state_dir=config.get("state_dir"),
     )
+    if args.at:
+        return _restore_from_replicas(args, config, app, options, log)
+    if args.database:
+        raise UsageError("--database chooses databases of a point-in-time restore: give --at TIME or --at latest")
     if args.repo:
         return _restore_from_repo(args, config, app, options, log)
     if args.snapshot or args.from_host:
@@ -620,6 +627,58 @@ def _restore_from_repo(
         warnings=planned.warnings,
         actions=done.actions,
         snapshot_tagged=tagged,
+    )
+    return result
+
+
+def moment(text: str) -> datetime | None:
+    """``--at``: ``latest``, or a moment in ISO 8601 with its time zone (``2026-11-29T18:00:00Z``)."""
+    if text == "latest":
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise UsageError(f"--at takes latest or a moment such as 2026-11-29T18:00:00Z, not {text!r:.60}") from None
+    if when.tzinfo is None:
+        raise UsageError(f"--at {text}: give the time zone too (Z for UTC, or +01:00)")
+    return when
+
+
+def replication(config: dict[str, Any]) -> litestream.Replication:
+    """The host's ``[replicate]`` table, checked (its env file, with the store's credentials, must be private)."""
+    try:
+        return litestream.from_config(config.get("replicate"))
+    except ReplicaConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _restore_from_replicas(
+    args: argparse.Namespace, config: dict[str, Any], app: Any, options: restore.Options, log: Progress
+) -> dict[str, object]:
+    if args.set or args.instance or args.repo or args.snapshot or args.from_host:
+        raise UsageError("--at restores databases from their replicas: no set, --instance, --repo or --snapshot")
+    when = moment(args.at)
+    replicas = replication(config)
+    planned = replica_restore.plan(app, replicas, options, when, args.database or None, log, check=args.check)
+    result: dict[str, object] = {
+        "at": args.at,
+        "replica": replicas.shown,
+        "databases": [d.to_dict() for d in planned.databases],
+        "paths": planned.paths,
+        "targets": planned.targets,
+        "started": planned.start,
+    }
+    if args.check:
+        return result
+    done = replica_restore.run(app, planned, options, replicas, log)
+    result.update(
+        databases=[d.to_dict() for d in planned.databases],
+        restore_id=done.restore_id,
+        files=done.files,
+        bytes=done.bytes,
+        recovered=done.recovered,
+        warning=done.warning,
+        actions=done.actions,
     )
     return result
 
@@ -1040,6 +1099,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot", metavar="ID", help="with --repo: this snapshot (default: latest)")
     p.add_argument("--from-host", metavar="HOST", help="with --repo: the newest snapshot another host made")
     p.set_defaults(all_repos=False)
+    p.add_argument(
+        "--at", metavar="TIME|latest", help="from the Litestream replicas: every database as it was at TIME (ISO 8601)"
+    )
+    p.add_argument(
+        "--database", action="append", default=[], metavar="PATH", help="with --at: only this database (repeat)"
+    )
     p.add_argument("--keep-safety", action="store_true")
     p.add_argument("--check", action="store_true", help="verify and plan, refusing what the restore would refuse")
     p = sub.add_parser(
@@ -1095,7 +1160,11 @@ def _text(command: str, result: dict[str, Any]) -> str:
         return "\n".join([*lines, *result.get("actions", [])])
     if command == "restore" and "restore_id" in result:
         started = ", ".join(result["started"]) or "nothing else"
-        source = result.get("path") or f"snapshot {result['snapshot']['short_id']} of {result['repository']}"
+        if "at" in result:
+            reached = [f"{d['path']} to txid {d['txid']} ({d['reached'][:19]})" for d in result["databases"]]
+            source = f"the replicas in {result['replica']} at {result['at']}: " + ", ".join(reached)
+        else:
+            source = result.get("path") or f"snapshot {result['snapshot']['short_id']} of {result['repository']}"
         lines = [f"restored {', '.join(result['targets'])} from {source}; running: {started}"]
         lines += [f"warning: {w}" for w in result.get("warnings", [])]
         return "\n".join([*lines, *result.get("actions", []), *([result["warning"]] if result.get("warning") else [])])

@@ -23,7 +23,7 @@ def test_tenement_replicates_every_database_below_its_data_dir_and_those_made_la
     text = config.render(made)
     assert yaml.safe_load(text) == json.loads(text.split("\n", 1)[1]) == made  # JSON, read as YAML
     (entry,) = made["dbs"]  # type: ignore[misc]
-    assert entry["dir"] == "/var/lib/tenement" and entry["pattern"] == "*"
+    assert entry["dir"] == "/var/lib/tenement" and entry["pattern"] == "[^.]*"
     assert entry["recursive"] is True and entry["watch"] is True
     assert entry["meta-dir"] == "/var/lib/selfhost-dr/litestream/tenement", "its state would land in the backups"
     assert entry["replica"] == {

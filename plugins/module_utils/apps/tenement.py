@@ -574,6 +574,9 @@ def _restored_under(original: str, targets: list[str], name: str) -> list[str]:
     found = []
     for target in targets:
         target = os.path.normpath(target)
+        if target == os.path.normpath(os.path.join(original, name)):  # the file itself (a database restored alone)
+            found.append(target)
+            continue
         parent = original
         while True:
             if target == parent or (parent != "/" and target.endswith(parent)):

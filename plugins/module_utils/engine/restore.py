@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .._common import AppError, Error, Log, RestoreError, RollbackError, VerificationError, no_log
 from ..apps.base import Application, Facts
@@ -54,6 +55,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     snapshot: dict[str, str] = field(default_factory=dict)  # the repository's snapshot restored (with fetch)
     checked: dict[str, int] = field(default_factory=dict)  # what the fetch checked: files, bytes, databases, tables
+    databases: list[Any] = field(default_factory=list)  # a point-in-time restore's databases (replica_restore)
 
 
 @dataclass

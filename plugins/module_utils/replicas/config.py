@@ -4,8 +4,9 @@
 ``/etc/litestream.yml`` and the host command checks, built from the application's own paths and one S3-compatible
 destination. Written as JSON, which Litestream's YAML reader takes as it is (no YAML writer needed).
 
-- tenement: one ``dir`` entry over its data dir, every file with SQLite's header below it (``pattern: "*"``,
-  ``recursive``), watched, so ``tenement.db`` and every instance's databases are replicated, those of instances
+- tenement: one ``dir`` entry over its data dir, every file with SQLite's header below it whose name does not
+  begin with a dot (``pattern: "[^.]*"``: a restore's staged files and safety copies are hidden ones),
+  ``recursive``, watched, so ``tenement.db`` and every instance's databases are replicated, those of instances
   spawned later too. Each database's replica path is the destination's path, the application and the database's
   path below the data dir.
 - Tomo: one ``path`` entry for ``tomo.db``. Litestream switches a database to WAL mode and adds two tables of its
@@ -165,7 +166,7 @@ def tenement(data_dir: str, dest: Destination, settings: Settings, host: str) ->
     replica = _replica(dest, _prefix(dest.path, host, "tenement"), settings)
     entry = {
         "dir": _absolute("tenement's data dir", data_dir),
-        "pattern": "*",  # Litestream keeps only files with SQLite's header
+        "pattern": "[^.]*",  # SQLite files (Litestream checks the header), not hidden ones: staged or safety copies
         "recursive": True,
         "watch": True,
         "meta-dir": posixpath.join(_absolute("meta_dir", settings.meta_dir), "tenement"),

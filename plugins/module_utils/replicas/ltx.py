@@ -35,7 +35,7 @@ MAGIC = b"LTX1"
 HEADER_SIZE = 100
 SNAPSHOT_LEVEL = 9
 LEVELS = range(0, 10)
-_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
+NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 _HEADER = struct.Struct(">4sIIIQQq")  # magic, flags, page size, commit (pages), min txid, max txid, timestamp (ms)
 _MAX_TXID = (1 << 63) - 1
 
@@ -78,7 +78,7 @@ def format_txid(txid: int) -> str:
 
 def parse_name(name: str) -> tuple[int, int]:
     """The txid range a replica file's name gives; refused unless it is exactly Litestream's form."""
-    found = _NAME.match(name)
+    found = NAME.match(name)
     if not found:
         raise LtxError(f"{name[:80]!r} is not the name of a Litestream replica file (MIN-MAX.ltx, 16 hex digits each)")
     low, high = int(found.group(1), 16), int(found.group(2), 16)

@@ -9,6 +9,7 @@ docs/litestream.md); locally, its position is the newest level-0 file in the dat
 from __future__ import annotations
 
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from . import ltx, s3
 from .ltx import LtxError, LtxFile
 
 MAX_FILES = 200_000  # files of one database's replica: far more than any retention keeps
+_LEVEL = re.compile(r"^000[0-9]$")  # levels 0 to 9, as Litestream names them (4 hex digits)
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,19 @@ def files(store: s3.Store, prefix: str, workers: int = 8) -> Listing:
         for obj in store.list(f"{prefix}/{level:04x}/"):
             name = obj.key[len(prefix) + 6 :]
             ltx.parse_name(name)  # (and no "/": the key is exactly PREFIX/LLLL/NAME)
-            if obj.size < ltx.HEADER_SIZE:
-                raise LtxError(f"{obj.key} is {obj.size} bytes, shorter than an LTX header")
             listed.append((level, obj))
             if len(listed) > MAX_FILES:
                 raise LtxError(f"the replica at {prefix} holds more than {MAX_FILES} files")
+    return headers(store, listed, workers)
+
+
+def headers(store: s3.Store, listed: list[tuple[int, s3.Object]], workers: int = 8) -> Listing:
+    """The listed files of one database's replica, each header read (in parallel) and checked against its name."""
 
     def header(item: tuple[int, s3.Object]) -> LtxFile | None:
         level, obj = item
+        if obj.size < ltx.HEADER_SIZE:
+            raise LtxError(f"{obj.key} is {obj.size} bytes, shorter than an LTX header")
         try:
             data = store.read(obj.key, ltx.HEADER_SIZE)
         except s3.S3Error as exc:
@@ -54,6 +61,41 @@ def files(store: s3.Store, prefix: str, workers: int = 8) -> Listing:
         read = list(pool.map(header, listed))
     kept = [f for f in read if f is not None]
     return Listing(kept, len(read) - len(kept))
+
+
+def database_path(relative: str) -> str:
+    """A database's path below the replica's prefix (its path below the data dir), checked: segments that are not
+    empty, ``.`` or ``..``, no NUL, no control character; refused in one sentence otherwise."""
+    parts = relative.split("/")
+    if (
+        not relative
+        or len(relative) > 1024
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ord(c) < 32 or c == "\x7f" for c in relative)
+    ):
+        raise LtxError(f"{relative[:120]!r} is not the path of a database below a replica")
+    return relative
+
+
+def databases(store: s3.Store, prefix: str) -> dict[str, list[tuple[int, s3.Object]]]:
+    """Every database replicated below ``prefix`` (one listing): its path below the prefix, with its files and their
+    levels. Litestream's keys are ``PREFIX/DB/LLLL/MIN-MAX.ltx``; a key of another form is not Litestream's and is
+    left alone (the prefix may hold other things), a database path that could escape the data dir is refused."""
+    prefix = prefix.strip("/")
+    found: dict[str, list[tuple[int, s3.Object]]] = {}
+    count = 0
+    for obj in store.list(prefix + "/"):
+        rest = obj.key[len(prefix) + 1 :]
+        head, _, name = rest.rpartition("/")
+        path, _, level = head.rpartition("/")
+        if not path or not _LEVEL.match(level) or not ltx.NAME.match(name):
+            continue
+        ltx.parse_name(name)
+        found.setdefault(database_path(path), []).append((int(level, 16), obj))
+        count += 1
+        if count > MAX_FILES * 4:
+            raise LtxError(f"the replicas below {prefix} hold more than {MAX_FILES * 4} files")
+    return found
 
 
 def replica_txid(found: Listing) -> int:

@@ -1,0 +1,450 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Point-in-time restore from Litestream replicas (issue 17): one database, chosen ones or all of an application,
+to the newest state the replicas hold or to a moment, through the same procedure as a set (engine/restore.py).
+
+    plan      list the application's replicas (one S3 listing), read every file's header, and plan each database
+              at one moment: the newest snapshot and the chain of files stamped at or before it (replicas/ltx.py),
+              its end restored by transaction id, never by Litestream's ``-timestamp``. A database with nothing by
+              then, a path that could leave the data dir, a target through a link: refused here, before anything
+              stops (check mode stops here, with the same sentence)
+    fetch     Litestream stopped first (it watches the data dir and would replicate the staged copies); each
+              database planned again at the same moment (for the newest state: the moment Litestream stopped),
+              ``litestream restore -txid`` into a private directory of the state dir, retried when retention
+              deleted a planned file meanwhile, checked (SQLite's header, ``PRAGMA integrity_check``), copied into
+              its staging place beside the database, with the live file's owner and mode
+    stop      the application; each database's ``-wal`` checkpointed into it and gone, so the safety copy is whole
+              and nothing of the old database is played into the restored one
+    swap      as for a set: safety copies, journal, undo; tenement's ``instance_state`` emptied, then what ran
+              before is started again and checked; Litestream started again (it continues the replica's history
+              from the restored state)
+
+Every database is restored to the same moment ``T``: each holds no commit made after ``T``; how close to ``T`` each
+comes is the granularity of the replica's files (``reached``, reported per database).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from .. import safe_fs
+from .._common import AppError, Log, RestoreError, no_log, write_all
+from ..apps.base import Application, Facts
+from ..replicas import ltx, replica
+from ..replicas.litestream import ATTEMPTS, ReplicaRestoreError, Replication, VanishedError, stop_for_restore
+from ..replicas.ltx import LtxError
+from ..replicas.s3 import S3Error
+from ..sets.restore import Unit, is_under
+from ..sqlite_snapshot import SnapshotError, open_checked
+from . import journal, restore, swap
+from .journal import Journal, Record, Scratch
+
+_COPY = 8 * 1024 * 1024
+_HEADER = b"SQLite format 3\x00"
+
+
+@dataclass
+class Database:
+    """One database to restore: its path below the replica's prefix, where it goes, and what its plan reaches."""
+
+    path: str
+    target: str
+    txid: int = 0
+    reached: str = ""  # the newest time among the files applied (ISO 8601, UTC)
+    files: int = 0
+    attempts: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": self.path, "target": self.target, "txid": f"{self.txid:016x}", "reached": self.reached,
+                "files": self.files, "attempts": self.attempts}  # fmt: skip
+
+
+@dataclass
+class Chosen:
+    """What a point-in-time restore restores: the moment (None: the newest state) and the databases."""
+
+    moment: datetime | None
+    databases: list[Database] = field(default_factory=list)
+
+
+def data_root(app: Application, before: Facts | None) -> str:
+    """The directory the application's replica paths are relative to: tenement's data dir, Tomo's database's
+    directory (replicas/config.py builds the replica paths the same way)."""
+    if app.name == "tenement":
+        return os.path.normpath(str((before.metadata.get("data_dir") if before else "") or app.data_dir))  # type: ignore[attr-defined]
+    if app.name == "tomo":
+        from ..apps.tomo_schema import locate_database
+
+        return os.path.dirname(locate_database(app.settings.database or None))  # type: ignore[attr-defined]
+    raise RestoreError(f"{app.name} is not replicated by this collection")
+
+
+def _when(moment: datetime | None) -> datetime:
+    return moment if moment is not None else datetime.now(UTC)
+
+
+def _plan_one(replication: Replication, app: str, path: str, moment: datetime | None, listing: replica.Listing
+              ) -> ltx.Plan:  # fmt: skip
+    found = ltx.plan_at(listing.files, _when(moment)) if moment is not None else ltx.latest(listing.files)
+    if found is None:
+        when = f"by {moment.isoformat()}" if moment is not None else "yet"
+        raise RestoreError(
+            f"the replica of {path} in {replication.shown} has no snapshot made {when}; nothing was changed"
+        )
+    return found
+
+
+def plan(
+    app: Application,
+    replication: Replication,
+    options: restore.Options,
+    moment: datetime | None = None,
+    databases: list[str] | None = None,
+    log: Log = no_log,
+    check: bool = False,
+) -> restore.Plan:
+    """Everything checked before Litestream or the application stops; check mode runs exactly this."""
+    if moment is not None and moment.tzinfo is None:
+        raise RestoreError("the moment to restore to needs a time zone (2026-11-29T18:00:00Z)")
+    if os.path.abspath(options.dest_root) != "/":
+        raise RestoreError("a point-in-time restore puts the databases back where they are on this host (dest_root /)")
+    if not check:
+        swap.recover_interrupted(options.state_dir, log)
+    try:
+        before = app.inspect()
+    except AppError:
+        before = None
+    root = data_root(app, before)
+    store = replication.store()
+    prefix = replication.prefix(app.name)
+    try:
+        found = replica.databases(store, prefix)
+    except (S3Error, LtxError) as exc:
+        raise RestoreError(f"the replicas of {app.name} in {replication.shown} cannot be read: {exc}") from exc
+    if not found:
+        raise RestoreError(f"there is no replica of {app.name} in {replication.shown}; nothing was changed")
+    names = list(dict.fromkeys(databases)) if databases else sorted(found)
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise RestoreError(
+            f"there is no replica of {unknown[0]} among {app.name}'s in {replication.shown} "
+            f"({', '.join(sorted(found)[:8])}{', ...' if len(found) > 8 else ''}); nothing was changed"
+        )
+    chosen = Chosen(moment)
+    for name in names:
+        try:
+            planned_one = _plan_one(replication, app.name, name, moment, replica.headers(store, found[name]))
+        except (S3Error, LtxError) as exc:
+            raise RestoreError(f"the replica of {name} cannot be read: {exc}") from exc
+        database = Database(name, os.path.join(root, name), planned_one.txid, planned_one.reached.isoformat(),
+                            len(planned_one.files))  # fmt: skip
+        chosen.databases.append(database)
+        log(f"restore: {name} to txid {planned_one.txid:016x} ({len(planned_one.files)} file(s), reaching "
+            f"{planned_one.reached.isoformat()})")  # fmt: skip
+    manifest, paths = _manifest(app.name, root, [d.target for d in chosen.databases])
+    units = swap.check_manifest(manifest, options.dest_root, paths, options.state_dir)
+    what = f"the replicas in {replication.shown}"
+    restore.refuse_foreign(app, before, manifest, paths, options.state_dir, what, units=units, dest_root="/")
+    if before is not None:
+        app.check_can_restart()
+    label = "the replicas" + (f" at {moment.isoformat()}" if moment is not None else " (newest)")
+
+    def run_fetch(opts: restore.Options, run_log: Log, stop: Callable[[], None]) -> swap.Restored:
+        filler = Filler(replication, app.name, chosen, manifest, journal.state_dir(opts.state_dir), run_log)
+
+        def stop_and_settle() -> None:
+            stop()
+            for database in chosen.databases:
+                settle(database.target, run_log)
+
+        restored = swap.restore_from(
+            label, manifest, filler, dest_root="/", only=paths, log=run_log, state_dir=opts.state_dir,
+            before_swap=stop_and_settle,
+        )  # fmt: skip
+        planned.checked = {"databases": len(chosen.databases)}
+        return restored
+
+    planned = restore.Plan(
+        app.name, label, [], [u.path for u in units], [u.target for u in units],
+        list(before.running) if before is not None else [], manifest, before, fetch=run_fetch,
+    )  # fmt: skip
+    planned.snapshot = {"moment": moment.isoformat() if moment else "latest", "replica": replication.shown}
+    planned.databases = chosen.databases
+    return planned
+
+
+def run(app: Application, planned: restore.Plan, options: restore.Options, replication: Replication,
+        log: Log = no_log) -> restore.Result:  # fmt: skip
+    """Carry out a plan: Litestream stopped for the whole restore and started again afterwards (whether the restore
+    stood or was undone), the rest exactly as a set's restore (engine/restore.py)."""
+    was_running = stop_for_restore(replication, log)
+    try:
+        return restore.run(app, planned, options, log)
+    finally:
+        if was_running and replication.service is not None:
+            log(f"replicate: starting {replication.service.unit} again")
+            replication.service.start()
+
+
+def _entry(path: str, st: os.stat_result | None, kind: str, like: os.stat_result) -> dict[str, object]:
+    """A manifest entry for ``path``: its own owner, mode and time when it exists, else its parent's owner."""
+    if st is not None:
+        mode, uid, gid, mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)
+    else:
+        mode, uid, gid, mtime = (0o755 if kind == "dir" else 0o644), like.st_uid, like.st_gid, int(time.time())
+    if kind == "file":
+        mtime = int(time.time())  # a restored database is new content
+    return {"path": path.lstrip("/"), "type": kind, "mode": f"{mode:04o}", "uid": uid, "gid": gid, "mtime": mtime}
+
+
+def _manifest(app: str, root: str, targets: list[str]) -> tuple[dict[str, object], list[str]]:
+    """What the swap engine restores, as a manifest of this host's own layout: every database, and the directories
+    between ``root`` and it. The paths to swap in: a database whose directory exists, else its first missing
+    directory (staged whole, with every restored database below it)."""
+    try:
+        root_st = os.lstat(root)
+    except FileNotFoundError:
+        root_st = None
+    if root_st is not None and not stat.S_ISDIR(root_st.st_mode):
+        raise RestoreError(f"{root} is not a directory; refusing to restore databases below it")
+    anchor = root_st or os.stat(os.path.dirname(root))
+    entries: dict[str, dict[str, object]] = {root: _entry(root, root_st, "dir", anchor)}
+    paths: list[str] = []
+    for target in targets:
+        rel = os.path.relpath(target, root).split("/")
+        current, like, swap_at = root, root_st or anchor, "" if root_st is not None else root
+        for n, part in enumerate(rel):
+            current = os.path.join(current, part)
+            last = n == len(rel) - 1
+            st: os.stat_result | None = None
+            if not swap_at:
+                try:
+                    st = os.lstat(current)
+                except FileNotFoundError:
+                    swap_at = current
+            if st is not None:
+                if stat.S_ISLNK(st.st_mode):
+                    raise RestoreError(f"{current} is a symbolic link; refusing to restore {target} through it")
+                if last and not stat.S_ISREG(st.st_mode):
+                    raise RestoreError(f"{current} is not a regular file; refusing to restore a database over it")
+                if not last and not stat.S_ISDIR(st.st_mode):
+                    raise RestoreError(f"{current} is not a directory; cannot restore {target} below it")
+            entries.setdefault(current, _entry(current, st, "file" if last else "dir", like))
+            if st is not None:
+                like = st
+        paths.append(swap_at or target)
+    manifest: dict[str, object] = {
+        "app": app,
+        "paths": [root],
+        "files": list(entries.values()),
+        "links": [],
+        "metadata": {"data_dir": root},
+    }
+    return manifest, list(dict.fromkeys(paths))
+
+
+def settle(database: str, log: Log = no_log, timeout: float = 30.0) -> None:
+    """With the application and Litestream stopped: the database's ``-wal`` (or hot ``-journal``) finished into it by
+    SQLite and gone, so that its safety copy is whole and nothing of it is played into the restored file. SQLite
+    removes the ``-wal`` only when no process has the database open: a process of the application still exiting is
+    waited for (``timeout`` seconds), one that stays is named."""
+    sidecars = ("-wal", "-journal", "-shm")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            st = os.lstat(database)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise RestoreError(f"{database} is not a regular file; nothing was swapped")
+        if not any(os.path.lexists(database + s) for s in sidecars):
+            return
+        try:
+            conn = open_checked(database, 30.0, (st.st_dev, st.st_ino))
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls a hot journal back
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()  # the last connection: SQLite removes the -wal and -shm
+        except (SnapshotError, sqlite3.Error) as exc:
+            raise RestoreError(f"cannot finish {database}'s journal before it is replaced: {exc}") from exc
+        left = [database + s for s in sidecars if os.path.lexists(database + s)]
+        if not left:
+            log(f"restore: {os.path.basename(database)}'s journal finished into it before it is replaced")
+            return
+        if time.monotonic() >= deadline:
+            holders = holding(st)
+            who = f"process {holders[0]}" if holders else "another process"
+            raise RestoreError(f"{who} still has {database} open {timeout:g} s after the stop; it cannot be replaced")
+        time.sleep(0.2)
+
+
+def holding(st: os.stat_result) -> list[str]:
+    """The processes (``pid (name)``) that have the file ``st`` open, from ``/proc``."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    other = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                        with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+                            found.append(f"{pid} ({comm.read().strip()})")
+                        break
+    return found
+
+
+class Filler:
+    """Fills a point-in-time restore's staging places from the replicas (see :class:`swap.Filler`)."""
+
+    def __init__(self, replication: Replication, app: str, chosen: Chosen, manifest: dict[str, object],
+                 state_dir: str, log: Log) -> None:  # fmt: skip
+        self.replication, self.app, self.chosen, self.log = replication, app, chosen, log
+        self.manifest = manifest
+        self.state_dir = state_dir
+        self.files_of = {"/" + str(f["path"]): f for f in manifest["files"]}  # type: ignore[attr-defined]
+        self.files = self.bytes = 0
+        self._fds: list[int] = []
+
+    def fill(self, units: list[Unit], fds: list[int], record: Record, staged: list[int], jrnl: Journal
+             ) -> dict[str, object]:  # fmt: skip
+        parent = os.path.join(self.state_dir, "litestream-restore")
+        safe_fs.makedirs_private(parent)
+        name = swap.beside("databases", "fetch", record.id)
+        record.scratch.append(Scratch(parent, name))
+        jrnl.save(record)
+        parent_fd = safe_fs.open_dir(parent)
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+            scratch = safe_fs.open_dir(name, parent_fd)
+            st = os.fstat(scratch)
+            record.scratch[-1].made_id = [st.st_dev, st.st_ino]
+            jrnl.save(record)
+        finally:
+            os.close(parent_fd)
+        self._fds.append(scratch)
+        by_target = {d.target: d for d in self.chosen.databases}
+        for unit, staging_fd in zip(units, staged):
+            if unit.kind == "file":
+                self._one(by_target[unit.path], scratch, staging_fd)
+                _metadata(staging_fd, self.files_of[unit.path])
+                continue
+            below = sorted((p for p in self.files_of if is_under(p, unit.path) and p != unit.path),
+                           key=lambda p: p.count("/"))  # fmt: skip
+            for path in below:
+                rel = os.path.relpath(path, unit.path).split("/")
+                where = _open_rel(staging_fd, tuple(rel[:-1]))
+                try:
+                    if self.files_of[path]["type"] == "dir":
+                        os.mkdir(rel[-1], 0o700, dir_fd=where)
+                    else:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                        out = os.open(rel[-1], flags, 0o600, dir_fd=where)
+                        try:
+                            self._one(by_target[path], scratch, out)
+                            _metadata(out, self.files_of[path])
+                        finally:
+                            os.close(out)
+                finally:
+                    os.close(where)
+            for path in [*reversed([p for p in below if self.files_of[p]["type"] == "dir"]), unit.path]:
+                rel = () if path == unit.path else tuple(os.path.relpath(path, unit.path).split("/"))
+                fd = _open_rel(staging_fd, rel)
+                try:
+                    _metadata(fd, self.files_of[path])
+                finally:
+                    os.close(fd)
+        self.close()
+        swap.remove_scratch(record)
+        record.scratch = []
+        jrnl.save(record)
+        manifest = dict(self.manifest)
+        manifest["metadata"] = {**dict(manifest["metadata"]), "databases": [d.to_dict() for d in self.chosen.databases]}  # type: ignore[call-overload]
+        return manifest
+
+    def _one(self, database: Database, scratch: int, out: int) -> None:
+        """Restore one database at the chosen moment (or its newest state, now that Litestream stopped) into the
+        file open as ``out``: planned again (retention may have compacted files since the plan), restored by txid,
+        retried when a planned file vanishes, then checked."""
+        store = self.replication.store()
+        prefix = self.replication.prefix(self.app, database.path)
+        name = f"{database.path.replace('/', '_')}.restored"
+        for attempt in range(1, ATTEMPTS + 1):
+            database.attempts = attempt
+            try:
+                listing = replica.files(store, prefix)
+                found = _plan_one(self.replication, self.app, database.path, self.chosen.moment, listing)
+                database.txid, database.reached = found.txid, found.reached.isoformat()
+                database.files = len(found.files)
+                self.log(f"restore: fetching {database.path} to txid {found.txid:016x} from {self.replication.shown}")
+                self.replication.restore(self.app, database.path, found.txid, scratch, name, database.target)
+                break
+            except VanishedError as exc:
+                if attempt == ATTEMPTS:
+                    raise RestoreError(f"{exc} ({ATTEMPTS} attempts, retention deleting files each time)") from exc
+                self.log(f"restore: {exc}; planning {database.path} again")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=scratch)
+            except (ReplicaRestoreError, S3Error, LtxError) as exc:
+                raise RestoreError(str(exc)) from exc
+        fd, st = safe_fs.open_file(name, scratch)
+        try:
+            if os.pread(fd, len(_HEADER), 0) != _HEADER:
+                raise RestoreError(f"what Litestream restored of {database.path} is not an SQLite database")
+            check_integrity(f"/proc/self/fd/{scratch}/{name}", database.path)
+            while chunk := os.read(fd, _COPY):
+                write_all(out, chunk)
+            os.fsync(out)
+            self.files += 1
+            self.bytes += st.st_size
+        finally:
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=scratch)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+
+
+def check_integrity(path: str, what: str) -> None:
+    """``PRAGMA integrity_check`` of a restored database, opened read-only and immutable (nothing written beside)."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        try:
+            said = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise RestoreError(f"what Litestream restored of {what} cannot be read by SQLite: {exc}") from exc
+    if said != ["ok"]:
+        raise RestoreError(f"what Litestream restored of {what} fails SQLite's integrity check: {said[0][:200]}")
+
+
+def _metadata(fd: int, want: dict[str, object]) -> None:
+    from ..sets.restore import _set_metadata
+
+    _set_metadata(fd, int(str(want["mode"]), 8), int(want["uid"]), int(want["gid"]),  # type: ignore[call-overload]
+                  float(want.get("mtime", 0) or 0), os.geteuid() == 0)  # type: ignore[arg-type]  # fmt: skip
+
+
+def _open_rel(fd: int, parts: tuple[str, ...]) -> int:
+    """The directory ``parts`` below ``fd``, never through a link."""
+    current = os.dup(fd)
+    try:
+        for part in parts:
+            below = safe_fs.open_dir(part, current)
+            os.close(current)
+            current = below
+    except BaseException:
+        os.close(current)
+        raise
+    return current

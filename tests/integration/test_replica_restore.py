@@ -1,0 +1,218 @@
+"""Point-in-time restore from Litestream replicas (issue 17), by the host command as installed, on a real tenement
+0.2.2 whose databases the real Litestream 0.5.17 replicates into a real S3 store (SeaweedFS).
+
+Two demo instances; alpha's writer commits rows (each stamped with its time) while Litestream runs. ``selfhost-dr
+restore --at T`` puts every database back as it was at T: alpha holds no row made after T and a prefix of the rows,
+both instances run again, the previous databases were kept aside until the restore stood, and Litestream runs again
+and continues the replica from the restored state (a later restore to the newest state holds the restored rows and
+what came after, nothing of what the restore took away)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
+from ansible_collections.selfhost.dr.plugins.module_utils.host_install import package_files, toml, zipapp
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas import config, replica, s3
+
+from . import s3_store
+from .tenement_fixture import _instance_ports_free, write_config
+
+LITESTREAM = Path(sys.executable).parent / "litestream"
+
+
+@dataclass
+class Host:
+    command: Path
+    config: Path
+    data_dir: Path
+    client: TenementClient
+    bucket: s3.Store
+    litestream_pidfile: Path
+    tmp: Path
+
+    def run(self, *args: str, check: bool = True) -> tuple[int, dict[str, object]]:
+        done = subprocess.run([str(self.command), *args, "--json", "--config", str(self.config)],
+                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        result = json.loads(done.stdout)
+        if check:
+            assert done.returncode == 0, (done.stderr[-3000:], result)
+        return done.returncode, result
+
+    def post(self, name: str, route: str) -> dict[str, object]:
+        listen = self.client.instances()[name].listen
+        request = urllib.request.Request(f"http://{listen}{route}", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+
+    def litestream_runs(self) -> bool:
+        return subprocess.run(["start-stop-daemon", "--status", "--pidfile", str(self.litestream_pidfile)],
+                              check=False).returncode == 0  # fmt: skip
+
+
+def _wait(what: str, test, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not test():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} within {timeout:g} s")
+        time.sleep(0.25)
+
+
+def _rows(path: Path) -> list[tuple[int, float]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(db.execute("SELECT id, created_at FROM items ORDER BY id"))
+    finally:
+        db.close()  # (one left open would keep the restore from replacing the database: it waits, then says so)
+
+
+@pytest.fixture
+def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) -> Iterator[Host]:
+    if not LITESTREAM.exists():
+        pytest.fail("litestream is not installed in the test virtualenv: run scripts/test")
+    _instance_ports_free()
+    bucket = s3.Store(store.endpoint, f"pitr{os.getpid()}{int(time.time() * 1000) % 10**6}", s3_store.ACCESS_KEY,
+                      s3_store.SECRET_KEY)  # fmt: skip
+    bucket.create_bucket()
+    workdir = tmp_path / "etc"
+    workdir.mkdir()
+    data_dir = tmp_path / "data"
+    write_config(workdir, data_dir, sys.executable)
+    subprocess.run([ten_bin, "token-gen", "--data-dir", str(data_dir)], cwd=workdir, check=True, capture_output=True)
+    pidfile = tmp_path / "ten.pid"
+    start = [
+        "start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", str(pidfile),
+        "--chdir", str(workdir), "--output", str(tmp_path / "serve.log"), "--exec", ten_bin,
+        "--", "serve", "--port", str(free_port), "--data-dir", str(data_dir),
+    ]  # fmt: skip
+    # Litestream as the replicate role configures it (levels quick, so that files are compacted during the test).
+    settings = config.Settings(levels=["3s", "9s"], l0_retention="30s", snapshot_interval="1h",
+                               meta_dir=str(tmp_path / "meta"), addr="127.0.0.1:0")  # fmt: skip
+    dest = config.Destination(bucket.bucket, path="dr", endpoint=store.endpoint)
+    (tmp_path / "litestream.yml").write_text(config.render(config.tenement(str(data_dir), dest, settings, "web1")))
+    env_file = tmp_path / "litestream.env"
+    env_file.write_text(f"AWS_ACCESS_KEY_ID={s3_store.ACCESS_KEY}\nAWS_SECRET_ACCESS_KEY={s3_store.SECRET_KEY}\n")
+    env_file.chmod(0o600)
+    runner = tmp_path / "litestream-run"  # what systemd's EnvironmentFile= does for the role's unit
+    conf = tmp_path / "litestream.yml"
+    runner.write_text(f"#!/bin/sh\nset -a\n. {env_file}\nset +a\nunset AWS_CA_BUNDLE\n"
+                      f"exec {LITESTREAM} replicate -config {conf} -no-expand-env\n")  # fmt: skip
+    runner.chmod(0o700)
+    ls_pidfile = tmp_path / "litestream.pid"
+    ls_start = ["start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", str(ls_pidfile),
+                "--output", str(tmp_path / "litestream.log"), "--startas", str(runner)]  # fmt: skip
+    command = tmp_path / "selfhost-dr"
+    command.write_bytes(zipapp(package_files()))
+    command.chmod(0o755)
+    cfg = tmp_path / "config.toml"
+    server = f"http://127.0.0.1:{free_port}"
+    cfg.write_text(toml({
+        "app": "tenement",
+        "backup_dir": str(tmp_path / "backups"),
+        "state_dir": str(tmp_path / "state"),
+        "tenement": {"config_dir": str(workdir), "server": server, "ten_bin": ten_bin, "service_manager": "process",
+                     "pidfile": str(pidfile), "start_command": start},
+        "replicate": {"bucket": bucket.bucket, "path": "dr", "endpoint": store.endpoint, "env_file": str(env_file),
+                      "host": "web1", "binary": str(LITESTREAM), "service": "litestream", "service_manager": "process",
+                      "pidfile": str(ls_pidfile), "start_command": ls_start, "meta_dir": str(tmp_path / "meta")},
+    }))  # fmt: skip
+    cfg.chmod(0o600)
+    subprocess.run(start, check=True)
+    token = (data_dir / "api_token").read_text().strip()
+    client = TenementClient(ten_bin, server=server, token=token, data_dir=str(data_dir))
+    _wait("ten serve answers", client.reachable, 15)
+    for name in ("demo:alpha", "demo:beta"):
+        client.spawn(name)
+        client.wait_healthy(name, timeout=20)
+    subprocess.run(ls_start, check=True)
+    stop = ["start-stop-daemon", "--stop", "--retry", "TERM/10/KILL/5", "--remove-pidfile", "--pidfile"]
+    try:
+        yield Host(command, cfg, data_dir, client, bucket, ls_pidfile, tmp_path)
+    finally:
+        subprocess.run([*stop, str(ls_pidfile)], check=False)
+        subprocess.run([*stop, str(pidfile)], check=False)
+
+
+def test_every_database_goes_back_to_one_moment_and_replication_continues_from_there(host: Host) -> None:
+    alpha = host.data_dir / "demo" / "alpha" / "app.db"
+    prefix = "dr/web1/tenement"
+    for name in ("tenement.db", "demo/alpha/app.db", "demo/beta/app.db"):
+        _wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"{prefix}/{n}/0009/")))
+    host.post("demo:alpha", "/writer/start?rate=10")
+    time.sleep(8)
+    moment = datetime.now(UTC)
+    time.sleep(8)
+    host.post("demo:alpha", "/writer/stop")
+    after = _rows(alpha)
+    assert any(at > moment.timestamp() for _id, at in after) and any(at <= moment.timestamp() for _id, at in after)
+    meta = host.tmp / "meta" / "tenement" / "demo" / "alpha" / "app.db-litestream"
+    listing = lambda: replica.files(host.bucket, f"{prefix}/demo/alpha/app.db")  # noqa: E731
+    _wait("the replica caught up", lambda: replica.replica_txid(listing()) >= replica.local_txid(str(meta)) > 0)
+
+    # Check mode plans every database at the moment and changes nothing.
+    _code, planned = host.run("restore", "--at", moment.isoformat(), "--check")
+    assert {d["path"] for d in planned["databases"]} == {"tenement.db", "demo/alpha/app.db", "demo/beta/app.db"}
+    assert host.litestream_runs() and _rows(alpha) == after
+    assert sorted(host.client.instances()) == ["demo:alpha", "demo:beta"]
+
+    _code, done = host.run("restore", "--at", moment.isoformat())
+    restored = _rows(alpha)
+    assert restored, "alpha's rows are gone"
+    assert all(at <= moment.timestamp() for _id, at in restored), "a row made after the moment came back"
+    assert [i for i, _at in restored] == [i for i, _at in after][: len(restored)], "not a prefix of the rows"
+    made_before = [i for i, at in after if at <= moment.timestamp() - 4]  # (Litestream's files: a sync or two)
+    assert len(restored) >= len(made_before), f"{len(made_before) - len(restored)} rows made well before are missing"
+    by_path = {d["path"]: d for d in done["databases"]}  # type: ignore[union-attr]
+    assert all(d["reached"] <= moment.isoformat() for d in by_path.values()), by_path
+    assert sorted(host.client.instances()) == ["demo:alpha", "demo:beta"], "the instances were not respawned"
+    assert host.litestream_runs(), "Litestream was not started again"
+    leftovers = [p for p in host.data_dir.rglob("*") if ".selfhost-dr-" in p.name]
+    assert leftovers == [], leftovers
+    assert not (host.data_dir / "demo" / "alpha" / "app.db-wal").exists() or _rows(alpha) == restored
+
+    # Replication continues from the restored state: new rows arrive, the rows the restore took away do not.
+    host.post("demo:alpha", "/rows?n=3")
+    newest = _rows(alpha)
+    assert len(newest) == len(restored) + 3
+    _wait("the new rows replicated", lambda: _latest_rows(host, "demo/alpha/app.db") == newest, 60)
+
+
+def _latest_rows(host: Host, database: str) -> list[tuple[int, float]]:
+    out = host.tmp / f"latest-{time.monotonic_ns()}.db"
+    env = {"PATH": os.environ["PATH"], "LITESTREAM_ACCESS_KEY_ID": s3_store.ACCESS_KEY,
+           "LITESTREAM_SECRET_ACCESS_KEY": s3_store.SECRET_KEY}  # fmt: skip
+    url = f"s3://{host.bucket.bucket}/dr/web1/tenement/{database}?endpoint={host.bucket.endpoint}&forcePathStyle=true"
+    done = subprocess.run([str(LITESTREAM), "restore", "-o", str(out), url], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    return _rows(out) if done.returncode == 0 else []
+
+
+def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> None:
+    for name in ("tenement.db", "demo/alpha/app.db"):
+        _wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"dr/web1/tenement/{n}/0009/")))
+    before = _rows(host.data_dir / "demo" / "alpha" / "app.db")
+    cases = {
+        ("--at", "2020-01-01T00:00:00Z"): "has no snapshot made by 2020-01-01",
+        ("--at", "latest", "--database", "demo/gamma/app.db"): "there is no replica of demo/gamma/app.db",
+        ("--at", "yesterday"): "--at takes latest or a moment",
+        ("--at", "2026-01-01T00:00:00"): "give the time zone",
+        ("--database", "tenement.db"): "give --at TIME or --at latest",
+    }
+    for args, said in cases.items():
+        code, result = host.run("restore", *args, check=False)
+        assert code != 0 and said in str(result.get("error")), (args, result)
+    assert host.litestream_runs()
+    assert _rows(host.data_dir / "demo" / "alpha" / "app.db") == before
+    assert sorted(host.client.instances()) == ["demo:alpha", "demo:beta"]
