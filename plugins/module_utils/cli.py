@@ -61,7 +61,7 @@ from .engine import (
     swap,
 )
 from .engine.lock import DEFAULT_WAIT, HostLock, held
-from .replicas import litestream
+from .replicas import lag, litestream
 from .replicas.config import ReplicaConfigError
 from .repos import config as repo_config
 from .repos.restic import SUBSET_RE, RepoError, Restic, open_private, public
@@ -683,6 +683,37 @@ def _restore_from_replicas(
     return result
 
 
+def cmd_replicas(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
+    """How far each database's replica is behind (replicas/lag.py): recorded, exported, and a failure when one
+    stalled or the store cannot be read."""
+    name = _app(args, config)
+    replicas = replication(config)
+    store = state.Store(config.get("state_dir"))
+    entry: dict[str, object] = {"at": iso(utc_now()), "ok": False, "reason": "", "databases": []}
+    try:
+        found = lag.measure(replicas, name, service=replicas.service)
+        entry["databases"] = [f.to_dict() for f in found]
+        stalled = [f for f in found if f.stalled]
+        if not found:
+            entry["reason"] = f"no database of {name} is replicated to {replicas.shown}"
+        elif stalled:
+            entry["reason"] = (
+                f"{len(stalled)} of {len(found)} replica(s) of {name} stalled: {stalled[0].why}"
+                if len(stalled) > 1 else f"the replica of {stalled[0].database} stalled: {stalled[0].why}"
+            )  # fmt: skip
+        entry["ok"] = not entry["reason"]
+    except (Error, OSError) as exc:
+        entry["reason"] = f"the replicas of {name} in {replicas.shown} cannot be read: {exc}"
+    store.record_replicas(name, entry)
+    exported = ""
+    if args.export:
+        watcher = _new_monitor(config, "status", log, 0, "")
+        exported = watcher.export()
+    if not entry["ok"]:
+        raise Error(str(entry["reason"]))
+    return {"app": name, "replica": replicas.shown, "databases": entry["databases"], "metrics": exported}
+
+
 def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
     directory = _dir(config)
     apps: dict[str, object] = {}
@@ -746,6 +777,7 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
         "directory": directory,
         "apps": apps,
         "repositories": _repository_status(config, recorded, now, log),
+        "replicas": _replica_status(recorded, now),
         "pending_restores": swap.pending(config.get("state_dir")),
         "leftovers": leftovers(directory) if os.path.isdir(directory) else [],
         "operations": operations,
@@ -755,6 +787,17 @@ def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) 
         "state_problem": store.problem,
         "running": held(config.get("state_dir")),
     }
+
+
+def _replica_status(recorded: dict[str, object], now: float) -> dict[str, Any]:
+    """Per application, the last measure of its replicas (``selfhost-dr replicas``), with its age."""
+    found: dict[str, Any] = {}
+    for app, about in dict(recorded.get("replicas") or {}).items():  # type: ignore[call-overload]
+        if isinstance(about, dict):
+            when = state.timestamp(about.get("at"))
+            age = {"age_seconds": round(now - when, 1)} if when is not None else {}
+            found[str(app)] = {**about, **age}
+    return found
 
 
 def _repository_status(
@@ -1019,6 +1062,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, dict[str, Any], Progress], dic
     "key": cmd_key,
     "restore": cmd_restore,
     "status": cmd_status,
+    "replicas": cmd_replicas,
     "tomo": cmd_tomo,
 }
 
@@ -1114,6 +1158,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--export", action="store_true", help="also write the node_exporter textfile now")
     p = sub.add_parser(
+        "replicas",
+        parents=[common],
+        help="how far each database's Litestream replica is behind; fails when one stalled ([replicate])",
+    )
+    p.add_argument("--export", action="store_true", help="also write the node_exporter textfile now")
+    p = sub.add_parser(
         "run",
         parents=[common],
         help="run a schedule now: its operations in order, as its timer does (schedules.toml)",
@@ -1177,10 +1227,25 @@ def _text(command: str, result: dict[str, Any]) -> str:
             )
         lines += _operation_lines(result)
         lines += _repository_lines(result.get("repositories") or {})
+        for app, about in (result.get("replicas") or {}).items():
+            dbs = about.get("databases") or []
+            behind = sum(1 for d in dbs if d.get("behind"))
+            said = "ok" if about.get("ok") else f"FAILED: {about.get('reason', '')}"
+            lines.append(
+                f"replicas of {app}: {len(dbs)} database(s), {behind} behind, measured "
+                f"{about.get('age_seconds', '?')} s ago: {said}"
+            )
         lines += [f"restore {r['restore_id']} of {r['archive']} is {r['state']}" for r in result["pending_restores"]]
         if result["leftovers"]:
             lines.append(f"{len(result['leftovers'])} leftover(s) of interrupted runs (swept by the next backup)")
         return "\n".join(lines if len(lines) > 1 else [*lines, "no sets yet"])
+    if command == "replicas":
+        return "\n".join(
+            f"{d['database']}: txid {d['replica_txid']:x} on the replica, {d['behind']} behind"
+            + (f", waiting {d['lag_seconds']:.1f} s" if d["behind"] else "")
+            + (f"; last sync {d['since_sync_seconds']:.0f} s ago" if d["last_sync"] else "; nothing replicated yet")
+            for d in result["databases"]
+        )
     if command == "verify":
         return str(result["summary"])
     if command == "key":

@@ -239,6 +239,8 @@ def main() -> None:
         planned = repo_config.from_entries(p["repositories"], directory)
         command = zipapp(package_files(), p["interpreter"])
         settings = dict(p["config"])
+        if not settings.get("replicate", True):
+            del settings["replicate"]  # (no replication: no empty table)
         beats = {k: v for k, v in (p["heartbeat"] or {}).items() if v}
         if beats:
             settings["heartbeat"] = {**dict(settings.get("heartbeat") or {}), **beats}

@@ -25,9 +25,10 @@ import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
 from ansible_collections.selfhost.dr.plugins.module_utils.host_install import package_files, toml, zipapp
-from ansible_collections.selfhost.dr.plugins.module_utils.replicas import config, replica, s3
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas import replica, s3
 
 from . import s3_store
+from .ansible_run import run_module
 from .tenement_fixture import _instance_ports_free, write_config
 
 LITESTREAM = Path(sys.executable).parent / "litestream"
@@ -42,6 +43,7 @@ class Host:
     bucket: s3.Store
     litestream_pidfile: Path
     tmp: Path
+    tenement_options: dict[str, object]
 
     def run(self, *args: str, check: bool = True) -> tuple[int, dict[str, object]]:
         done = subprocess.run([str(self.command), *args, "--json", "--config", str(self.config)],
@@ -97,16 +99,21 @@ def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) ->
         "--chdir", str(workdir), "--output", str(tmp_path / "serve.log"), "--exec", ten_bin,
         "--", "serve", "--port", str(free_port), "--data-dir", str(data_dir),
     ]  # fmt: skip
-    # Litestream as the replicate role configures it (levels quick, so that files are compacted during the test).
-    settings = config.Settings(levels=["3s", "9s"], l0_retention="30s", snapshot_interval="1h",
-                               meta_dir=str(tmp_path / "meta"), addr="127.0.0.1:0")  # fmt: skip
-    dest = config.Destination(bucket.bucket, path="dr", endpoint=store.endpoint)
-    (tmp_path / "litestream.yml").write_text(config.render(config.tenement(str(data_dir), dest, settings, "web1")))
-    env_file = tmp_path / "litestream.env"
-    env_file.write_text(f"AWS_ACCESS_KEY_ID={s3_store.ACCESS_KEY}\nAWS_SECRET_ACCESS_KEY={s3_store.SECRET_KEY}\n")
-    env_file.chmod(0o600)
+    # Litestream configured by the replicate role's module (levels quick, so that files are compacted in the test).
+    conf, env_file = tmp_path / "litestream.yml", tmp_path / "litestream.env"
+    module_args = {
+        "app": "tenement", "data_dir": str(data_dir), "host": "web1", "metrics_addr": "127.0.0.1:0",
+        "destination": {"bucket": bucket.bucket, "path": "dr", "endpoint": store.endpoint},
+        "settings": {"levels": ["3s", "9s"], "l0_retention": "30s", "snapshot_interval": "1h"},
+        "meta_dir": str(tmp_path / "meta"), "config_path": str(conf), "env_file": str(env_file),
+        "credentials": {"AWS_ACCESS_KEY_ID": s3_store.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3_store.SECRET_KEY},
+    }  # fmt: skip
+    written = run_module("replicate_config", module_args)
+    assert written.get("changed") is True and not written.get("failed"), written
+    assert run_module("replicate_config", module_args).get("changed") is False, "a second run changed something"
+    assert s3_store.SECRET_KEY not in json.dumps(written) and s3_store.SECRET_KEY not in conf.read_text()
+    assert {oct(p.stat().st_mode & 0o777) for p in (conf, env_file, tmp_path / "meta")} == {"0o600", "0o700"}
     runner = tmp_path / "litestream-run"  # what systemd's EnvironmentFile= does for the role's unit
-    conf = tmp_path / "litestream.yml"
     runner.write_text(f"#!/bin/sh\nset -a\n. {env_file}\nset +a\nunset AWS_CA_BUNDLE\n"
                       f"exec {LITESTREAM} replicate -config {conf} -no-expand-env\n")  # fmt: skip
     runner.chmod(0o700)
@@ -122,6 +129,7 @@ def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) ->
         "app": "tenement",
         "backup_dir": str(tmp_path / "backups"),
         "state_dir": str(tmp_path / "state"),
+        "metrics": {"textfile_dir": str(tmp_path / "metrics")},
         "tenement": {"config_dir": str(workdir), "server": server, "ten_bin": ten_bin, "service_manager": "process",
                      "pidfile": str(pidfile), "start_command": start},
         "replicate": {"bucket": bucket.bucket, "path": "dr", "endpoint": store.endpoint, "env_file": str(env_file),
@@ -129,6 +137,7 @@ def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) ->
                       "pidfile": str(ls_pidfile), "start_command": ls_start, "meta_dir": str(tmp_path / "meta")},
     }))  # fmt: skip
     cfg.chmod(0o600)
+    (tmp_path / "metrics").mkdir()
     subprocess.run(start, check=True)
     token = (data_dir / "api_token").read_text().strip()
     client = TenementClient(ten_bin, server=server, token=token, data_dir=str(data_dir))
@@ -139,7 +148,10 @@ def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) ->
     subprocess.run(ls_start, check=True)
     stop = ["start-stop-daemon", "--stop", "--retry", "TERM/10/KILL/5", "--remove-pidfile", "--pidfile"]
     try:
-        yield Host(command, cfg, data_dir, client, bucket, ls_pidfile, tmp_path)
+        tenement_options = {"tenement_config_dir": str(workdir), "tenement_server": server, "tenement_ten_bin": ten_bin,
+                            "tenement_service_manager": "process", "tenement_pidfile": str(pidfile),
+                            "tenement_start_command": start}  # fmt: skip
+        yield Host(command, cfg, data_dir, client, bucket, ls_pidfile, tmp_path, tenement_options)
     finally:
         subprocess.run([*stop, str(ls_pidfile)], check=False)
         subprocess.run([*stop, str(pidfile)], check=False)
@@ -159,7 +171,12 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
     assert any(at > moment.timestamp() for _id, at in after) and any(at <= moment.timestamp() for _id, at in after)
     meta = host.tmp / "meta" / "tenement" / "demo" / "alpha" / "app.db-litestream"
     listing = lambda: replica.files(host.bucket, f"{prefix}/demo/alpha/app.db")  # noqa: E731
-    _wait("the replica caught up", lambda: replica.replica_txid(listing()) >= replica.local_txid(str(meta)) > 0)
+    _wait("the replica caught up", lambda: replica.replica_txid(listing()) >= _local_txid(meta) > 0)
+
+    # Caught up: no database behind, none stalled.
+    _code, lagged = host.run("replicas")
+    assert {d["database"]: (d["behind"], d["stalled"]) for d in lagged["databases"]} == {  # type: ignore[union-attr]
+        "tenement.db": (0, False), "demo/alpha/app.db": (0, False), "demo/beta/app.db": (0, False)}  # fmt: skip
 
     # Check mode plans every database at the moment and changes nothing.
     _code, planned = host.run("restore", "--at", moment.isoformat(), "--check")
@@ -213,6 +230,32 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
     for args, said in cases.items():
         code, result = host.run("restore", *args, check=False)
         assert code != 0 and said in str(result.get("error")), (args, result)
+    # The module refuses as the command does (check mode and the run alike), and so does the role's module.
+    options = {"app": "tenement", "config_path": str(host.config), "at": "2020-01-01T00:00:00Z",
+               "state_dir": str(host.tmp / "state"), **host.tenement_options}  # fmt: skip
+    for check in (True, False):
+        refused = run_module("replica_restore", options, check=check)
+        assert refused.get("failed") and "has no snapshot made by 2020-01-01" in str(refused.get("msg")), refused
+    plaintext = run_module("replicate_config", {"host": "web1", "destination": {"bucket": "dr-x"}, "encrypt": True,
+                                                "config_path": str(host.tmp / "never.yml")}, check=True)  # fmt: skip
+    assert plaintext.get("failed") and "Litestream 0.5 cannot encrypt what it uploads" in str(plaintext.get("msg"))
+    assert not (host.tmp / "never.yml").exists()
     assert host.litestream_runs()
     assert _rows(host.data_dir / "demo" / "alpha" / "app.db") == before
     assert sorted(host.client.instances()) == ["demo:alpha", "demo:beta"]
+
+    # Litestream stopped: every replica has stalled, which fails, is recorded and exported.
+    subprocess.run(["start-stop-daemon", "--stop", "--retry", "TERM/10/KILL/5", "--pidfile",
+                    str(host.litestream_pidfile)], check=True)  # fmt: skip
+    code, result = host.run("replicas", "--export", check=False)
+    assert code == 1 and "stalled: litestream does not run" in str(result["error"]), result
+    prom = (host.tmp / "metrics" / "selfhost_dr.prom").read_text()
+    assert 'selfhost_dr_replica_stalled{app="tenement",database="demo/alpha/app.db"} 1' in prom
+    _code, status = host.run("status")
+    assert "does not run" in status["replicas"]["tenement"]["reason"]  # type: ignore[index]
+
+
+def _local_txid(meta: Path) -> int:
+    """Litestream's local position: the newest level-0 file in the database's state directory."""
+    level0 = meta / "ltx" / "0"
+    return max((int(p.name.split("-")[1][:16], 16) for p in level0.glob("*.ltx")), default=0) if level0.is_dir() else 0

@@ -48,6 +48,11 @@ HELP = {
     "repository_snapshots": (
         "selfhost-dr snapshots of this host in the repository (counted by the last prune, one more per backup since)."
     ),
+    "replica_behind_txids": "Transactions (Litestream syncs) written locally and not yet on the database's replica.",
+    "replica_lag_seconds": "How long the database's oldest change not yet on its replica had waited when measured.",
+    "replica_last_sync_timestamp_seconds": "When the newest file on the database's replica was written (Unix time).",
+    "replica_stalled": "1 when the database's replica had stalled when measured (or Litestream did not run), else 0.",
+    "replica_measured_timestamp_seconds": "When the application's replicas were last measured (Unix time).",
 }
 
 
@@ -163,6 +168,7 @@ def render(
             samples["sets"].append((f'state="{state_name}"', float(counts[state_name])))
     _repositories(samples, state)
     _drills(samples, state)
+    _replicas(samples, state)
     lines: list[str] = []
     for name, help_text in HELP.items():
         if not samples[name]:
@@ -189,6 +195,26 @@ def _drills(samples: dict[str, list[tuple[str, float]]], state: dict[str, object
                 value = success.get(key)
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     samples[f"drill_{key}"].append((label, float(value)))
+
+
+def _replicas(samples: dict[str, list[tuple[str, float]]], state: dict[str, object]) -> None:
+    replicas = state.get("replicas")
+    for app, about in sorted(replicas.items() if isinstance(replicas, dict) else []):
+        if not isinstance(about, dict) or timestamp(about.get("at")) is None:
+            continue
+        measured = timestamp(about["at"]) or 0.0
+        samples["replica_measured_timestamp_seconds"].append((f'app="{_escape(str(app))}"', measured))
+        for lag in about.get("databases") or []:
+            if not isinstance(lag, dict):
+                continue
+            label = f'app="{_escape(str(app))}",database="{_escape(str(lag.get("database", "")))}"'
+            for key, metric in (("behind", "replica_behind_txids"), ("lag_seconds", "replica_lag_seconds"),
+                                ("last_sync", "replica_last_sync_timestamp_seconds")):  # fmt: skip
+                value = lag.get(key)
+                number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                if number and (key != "last_sync" or float(value) > 0):  # type: ignore[arg-type]
+                    samples[metric].append((label, float(value)))  # type: ignore[arg-type]
+            samples["replica_stalled"].append((label, 1.0 if lag.get("stalled") is True else 0.0))
 
 
 def write(directory: str, text: str) -> str:

@@ -216,6 +216,14 @@ class Store:
         self.latest = data
         self._write(data)
 
+    def record_replicas(self, app: str, entry: dict[str, object]) -> None:
+        """The last measure of ``app``'s replicas (``selfhost-dr replicas``): ``at``, ``ok``, ``reason`` and each
+        database's lag (replicas/lag.py)."""
+        data = self.read(set_aside=True)
+        data.setdefault("replicas", {})[app] = entry  # type: ignore[index]
+        self.latest = data
+        self._write(data)
+
     def due(self, operation: str, every_seconds: float, now: datetime | None = None) -> bool:
         """:func:`due` of this host's store."""
         return due(self.read(), operation, every_seconds, now)

@@ -8,12 +8,10 @@ docs/litestream.md); locally, its position is the newest level-0 file in the dat
 
 from __future__ import annotations
 
-import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .. import safe_fs
 from . import ltx, s3
 from .ltx import LtxError, LtxFile
 
@@ -103,24 +101,3 @@ def replica_txid(found: Listing) -> int:
     return max((f.max_txid for f in found.files if f.level == 0), default=0) or max(
         (f.max_txid for f in found.files), default=0
     )
-
-
-def local_txid(meta: str) -> int:
-    """Litestream's local position for a database whose state is in ``meta`` (its ``-litestream`` directory): the
-    newest level-0 file's end, 0 when there is none. Read without following a link."""
-    level0 = os.path.join(meta, "ltx", "0")
-    try:
-        fd = safe_fs.open_dir(level0)
-    except FileNotFoundError:
-        return 0
-    try:
-        names = os.listdir(fd)
-    finally:
-        os.close(fd)
-    ends = []
-    for name in names:
-        try:
-            ends.append(ltx.parse_name(name)[1])
-        except LtxError:
-            continue  # (Litestream's temporary files)
-    return max(ends, default=0)

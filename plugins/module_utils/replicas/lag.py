@@ -1,0 +1,168 @@
+# Copyright: selfhost.dr contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How far each database's replica is behind the database (issue 17): what ``selfhost-dr replicas`` reports, records
+in state.json and exports as metrics, and what makes it fail.
+
+Litestream exports no replica position (docs/litestream.md, section 6), so both ends are read here:
+
+- the local position: Litestream's newest level-0 file in the database's state directory (below ``meta_dir``), each
+  file named by its txid range and written when Litestream turned a stretch of the WAL into it;
+- the replica's position: the newest level-0 file on the store (names only: one listing of the application's
+  prefix), and the time of its newest file (its header: the sync's time).
+
+Per database: ``behind``, the txids written locally and not yet on the replica; ``lag_seconds``, how long the oldest
+of them has waited (0 when none waits); ``since_sync_seconds``, now minus the replica's newest file's time (an idle
+database's grows, and is no fault). A database whose oldest waiting change has waited longer than ``stall_seconds``
+has **stalled**, and so has every database while Litestream does not run: a stalled replica is a failure.
+
+Commits SQLite made in the last ``monitor-interval`` (1 s) are not in a level-0 file yet and count in neither
+number."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from .. import safe_fs
+from ..apps.service import Service
+from . import ltx, replica, s3
+from .litestream import Replication
+from .ltx import LtxError
+
+
+@dataclass
+class Lag:
+    app: str
+    database: str  # its path below the data dir, as on the replica
+    local_txid: int = 0
+    replica_txid: int = 0
+    behind: int = 0
+    lag_seconds: float = 0.0
+    last_sync: float = 0.0  # Unix time of the replica's newest file (0: no file)
+    since_sync_seconds: float = 0.0
+    stalled: bool = False
+    why: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def meta_of(replication: Replication, app: str, database: str) -> tuple[str, tuple[str, ...]]:
+    """Litestream's state directory of one database (replicas/config.py puts it there): ``meta_dir`` and the parts
+    below it."""
+    if app == "tomo":
+        return replication.meta_dir, ("tomo", os.path.basename(database))
+    *parents, name = database.split("/")
+    return replication.meta_dir, (app, *parents, name + "-litestream")
+
+
+def _local(meta: tuple[str, tuple[str, ...]]) -> list[tuple[int, float]]:
+    """Litestream's local level-0 files of one database: (max txid, time written), never through a link."""
+    fd = _below(meta[0], (*meta[1], "ltx", "0"))
+    if fd < 0:
+        return []
+    try:
+        found = []
+        for name in os.listdir(fd):
+            try:
+                _low, high = ltx.parse_name(name)
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except (LtxError, FileNotFoundError):
+                continue  # (Litestream's temporary files; one removed by its retention meanwhile)
+            if stat.S_ISREG(st.st_mode):
+                found.append((high, st.st_mtime))
+        return found
+    finally:
+        os.close(fd)
+
+
+def _below(top: str, parts: tuple[str, ...]) -> int:
+    """The directory ``parts`` below ``top`` (opened as a whole: root's own ``meta_dir``), each part opened without
+    following a link; -1 when one is missing or not a directory."""
+    try:
+        fd = safe_fs.open_dir(top)
+    except (OSError, safe_fs.UnsafePathError):
+        return -1
+    for part in parts:
+        try:
+            below = safe_fs.open_dir(part, fd)
+        except (OSError, safe_fs.UnsafePathError):
+            below = -1
+        os.close(fd)
+        if below < 0:
+            return -1
+        fd = below
+    return fd
+
+
+def _locals(replication: Replication, app: str) -> Iterable[str]:
+    """The databases Litestream keeps state for below ``meta_dir`` (those it replicates now or did)."""
+    if app == "tomo":
+        top = os.path.join(replication.meta_dir, "tomo")
+        return [n for n in _listdir(top) if not n.startswith(".")]
+    top = os.path.join(replication.meta_dir, app)
+    found = []
+    for parent, dirs, _files in os.walk(top):  # (os.walk does not follow links to directories)
+        for name in list(dirs):
+            if name.endswith("-litestream"):
+                found.append(os.path.relpath(os.path.join(parent, name), top).removesuffix("-litestream"))
+                dirs.remove(name)
+    return found
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def measure(replication: Replication, app: str, now: float | None = None, service: Service | None = None) -> list[Lag]:
+    """The lag of every database of ``app`` replicated on this host (one listing of the store, one header read per
+    database). Raises :class:`s3.S3Error` when the store cannot be read."""
+    now = time.time() if now is None else now
+    store = replication.store()
+    remote = replica.databases(store, replication.prefix(app))
+    names = sorted({*remote, *_locals(replication, app)})
+    running = True
+    why_down = ""
+    if service is not None:
+        running = service.active()
+        why_down = "" if running else f"{service.unit} does not run"
+
+    def one(name: str) -> Lag:
+        files = remote.get(name, [])
+        level0 = [ltx.parse_name(obj.key.rsplit("/", 1)[1])[1] for level, obj in files if level == 0]
+        everything = [(ltx.parse_name(obj.key.rsplit("/", 1)[1])[1], obj) for _level, obj in files]
+        lag = Lag(app, name)
+        lag.replica_txid = max(level0, default=0) or max((t for t, _o in everything), default=0)
+        local = _local(meta_of(replication, app, name))
+        lag.local_txid = max((t for t, _w in local), default=0)
+        waiting = [when for txid, when in local if txid > lag.replica_txid]
+        lag.behind = max(0, lag.local_txid - lag.replica_txid)
+        lag.lag_seconds = round(max(0.0, now - min(waiting)), 3) if waiting else 0.0
+        if everything:
+            newest = max(everything, key=lambda item: item[0])[1]
+            try:
+                header = ltx.read_header(store.read(newest.key, ltx.HEADER_SIZE), newest.key.rsplit("/", 1)[1])
+                lag.last_sync = header.timestamp.timestamp()
+                lag.since_sync_seconds = round(max(0.0, now - lag.last_sync), 3)
+            except s3.S3Error as exc:
+                if exc.status != 404:  # (a file compacted away since the listing: its time is left out)
+                    raise
+        if not running:
+            lag.stalled, lag.why = True, why_down
+        elif lag.lag_seconds > replication.stall_seconds:
+            lag.stalled = True
+            lag.why = (
+                f"{lag.behind} txid(s) of {name} have waited {lag.lag_seconds:.0f} s for the replica "
+                f"(more than {replication.stall_seconds:g} s)"
+            )
+        return lag
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return list(pool.map(one, names))

@@ -1,0 +1,97 @@
+"""How far each replica is behind (replicas/lag.py) and what the metrics say of it (engine/metrics.py): from
+Litestream's local level-0 files, as it names them below ``meta_dir``, and the replica's files as a store lists them.
+With the real Litestream and SeaweedFS: tests/integration/test_replica_restore.py."""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import metrics
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas import lag, s3
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas.config import Destination
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas.litestream import Replication
+
+NOW = 1_800_000_000.0
+
+
+def _name(low: int, high: int) -> str:
+    return f"{low:016x}-{high:016x}.ltx"
+
+
+class Bucket:
+    """A replica's objects as the store answers a listing and a ranged read (the two requests lag.measure makes)."""
+
+    def __init__(self, objects: dict[str, float]) -> None:  # key -> the time in the file's header
+        self.objects = objects
+
+    def list(self, prefix: str) -> Iterator[s3.Object]:
+        return iter([s3.Object(k, 4096, "") for k in sorted(self.objects) if k.startswith(prefix)])
+
+    def read(self, key: str, length: int) -> bytes:
+        if key not in self.objects:
+            raise s3.S3Error("gone", 404)
+        low, high = (int(x, 16) for x in key.rsplit("/", 1)[1].removesuffix(".ltx").split("-"))
+        header = struct.pack(">4sIIIQQq", b"LTX1", 0, 4096, 2, low, high, int(self.objects[key] * 1000))
+        return (header + bytes(100))[:length]
+
+
+def _replication(tmp_path: Path, bucket: Bucket, monkeypatch: pytest.MonkeyPatch) -> Replication:
+    found = Replication(Destination("dr", path="r"), "web1", {}, meta_dir=str(tmp_path / "meta"), stall_seconds=30)
+    monkeypatch.setattr(Replication, "store", lambda self: bucket)
+    return found
+
+
+def _local(tmp_path: Path, database: str, files: dict[tuple[int, int], float]) -> None:
+    level0 = tmp_path / "meta" / "tenement" / f"{database}-litestream" / "ltx" / "0"
+    level0.mkdir(parents=True)
+    for (low, high), written in files.items():
+        (level0 / _name(low, high)).write_bytes(b"x")
+        os.utime(level0 / _name(low, high), (written, written))
+
+
+def test_a_replica_caught_up_is_not_behind_and_an_idle_one_is_no_fault(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = Bucket({f"r/web1/tenement/tenement.db/0000/{_name(1, 7)}": NOW - 3600,
+                     f"r/web1/tenement/tenement.db/0009/{_name(1, 1)}": NOW - 7200})  # fmt: skip
+    _local(tmp_path, "tenement.db", {(1, 7): NOW - 3600})
+    (found,) = lag.measure(_replication(tmp_path, bucket, monkeypatch), "tenement", NOW)
+    assert (found.local_txid, found.replica_txid, found.behind, found.lag_seconds) == (7, 7, 0, 0.0)
+    assert found.since_sync_seconds == 3600 and not found.stalled
+
+
+def test_changes_waiting_longer_than_the_stall_time_are_a_stalled_replica(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bucket = Bucket({f"r/web1/tenement/demo/a/app.db/0000/{_name(1, 4)}": NOW - 100})
+    _local(tmp_path, "demo/a/app.db", {(1, 4): NOW - 100, (5, 5): NOW - 45, (6, 9): NOW - 2})
+    _local(tmp_path, "demo/b/app.db", {(1, 2): NOW - 5})  # made lately, nothing on the replica yet
+    found = {f.database: f for f in lag.measure(_replication(tmp_path, bucket, monkeypatch), "tenement", NOW)}
+    a, b = found["demo/a/app.db"], found["demo/b/app.db"]
+    assert (a.behind, a.lag_seconds, a.stalled) == (5, 45.0, True)
+    assert "have waited 45 s for the replica (more than 30 s)" in a.why
+    assert (b.behind, b.lag_seconds, b.stalled, b.last_sync) == (2, 5.0, False, 0.0)
+    text = metrics.render({"replicas": {"tenement": {"at": "2027-01-15T08:00:00.000000Z", "databases": [a.to_dict(),
+                                                                                                  b.to_dict()]}}},
+                          None)  # fmt: skip
+    assert 'selfhost_dr_replica_stalled{app="tenement",database="demo/a/app.db"} 1' in text
+    assert 'selfhost_dr_replica_lag_seconds{app="tenement",database="demo/a/app.db"} 45' in text
+    assert 'selfhost_dr_replica_behind_txids{app="tenement",database="demo/b/app.db"} 2' in text
+    assert 'replica_last_sync_timestamp_seconds{app="tenement",database="demo/b/app.db"}' not in text
+
+
+def test_a_link_in_litestreams_state_is_not_followed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "0").mkdir(parents=True)
+    (elsewhere / "0" / _name(1, 99)).write_bytes(b"x")
+    state = tmp_path / "meta" / "tenement" / "tenement.db-litestream"
+    state.mkdir(parents=True)
+    (state / "ltx").symlink_to(elsewhere)
+    bucket = Bucket({f"r/web1/tenement/tenement.db/0000/{_name(1, 3)}": NOW})
+    (found,) = lag.measure(_replication(tmp_path, bucket, monkeypatch), "tenement", NOW)
+    assert found.local_txid == 0 and found.behind == 0
