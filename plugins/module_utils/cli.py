@@ -673,6 +673,7 @@ def _restore_from_replicas(
     done = replica_restore.run(app, planned, options, replicas, log)
     result.update(
         databases=[d.to_dict() for d in planned.databases],
+        started=planned.start,
         restore_id=done.restore_id,
         files=done.files,
         bytes=done.bytes,
@@ -690,6 +691,9 @@ def cmd_replicas(args: argparse.Namespace, config: dict[str, Any], log: Progress
     replicas = replication(config)
     store = state.Store(config.get("state_dir"))
     entry: dict[str, object] = {"at": iso(utc_now()), "ok": False, "reason": "", "databases": []}
+    resumed = replica_restore.resume_paused(replicas, config.get("state_dir"), log)
+    if resumed:
+        time.sleep(2)  # (Litestream opens every database before it is measured as running)
     try:
         found = lag.measure(replicas, name, service=replicas.service)
         entry["databases"] = [f.to_dict() for f in found]
@@ -711,7 +715,8 @@ def cmd_replicas(args: argparse.Namespace, config: dict[str, Any], log: Progress
         exported = watcher.export()
     if not entry["ok"]:
         raise Error(str(entry["reason"]))
-    return {"app": name, "replica": replicas.shown, "databases": entry["databases"], "metrics": exported}
+    return {"app": name, "replica": replicas.shown, "databases": entry["databases"], "metrics": exported,
+            "actions": [resumed] if resumed else []}  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:

@@ -95,6 +95,16 @@ options:
     description: The store's C(AWS_ACCESS_KEY_ID) and C(AWS_SECRET_ACCESS_KEY) (never logged, never in the configuration).
     type: dict
     default: {}
+  check_store:
+    description:
+      - List the replicas' prefix with the credentials first (check mode too), so that a wrong endpoint, bucket or
+        secret is said in one sentence before Litestream runs (it would only log it, again and again).
+    type: bool
+    default: true
+  create_bucket:
+    description: Create the bucket when it does not exist (not in check mode).
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -107,6 +117,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+bucket_created:
+  description: Whether the bucket was made (O(create_bucket)).
+  returned: always
+  type: bool
 config_changed:
   description: Whether the configuration was (or would be) written.
   returned: always
@@ -134,6 +148,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils import safe_fs
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.host_install import write_if_changed
 from ansible_collections.selfhost.dr.plugins.module_utils.replicas import config as replica_config
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas import s3
 
 _DEST = {f for f in replica_config.Destination.__dataclass_fields__}
 _SETTINGS = {"sync_interval", "monitor_interval", "levels", "snapshot_interval", "snapshot_retention", "l0_retention"}
@@ -175,6 +190,25 @@ def _meta_dir(path: str, check: bool) -> bool:
     return True
 
 
+def _reach(dest: replica_config.Destination, credentials: dict, prefix: str, create: bool) -> bool:
+    """List the prefix with the credentials (the store answers, the bucket is there, the key may list it); make the
+    bucket first when ``create``. Whether a bucket was made."""
+    store = s3.Store(
+        dest.endpoint or f"https://s3.{dest.region or 'us-east-1'}.amazonaws.com", dest.bucket,
+        str(credentials.get("AWS_ACCESS_KEY_ID", "")), str(credentials.get("AWS_SECRET_ACCESS_KEY", "")),
+        region=dest.region or "us-east-1", skip_verify=dest.skip_verify,
+    )  # fmt: skip
+    made = False
+    try:
+        next(iter(store.list(prefix + "/")), None)
+    except s3.S3Error as exc:
+        if not (create and exc.status == 404):
+            raise Error(f"the store cannot be used for the replicas: {exc}") from None
+        store.create_bucket()
+        made = True
+    return made
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec=dict(
@@ -193,6 +227,8 @@ def main() -> None:
             config_path=dict(type="path", default="/etc/selfhost-dr/litestream.yml"),
             env_file=dict(type="path", default="/etc/selfhost-dr/litestream.env"),
             credentials=dict(type="dict", default={}, no_log=True),
+            check_store=dict(type="bool", default=True),
+            create_bucket=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -214,6 +250,10 @@ def main() -> None:
             built = replica_config.tomo(p["database"], dest, settings, p["host"])
         text = replica_config.render(built).encode()
         env = _env_file(p["credentials"])
+        prefix = "/".join(s for s in (dest.path.strip("/"), p["host"], p["app"]) if s)
+        bucket_created = False
+        if p["check_store"] or p["create_bucket"]:
+            bucket_created = _reach(dest, p["credentials"], prefix, p["create_bucket"] and not module.check_mode)
         meta_changed = _meta_dir(p["meta_dir"], module.check_mode)
         env_changed = write_if_changed(p["env_file"], env, 0o600, module.check_mode)
         config_changed = write_if_changed(p["config_path"], text, 0o600, module.check_mode)
@@ -224,10 +264,11 @@ def main() -> None:
     if shown.get("heartbeat-url"):
         shown["heartbeat-url"] = "********"
     module.exit_json(
-        changed=config_changed or env_changed or meta_changed,
+        changed=config_changed or env_changed or meta_changed or bucket_created,
         config_changed=config_changed,
         env_changed=env_changed,
-        prefix="/".join(s for s in (dest.path.strip("/"), p["host"], p["app"]) if s),
+        bucket_created=bucket_created,
+        prefix=prefix,
         config=shown,
     )
 

@@ -254,6 +254,12 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
     _code, status = host.run("status")
     assert "does not run" in status["replicas"]["tenement"]["reason"]  # type: ignore[index]
 
+    # A restore killed while Litestream was stopped leaves its mark: the next measure starts Litestream again.
+    (host.tmp / "state" / "litestream-paused-by-restore").write_text("litestream\n")
+    _code, resumed = host.run("replicas")
+    assert "started litestream again" in str(resumed["actions"]) and host.litestream_runs(), resumed
+    assert not (host.tmp / "state" / "litestream-paused-by-restore").exists()
+
 
 def _local_txid(meta: Path) -> int:
     """Litestream's local position: the newest level-0 file in the database's state directory."""

@@ -175,3 +175,38 @@ def test_at_takes_latest_or_a_moment_with_its_time_zone() -> None:
         cli.moment("2026-11-29T18:00:00")
     with pytest.raises(UsageError, match="--at takes latest or a moment"):
         cli.moment("an hour ago")
+
+
+def _tenement_db(path: Path, token_hash: str, running: list[tuple[str, str]]) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE config (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO config VALUES ('api_token_hash', ?)", (token_hash,))
+    db.execute("CREATE TABLE instance_state (instance_id TEXT PRIMARY KEY, process_name TEXT NOT NULL, "
+               "id TEXT NOT NULL, pid INTEGER NOT NULL, port INTEGER, started_at TEXT NOT NULL)")  # fmt: skip
+    for service, ident in running:
+        db.execute(
+            "INSERT INTO instance_state VALUES (?, ?, ?, 1, 30000, 'now')", (f"{service}:{ident}", service, ident)
+        )
+    db.commit()
+    db.close()
+
+
+def test_the_instances_that_ran_at_the_moment_are_read_from_the_restored_tenement_db(tmp_path: Path) -> None:
+    path = tmp_path / "tenement.db"
+    _tenement_db(path, "h", [("demo", "alpha"), ("demo", "beta"), ("../x", "y"), ("demo", "a b;rm -rf /")])
+    assert replica_restore.ran_at(str(path)) == ["demo:alpha", "demo:beta"], "a name tenement never makes was kept"
+    (tmp_path / "not-a-db").write_bytes(b"x" * 4096)
+    assert replica_restore.ran_at(str(tmp_path / "not-a-db")) == []
+
+
+def test_this_hosts_api_token_stays_the_one_ten_serve_accepts(tmp_path: Path) -> None:
+    live, restored = tmp_path / "live.db", tmp_path / "restored.db"
+    _tenement_db(live, "hash-of-this-hosts-token", [])
+    _tenement_db(restored, "hash-of-the-token-at-the-moment", [("demo", "alpha")])
+    assert replica_restore.keep_token(str(live), str(restored)) is True
+    db = sqlite3.connect(restored)
+    assert db.execute("SELECT value FROM config WHERE key = 'api_token_hash'").fetchone() == (
+        "hash-of-this-hosts-token",
+    )
+    db.close()
+    assert replica_restore.keep_token(str(tmp_path / "none.db"), str(restored)) is False

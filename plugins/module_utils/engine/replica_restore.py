@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import stat
 import time
@@ -35,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from .. import safe_fs
-from .._common import AppError, Log, RestoreError, no_log, write_all
+from .._common import AppError, Log, RestoreError, atomic_write, no_log, write_all
 from ..apps.base import Application, Facts
 from ..replicas import ltx, replica
 from ..replicas.litestream import ATTEMPTS, ReplicaRestoreError, Replication, VanishedError, stop_for_restore
@@ -45,8 +46,10 @@ from ..sets.restore import Unit, is_under
 from ..sqlite_snapshot import SnapshotError, open_checked
 from . import journal, restore, swap
 from .journal import Journal, Record, Scratch
+from .lock import held
 
 _COPY = 8 * 1024 * 1024
+PAUSED = "litestream-paused-by-restore"  # in the state dir while a restore has Litestream stopped
 _HEADER = b"SQLite format 3\x00"
 
 
@@ -168,6 +171,8 @@ def plan(
             label, manifest, filler, dest_root="/", only=paths, log=run_log, state_dir=opts.state_dir,
             before_swap=stop_and_settle,
         )  # fmt: skip
+        # What ran at the moment (the restored tenement.db's instance_state) runs again, with what runs now.
+        planned.start = sorted({*planned.start, *filler.ran})
         planned.checked = {"databases": len(chosen.databases)}
         return restored
 
@@ -184,13 +189,32 @@ def run(app: Application, planned: restore.Plan, options: restore.Options, repli
         log: Log = no_log) -> restore.Result:  # fmt: skip
     """Carry out a plan: Litestream stopped for the whole restore and started again afterwards (whether the restore
     stood or was undone), the rest exactly as a set's restore (engine/restore.py)."""
-    was_running = stop_for_restore(replication, log)
+    marker = os.path.join(journal.state_dir(options.state_dir), PAUSED)
+    if replication.service is not None and replication.service.active():
+        safe_fs.makedirs_private(os.path.dirname(marker))
+        atomic_write(marker, f"{replication.service.unit}\n".encode(), 0o600)  # before the stop: a kill after it
+    was_running = stop_for_restore(replication, log) or os.path.exists(marker)  # leaves a mark for the next run
     try:
         return restore.run(app, planned, options, log)
     finally:
         if was_running and replication.service is not None:
             log(f"replicate: starting {replication.service.unit} again")
             replication.service.start()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+
+
+def resume_paused(replication: Replication, state_dir: str | None, log: Log = no_log) -> str:
+    """Start Litestream again when a restore that stopped it was killed before it could (its mark is left in the
+    state dir, and no run holds the host lock now); the sentence saying so, "" when there was nothing to do."""
+    marker = os.path.join(journal.state_dir(state_dir), PAUSED)
+    if replication.service is None or not os.path.exists(marker) or held(state_dir) is not None:
+        return ""
+    replication.service.start()
+    os.unlink(marker)
+    said = f"started {replication.service.unit} again: a restore that stopped it was interrupted before it could"
+    log(f"replicate: {said}")
+    return said
 
 
 def _entry(path: str, st: os.stat_result | None, kind: str, like: os.stat_result) -> dict[str, object]:
@@ -311,6 +335,7 @@ class Filler:
         self.state_dir = state_dir
         self.files_of = {"/" + str(f["path"]): f for f in manifest["files"]}  # type: ignore[attr-defined]
         self.files = self.bytes = 0
+        self.ran: list[str] = []  # tenement: the instances that ran at the moment
         self._fds: list[int] = []
 
     def fill(self, units: list[Unit], fds: list[int], record: Record, staged: list[int], jrnl: Journal
@@ -399,6 +424,10 @@ class Filler:
             if os.pread(fd, len(_HEADER), 0) != _HEADER:
                 raise RestoreError(f"what Litestream restored of {database.path} is not an SQLite database")
             check_integrity(f"/proc/self/fd/{scratch}/{name}", database.path)
+            if self.app == "tenement" and database.path == "tenement.db":
+                self.ran = ran_at(f"/proc/self/fd/{scratch}/{name}")
+                if keep_token(database.target, f"/proc/self/fd/{scratch}/{name}"):
+                    self.log("restore: this host's API token stays valid in the restored tenement.db")
             while chunk := os.read(fd, _COPY):
                 write_all(out, chunk)
             os.fsync(out)
@@ -413,6 +442,56 @@ class Filler:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+
+
+_UNIT_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def ran_at(path: str) -> list[str]:
+    """The instances a restored ``tenement.db`` records as running (``instance_state``: ``service:id``), those whose
+    names tenement could have made (the replica is hostile input); none when it cannot tell."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        try:
+            rows = conn.execute("SELECT process_name, id FROM instance_state LIMIT 10000").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+    return sorted({f"{a}:{b}" for a, b in rows if isinstance(a, str) and isinstance(b, str)
+                   and _UNIT_PART.match(a) and _UNIT_PART.match(b)})  # fmt: skip
+
+
+def keep_token(live: str, restored: str) -> bool:
+    """Put the live ``tenement.db``'s ``api_token_hash`` into the restored one: the replicas hold the databases, not
+    the data dir's ``api_token`` file, so the host's own token (a new server's, or one rotated since the moment) must
+    stay the one ``ten serve`` accepts. Whether there was one to keep."""
+    try:
+        st = os.lstat(live)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode):
+        raise RestoreError(f"{live} is not a regular file; nothing was swapped")
+    try:
+        conn = open_checked(live, 30.0, (st.st_dev, st.st_ino))
+        try:
+            row = conn.execute("SELECT value FROM config WHERE key = 'api_token_hash'").fetchone()
+        finally:
+            conn.close()
+    except (SnapshotError, sqlite3.Error):
+        return False  # (no config table yet: a tenement that never made a token)
+    if not row or not isinstance(row[0], str):
+        return False
+    try:
+        conn = sqlite3.connect(restored, isolation_level=None)
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute("INSERT OR REPLACE INTO config (key, value) VALUES ('api_token_hash', ?)", (row[0],))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise RestoreError(f"cannot keep this host's API token in the restored tenement.db: {exc}") from exc
+    return True
 
 
 def check_integrity(path: str, what: str) -> None:
