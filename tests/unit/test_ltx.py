@@ -73,9 +73,11 @@ def test_a_plan_is_a_contiguous_chain_never_stamped_after_its_moment() -> None:
     assert txids[-1] == 0x35
 
 
-def test_a_moment_before_the_first_snapshot_has_no_plan() -> None:
-    first = min(f.timestamp for f in _files() if f.level == 9)
+def test_a_moment_before_anything_was_replicated_has_no_plan() -> None:
+    first = min(f.timestamp for f in _files())
     assert ltx.plan_at(_files(), first - timedelta(milliseconds=1)) is None
+    plan = ltx.plan_at(_files(), first)
+    assert plan is not None and plan.txid == 1, "the database's first file holds the whole database"
     with pytest.raises(LtxError, match="time zone"):
         ltx.plan_at(_files(), datetime(2026, 11, 29, 15, 45))
 
@@ -85,6 +87,17 @@ def test_a_gap_ends_the_chain() -> None:
     files = [LtxFile(9, 1, 4, t), LtxFile(0, 5, 5, t), LtxFile(0, 8, 8, t), LtxFile(1, 5, 6, t)]  # 7 is gone
     plan = ltx.plan_at(files, t)
     assert plan is not None and plan.txid == 6 and [f.level for f in plan.files] == [9, 1]
+
+
+def test_a_database_found_after_litestreams_start_is_planned_from_its_first_file_until_a_snapshot_exists() -> None:
+    t = datetime(2026, 1, 1, tzinfo=UTC)
+    # Litestream snapshots a database it finds later only at the next snapshot interval: its files begin at txid 1.
+    files = [LtxFile(1, 1, 6, t), LtxFile(0, 1, 1, t), LtxFile(0, 7, 7, t + timedelta(seconds=1))]
+    plan = ltx.plan_at(files, t)
+    assert plan is not None and plan.txid == 6 and [f.level for f in plan.files] == [1]
+    latest = ltx.latest(files)
+    assert latest is not None and latest.txid == 7
+    assert ltx.plan_at([LtxFile(0, 2, 3, t)], t) is None, "a chain not from txid 1 is no database"
 
 
 def _header(

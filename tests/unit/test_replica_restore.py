@@ -60,7 +60,7 @@ def test_a_database_in_an_existing_directory_is_swapped_alone_one_in_a_missing_o
 ) -> None:
     data = tmp_path / "data"
     (data / "demo" / "alpha").mkdir(parents=True)
-    (data / "tenement.db").write_bytes(b"x")
+    (data / "tenement.db").write_bytes(b"SQLite format 3\x00" + bytes(84))
     (data / "tenement.db").chmod(0o640)
     targets = [str(data / "tenement.db"), str(data / "demo/alpha/app.db"), str(data / "demo/gamma/app.db"),
                str(data / "demo/gamma/cache.db"), str(data / "other/x/y.db")]  # fmt: skip
@@ -82,6 +82,19 @@ def test_a_link_or_a_directory_where_a_database_goes_is_refused(tmp_path: Path) 
     (data / "demo" / "beta" / "app.db").mkdir(parents=True)
     with pytest.raises(RestoreError, match="is not a regular file; refusing to restore a database over it"):
         replica_restore._manifest("tenement", str(data), [str(data / "demo/beta/app.db")])
+
+
+def test_a_file_that_is_no_database_is_never_replaced_by_a_replica(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "notes.txt").write_text("a person's notes\n")
+    with pytest.raises(RestoreError, match="is not an SQLite database, so no replica of it can be Litestream's"):
+        replica_restore._manifest("tenement", str(data), [str(data / "notes.txt")])
+    for hidden in ("demo/.app.db.selfhost-dr-safety-x", "demo/app.db-wal", "app.db-journal"):
+        with pytest.raises(LtxError, match="names a file Litestream never replicates"):
+            replica.databases(Listed([f"dr/t/{hidden}/0000/{NAME}"]), "dr/t")  # type: ignore[arg-type]
+    with pytest.raises(LtxError, match="is not the path of a database"):
+        replica.databases(Listed([f"dr/t/{'x' * 256}.db/0000/{NAME}"]), "dr/t")  # type: ignore[arg-type]
 
 
 def _wal_database(path: Path) -> sqlite3.Connection:

@@ -92,6 +92,8 @@ def read_token(data_dir: str) -> str | None:
         return None
     except PermissionError as exc:
         raise TenementError(f"cannot read the tenement API token {path}: permission denied") from exc
+    except (UnicodeDecodeError, IsADirectoryError) as exc:
+        raise TenementError(f"the tenement API token {path} is not a token (not text)") from exc
     return token or None
 
 

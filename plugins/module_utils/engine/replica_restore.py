@@ -31,6 +31,7 @@ import re
 import sqlite3
 import stat
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,7 +100,7 @@ def _plan_one(replication: Replication, app: str, path: str, moment: datetime | 
     if found is None:
         when = f"by {moment.isoformat()}" if moment is not None else "yet"
         raise RestoreError(
-            f"the replica of {path} in {replication.shown} has no snapshot made {when}; nothing was changed"
+            f"the replica of {path} in {replication.shown} holds nothing replicated {when}; nothing was changed"
         )
     return found
 
@@ -130,7 +131,9 @@ def plan(
     try:
         found = replica.databases(store, prefix)
     except (S3Error, LtxError) as exc:
-        raise RestoreError(f"the replicas of {app.name} in {replication.shown} cannot be read: {exc}") from exc
+        raise RestoreError(
+            f"the replicas of {app.name} in {replication.shown} cannot be read: {exc}; nothing was changed"
+        ) from exc
     if not found:
         raise RestoreError(f"there is no replica of {app.name} in {replication.shown}; nothing was changed")
     names = list(dict.fromkeys(databases)) if databases else sorted(found)
@@ -165,7 +168,7 @@ def plan(
         def stop_and_settle() -> None:
             stop()
             for database in chosen.databases:
-                settle(database.target, run_log)
+                settle(database.target, run_log, root=root)
 
         restored = swap.restore_from(
             label, manifest, filler, dest_root="/", only=paths, log=run_log, state_dir=opts.state_dir,
@@ -195,13 +198,33 @@ def run(app: Application, planned: restore.Plan, options: restore.Options, repli
         atomic_write(marker, f"{replication.service.unit}\n".encode(), 0o600)  # before the stop: a kill after it
     was_running = stop_for_restore(replication, log) or os.path.exists(marker)  # leaves a mark for the next run
     try:
-        return restore.run(app, planned, options, log)
-    finally:
-        if was_running and replication.service is not None:
-            log(f"replicate: starting {replication.service.unit} again")
-            replication.service.start()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(marker)
+        result = restore.run(app, planned, options, log)
+    except BaseException:
+        if was_running:
+            _resume(replication, marker, log)
+        raise
+    problem = _resume(replication, marker, log) if was_running else ""
+    if problem:
+        result.warning = f"{result.warning}; {problem}" if result.warning else problem
+    return result
+
+
+def _resume(replication: Replication, marker: str, log: Log) -> str:
+    """Start Litestream again after a restore; a sentence when that failed (the mark stays: the next measure tries
+    again), else ""."""
+    if replication.service is None:
+        return ""
+    log(f"replicate: starting {replication.service.unit} again")
+    try:
+        replication.service.start()
+    except (AppError, OSError) as exc:
+        said = f"the restore stood, but starting {replication.service.unit} again failed ({exc}); nothing is " \
+            "replicated until it runs (selfhost-dr replicas tries again)"  # fmt: skip
+        log(said)
+        return said
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(marker)
+    return ""
 
 
 def resume_paused(replication: Replication, state_dir: str | None, log: Log = no_log) -> str:
@@ -253,11 +276,18 @@ def _manifest(app: str, root: str, targets: list[str]) -> tuple[dict[str, object
                     st = os.lstat(current)
                 except FileNotFoundError:
                     swap_at = current
+                except OSError as exc:
+                    raise RestoreError(f"{current} cannot be looked at ({exc.strerror}); nothing was changed") from exc
             if st is not None:
                 if stat.S_ISLNK(st.st_mode):
                     raise RestoreError(f"{current} is a symbolic link; refusing to restore {target} through it")
                 if last and not stat.S_ISREG(st.st_mode):
                     raise RestoreError(f"{current} is not a regular file; refusing to restore a database over it")
+                if last and not _is_database(current):
+                    raise RestoreError(
+                        f"{current} is not an SQLite database, so no replica of it can be Litestream's; the replica "
+                        "may not replace it (nothing was changed)"
+                    )
                 if not last and not stat.S_ISDIR(st.st_mode):
                     raise RestoreError(f"{current} is not a directory; cannot restore {target} below it")
             entries.setdefault(current, _entry(current, st, "file" if last else "dir", like))
@@ -274,40 +304,97 @@ def _manifest(app: str, root: str, targets: list[str]) -> tuple[dict[str, object
     return manifest, list(dict.fromkeys(paths))
 
 
-def settle(database: str, log: Log = no_log, timeout: float = 30.0) -> None:
+def _is_database(path: str) -> bool:
+    """Whether the regular file at ``path`` begins with SQLite's header (or is empty: SQLite's before its first
+    write), read without following a link."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.pread(fd, len(_HEADER), 0)
+    finally:
+        os.close(fd)
+    return head in (_HEADER, b"")
+
+
+def _parent_fd(root: str, target: str) -> int:
+    """The directory of ``target`` below ``root``, each part opened without following a link (-1: missing)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in os.path.relpath(os.path.dirname(target), root).split("/"):
+            if part in ("", "."):
+                continue
+            try:
+                below = safe_fs.open_dir(part, fd)
+            except FileNotFoundError:
+                os.close(fd)
+                return -1
+            except (OSError, safe_fs.UnsafePathError) as exc:
+                raise RestoreError(f"{os.path.dirname(target)} is no longer a directory (a link?); nothing was swapped"
+                                   ) from exc  # fmt: skip
+            os.close(fd)
+            fd = below
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    return fd
+
+
+def settle(database: str, log: Log = no_log, timeout: float = 30.0, root: str = "") -> None:
     """With the application and Litestream stopped: the database's ``-wal`` (or hot ``-journal``) finished into it by
     SQLite and gone, so that its safety copy is whole and nothing of it is played into the restored file. SQLite
     removes the ``-wal`` only when no process has the database open: a process of the application still exiting is
-    waited for (``timeout`` seconds), one that stays is named."""
+    waited for (``timeout`` seconds), one that stays is named. The database is reached from ``root`` (its parent by
+    default) without following a link: the application's user may have swapped a directory for one meanwhile."""
+    parent = _parent_fd(root or os.path.dirname(database), database)
+    if parent < 0:
+        return
+    name = os.path.basename(database)
     sidecars = ("-wal", "-journal", "-shm")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def there(suffix: str) -> bool:
         try:
-            st = os.lstat(database)
+            os.stat(name + suffix, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
-            return
-        if not stat.S_ISREG(st.st_mode):
-            raise RestoreError(f"{database} is not a regular file; nothing was swapped")
-        if not any(os.path.lexists(database + s) for s in sidecars):
-            return
-        try:
-            conn = open_checked(database, 30.0, (st.st_dev, st.st_ino))
+            return False
+        return True
+
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
             try:
-                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls a hot journal back
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                conn.close()  # the last connection: SQLite removes the -wal and -shm
-        except (SnapshotError, sqlite3.Error) as exc:
-            raise RestoreError(f"cannot finish {database}'s journal before it is replaced: {exc}") from exc
-        left = [database + s for s in sidecars if os.path.lexists(database + s)]
-        if not left:
-            log(f"restore: {os.path.basename(database)}'s journal finished into it before it is replaced")
-            return
-        if time.monotonic() >= deadline:
-            holders = holding(st)
-            who = f"process {holders[0]}" if holders else "another process"
-            raise RestoreError(f"{who} still has {database} open {timeout:g} s after the stop; it cannot be replaced")
-        time.sleep(0.2)
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            if not stat.S_ISREG(st.st_mode):
+                raise RestoreError(f"{database} is not a regular file; nothing was swapped")
+            if not any(there(s) for s in sidecars):
+                return
+            try:
+                conn = open_checked(f"/proc/self/fd/{parent}/{name}", 30.0, (st.st_dev, st.st_ino))
+                try:
+                    conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # rolls a hot journal back
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    conn.close()  # the last connection: SQLite removes the -wal and -shm
+            except (SnapshotError, sqlite3.Error) as exc:
+                raise RestoreError(f"cannot finish {database}'s journal before it is replaced: {exc}") from exc
+            if not any(there(s) for s in sidecars):
+                log(f"restore: {name}'s journal finished into it before it is replaced")
+                return
+            if time.monotonic() >= deadline:
+                holders = holding(st)
+                who = f"process {holders[0]}" if holders else "another process"
+                raise RestoreError(
+                    f"{who} still has {database} open {timeout:g} s after the stop; it cannot be replaced"
+                )
+            time.sleep(0.2)
+    finally:
+        os.close(parent)
 
 
 def holding(st: os.stat_result) -> list[str]:
@@ -400,7 +487,7 @@ class Filler:
         retried when a planned file vanishes, then checked."""
         store = self.replication.store()
         prefix = self.replication.prefix(self.app, database.path)
-        name = f"{database.path.replace('/', '_')}.restored"
+        name = f"{self.chosen.databases.index(database)}.restored"  # (not the replica's name: hostile input)
         for attempt in range(1, ATTEMPTS + 1):
             database.attempts = attempt
             try:
@@ -451,7 +538,7 @@ def ran_at(path: str) -> list[str]:
     """The instances a restored ``tenement.db`` records as running (``instance_state``: ``service:id``), those whose
     names tenement could have made (the replica is hostile input); none when it cannot tell."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro&immutable=1", uri=True)
         try:
             rows = conn.execute("SELECT process_name, id FROM instance_state LIMIT 10000").fetchall()
         finally:
@@ -497,7 +584,7 @@ def keep_token(live: str, restored: str) -> bool:
 def check_integrity(path: str, what: str) -> None:
     """``PRAGMA integrity_check`` of a restored database, opened read-only and immutable (nothing written beside)."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro&immutable=1", uri=True)
         try:
             said = [row[0] for row in conn.execute("PRAGMA integrity_check")]
         finally:

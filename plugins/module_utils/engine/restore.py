@@ -265,7 +265,7 @@ def run(app: Application, planned: Plan, options: Options, log: Log = no_log) ->
             if restored is not None:
                 swap.rollback(restored.restore_id, options.state_dir)
             steps.start_previous()
-        except Error as again:
+        except Exception as again:  # (any failure here: said in one sentence, never a bare traceback)
             if stop_failed:  # the stop comes before the first rename: nothing was swapped, nothing to put back
                 raise RestoreError(
                     f"restoring {steps.what} from {name} failed ({reason}); its previous data were not changed, but "

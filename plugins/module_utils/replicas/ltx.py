@@ -125,24 +125,24 @@ class Plan:
 
 
 def plan_at(files: Iterable[LtxFile], moment: datetime) -> Plan | None:
-    """The restore that reaches furthest without a commit after ``moment`` (aware datetime); None when no snapshot
-    was made by then. A file counts only when stamped at or before ``moment``, so a compacted file counts only when
-    every transaction in it was (its time is its newest input's)."""
+    """The restore that reaches furthest without a commit after ``moment`` (aware datetime); None when nothing of the
+    database was replicated by then. A file counts only when stamped at or before ``moment``, so a compacted file
+    counts only when every transaction in it was (its time is its newest input's)."""
     if moment.tzinfo is None:
         raise LtxError("a moment to restore to needs a time zone")
     usable = [f for f in files if f.timestamp <= moment]
     snapshots = [f for f in usable if f.level == SNAPSHOT_LEVEL and f.min_txid == 1]
-    if not snapshots:
-        return None
-    chain = [max(snapshots, key=lambda f: (f.max_txid, f.timestamp))]
+    # From the newest snapshot; without one (a database Litestream found after its start is snapshotted only at the
+    # next snapshot interval), from the files that begin at txid 1: the first holds the whole database.
+    chain = [max(snapshots, key=lambda f: (f.max_txid, f.timestamp))] if snapshots else []
     # Of the files continuing the chain (starting at most one past its end, reaching beyond it), the one reaching
     # furthest; on a tie the higher level (fewer, larger files), then the later time.
     rest = [f for f in usable if f.level != SNAPSHOT_LEVEL]
     while True:
-        end = chain[-1].max_txid
+        end = chain[-1].max_txid if chain else 0
         following = [f for f in rest if f.min_txid <= end + 1 and f.max_txid > end]
         if not following:
-            return Plan(moment, tuple(chain))
+            return Plan(moment, tuple(chain)) if chain else None
         chain.append(max(following, key=lambda f: (f.max_txid, f.level, f.timestamp)))
 
 

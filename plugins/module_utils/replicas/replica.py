@@ -63,15 +63,19 @@ def headers(store: s3.Store, listed: list[tuple[int, s3.Object]], workers: int =
 
 def database_path(relative: str) -> str:
     """A database's path below the replica's prefix (its path below the data dir), checked: segments that are not
-    empty, ``.`` or ``..``, no NUL, no control character; refused in one sentence otherwise."""
+    empty, ``.`` or ``..`` and fit a file name, no control character, and a name Litestream replicates (not hidden,
+    not a journal); refused in one sentence otherwise."""
     parts = relative.split("/")
     if (
         not relative
         or len(relative) > 1024
         or any(p in ("", ".", "..") for p in parts)
+        or any(len(p.encode("utf-8", "surrogateescape")) > 255 for p in parts)
         or any(ord(c) < 32 or c == "\x7f" for c in relative)
     ):
         raise LtxError(f"{relative[:120]!r} is not the path of a database below a replica")
+    if parts[-1].startswith(".") or parts[-1].endswith(("-wal", "-shm", "-journal")):
+        raise LtxError(f"{relative[:120]!r} names a file Litestream never replicates (hidden, or SQLite's journal)")
     return relative
 
 
