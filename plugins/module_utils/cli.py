@@ -633,15 +633,10 @@ def _restore_from_repo(
 
 def moment(text: str) -> datetime | None:
     """``--at``: ``latest``, or a moment in ISO 8601 with its time zone (``2026-11-29T18:00:00Z``)."""
-    if text == "latest":
-        return None
     try:
-        when = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError:
-        raise UsageError(f"--at takes latest or a moment such as 2026-11-29T18:00:00Z, not {text!r:.60}") from None
-    if when.tzinfo is None:
-        raise UsageError(f"--at {text}: give the time zone too (Z for UTC, or +01:00)")
-    return when
+        return replica_restore.parse_moment(text)
+    except Error as exc:
+        raise UsageError(str(exc)) from None
 
 
 def replication(config: dict[str, Any]) -> litestream.Replication:

@@ -102,8 +102,6 @@ actions:
   elements: str
 """
 
-from datetime import datetime
-
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
@@ -131,17 +129,7 @@ def main() -> None:
     p = module.params
     options = restore.Options(p["keep_safety"], p["health_timeout"], p["state_dir"])
     try:
-        if p["at"] == "latest":
-            moment = None
-        else:
-            try:
-                moment = datetime.fromisoformat(p["at"])
-            except ValueError:
-                raise Error(
-                    f"at must be latest or a moment such as 2026-11-29T18:00:00Z, not {p['at']!r:.60}"
-                ) from None
-            if moment.tzinfo is None:
-                raise Error(f"at {p['at']}: give the time zone too (Z for UTC, or +01:00)")
+        moment = replica_restore.parse_moment(p["at"])
         replicas = litestream.from_config(repo_config.load(p["config_path"]).get("replicate"))
         app = application(p["app"], p)
         chosen = p["databases"] or None

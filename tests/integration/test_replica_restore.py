@@ -223,8 +223,8 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
     cases = {
         ("--at", "2020-01-01T00:00:00Z"): "holds nothing replicated by 2020-01-01",
         ("--at", "latest", "--database", "demo/gamma/app.db"): "there is no replica of demo/gamma/app.db",
-        ("--at", "yesterday"): "--at takes latest or a moment",
-        ("--at", "2026-01-01T00:00:00"): "give the time zone",
+        ("--at", "yesterday"): "the moment to restore to is latest or a time",
+        ("--at", "2026-01-01T00:00:00"): "needs its time zone",
         ("--database", "tenement.db"): "give --at TIME or --at latest",
     }
     for args, said in cases.items():

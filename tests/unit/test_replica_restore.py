@@ -184,9 +184,9 @@ def test_at_takes_latest_or_a_moment_with_its_time_zone() -> None:
     assert cli.moment("latest") is None
     when = cli.moment("2026-11-29T18:00:00Z")
     assert when is not None and when.utcoffset() is not None and when.hour == 18
-    with pytest.raises(UsageError, match="give the time zone"):
+    with pytest.raises(UsageError, match="needs its time zone"):
         cli.moment("2026-11-29T18:00:00")
-    with pytest.raises(UsageError, match="--at takes latest or a moment"):
+    with pytest.raises(UsageError, match="the moment to restore to is latest or a time"):
         cli.moment("an hour ago")
 
 

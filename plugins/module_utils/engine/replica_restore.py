@@ -48,6 +48,7 @@ from ..sqlite_snapshot import SnapshotError, open_checked
 from . import journal, restore, swap
 from .journal import Journal, Record, Scratch
 from .lock import held
+from .repo_restore import _open_rel
 
 _COPY = 8 * 1024 * 1024
 PAUSED = "litestream-paused-by-restore"  # in the state dir while a restore has Litestream stopped
@@ -88,6 +89,22 @@ def data_root(app: Application, before: Facts | None) -> str:
 
         return os.path.dirname(locate_database(app.settings.database or None))  # type: ignore[attr-defined]
     raise RestoreError(f"{app.name} is not replicated by this collection")
+
+
+def parse_moment(text: str) -> datetime | None:
+    """``latest`` (None), or a moment in ISO 8601 with its time zone (``2026-11-29T18:00:00Z``); refused in one
+    sentence otherwise."""
+    if text == "latest":
+        return None
+    try:
+        when = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise RestoreError(
+            f"the moment to restore to is latest or a time such as 2026-11-29T18:00:00Z, not {text!r:.60}"
+        ) from None
+    if when.tzinfo is None:
+        raise RestoreError(f"the moment {text} needs its time zone (Z for UTC, or +01:00)")
+    return when
 
 
 def _when(moment: datetime | None) -> datetime:
@@ -600,17 +617,3 @@ def _metadata(fd: int, want: dict[str, object]) -> None:
 
     _set_metadata(fd, int(str(want["mode"]), 8), int(want["uid"]), int(want["gid"]),  # type: ignore[call-overload]
                   float(want.get("mtime", 0) or 0), os.geteuid() == 0)  # type: ignore[arg-type]  # fmt: skip
-
-
-def _open_rel(fd: int, parts: tuple[str, ...]) -> int:
-    """The directory ``parts`` below ``fd``, never through a link."""
-    current = os.dup(fd)
-    try:
-        for part in parts:
-            below = safe_fs.open_dir(part, current)
-            os.close(current)
-            current = below
-    except BaseException:
-        os.close(current)
-        raise
-    return current
