@@ -585,7 +585,8 @@ def cmd_restore(args: argparse.Namespace, config: dict[str, Any], log: Progress)
     result["started"] = planned.start
     if args.check:
         return result
-    done = restore.run(app, planned, options, log)
+    done = replica_restore.paused(_replicated(config), options.state_dir,
+                                  lambda: restore.run(app, planned, options, log), log)  # fmt: skip
     result.update(
         restore_id=done.restore_id,
         files=done.files,
@@ -616,7 +617,8 @@ def _restore_from_repo(
     }
     if args.check:
         return result
-    done = restore.run(app, planned, options, log)
+    done = replica_restore.paused(_replicated(config), options.state_dir,
+                                  lambda: restore.run(app, planned, options, log), log)  # fmt: skip
     tagged = repo_restore.mark_verified(restic, planned.snapshot["id"], log)
     result.update(
         restore_id=done.restore_id,
@@ -639,6 +641,11 @@ def moment(text: str) -> datetime | None:
         raise UsageError(str(exc)) from None
 
 
+def _replicated(config: dict[str, Any]) -> litestream.Replication | None:
+    """The host's replication when it has one (Litestream is stopped for every restore), else None."""
+    return replication(config) if config.get("replicate") else None
+
+
 def replication(config: dict[str, Any]) -> litestream.Replication:
     """The host's ``[replicate]`` table, checked (its env file, with the store's credentials, must be private)."""
     try:
@@ -659,6 +666,7 @@ def _restore_from_replicas(
         "at": args.at,
         "replica": replicas.shown,
         "databases": [d.to_dict() for d in planned.databases],
+        "warnings": planned.warnings,
         "paths": planned.paths,
         "targets": planned.targets,
         "started": planned.start,

@@ -39,7 +39,7 @@ options:
     choices: [tenement, tomo]
     required: true
   path:
-    description: The set on the target. Give this or O(repository).
+    description: The set on the target. Give this, O(repository) or O(replica).
     type: path
   repository:
     description:
@@ -51,6 +51,16 @@ options:
       - A drill that passed tags the snapshot C(verified=restore), as a restore does (retention never forgets the
         newest such snapshot); a repository that refuses the tag is only said.
     type: str
+  replica:
+    description:
+      - Drill Litestream's replicas at their newest state instead of a set - the store in the host command's
+        configuration's C([replicate]) table (O(config_path); role M(selfhost.dr.host_command) writes it from
+        C(dr_replicate), C(dr_replicate_host) naming the replicated host).
+      - The steps are then C(replica) (every database planned from its replica's files), C(fetch) (C(litestream
+        restore -txid) into a private directory, each database's integrity checked), C(restore), C(spawn) (what ran
+        at that moment), C(checks). The RPO is the drill's start minus the newest transaction replicated.
+    type: bool
+    default: false
   snapshot:
     description: With O(repository) - a snapshot id, or C(latest).
     type: str
@@ -191,9 +201,10 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
-from ansible_collections.selfhost.dr.plugins.module_utils.engine import drill, repo_restore, restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import drill, replica_restore, repo_restore, restore
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC, state_dir
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas import litestream
 from ansible_collections.selfhost.dr.plugins.module_utils.repos import config as repo_config
 
 PROBE = dict(
@@ -219,6 +230,7 @@ def main() -> None:
         argument_spec=dict(
             path=dict(type="path"),
             repository=dict(type="str"),
+            replica=dict(type="bool", default=False),
             snapshot=dict(type="str", default="latest"),
             from_host=dict(type="str", default=""),
             config_path=dict(type="path", default=repo_config.DEFAULT_CONFIG),
@@ -228,8 +240,8 @@ def main() -> None:
             **STATE_DIR_SPEC,
             **LOCK_SPEC,
         ),
-        mutually_exclusive=[("path", "repository")],
-        required_one_of=[("path", "repository")],
+        mutually_exclusive=[("path", "repository", "replica")],
+        required_one_of=[("path", "repository", "replica")],
         supports_check_mode=True,
     )
     p = module.params
@@ -245,6 +257,11 @@ def main() -> None:
             (restic,) = repo_config.from_params(
                 {"repositories": [p["repository"]], "config_path": p["config_path"]}, state_dir(p["state_dir"])
             )
+        replicas = litestream.from_config(repo_config.load(p["config_path"]).get("replicate")) if p["replica"] else None
+        if module.check_mode and replicas is not None:
+            planned = replica_restore.plan(app, replicas, options.restore, None, None, module.log, check=True)
+            shown = f"the replicas in {replicas.shown}"
+            module.exit_json(changed=True, ok=True, cases=[], properties={"set": shown, "started": planned.start})
         if module.check_mode:
             if restic is not None:
                 planned = repo_restore.plan(
@@ -256,7 +273,10 @@ def main() -> None:
             module.exit_json(changed=True, ok=True, cases=[], properties={"set": shown, "started": planned.start})
         with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
             run.sets = 1
-            if restic is not None:
+            if replicas is not None:
+                run.set_path = f"the replicas in {replicas.shown}"
+                done = drill.run_replica(app, replicas, options, module.log)
+            elif restic is not None:
                 run.set_path = f"repository {p['repository']}"
                 done = drill.run_repository(app, restic, options, p["snapshot"], p["from_host"], module.log)
             else:

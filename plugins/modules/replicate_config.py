@@ -49,7 +49,7 @@ options:
   destination:
     description:
       - The store - C(bucket), C(path) (a prefix), C(endpoint) (empty - AWS), C(region), C(skip_verify),
-        C(encryption) (C(none), C(sse-kms) with C(sse_kms_key_id), C(sse-c) with C(sse_customer_key_path)).
+        C(encryption) (C(none), or C(sse-kms) with C(sse_kms_key_id); SSE-C is refused, the collection reads the replicas itself).
     type: dict
     required: true
   settings:
@@ -102,7 +102,15 @@ options:
     type: bool
     default: true
   create_bucket:
-    description: Create the bucket when it does not exist (not in check mode).
+    description: Create the bucket when it does not exist (check mode says it would).
+    type: bool
+    default: false
+  adopt:
+    description:
+      - Let Litestream continue replicas already at this host's prefix although this host has no replication state
+        of its own (a rebuilt host whose databases were restored from them first). Without it such a host is refused -
+        Litestream would continue the old history with the new host's databases, and a restore to the newest state
+        would then bring back those.
     type: bool
     default: false
 """
@@ -152,7 +160,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.replicas import s3
 
 _DEST = {f for f in replica_config.Destination.__dataclass_fields__}
 _SETTINGS = {"sync_interval", "monitor_interval", "levels", "snapshot_interval", "snapshot_retention", "l0_retention"}
-_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+_CREDENTIALS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # (no session token: the collection signs without one)
 
 
 def _env_file(credentials: dict) -> bytes:
@@ -190,23 +198,33 @@ def _meta_dir(path: str, check: bool) -> bool:
     return True
 
 
-def _reach(dest: replica_config.Destination, credentials: dict, prefix: str, create: bool) -> bool:
+def _reach(dest: replica_config.Destination, credentials: dict, prefix: str, create: bool, check: bool,
+           fresh: bool, adopt: bool) -> bool:  # fmt: skip
     """List the prefix with the credentials (the store answers, the bucket is there, the key may list it); make the
-    bucket first when ``create``. Whether a bucket was made."""
+    bucket first when ``create`` (in check mode: say it would be). Refuse a host with no replication state of its own
+    (``fresh``) whose prefix already holds replicas, unless ``adopt``: Litestream would continue their history with
+    this host's databases (a rebuilt host's empty ones), and the newest state would be lost. Whether a bucket was
+    (or would be) made."""
     store = s3.Store(
         dest.endpoint or f"https://s3.{dest.region or 'us-east-1'}.amazonaws.com", dest.bucket,
         str(credentials.get("AWS_ACCESS_KEY_ID", "")), str(credentials.get("AWS_SECRET_ACCESS_KEY", "")),
         region=dest.region or "us-east-1", skip_verify=dest.skip_verify,
     )  # fmt: skip
-    made = False
     try:
-        next(iter(store.list(prefix + "/")), None)
+        found = next(iter(store.list(prefix + "/")), None)
     except s3.S3Error as exc:
         if not (create and exc.status == 404):
             raise Error(f"the store cannot be used for the replicas: {exc}") from None
-        store.create_bucket()
-        made = True
-    return made
+        if not check:
+            store.create_bucket()
+        return True
+    if found is not None and fresh and not adopt:
+        raise Error(
+            f"{dest.bucket}/{prefix} already holds replicas, and this host has no replication state of its own: "
+            "Litestream would continue them with this host's databases (a rebuilt host's empty ones); restore them "
+            "first (selfhost-dr restore --at latest, with replicate_run false), then set replicate_adopt to true"
+        )
+    return False
 
 
 def main() -> None:
@@ -229,6 +247,7 @@ def main() -> None:
             credentials=dict(type="dict", default={}, no_log=True),
             check_store=dict(type="bool", default=True),
             create_bucket=dict(type="bool", default=False),
+            adopt=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
@@ -253,7 +272,10 @@ def main() -> None:
         prefix = "/".join(s for s in (dest.path.strip("/"), p["host"], p["app"]) if s)
         bucket_created = False
         if p["check_store"] or p["create_bucket"]:
-            bucket_created = _reach(dest, p["credentials"], prefix, p["create_bucket"] and not module.check_mode)
+            state = os.path.join(p["meta_dir"], p["app"])
+            fresh = not (os.path.isdir(state) and os.listdir(state))
+            bucket_created = _reach(dest, p["credentials"], prefix, p["create_bucket"], module.check_mode, fresh,
+                                    p["adopt"])  # fmt: skip
         meta_changed = _meta_dir(p["meta_dir"], module.check_mode)
         env_changed = write_if_changed(p["env_file"], env, 0o600, module.check_mode)
         config_changed = write_if_changed(p["config_path"], text, 0o600, module.check_mode)

@@ -165,8 +165,16 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
     host.post("demo:alpha", "/writer/start?rate=10")
     time.sleep(8)
     moment = datetime.now(UTC)
-    time.sleep(8)
+    time.sleep(2)
+    late = host.data_dir / "demo" / "late" / "app.db"  # a database made after the moment (an instance spawned later)
+    late.parent.mkdir()
+    made = sqlite3.connect(late)
+    made.execute("CREATE TABLE t (a)")
+    made.commit()
+    made.close()
+    time.sleep(6)
     host.post("demo:alpha", "/writer/stop")
+    _wait("the later database's replica", lambda: any(host.bucket.list(f"{prefix}/demo/late/app.db/")))
     after = _rows(alpha)
     assert any(at > moment.timestamp() for _id, at in after) and any(at <= moment.timestamp() for _id, at in after)
     meta = host.tmp / "meta" / "tenement" / "demo" / "alpha" / "app.db-litestream"
@@ -175,8 +183,9 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
 
     # Caught up: no database behind, none stalled.
     _code, lagged = host.run("replicas")
-    assert {d["database"]: (d["behind"], d["stalled"]) for d in lagged["databases"]} == {  # type: ignore[union-attr]
-        "tenement.db": (0, False), "demo/alpha/app.db": (0, False), "demo/beta/app.db": (0, False)}  # fmt: skip
+    measured = {d["database"]: (d["behind"], d["stalled"]) for d in lagged["databases"]}  # type: ignore[union-attr]
+    assert sorted(measured) == ["demo/alpha/app.db", "demo/beta/app.db", "demo/late/app.db", "tenement.db"]
+    assert measured["demo/alpha/app.db"] == measured["tenement.db"] == (0, False), measured
 
     # Check mode plans every database at the moment and changes nothing.
     _code, planned = host.run("restore", "--at", moment.isoformat(), "--check")
@@ -191,6 +200,8 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
     assert [i for i, _at in restored] == [i for i, _at in after][: len(restored)], "not a prefix of the rows"
     made_before = [i for i, at in after if at <= moment.timestamp() - 4]  # (Litestream's files: a sync or two)
     assert len(restored) >= len(made_before), f"{len(made_before) - len(restored)} rows made well before are missing"
+    assert done["warnings"] == ["demo/late/app.db did not exist by the moment: left as it is"], done
+    assert late.exists(), "a database made after the moment was removed"
     by_path = {d["path"]: d for d in done["databases"]}  # type: ignore[union-attr]
     assert all(d["reached"] <= moment.isoformat() for d in by_path.values()), by_path
     assert sorted(host.client.instances()) == ["demo:alpha", "demo:beta"], "the instances were not respawned"
@@ -204,6 +215,13 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
     newest = _rows(alpha)
     assert len(newest) == len(restored) + 3
     _wait("the new rows replicated", lambda: _latest_rows(host, "demo/alpha/app.db") == newest, 60)
+
+    # A restore from a set stops Litestream for its duration as well, and starts it again.
+    stops = (host.tmp / "litestream.log").read_text().count("litestream shutting down")
+    host.run("backup", "--mode", "hot")
+    host.run("restore")
+    assert host.litestream_runs() and (host.tmp / "litestream.log").read_text().count("shutting down") == stops + 1
+    assert not (host.tmp / "state" / "litestream-paused-by-restore").exists()
 
 
 def _latest_rows(host: Host, database: str) -> list[tuple[int, float]]:
@@ -221,7 +239,7 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
         _wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"dr/web1/tenement/{n}/0009/")))
     before = _rows(host.data_dir / "demo" / "alpha" / "app.db")
     cases = {
-        ("--at", "2020-01-01T00:00:00Z"): "holds nothing replicated by 2020-01-01",
+        ("--at", "2020-01-01T00:00:00Z"): "nothing of tenement was replicated by 2020-01-01",
         ("--at", "latest", "--database", "demo/gamma/app.db"): "there is no replica of demo/gamma/app.db",
         ("--at", "yesterday"): "the moment to restore to is latest or a time",
         ("--at", "2026-01-01T00:00:00"): "needs its time zone",
@@ -235,7 +253,19 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
                "state_dir": str(host.tmp / "state"), **host.tenement_options}  # fmt: skip
     for check in (True, False):
         refused = run_module("replica_restore", options, check=check)
-        assert refused.get("failed") and "holds nothing replicated by 2020-01-01" in str(refused.get("msg")), refused
+        said = str(refused.get("msg"))
+        assert refused.get("failed") and "nothing of tenement was replicated by 2020-01-01" in said, refused
+    # A host with no replication state of its own may not continue another's replicas (a rebuilt host would
+    # overwrite "latest" with its empty databases), unless it adopts them.
+    fresh = {"host": "web1", "data_dir": str(host.data_dir), "meta_dir": str(host.tmp / "new-meta"),
+             "destination": {"bucket": host.bucket.bucket, "path": "dr", "endpoint": host.bucket.endpoint},
+             "config_path": str(host.tmp / "never.yml"), "env_file": str(host.tmp / "never.env"),
+             "credentials": {"AWS_ACCESS_KEY_ID": s3_store.ACCESS_KEY,
+                             "AWS_SECRET_ACCESS_KEY": s3_store.SECRET_KEY}}  # fmt: skip
+    refused = run_module("replicate_config", fresh, check=True)
+    assert refused.get("failed") and "already holds replicas, and this host has no replication state" in str(
+        refused.get("msg")), refused  # fmt: skip
+    assert not run_module("replicate_config", {**fresh, "adopt": True}, check=True).get("failed")
     plaintext = run_module("replicate_config", {"host": "web1", "destination": {"bucket": "dr-x"}, "encrypt": True,
                                                 "config_path": str(host.tmp / "never.yml")}, check=True)  # fmt: skip
     assert plaintext.get("failed") and "Litestream 0.5 cannot encrypt what it uploads" in str(plaintext.get("msg"))

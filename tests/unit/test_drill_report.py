@@ -68,6 +68,18 @@ def test_a_passed_drill_reports_its_rto_and_rpo_against_their_targets() -> None:
     assert targets["RTO ≤ 900 s"].status == targets["RPO ≤ 86400 s"].status == "passed"
 
 
+def test_a_drill_from_the_replicas_has_their_steps_and_its_rpo_from_the_last_replicated_transaction() -> None:
+    result = _passed("web-1", 60.0)
+    result["cases"] = [{"name": n, "kind": "step", "status": "passed", "seconds": 2} for n in drill.REPLICA_STEPS]
+    result["properties"] = {"set": "replicas of web-1 in dr", "source": "replica", "instances": 2,
+                            "set_started_at": "2026-11-29T00:59:58.500000Z"}  # fmt: skip
+    suite = drill.suite_of(result, rpo_target=60)
+    assert [c.name for c in suite.cases if c.kind == "step"] == [*drill.ROLE_STEPS, *drill.REPLICA_STEPS]
+    assert suite.status == "passed" and suite.properties["rpo_seconds"] == 1.5
+    result["cases"] = result["cases"][:2]  # stopped after the fetch, saying nothing: restore failed, the rest skipped
+    assert [c.status for c in drill.suite_of(result).cases if c.kind == "step"][-3:] == ["failed", "skipped", "skipped"]
+
+
 def test_a_missed_target_fails_the_host_with_a_sentence() -> None:
     suite = drill.suite_of(_passed("web-1", 1000.0), rto_target=900)
     assert suite.status == "failed"

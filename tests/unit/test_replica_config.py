@@ -49,10 +49,13 @@ def test_asked_to_encrypt_it_refuses_plaintext_and_takes_the_stores_encryption()
     with pytest.raises(ReplicaConfigError, match="needs an https endpoint"):
         clear = Destination("backups", endpoint="http://s3:8333", encryption="sse-kms", sse_kms_key_id="k")
         config.tenement("/var/lib/tenement", clear, Settings(encrypt=True), "web1")
-    secure = Destination("backups", endpoint="https://s3.example.org", encryption="sse-c",
-                         sse_customer_key_path="/etc/selfhost-dr/sse.key")  # fmt: skip
+    secure = Destination("backups", endpoint="https://s3.example.org", encryption="sse-kms", sse_kms_key_id="alias/dr")
     made = config.tenement("/var/lib/tenement", secure, Settings(encrypt=True), "web1")
-    assert made["dbs"][0]["replica"]["sse-customer-key-path"] == "/etc/selfhost-dr/sse.key"  # type: ignore[index]
+    assert made["dbs"][0]["replica"]["sse-kms-key-id"] == "alias/dr"  # type: ignore[index]
+    with pytest.raises(ReplicaConfigError, match="sse-c is not supported: the collection reads the replicas itself"):
+        customer = Destination("backups", endpoint="https://s3.example.org", encryption="sse-c",
+                               sse_customer_key_path="/etc/selfhost-dr/sse.key")  # fmt: skip
+        config.tenement("/var/lib/tenement", customer, Settings(encrypt=True), "web1")
 
 
 @pytest.mark.parametrize(

@@ -91,7 +91,7 @@ def test_a_file_that_is_no_database_is_never_replaced_by_a_replica(tmp_path: Pat
     with pytest.raises(RestoreError, match="is not an SQLite database, so no replica of it can be Litestream's"):
         replica_restore._manifest("tenement", str(data), [str(data / "notes.txt")])
     for hidden in ("demo/.app.db.selfhost-dr-safety-x", "demo/app.db-wal", "app.db-journal"):
-        with pytest.raises(LtxError, match="names a file Litestream never replicates"):
+        with pytest.raises(LtxError, match="names a file this collection never replicates"):
             replica.databases(Listed([f"dr/t/{hidden}/0000/{NAME}"]), "dr/t")  # type: ignore[arg-type]
     with pytest.raises(LtxError, match="is not the path of a database"):
         replica.databases(Listed([f"dr/t/{'x' * 256}.db/0000/{NAME}"]), "dr/t")  # type: ignore[arg-type]
@@ -223,3 +223,16 @@ def test_this_hosts_api_token_stays_the_one_ten_serve_accepts(tmp_path: Path) ->
     )
     db.close()
     assert replica_restore.keep_token(str(tmp_path / "none.db"), str(restored)) is False
+
+
+def test_a_trigger_in_the_restored_tenement_db_cannot_swap_the_token_back(tmp_path: Path) -> None:
+    live, restored = tmp_path / "live.db", tmp_path / "restored.db"
+    _tenement_db(live, "hash-of-this-hosts-token", [])
+    _tenement_db(restored, "attackers-hash", [])
+    db = sqlite3.connect(restored)
+    db.execute("CREATE TRIGGER back AFTER INSERT ON config BEGIN "
+               "UPDATE config SET value = 'attackers-hash' WHERE key = 'api_token_hash'; END")  # fmt: skip
+    db.commit()
+    db.close()
+    with pytest.raises(RestoreError, match="has a trigger 'back' on its config table, which tenement never makes"):
+        replica_restore.keep_token(str(live), str(restored))

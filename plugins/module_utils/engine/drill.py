@@ -29,14 +29,16 @@ from datetime import datetime, timezone
 from .._common import Error, Log, iso, no_log, parse_iso
 from ..apps import tomo_export, tomo_schema
 from ..apps.base import Application
+from ..replicas.litestream import Replication
 from ..reports import Case, Report, Suite
 from ..repos.restic import Restic
 from ..sets.verify import verification_state, verify
 from ..sqlite_snapshot import open_checked
-from . import repo_restore, restore, swap
+from . import replica_restore, repo_restore, restore, swap
 
 STEPS = ("verify", "compatibility", "restore", "spawn", "checks")  # a drill of a set
 REPOSITORY_STEPS = ("snapshot", "compatibility", "fetch", "restore", "spawn", "checks")  # of a repository's snapshot
+REPLICA_STEPS = ("replica", "fetch", "restore", "spawn", "checks")  # of Litestream's replicas, at their newest
 _LISTEN = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}|\[[0-9A-Fa-f:.]+\]:[0-9]{1,5}")  # an instance's host:port
 _BODY_READ = 1 << 20  # bytes of a probe's answer searched for its pattern
 _SQL_ROWS = 1000  # rows of a SQL check's answer compared
@@ -222,6 +224,42 @@ def run_repository(
         _restore_and_check(app, lambda: planned, options, drilled, step)
     if drilled.ok:  # as after a restore: retention never forgets the newest snapshot a restore proved
         drilled.properties["snapshot_tagged"] = repo_restore.mark_verified(restic, snap["id"], log) or None
+    return drilled
+
+
+def run_replica(
+    app: Application,
+    replication: Replication,
+    options: Options,
+    log: Log = no_log,
+    clock: Callable[[], float] = time.monotonic,
+) -> Drilled:
+    """A drill from Litestream's replicas at their newest state (REPLICA_STEPS), through the same engine as
+    ``selfhost-dr restore --at latest``: ``replica`` lists the application's replicas and plans every database
+    (their files' headers read as hostile input); ``fetch`` is ``litestream restore -txid`` of each into a private
+    directory, its integrity checked; ``restore`` the swap; ``spawn`` what ran at the replicas' newest moment. The
+    set's start is the newest transaction replicated (each database's ``reached``): the RPO is the drill's start
+    minus it. Never raises for what a drill finds."""
+    drilled = Drilled([], {"set": f"the replicas in {replication.shown}", "source": "replica"})
+    drilled.properties.update(replica=replication.shown, replica_host=replication.host)
+    step = _Steps(drilled.cases, REPLICA_STEPS, log, clock)
+    started = clock()
+    try:
+        planned = replica_restore.plan(app, replication, options.restore, None, None, log)
+    except (Error, OSError) as exc:
+        step("replica", started, swap.sentence(exc))
+        return drilled
+
+    def newest() -> None:  # (the fetch plans again, at the moment it stops Litestream: the figure follows it)
+        reached = [d.reached for d in planned.databases if d.reached]
+        if reached:
+            drilled.properties["set_started_at"] = iso(max(datetime.fromisoformat(r) for r in reached))
+
+    newest()
+    drilled.properties.update(app=app.name, databases=len(planned.databases))
+    step("replica", started, "", {"databases": [d.to_dict() for d in planned.databases]})
+    _restore_and_check(app, lambda: planned, options, drilled, step)
+    newest()
     return drilled
 
 
@@ -555,7 +593,7 @@ def suite_of(result: dict[str, object], rto_target: float = 0, rpo_target: float
     properties["target"] = _text(result.get("target")) or None
     reached = {c.name for c in cases if c.kind == "step"}
     failed = next((c for c in cases if c.status == "failed"), None)
-    steps = REPOSITORY_STEPS if properties.get("source") == "repository" else STEPS
+    steps = {"repository": REPOSITORY_STEPS, "replica": REPLICA_STEPS}.get(str(properties.get("source")), STEPS)
     missing = [name for name in steps if name not in reached]
     if failed is None and missing:  # (nothing said why: a drill that stopped is a drill that failed)
         failed = Case(missing[0], "step", "failed", None, "the drill ended before this step, saying nothing")

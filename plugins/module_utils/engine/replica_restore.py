@@ -77,6 +77,7 @@ class Chosen:
 
     moment: datetime | None
     databases: list[Database] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # databases made after the moment (not named): left as they are
 
 
 def data_root(app: Application, before: Facts | None) -> str:
@@ -163,15 +164,23 @@ def plan(
     chosen = Chosen(moment)
     for name in names:
         try:
-            planned_one = _plan_one(replication, app.name, name, moment, replica.headers(store, found[name]))
+            listing = replica.headers(store, found[name])
         except (S3Error, LtxError) as exc:
             raise RestoreError(f"the replica of {name} cannot be read: {exc}") from exc
+        if not databases and moment is not None and ltx.plan_at(listing.files, moment) is None:
+            chosen.skipped.append(name)  # (made after the moment: it did not exist then, and stays as it is)
+            log(f"restore: {name} did not exist by {moment.isoformat()} (nothing replicated by then): left as it is")
+            continue
+        planned_one = _plan_one(replication, app.name, name, moment, listing)
         database = Database(name, os.path.join(root, name), planned_one.txid, planned_one.reached.isoformat(),
                             len(planned_one.files))  # fmt: skip
         chosen.databases.append(database)
         log(f"restore: {name} to txid {planned_one.txid:016x} ({len(planned_one.files)} file(s), reaching "
             f"{planned_one.reached.isoformat()})")  # fmt: skip
-    manifest, paths = _manifest(app.name, root, [d.target for d in chosen.databases])
+    if not chosen.databases:
+        raise RestoreError(f"nothing of {app.name} was replicated by {moment.isoformat() if moment else 'now'}; "
+                           "nothing was changed")  # fmt: skip
+    manifest, paths = _manifest(app.name, root, [d.target for d in chosen.databases], named=bool(databases))
     units = swap.check_manifest(manifest, options.dest_root, paths, options.state_dir)
     what = f"the replicas in {replication.shown}"
     restore.refuse_foreign(app, before, manifest, paths, options.state_dir, what, units=units, dest_root="/")
@@ -181,6 +190,8 @@ def plan(
 
     def run_fetch(opts: restore.Options, run_log: Log, stop: Callable[[], None]) -> swap.Restored:
         filler = Filler(replication, app.name, chosen, manifest, journal.state_dir(opts.state_dir), run_log)
+        services = before.metadata.get("services") if before is not None else None
+        filler.services = set(services) if isinstance(services, dict) else None
 
         def stop_and_settle() -> None:
             stop()
@@ -202,6 +213,7 @@ def plan(
     )  # fmt: skip
     planned.snapshot = {"moment": moment.isoformat() if moment else "latest", "replica": replication.shown}
     planned.databases = chosen.databases
+    planned.warnings = [f"{name} did not exist by the moment: left as it is" for name in chosen.skipped]
     return planned
 
 
@@ -209,13 +221,25 @@ def run(app: Application, planned: restore.Plan, options: restore.Options, repli
         log: Log = no_log) -> restore.Result:  # fmt: skip
     """Carry out a plan: Litestream stopped for the whole restore and started again afterwards (whether the restore
     stood or was undone), the rest exactly as a set's restore (engine/restore.py)."""
-    marker = os.path.join(journal.state_dir(options.state_dir), PAUSED)
-    if replication.service is not None and replication.service.active():
+    return paused(replication, options.state_dir, lambda: restore.run(app, planned, options, log), log)
+
+
+def paused(replication: Replication | None, state_dir: str | None, restoring: Callable[[], restore.Result],
+           log: Log = no_log) -> restore.Result:  # fmt: skip
+    """Run ``restoring`` (any restore of this host: from a set, a repository or the replicas) with Litestream stopped:
+    it watches the data dir, and would replicate staged copies and upload WAL frames of a database being replaced.
+    A mark in the state dir says it was stopped, until it runs again (a killed restore leaves it for the next
+    ``selfhost-dr replicas``). Starting it again after a restore that stood is never that restore's failure: the
+    sentence goes into the result's warning."""
+    if replication is None or replication.service is None:
+        return restoring()
+    marker = os.path.join(journal.state_dir(state_dir), PAUSED)
+    if replication.service.active():
         safe_fs.makedirs_private(os.path.dirname(marker))
         atomic_write(marker, f"{replication.service.unit}\n".encode(), 0o600)  # before the stop: a kill after it
     was_running = stop_for_restore(replication, log) or os.path.exists(marker)  # leaves a mark for the next run
     try:
-        result = restore.run(app, planned, options, log)
+        result = restoring()
     except BaseException:
         if was_running:
             _resume(replication, marker, log)
@@ -250,6 +274,8 @@ def resume_paused(replication: Replication, state_dir: str | None, log: Log = no
     marker = os.path.join(journal.state_dir(state_dir), PAUSED)
     if replication.service is None or not os.path.exists(marker) or held(state_dir) is not None:
         return ""
+    if swap.pending(state_dir):  # a killed restore's swap is still to be finished or undone: the next restore does it
+        return ""
     replication.service.start()
     os.unlink(marker)
     said = f"started {replication.service.unit} again: a restore that stopped it was interrupted before it could"
@@ -262,16 +288,19 @@ def _entry(path: str, st: os.stat_result | None, kind: str, like: os.stat_result
     if st is not None:
         mode, uid, gid, mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)
     else:
-        mode, uid, gid, mtime = (0o755 if kind == "dir" else 0o644), like.st_uid, like.st_gid, int(time.time())
+        # (a directory made as its nearest existing one is; a database readable by its owner alone)
+        mode = stat.S_IMODE(like.st_mode) if kind == "dir" else 0o600
+        uid, gid, mtime = like.st_uid, like.st_gid, int(time.time())
     if kind == "file":
         mtime = int(time.time())  # a restored database is new content
     return {"path": path.lstrip("/"), "type": kind, "mode": f"{mode:04o}", "uid": uid, "gid": gid, "mtime": mtime}
 
 
-def _manifest(app: str, root: str, targets: list[str]) -> tuple[dict[str, object], list[str]]:
+def _manifest(app: str, root: str, targets: list[str], named: bool = False) -> tuple[dict[str, object], list[str]]:
     """What the swap engine restores, as a manifest of this host's own layout: every database, and the directories
     between ``root`` and it. The paths to swap in: a database whose directory exists, else its first missing
-    directory (staged whole, with every restored database below it)."""
+    directory (staged whole, with every restored database below it). A file there that is no SQLite database is
+    refused, unless the databases were ``named`` by the operator (a damaged database is what one restores over)."""
     try:
         root_st = os.lstat(root)
     except FileNotFoundError:
@@ -300,7 +329,7 @@ def _manifest(app: str, root: str, targets: list[str]) -> tuple[dict[str, object
                     raise RestoreError(f"{current} is a symbolic link; refusing to restore {target} through it")
                 if last and not stat.S_ISREG(st.st_mode):
                     raise RestoreError(f"{current} is not a regular file; refusing to restore a database over it")
-                if last and not _is_database(current):
+                if last and not named and not _is_database(current):  # (named: a damaged one may be replaced)
                     raise RestoreError(
                         f"{current} is not an SQLite database, so no replica of it can be Litestream's; the replica "
                         "may not replace it (nothing was changed)"
@@ -440,6 +469,7 @@ class Filler:
         self.files_of = {"/" + str(f["path"]): f for f in manifest["files"]}  # type: ignore[attr-defined]
         self.files = self.bytes = 0
         self.ran: list[str] = []  # tenement: the instances that ran at the moment
+        self.services: set[str] | None = None  # tenement: the services tenement.toml configures (None: unknown)
         self._fds: list[int] = []
 
     def fill(self, units: list[Unit], fds: list[int], record: Record, staged: list[int], jrnl: Journal
@@ -529,7 +559,7 @@ class Filler:
                 raise RestoreError(f"what Litestream restored of {database.path} is not an SQLite database")
             check_integrity(f"/proc/self/fd/{scratch}/{name}", database.path)
             if self.app == "tenement" and database.path == "tenement.db":
-                self.ran = ran_at(f"/proc/self/fd/{scratch}/{name}")
+                self.ran = ran_at(f"/proc/self/fd/{scratch}/{name}", self.services)
                 if keep_token(database.target, f"/proc/self/fd/{scratch}/{name}"):
                     self.log("restore: this host's API token stays valid in the restored tenement.db")
             while chunk := os.read(fd, _COPY):
@@ -551,9 +581,13 @@ class Filler:
 _UNIT_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
-def ran_at(path: str) -> list[str]:
+MAX_INSTANCES = 1000
+
+
+def ran_at(path: str, services: set[str] | None = None) -> list[str]:
     """The instances a restored ``tenement.db`` records as running (``instance_state``: ``service:id``), those whose
-    names tenement could have made (the replica is hostile input); none when it cannot tell."""
+    names tenement could have made and whose service this host's tenement.toml configures (the replica is hostile
+    input), at most ``MAX_INSTANCES``; none when it cannot tell."""
     try:
         conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro&immutable=1", uri=True)
         try:
@@ -562,8 +596,12 @@ def ran_at(path: str) -> list[str]:
             conn.close()
     except sqlite3.Error:
         return []
-    return sorted({f"{a}:{b}" for a, b in rows if isinstance(a, str) and isinstance(b, str)
-                   and _UNIT_PART.match(a) and _UNIT_PART.match(b)})  # fmt: skip
+    found = sorted({
+        f"{a}:{b}" for a, b in rows
+        if isinstance(a, str) and isinstance(b, str) and _UNIT_PART.match(a) and _UNIT_PART.match(b)
+        and (services is None or a in services)
+    })  # fmt: skip
+    return found[:MAX_INSTANCES]
 
 
 def keep_token(live: str, restored: str) -> bool:
@@ -589,12 +627,25 @@ def keep_token(live: str, restored: str) -> bool:
     try:
         conn = sqlite3.connect(restored, isolation_level=None)
         try:
+            conn.execute("PRAGMA trusted_schema = OFF")  # (the restored schema is the replica's: hostile)
+            odd = conn.execute(
+                "SELECT type, name FROM sqlite_master WHERE (lower(name) = 'config' AND type != 'table') "
+                "OR (type = 'trigger' AND lower(tbl_name) = 'config')"
+            ).fetchone()
+            if odd:
+                raise RestoreError(
+                    f"the restored tenement.db has a {odd[0]} {odd[1]!r} on its config table, which tenement never "
+                    "makes; nothing was swapped"
+                )
             conn.execute("CREATE TABLE IF NOT EXISTS config (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute("INSERT OR REPLACE INTO config (key, value) VALUES ('api_token_hash', ?)", (row[0],))
+            kept = conn.execute("SELECT value FROM config WHERE key = 'api_token_hash'").fetchall()
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise RestoreError(f"cannot keep this host's API token in the restored tenement.db: {exc}") from exc
+    if kept != [(row[0],)]:
+        raise RestoreError("the restored tenement.db does not keep this host's API token; nothing was swapped")
     return True
 
 

@@ -106,8 +106,8 @@ def _replica(dest: Destination, path: str, settings: Settings) -> dict[str, obje
     if settings.encrypt and dest.encryption == "none":
         raise ReplicaConfigError(
             "Litestream 0.5 cannot encrypt what it uploads (it has no age support), so replication would send the "
-            "databases in plaintext; ask the store to encrypt them (encryption sse-kms with a key id, or sse-c with a "
-            "key file) or do not ask for encryption"
+            "databases in plaintext; ask the store to encrypt them (encryption sse-kms with a key id) or do not ask "
+            "for encryption"
         )
     replica: dict[str, object] = {"type": "s3", "bucket": dest.bucket, "path": path}
     if dest.endpoint:
@@ -125,7 +125,10 @@ def _replica(dest: Destination, path: str, settings: Settings) -> dict[str, obje
             raise ReplicaConfigError("encryption sse-kms needs the key id (sse_kms_key_id)")
         replica["sse-kms-key-id"] = dest.sse_kms_key_id
     elif dest.encryption == "sse-c":
-        replica["sse-customer-key-path"] = _absolute("the sse-c key file", dest.sse_customer_key_path)
+        raise ReplicaConfigError(
+            "encryption sse-c is not supported: the collection reads the replicas itself (restore to a moment, lag) "
+            "and does not send SSE-C keys; use sse-kms"
+        )
     replica["sync-interval"] = _duration("sync_interval", settings.sync_interval)
     return replica
 

@@ -74,8 +74,11 @@ def database_path(relative: str) -> str:
         or any(ord(c) < 32 or c == "\x7f" for c in relative)
     ):
         raise LtxError(f"{relative[:120]!r} is not the path of a database below a replica")
-    if parts[-1].startswith(".") or parts[-1].endswith(("-wal", "-shm", "-journal")):
-        raise LtxError(f"{relative[:120]!r} names a file Litestream never replicates (hidden, or SQLite's journal)")
+    if any(p.startswith(".") for p in parts) or parts[-1].endswith(("-wal", "-shm", "-journal")):
+        raise LtxError(
+            f"{relative[:120]!r} names a file this collection never replicates (hidden, in a hidden directory, or "
+            "SQLite's journal)"
+        )
     return relative
 
 
