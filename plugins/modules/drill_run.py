@@ -240,11 +240,13 @@ def main() -> None:
             **STATE_DIR_SPEC,
             **LOCK_SPEC,
         ),
-        mutually_exclusive=[("path", "repository", "replica")],
-        required_one_of=[("path", "repository", "replica")],
+        mutually_exclusive=[("path", "repository")],
         supports_check_mode=True,
     )
     p = module.params
+    given = [name for name in ("path", "repository") if p[name]] + (["replica"] if p["replica"] else [])
+    if len(given) != 1:
+        module.fail_json(msg=f"drill_run takes one of path, repository or replica, not {', '.join(given) or 'none'}")
     try:
         options = drill.Options(
             restore.Options(health_timeout=p["health_timeout"], state_dir=p["state_dir"]),

@@ -282,18 +282,24 @@ def _holding(path: Path, make: bool = False) -> Iterator[subprocess.Popen[str]]:
         holder.wait()
 
 
-def _deleting_hook(host: Host, keys: list[str]) -> None:
-    """The next ``litestream restore`` first deletes ``keys`` from the store, as Litestream's retention would."""
-    script = host.tmp / "delete.py"
+def _deleting_newest_hook(host: Host, prefix: str) -> None:
+    """The next ``litestream restore`` first deletes, from the store, every file of the replica at ``prefix`` (but its
+    snapshots) that ends at its newest txid, as Litestream's retention could: listed at that very moment, so a file
+    compacted since the test looked is among them."""
+    script = host.tmp / "delete-newest.py"
     script.write_text(
         "import sys\n"
         f"sys.path.insert(0, {str(COLLECTIONS)!r})\n"
         "from ansible_collections.selfhost.dr.plugins.module_utils.replicas import s3\n"
         f"store = s3.Store({host.bucket.endpoint!r}, {host.bucket.bucket!r}, {s3_store.ACCESS_KEY!r}, "
         f"{s3_store.SECRET_KEY!r})\n"
-        f"for key in {keys!r}:\n"
-        "    status, _h, _b = store.request('DELETE', key, limit=65536)\n"
-        "    assert status in (200, 204), status\n"
+        f"keys = [o.key for o in store.list({prefix!r} + '/') if '/0009/' not in o.key]\n"
+        "top = max(int(k.rsplit('-', 1)[1][:16], 16) for k in keys)\n"
+        "for key in keys:\n"
+        "    if int(key.rsplit('-', 1)[1][:16], 16) == top:\n"
+        "        status, _h, _b = store.request('DELETE', key, limit=65536)\n"
+        "        assert status in (200, 204), status\n"
+        "print(top, file=open(" + repr(str(host.tmp / "deleted-top")) + ", 'w'))\n"
     )
     host.hook.write_text(f"{sys.executable} {script}\n")
 
@@ -373,16 +379,17 @@ class TestOnOneHost:
             time.sleep(1.3)
         newest = len(_rows(beta))
         objects = shared.keys("demo/beta/app.db")
+        for _ in range(20):  # until Litestream uploaded the last sync (the plan must end with a doomed file)
+            time.sleep(1.5)
+            again = shared.keys("demo/beta/app.db")
+            if [o.key for o in again] == [o.key for o in objects]:
+                break
+            objects = again
 
-        def end(obj: s3.Object) -> int:
-            return int(obj.key.rsplit("-", 1)[1][:16], 16)
-
-        files = [o for o in objects if "/0009/" not in o.key]
-        top = max(end(o) for o in files)
-        doomed = [o.key for o in files if end(o) == top]  # every file the plan could end with
-        _deleting_hook(shared, doomed)
+        _deleting_newest_hook(shared, f"{PREFIX}/demo/beta/app.db")
         _code, result = shared.run("restore", "--at", "latest", "--database", "demo/beta/app.db")
         (database,) = result["databases"]  # type: ignore[misc]
+        top = int((shared.tmp / "deleted-top").read_text())
         assert database["attempts"] == 2 and int(database["txid"], 16) < top, database
         assert 0 < len(_rows(beta)) < newest, "the restore did not go back to the last file still there"
         assert shared.instances() == ["demo:alpha", "demo:beta"] and shared.litestream_runs()
