@@ -157,6 +157,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.host_install import write_if_changed
 from ansible_collections.selfhost.dr.plugins.module_utils.replicas import config as replica_config
 from ansible_collections.selfhost.dr.plugins.module_utils.replicas import s3
+from ansible_collections.selfhost.dr.plugins.module_utils.replicas.litestream import Replication
 
 _DEST = {f for f in replica_config.Destination.__dataclass_fields__}
 _SETTINGS = {"sync_interval", "monitor_interval", "levels", "snapshot_interval", "snapshot_retention", "l0_retention"}
@@ -205,11 +206,7 @@ def _reach(dest: replica_config.Destination, credentials: dict, prefix: str, cre
     (``fresh``) whose prefix already holds replicas, unless ``adopt``: Litestream would continue their history with
     this host's databases (a rebuilt host's empty ones), and the newest state would be lost. Whether a bucket was
     (or would be) made."""
-    store = s3.Store(
-        dest.endpoint or f"https://s3.{dest.region or 'us-east-1'}.amazonaws.com", dest.bucket,
-        str(credentials.get("AWS_ACCESS_KEY_ID", "")), str(credentials.get("AWS_SECRET_ACCESS_KEY", "")),
-        region=dest.region or "us-east-1", skip_verify=dest.skip_verify,
-    )  # fmt: skip
+    store = Replication(dest, "", {k: str(v) for k, v in credentials.items()}).store()
     try:
         found = next(iter(store.list(prefix + "/")), None)
     except s3.S3Error as exc:
