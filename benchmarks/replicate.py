@@ -10,15 +10,22 @@ Three parts, each against its own anchor:
           2 s target. Then Litestream and the writer are killed (SIGKILL) at once, the newest state is restored
           elsewhere (engine/replica_restore's plan: the replica's files, ``restore -txid``), and the commits lost are
           counted against the writer's log: in seconds of commits, against the 2 s target (--kills times).
-  exact   ``--moments`` random moments across the whole run (after level-1 and level-2 compaction and a snapshot
-          taken mid-run): each restored by the collection's plan and checked row by row against the writer's log.
+  exact   ``--moments`` random moments across the run up to its newest replicated state (after level-1 and
+          level-2 compaction and a snapshot taken mid-run): each restored by the collection's plan and checked row
+          by row against the writer's log.
           No restored row may have been committed after its moment; the rows committed at or before it and not
           restored are the shortfall, in rows and seconds (Litestream's files hold syncs, not transactions: a moment
           is reached exactly only at a file's boundary, docs/litestream.md).
   scale   ``--databases`` databases (tenement-like: one per instance) replicated by one Litestream: its resident
           memory and CPU while idle and while a tenth of them write, against the same figures for one database.
 
+Litestream's monitor interval (``--monitor-interval``, config.Settings.monitor_interval) sets how often it turns the
+WAL into an LTX file, so it bounds the exact part's shortfall (what a kill loses is bounded by the 1 s sync interval,
+the uploads); the lag part also prints Litestream's CPU, so that a shorter interval's cost can be weighed against
+what it buys (and each LTX file is one PUT to the store while a database is written).
+
 Usage: benchmarks/replicate.py [--work DIR] [--seconds 90] [--moments 20] [--kills 3] [--databases 200]
+                               [--monitor-interval 1s] [--skip-scale]
 """
 
 from __future__ import annotations
@@ -158,7 +165,8 @@ def _pct(values: list[float], q: float) -> float:
 def lag_and_kills(work: Path, store: s3_store.Store, args: argparse.Namespace) -> dict[str, object]:
     results: dict[str, object] = {"lag": [], "lost_seconds": [], "exact": []}
     settings = config.Settings(levels=["10s", "30s"], l0_retention="1h", snapshot_interval="1h",
-                               meta_dir=str(work / "meta"), addr="127.0.0.1:0")  # fmt: skip
+                               meta_dir=str(work / "meta"), addr="127.0.0.1:0",
+                               monitor_interval=args.monitor_interval)  # fmt: skip
     for run in range(args.kills):
         bucket_name = f"bench{os.getpid()}r{run}"
         bucket = s3.Store(store.endpoint, bucket_name, s3_store.ACCESS_KEY, s3_store.SECRET_KEY)
@@ -177,6 +185,7 @@ def lag_and_kills(work: Path, store: s3_store.Store, args: argparse.Namespace) -
         writer = Writer(target, args.rate)
         writer.start()
         started = time.monotonic()
+        cpu_from, cpu = litestream.usage()[1], 0.0  # Litestream's CPU seconds while the writer writes
         seconds = args.seconds if run == 0 else max(15.0, args.seconds / 4)
         samples: list[float] = []
         snapshot_at = started + seconds / 2
@@ -184,6 +193,8 @@ def lag_and_kills(work: Path, store: s3_store.Store, args: argparse.Namespace) -
         while time.monotonic() - started < seconds:
             if run == 0 and not took_snapshot and time.monotonic() > snapshot_at:
                 # A snapshot mid-run (Litestream takes one at start and every snapshot interval): restart it.
+                cpu += litestream.usage()[1] - cpu_from
+                cpu_from = 0.0  # the new process's own start (its snapshot) counts too
                 litestream.stop()
                 litestream = Litestream(here, data, store, bucket_name, settings)
                 took_snapshot = True
@@ -191,6 +202,8 @@ def lag_and_kills(work: Path, store: s3_store.Store, args: argparse.Namespace) -
                 measured = lag.measure(replication, "tenement")
                 samples += [m.lag_seconds for m in measured if m.database == "demo/alpha/app.db"]
             time.sleep(0.25)
+        cpu += litestream.usage()[1] - cpu_from
+        wall = time.monotonic() - started
         # The server dies: Litestream and the writer at once.
         litestream.stop(kill=True)
         writer.stop.set()
@@ -204,9 +217,11 @@ def lag_and_kills(work: Path, store: s3_store.Store, args: argparse.Namespace) -
         assert all(i in dict(writer.log) for i, _t in got), "a restored row was never committed"
         lost_seconds = (killed_at - min(lost)) if lost else 0.0
         results["lost_seconds"].append(lost_seconds)  # type: ignore[attr-defined]
-        print(f"kill {run + 1}: {len(writer.log)} commits, {len(lost)} lost ({lost_seconds:.2f} s of commits)",
+        print(f"kill {run + 1}: {len(writer.log)} commits, {len(lost)} lost ({lost_seconds:.2f} s of commits); "
+              f"Litestream used {cpu:.1f} CPU s in {wall:.1f} s of writing ({cpu / wall * 100:.1f}% of a core)",
               flush=True)  # fmt: skip
         if run == 0:
+            results["cpu"] = (cpu, wall)
             results["lag"] = samples
             results["exact"] = _moments(here, replication, bucket, writer.log, args)
             levels = {f.level for f in replica.files(bucket, prefix).files}
@@ -216,17 +231,26 @@ def lag_and_kills(work: Path, store: s3_store.Store, args: argparse.Namespace) -
 
 def _moments(here: Path, replication: Replication, bucket: s3.Store, log: list[tuple[int, float]],
              args: argparse.Namespace) -> list[dict[str, float]]:  # fmt: skip
-    """``--moments`` random moments across the run, each restored and checked against the writer's log."""
-    first, last = log[0][1], log[-1][1]
+    """``--moments`` random moments across the run up to the newest state replicated before the kill (what came
+    later is what the kill lost: the kill part's figure), each restored and checked against the writer's log.
+
+    A row's commit happened between its ``created_at`` (taken before the INSERT) and the time the writer logged
+    after it returned: a restored row whose ``created_at`` is after the moment was committed after it (must be none);
+    a row logged at or before the moment was committed by it (owed: the ones not restored are the shortfall); a row
+    whose commit straddles the moment (a few ms on a loaded machine) may rightly be either."""
+    first = log[0][1]
+    newest = ltx.latest(replica.files(bucket, replication.prefix("tenement", "demo/alpha/app.db")).files)
+    last = min(log[-1][1], newest.reached.timestamp()) if newest is not None else log[-1][1]
     rng = random.Random(17)
     found = []
     for n in range(args.moments):
         moment = first + rng.random() * (last - first)
         out = here / f"moment-{n}.db"
         plan = _restore(replication, bucket, "demo/alpha/app.db", datetime.fromtimestamp(moment, UTC), out)
-        got = {i for i, _t in _rows(out)}
+        restored = _rows(out)
+        got = {i for i, _began in restored}
         times = dict(log)
-        after = [i for i in got if times[i] > moment]
+        after = [i for i, began in restored if began > moment]
         owed = [i for i, t in log if t <= moment]
         short = [times[i] for i in owed if i not in got]
         found.append({"moment": moment - first, "after": len(after), "owed": len(owed), "short_rows": len(short),
@@ -281,6 +305,17 @@ def scale(work: Path, store: s3_store.Store, args: argparse.Namespace) -> dict[s
     return figures
 
 
+def _interval(value: str) -> str:
+    """A Litestream duration (1s, 100ms), as config.Settings takes it."""
+    try:
+        config._duration("--monitor-interval", value)
+    except config.ReplicaConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    if config._seconds(value) <= 0:
+        raise argparse.ArgumentTypeError(f"--monitor-interval must be above zero, not {value!r}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=None)
@@ -290,10 +325,22 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--databases", type=int, default=200)
     parser.add_argument("--window", type=float, default=30.0, help="seconds each usage figure is measured over")
+    parser.add_argument(
+        "--monitor-interval",
+        type=_interval,
+        default="1s",
+        help="Litestream's monitor-interval in the lag, kill and exact parts (an LTX file each)",
+    )
     parser.add_argument("--skip-scale", action="store_true")
     args = parser.parse_args()
     if not LITESTREAM.exists():
         sys.exit("litestream is not installed in this virtualenv (tests/requirements.txt)")
+    monitor = config._seconds(args.monitor_interval)
+    sync = config.Settings().sync_interval
+    version = subprocess.run([str(LITESTREAM), "version"], capture_output=True, text=True).stdout.strip()
+    print(f"Litestream {version}: monitor-interval {args.monitor_interval}, "
+          f"sync-interval {sync}; {args.rate:g} commits/s for {args.seconds:g} s, {args.moments} moments, "
+          f"{args.kills} kills", flush=True)  # fmt: skip
     work = args.work or Path(tempfile.mkdtemp(prefix="selfhost-dr-replicate-bench-"))
     try:
         with s3_store.running(work / "store") as store:
@@ -305,10 +352,13 @@ def main() -> None:
     samples = list(found["lag"])  # type: ignore[call-overload]
     lost = list(found["lost_seconds"])  # type: ignore[call-overload]
     exact = list(found["exact"])  # type: ignore[call-overload]
+    cpu, wall = found["cpu"]  # type: ignore[misc]
     print()
+    print(f"monitor-interval {args.monitor_interval}, sync-interval {sync}:")
     print(f"lag while writing {args.rate:g} commits/s ({len(samples)} samples as selfhost-dr replicas measures it): "
           f"p50 {_pct(samples, 50):.2f} s, p99 {_pct(samples, 99):.2f} s, max {max(samples):.2f} s; "
           f"p99 / 2 s target = {_pct(samples, 99) / 2:.2f}x")  # fmt: skip
+    print(f"Litestream's CPU while writing (lag part): {cpu:.1f} s in {wall:.1f} s = {cpu / wall * 100:.1f}% of a core")
     print(f"commits lost when the server is killed (SIGKILL) and restored elsewhere, {len(lost)} kills: worst "
           f"{max(lost):.2f} s of commits; worst / 2 s target = {max(lost) / 2:.2f}x")  # fmt: skip
     print(f"restores to {len(exact)} random moments (replica levels {found.get('levels')}, a snapshot mid-run):")
@@ -318,7 +368,8 @@ def main() -> None:
     print(
         f"  exactly the rows committed by the moment: {exact_count} of {len(exact)}; short of it by a median "
         f"{statistics.median(shorts):.2f} s, worst {max(shorts):.2f} s of commits "
-        f"({max(e['short_rows'] for e in exact)} rows): a sync's worth (1 s sync interval = 1.0x)"
+        f"({max(e['short_rows'] for e in exact)} rows): worst / {args.monitor_interval} monitor interval "
+        f"= {max(shorts) / monitor:.2f}x (one LTX file a monitor cycle: 1.0x is a cycle's worth)"
     )
     for e in exact:
         print(

@@ -11,9 +11,26 @@ options:
     description: Tomo's database; by default C(/var/lib/tomo/tomo.db), then C(~tomo/.tomo) and C(~/.tomo).
     type: path
   tomo_service:
-    description: Tomo's systemd service.
+    description: Tomo's systemd service (its name in messages with O(tomo_service_manager=process)).
     type: str
     default: tomo.service
+  tomo_service_manager:
+    description:
+      - How Tomo is kept running, for stopping and starting it. V(systemd) (a packaged install), V(process) (a plain
+        process kept by C(start-stop-daemon) and O(tomo_pidfile), started by O(tomo_start_command), on a host or in a
+        container without systemd), or V(auto) (V(systemd) when systemd runs the host, else V(process)).
+    type: str
+    default: systemd
+    choices: [auto, systemd, process]
+  tomo_pidfile:
+    description: With V(process), the pidfile C(start-stop-daemon) keeps for Tomo.
+    type: path
+    default: /run/tomo.pid
+  tomo_start_command:
+    description: With V(process), the command (argv) that starts Tomo in the background.
+    type: list
+    elements: str
+    default: []
   tomo_environment:
     description:
       - The file holding C(TOMO_MASTER_PASSWORD), without which restored server credentials cannot be decrypted.

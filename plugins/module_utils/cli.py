@@ -687,6 +687,15 @@ def _restore_from_replicas(
     return result
 
 
+def _recorded_replicas(store: state.Store, name: str) -> dict[str, Any]:
+    try:
+        recorded = store.read().get("replicas") or {}
+    except (OSError, ValueError):
+        return {}
+    entry = recorded.get(name) if isinstance(recorded, dict) else None
+    return entry if isinstance(entry, dict) else {}
+
+
 def cmd_replicas(args: argparse.Namespace, config: dict[str, Any], log: Progress) -> dict[str, object]:
     """How far each database's replica is behind (replicas/lag.py): recorded, exported, and a failure when one
     stalled or the store cannot be read."""
@@ -698,7 +707,11 @@ def cmd_replicas(args: argparse.Namespace, config: dict[str, Any], log: Progress
     if resumed:
         time.sleep(2)  # (Litestream opens every database before it is measured as running)
     try:
-        found = lag.measure(replicas, name, service=replicas.service)
+        earlier = {str(d.get("database")): float(d.get("unreplicated_since") or 0)
+                   for d in (_recorded_replicas(store, name).get("databases") or [])
+                   if isinstance(d, dict) and d.get("unreplicated_since")}  # fmt: skip
+        data_dir = application(name, app_options(config)).configured_data_dir() if name == "tenement" else None  # type: ignore[attr-defined]
+        found = lag.measure(replicas, name, service=replicas.service, data_dir=data_dir, earlier=earlier)
         entry["databases"] = [f.to_dict() for f in found]
         stalled = [f for f in found if f.stalled]
         if not found:

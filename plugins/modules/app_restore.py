@@ -50,6 +50,14 @@ options:
     type: list
     elements: str
     default: []
+  config_path:
+    description:
+      - The host command's configuration. When it sets up replication (a C([replicate]) table, role
+        R(selfhost.dr.replicate,ansible_collections.selfhost.dr.replicate_role)), Litestream is stopped for the restore
+        (it would replicate the staged trees and the WAL of a database being replaced) and started again after it,
+        as C(selfhost-dr restore) does.
+      - Empty reads C(/etc/selfhost-dr/config.toml) when it exists.
+    type: path
   keep_safety:
     description: Keep the safety copies of what was replaced (the journal records the restore as C(kept)).
     type: bool
@@ -139,7 +147,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
-from ansible_collections.selfhost.dr.plugins.module_utils.engine import restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import replica_restore, restore
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
 
@@ -151,6 +159,7 @@ def main() -> None:
             dir=dict(type="path", default="/var/backups/selfhost-dr"),
             instances=dict(type="list", elements="str", default=[]),
             keep_safety=dict(type="bool", default=False),
+            config_path=dict(type="path"),
             dest_root=dict(type="path", default="/"),
             **APP_SPEC,
             **STATE_DIR_SPEC,
@@ -164,6 +173,7 @@ def main() -> None:
     try:
         app = application(p["app"], p)
         archive = p["path"] or restore.newest(p["dir"], p["app"], units)
+        replicas = replica_restore.host_replication(p["config_path"])
 
         def described(planned: restore.Plan) -> dict[str, object]:
             return dict(
@@ -181,7 +191,8 @@ def main() -> None:
         with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
             run.set_path, run.sets = archive, 1
             planned = restore.plan(app, archive, options, units, module.log)
-            done = restore.run(app, planned, options, module.log)
+            done = replica_restore.paused(replicas, p["state_dir"], lambda: restore.run(app, planned, options, module.log),
+                                          module.log)  # fmt: skip
         common = described(planned)
     except Error as exc:
         module.fail_json(msg=str(exc))

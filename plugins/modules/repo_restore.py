@@ -48,7 +48,10 @@ options:
     type: str
     default: ""
   config_path:
-    description: The host command's configuration, whose C([repositories]) and C([restic] binary) are read.
+    description:
+      - The host command's configuration, whose C([repositories]) and C([restic] binary) are read.
+      - When it sets up replication (a C([replicate]) table), Litestream is stopped for the restore and started again
+        after it, as C(selfhost-dr restore) does.
     type: path
     default: /etc/selfhost-dr/config.toml
   keep_safety:
@@ -135,7 +138,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.selfhost.dr.plugins.module_utils._common import Error
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.registry import APP_SPEC, application
-from ansible_collections.selfhost.dr.plugins.module_utils.engine import repo_restore, restore
+from ansible_collections.selfhost.dr.plugins.module_utils.engine import replica_restore, repo_restore, restore
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC, state_dir
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
 from ansible_collections.selfhost.dr.plugins.module_utils.repos import config as repo_config
@@ -163,6 +166,7 @@ def main() -> None:
             {"repositories": [p["repository"]], "config_path": p["config_path"]}, state_dir(p["state_dir"])
         )
         app = application(p["app"], p)
+        replicas = replica_restore.host_replication(p["config_path"])
 
         def described(planned: restore.Plan) -> dict[str, object]:
             return dict(
@@ -180,7 +184,8 @@ def main() -> None:
         with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
             planned = repo_restore.plan(app, restic, options, p["snapshot"], p["from_host"], module.log)
             run.set_path, run.sets = planned.archive, 1
-            done = restore.run(app, planned, options, module.log)
+            done = replica_restore.paused(replicas, p["state_dir"], lambda: restore.run(app, planned, options, module.log),
+                                          module.log)  # fmt: skip
         tagged = repo_restore.mark_verified(restic, planned.snapshot["id"], module.log)
     except Error as exc:
         module.fail_json(msg=str(exc))

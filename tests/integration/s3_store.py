@@ -95,7 +95,7 @@ def running(directory: Path) -> Iterator[Store]:
     finally:
         process.terminate()
         try:
-            process.wait(timeout=20)
+            process.wait(timeout=5)  # (weed often lingers after SIGTERM: its data is a test's, done with)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
             process.wait()

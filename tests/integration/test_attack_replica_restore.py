@@ -20,23 +20,22 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
-from ansible_collections.selfhost.dr.plugins.module_utils.host_install import package_files, toml, zipapp
+from ansible_collections.selfhost.dr.plugins.module_utils.host_install import toml
 from ansible_collections.selfhost.dr.plugins.module_utils.replicas import config, s3
 
-from . import s3_store
+from . import replica_host, s3_store
+from .replica_host import LITESTREAM, STOP, wait
 from .tenement_fixture import _instance_ports_free, write_config
 
-LITESTREAM = Path(sys.executable).parent / "litestream"
 COLLECTIONS = Path(__file__).resolve().parents[2] / ".cache" / "collections"
 PREFIX = "dr/web1/tenement"
-STOP = ["start-stop-daemon", "--stop", "--retry", "TERM/10/KILL/5", "--remove-pidfile", "--pidfile"]
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
@@ -83,10 +82,10 @@ class Host:
             return json.load(resp)
 
     def litestream_runs(self) -> bool:
-        return _pid_alive(self.ls_pidfile)
+        return replica_host.runs(self.ls_pidfile)
 
     def tenement_runs(self) -> bool:
-        return _pid_alive(self.ten_pidfile)
+        return replica_host.runs(self.ten_pidfile)
 
     def start_litestream(self) -> None:
         if not self.litestream_runs():
@@ -133,19 +132,6 @@ class Host:
         return list((self.tmp / "state" / "litestream-restore").glob("*"))
 
 
-def _pid_alive(pidfile: Path) -> bool:
-    done = subprocess.run(["start-stop-daemon", "--status", "--pidfile", str(pidfile)], check=False)
-    return done.returncode == 0
-
-
-def _wait(what: str, test: Callable[[], object], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not test():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:g} s")
-        time.sleep(0.1)
-
-
 def _rows(path: Path) -> list[tuple[int, float]]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
@@ -171,12 +157,10 @@ def _host(tmp_path: Path, ten_bin: str, store: s3_store.Store) -> Iterator[Host]
     replicating its data dir as the replicate role configures it, the host command's ``[replicate] binary`` the
     hook wrapper and its ``start_command`` one that fails while ``Host.litestream_start_fails`` exists."""
     # tenement hands out instance ports from 30000 unchecked: wait for another run's instances to be gone.
-    _wait("port 30000 is free (another tenement's instances hold it)", _ports_free, 300)
+    wait("port 30000 is free (another tenement's instances hold it)", _ports_free, 300)
     _instance_ports_free()
     port = _port()
-    bucket = s3.Store(store.endpoint, f"atk{os.getpid()}{time.monotonic_ns() % 10**9}", s3_store.ACCESS_KEY,
-                      s3_store.SECRET_KEY)  # fmt: skip
-    bucket.create_bucket()
+    bucket = replica_host.bucket(store, "atk")
     workdir = tmp_path / "etc"
     workdir.mkdir()
     data_dir = tmp_path / "data"
@@ -196,13 +180,7 @@ def _host(tmp_path: Path, ten_bin: str, store: s3_store.Store) -> Iterator[Host]
     env_file = tmp_path / "litestream.env"
     env_file.write_text(f"AWS_ACCESS_KEY_ID={s3_store.ACCESS_KEY}\nAWS_SECRET_ACCESS_KEY={s3_store.SECRET_KEY}\n")
     env_file.chmod(0o600)
-    runner = tmp_path / "litestream-run"
-    runner.write_text(f"#!/bin/sh\nset -a\n. {env_file}\nset +a\nunset AWS_CA_BUNDLE\n"
-                      f"exec {LITESTREAM} replicate -config {conf} -no-expand-env\n")  # fmt: skip
-    runner.chmod(0o700)
-    ls_pidfile = tmp_path / "litestream.pid"
-    ls_start = ["start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", str(ls_pidfile),
-                "--output", str(tmp_path / "litestream.log"), "--startas", str(runner)]  # fmt: skip
+    ls_start, ls_pidfile = replica_host.litestream(tmp_path, conf, env_file)
     flag = tmp_path / "litestream-start-fails"
     ls_start_guarded = ["sh", "-c", 'if [ -e "$0" ]; then echo "the unit failed to start" >&2; exit 1; fi; exec "$@"',
                         str(flag), *ls_start]  # fmt: skip
@@ -211,9 +189,7 @@ def _host(tmp_path: Path, ten_bin: str, store: s3_store.Store) -> Iterator[Host]
     wrapper.write_text(f'#!/bin/sh\nif [ -f {hook} ]; then mv {hook} {hook}.ran; sh {hook}.ran "$PPID"; fi\n'
                        f'exec {LITESTREAM} "$@"\n')  # fmt: skip
     wrapper.chmod(0o755)
-    command = tmp_path / "selfhost-dr"
-    command.write_bytes(zipapp(package_files()))
-    command.chmod(0o755)
+    command = replica_host.host_command(tmp_path)
     cfg = tmp_path / "config.toml"
     server = f"http://127.0.0.1:{port}"
     cfg.write_text(toml({
@@ -232,19 +208,18 @@ def _host(tmp_path: Path, ten_bin: str, store: s3_store.Store) -> Iterator[Host]
     try:
         token = (data_dir / "api_token").read_text().strip()
         client = TenementClient(ten_bin, server=server, token=token, data_dir=str(data_dir))
-        _wait("ten serve answers", client.reachable, 15)
+        wait("ten serve answers", client.reachable, 15)
         for name in ("demo:alpha", "demo:beta"):
             client.spawn(name)
             client.wait_healthy(name, timeout=20)
         subprocess.run(ls_start, check=True)
         host = Host(command, cfg, data_dir, client, bucket, pidfile, ls_pidfile, ls_start, tmp_path)
         for name in ("tenement.db", "demo/alpha/app.db", "demo/beta/app.db"):
-            _wait(f"the replica of {name}", lambda n=name: host.keys(n, "0009/"))
+            wait(f"the replica of {name}", lambda n=name: host.keys(n, "0009/"))
         yield host
     finally:
-        subprocess.run([*STOP, str(ls_pidfile)], check=False, capture_output=True)
-        subprocess.run([*STOP, str(pidfile)], check=False, capture_output=True)
-        _wait("the instances' ports are free", _ports_free, 30)
+        replica_host.stop(ls_pidfile, pidfile)
+        wait("the instances' ports are free", _ports_free, 30)
 
 
 @pytest.fixture
@@ -336,7 +311,7 @@ def corrupt(shared: Host) -> str:
     db.execute("UPDATE sqlite_master SET sql = 'CREATE INDEX i ON t (b)' WHERE name = 'i'")
     db.close()
     shared.restart_litestream()  # (a database found later gets its first snapshot only at the next interval)
-    _wait("the snapshot of bad.db", lambda: shared.keys("demo/alpha/bad.db", "0009/"))
+    wait("the snapshot of bad.db", lambda: shared.keys("demo/alpha/bad.db", "0009/"))
     return "demo/alpha/bad.db"
 
 
@@ -481,7 +456,7 @@ class TestOnOneHost:
         shared.client.spawn("demo:gamma")
         try:
             shared.client.wait_healthy("demo:gamma", timeout=20)
-            _wait("gamma's first files", lambda: shared.keys("demo/gamma/app.db", "0001/"), 30)
+            wait("gamma's first files", lambda: shared.keys("demo/gamma/app.db", "0001/"), 30)
             assert not shared.keys("demo/gamma/app.db", "0009/")
             top = max(o.key.rsplit("-", 1)[1][:16] for o in shared.keys("demo/gamma/app.db"))
             out = shared.tmp / "gamma-by-litestream.db"
@@ -517,7 +492,7 @@ def test_a_restore_killed_after_the_stop_is_finished_by_the_next_run_with_everyt
         proc = subprocess.Popen(host.argv("restore", "--at", "latest"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            _wait("tenement stopped by the restore", lambda: not host.tenement_runs(), 60)
+            wait("tenement stopped by the restore", lambda: not host.tenement_runs(), 60)
             time.sleep(1)
         finally:
             proc.kill()

@@ -24,14 +24,13 @@ from pathlib import Path
 import pytest
 
 from ansible_collections.selfhost.dr.plugins.module_utils.apps.tenement_client import TenementClient
-from ansible_collections.selfhost.dr.plugins.module_utils.host_install import package_files, toml, zipapp
+from ansible_collections.selfhost.dr.plugins.module_utils.host_install import toml
 from ansible_collections.selfhost.dr.plugins.module_utils.replicas import replica, s3
 
-from . import s3_store
+from . import replica_host, s3_store
 from .ansible_run import run_module
+from .replica_host import CREDENTIALS, LITESTREAM, wait
 from .tenement_fixture import _instance_ports_free, write_config
-
-LITESTREAM = Path(sys.executable).parent / "litestream"
 
 
 @dataclass
@@ -60,16 +59,7 @@ class Host:
             return json.load(resp)
 
     def litestream_runs(self) -> bool:
-        return subprocess.run(["start-stop-daemon", "--status", "--pidfile", str(self.litestream_pidfile)],
-                              check=False).returncode == 0  # fmt: skip
-
-
-def _wait(what: str, test, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not test():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} within {timeout:g} s")
-        time.sleep(0.25)
+        return replica_host.runs(self.litestream_pidfile)
 
 
 def _rows(path: Path) -> list[tuple[int, float]]:
@@ -85,9 +75,7 @@ def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) ->
     if not LITESTREAM.exists():
         pytest.fail("litestream is not installed in the test virtualenv: run scripts/test")
     _instance_ports_free()
-    bucket = s3.Store(store.endpoint, f"pitr{os.getpid()}{int(time.time() * 1000) % 10**6}", s3_store.ACCESS_KEY,
-                      s3_store.SECRET_KEY)  # fmt: skip
-    bucket.create_bucket()
+    bucket = replica_host.bucket(store, "pitr")
     workdir = tmp_path / "etc"
     workdir.mkdir()
     data_dir = tmp_path / "data"
@@ -106,23 +94,15 @@ def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) ->
         "destination": {"bucket": bucket.bucket, "path": "dr", "endpoint": store.endpoint},
         "settings": {"levels": ["3s", "9s"], "l0_retention": "30s", "snapshot_interval": "1h"},
         "meta_dir": str(tmp_path / "meta"), "config_path": str(conf), "env_file": str(env_file),
-        "credentials": {"AWS_ACCESS_KEY_ID": s3_store.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": s3_store.SECRET_KEY},
+        "credentials": CREDENTIALS,
     }  # fmt: skip
     written = run_module("replicate_config", module_args)
     assert written.get("changed") is True and not written.get("failed"), written
     assert run_module("replicate_config", module_args).get("changed") is False, "a second run changed something"
     assert s3_store.SECRET_KEY not in json.dumps(written) and s3_store.SECRET_KEY not in conf.read_text()
     assert {oct(p.stat().st_mode & 0o777) for p in (conf, env_file, tmp_path / "meta")} == {"0o600", "0o700"}
-    runner = tmp_path / "litestream-run"  # what systemd's EnvironmentFile= does for the role's unit
-    runner.write_text(f"#!/bin/sh\nset -a\n. {env_file}\nset +a\nunset AWS_CA_BUNDLE\n"
-                      f"exec {LITESTREAM} replicate -config {conf} -no-expand-env\n")  # fmt: skip
-    runner.chmod(0o700)
-    ls_pidfile = tmp_path / "litestream.pid"
-    ls_start = ["start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", str(ls_pidfile),
-                "--output", str(tmp_path / "litestream.log"), "--startas", str(runner)]  # fmt: skip
-    command = tmp_path / "selfhost-dr"
-    command.write_bytes(zipapp(package_files()))
-    command.chmod(0o755)
+    ls_start, ls_pidfile = replica_host.litestream(tmp_path, conf, env_file)
+    command = replica_host.host_command(tmp_path)
     cfg = tmp_path / "config.toml"
     server = f"http://127.0.0.1:{free_port}"
     cfg.write_text(toml({
@@ -141,27 +121,25 @@ def host(tmp_path: Path, free_port: int, ten_bin: str, store: s3_store.Store) ->
     subprocess.run(start, check=True)
     token = (data_dir / "api_token").read_text().strip()
     client = TenementClient(ten_bin, server=server, token=token, data_dir=str(data_dir))
-    _wait("ten serve answers", client.reachable, 15)
+    wait("ten serve answers", client.reachable, 15)
     for name in ("demo:alpha", "demo:beta"):
         client.spawn(name)
         client.wait_healthy(name, timeout=20)
     subprocess.run(ls_start, check=True)
-    stop = ["start-stop-daemon", "--stop", "--retry", "TERM/10/KILL/5", "--remove-pidfile", "--pidfile"]
     try:
         tenement_options = {"tenement_config_dir": str(workdir), "tenement_server": server, "tenement_ten_bin": ten_bin,
                             "tenement_service_manager": "process", "tenement_pidfile": str(pidfile),
                             "tenement_start_command": start}  # fmt: skip
         yield Host(command, cfg, data_dir, client, bucket, ls_pidfile, tmp_path, tenement_options)
     finally:
-        subprocess.run([*stop, str(ls_pidfile)], check=False)
-        subprocess.run([*stop, str(pidfile)], check=False)
+        replica_host.stop(ls_pidfile, pidfile)
 
 
 def test_every_database_goes_back_to_one_moment_and_replication_continues_from_there(host: Host) -> None:
     alpha = host.data_dir / "demo" / "alpha" / "app.db"
     prefix = "dr/web1/tenement"
     for name in ("tenement.db", "demo/alpha/app.db", "demo/beta/app.db"):
-        _wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"{prefix}/{n}/0009/")))
+        wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"{prefix}/{n}/0009/")))
     host.post("demo:alpha", "/writer/start?rate=10")
     time.sleep(8)
     moment = datetime.now(UTC)
@@ -174,12 +152,12 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
     made.close()
     time.sleep(6)
     host.post("demo:alpha", "/writer/stop")
-    _wait("the later database's replica", lambda: any(host.bucket.list(f"{prefix}/demo/late/app.db/")))
+    wait("the later database's replica", lambda: any(host.bucket.list(f"{prefix}/demo/late/app.db/")))
     after = _rows(alpha)
     assert any(at > moment.timestamp() for _id, at in after) and any(at <= moment.timestamp() for _id, at in after)
     meta = host.tmp / "meta" / "tenement" / "demo" / "alpha" / "app.db-litestream"
     listing = lambda: replica.files(host.bucket, f"{prefix}/demo/alpha/app.db")  # noqa: E731
-    _wait("the replica caught up", lambda: replica.replica_txid(listing()) >= _local_txid(meta) > 0)
+    wait("the replica caught up", lambda: replica.replica_txid(listing()) >= _local_txid(meta) > 0)
 
     # Caught up: no database behind, none stalled.
     _code, lagged = host.run("replicas")
@@ -214,7 +192,7 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
     host.post("demo:alpha", "/rows?n=3")
     newest = _rows(alpha)
     assert len(newest) == len(restored) + 3
-    _wait("the new rows replicated", lambda: _latest_rows(host, "demo/alpha/app.db") == newest, 60)
+    wait("the new rows replicated", lambda: _latest_rows(host, "demo/alpha/app.db") == newest, 60)
 
     # A restore from a set stops Litestream for its duration as well, and starts it again.
     stops = (host.tmp / "litestream.log").read_text().count("litestream shutting down")
@@ -222,6 +200,22 @@ def test_every_database_goes_back_to_one_moment_and_replication_continues_from_t
     host.run("restore")
     assert host.litestream_runs() and (host.tmp / "litestream.log").read_text().count("shutting down") == stops + 1
     assert not (host.tmp / "state" / "litestream-paused-by-restore").exists()
+
+    # So does the module given the host command's configuration. The safety copy it keeps here is an instance's
+    # directory, which Litestream replicates (its pattern sees file names only): never restored, never measured.
+    done = run_module("app_restore", {"app": "tenement", "dir": str(host.tmp / "backups"), "instances": ["demo:alpha"],
+                                      "keep_safety": True, "config_path": str(host.config),
+                                      "state_dir": str(host.tmp / "state"), **host.tenement_options})  # fmt: skip
+    assert not done.get("failed"), done
+    assert host.litestream_runs() and (host.tmp / "litestream.log").read_text().count("shutting down") == stops + 2
+    kept = [p.relative_to(host.data_dir) for p in host.data_dir.rglob("app.db") if ".selfhost-dr-safety-" in str(p)]
+    assert len(kept) == 1 and kept[0].parts[1].startswith("."), kept
+    wait("the safety copy's replica", lambda: any(host.bucket.list(f"{prefix}/{kept[0]}/")))
+    _code, lagged = host.run("replicas")
+    assert sorted(d["database"] for d in lagged["databases"]) == [  # type: ignore[union-attr]
+        "demo/alpha/app.db", "demo/beta/app.db", "demo/late/app.db", "tenement.db"]  # fmt: skip
+    _code, planned = host.run("restore", "--at", "latest", "--check")
+    assert len(planned["databases"]) == 4, planned  # type: ignore[arg-type]
 
 
 def _latest_rows(host: Host, database: str) -> list[tuple[int, float]]:
@@ -236,7 +230,7 @@ def _latest_rows(host: Host, database: str) -> list[tuple[int, float]]:
 
 def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> None:
     for name in ("tenement.db", "demo/alpha/app.db"):
-        _wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"dr/web1/tenement/{n}/0009/")))
+        wait(f"the replica of {name}", lambda n=name: any(host.bucket.list(f"dr/web1/tenement/{n}/0009/")))
     before = _rows(host.data_dir / "demo" / "alpha" / "app.db")
     cases = {
         ("--at", "2020-01-01T00:00:00Z"): "nothing of tenement was replicated by 2020-01-01",
@@ -260,8 +254,7 @@ def test_what_a_point_in_time_restore_refuses_changes_nothing(host: Host) -> Non
     fresh = {"host": "web1", "data_dir": str(host.data_dir), "meta_dir": str(host.tmp / "new-meta"),
              "destination": {"bucket": host.bucket.bucket, "path": "dr", "endpoint": host.bucket.endpoint},
              "config_path": str(host.tmp / "never.yml"), "env_file": str(host.tmp / "never.env"),
-             "credentials": {"AWS_ACCESS_KEY_ID": s3_store.ACCESS_KEY,
-                             "AWS_SECRET_ACCESS_KEY": s3_store.SECRET_KEY}}  # fmt: skip
+             "credentials": CREDENTIALS}  # fmt: skip
     refused = run_module("replicate_config", fresh, check=True)
     assert refused.get("failed") and "already holds replicas, and this host has no replication state" in str(
         refused.get("msg")), refused  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +96,54 @@ def test_a_link_in_litestreams_state_is_not_followed(tmp_path: Path, monkeypatch
     bucket = Bucket({f"r/web1/tenement/tenement.db/0000/{_name(1, 3)}": NOW})
     (found,) = lag.measure(_replication(tmp_path, bucket, monkeypatch), "tenement", NOW)
     assert found.local_txid == 0 and found.behind == 0
+
+
+def _sqlite(path: Path, changed: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(lag.SQLITE_HEADER + bytes(4096 - len(lag.SQLITE_HEADER)))
+    os.utime(path, (changed, changed))
+
+
+def test_a_database_litestream_never_picked_up_is_reported_and_stalls_once_it_waited_too_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    bucket = Bucket({f"r/web1/tenement/tenement.db/0000/{_name(1, 3)}": NOW - 10})
+    _local(tmp_path, "tenement.db", {(1, 3): NOW - 10})
+    _sqlite(data / "tenement.db", NOW - 10)
+    _sqlite(data / "demo" / "new" / "app.db", NOW - 1)  # just made: Litestream picks it up within a second or two
+    _sqlite(data / "demo" / "old" / "app.db", NOW - 1)  # seen unreplicated by the last measure, 90 s ago
+    for left_alone in ("demo/.app.db.selfhost-dr-safety-1", "demo/.alpha.selfhost-dr-safety-1/app.db",
+                       "demo/a/notes.db", "demo/a/app.db-wal"):  # fmt: skip
+        target = data / left_alone
+        if left_alone.endswith("notes.db"):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"not a database" * 512)  # (whole pages, no SQLite header)
+        else:
+            _sqlite(target, NOW - 500)
+    (data / "demo" / "linked.db").symlink_to(data / "tenement.db")
+    replication = _replication(tmp_path, bucket, monkeypatch)
+    found = {f.database: f for f in lag.measure(replication, "tenement", NOW, data_dir=str(data),
+                                                earlier={"demo/old/app.db": NOW - 90})}  # fmt: skip
+    assert sorted(found) == ["demo/new/app.db", "demo/old/app.db", "tenement.db"]
+    new, old = found["demo/new/app.db"], found["demo/old/app.db"]
+    assert new.unreplicated_since == NOW - 1 and not new.stalled
+    assert old.unreplicated_since == NOW - 90 and old.stalled
+    assert old.why == "Litestream has not picked up demo/old/app.db (there for 90 s, no replica)"
+    assert found["tenement.db"].unreplicated_since == 0 and not found["tenement.db"].stalled
+    # A database once made and copied in with its old mtime is new all the same (its ctime says so).
+    copied = data / "demo" / "copied" / "app.db"
+    _sqlite(copied, time.time() - 10_000)
+    assert lag.on_disk(str(data))["demo/copied/app.db"] >= time.time() - 60
+
+
+def test_a_safety_copy_litestream_replicated_is_left_out_of_the_lag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept = "demo/.alpha.selfhost-dr-safety-1/app.db"  # Litestream replicates a database in a hidden directory
+    bucket = Bucket({f"r/web1/tenement/tenement.db/0000/{_name(1, 3)}": NOW - 10,
+                     f"r/web1/tenement/{kept}/0000/{_name(1, 2)}": NOW - 10})  # fmt: skip
+    _local(tmp_path, "tenement.db", {(1, 3): NOW - 10})
+    _local(tmp_path, kept, {(1, 9): NOW - 500})
+    found = lag.measure(_replication(tmp_path, bucket, monkeypatch), "tenement", NOW)
+    assert [f.database for f in found] == ["tenement.db"]

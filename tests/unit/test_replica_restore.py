@@ -90,9 +90,15 @@ def test_a_file_that_is_no_database_is_never_replaced_by_a_replica(tmp_path: Pat
     (data / "notes.txt").write_text("a person's notes\n")
     with pytest.raises(RestoreError, match="is not an SQLite database, so no replica of it can be Litestream's"):
         replica_restore._manifest("tenement", str(data), [str(data / "notes.txt")])
-    for hidden in ("demo/.app.db.selfhost-dr-safety-x", "demo/app.db-wal", "app.db-journal"):
+    for journal in ("demo/app.db-wal", "app.db-journal"):
         with pytest.raises(LtxError, match="names a file this collection never replicates"):
-            replica.databases(Listed([f"dr/t/{hidden}/0000/{NAME}"]), "dr/t")  # type: ignore[arg-type]
+            replica.databases(Listed([f"dr/t/{journal}/0000/{NAME}"]), "dr/t")  # type: ignore[arg-type]
+    # A hidden one (a kept safety copy, which Litestream replicates) is left out, never restored, and said.
+    ignored: list[str] = []
+    hidden = ["demo/.app.db.selfhost-dr-safety-x", "demo/.alpha.selfhost-dr-safety-x/app.db"]
+    listed = Listed([f"dr/t/{h}/0000/{NAME}" for h in hidden] + [f"dr/t/demo/alpha/app.db/0000/{NAME}"])
+    assert list(replica.databases(listed, "dr/t", ignored)) == ["demo/alpha/app.db"]  # type: ignore[arg-type]
+    assert ignored == hidden
     with pytest.raises(LtxError, match="is not the path of a database"):
         replica.databases(Listed([f"dr/t/{'x' * 256}.db/0000/{NAME}"]), "dr/t")  # type: ignore[arg-type]
 
@@ -236,3 +242,22 @@ def test_a_trigger_in_the_restored_tenement_db_cannot_swap_the_token_back(tmp_pa
     db.close()
     with pytest.raises(RestoreError, match="has a trigger 'back' on its config table, which tenement never makes"):
         replica_restore.keep_token(str(live), str(restored))
+
+
+def test_a_restore_module_stops_litestream_on_a_host_that_replicates_and_only_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ansible_collections.selfhost.dr.plugins.module_utils.repos import config as repo_config
+
+    monkeypatch.setattr(repo_config, "DEFAULT_CONFIG", str(tmp_path / "absent.toml"))
+    assert replica_restore.host_replication(None) is None, "a host without the host command's configuration"
+    with pytest.raises(repo_config.RepoConfigError, match=r"named\.toml does not exist"):
+        replica_restore.host_replication(str(tmp_path / "named.toml"))
+    conf = tmp_path / "config.toml"
+    conf.write_text('backup_dir = "/var/backups/selfhost-dr"\n')
+    assert replica_restore.host_replication(str(conf)) is None, "a host that does not replicate"
+    conf.write_text('[replicate]\nbucket = "dr-web"\nservice = "litestream"\nservice_manager = "systemd"\n')
+    found = replica_restore.host_replication(str(conf))
+    assert found is not None and found.service is not None and found.service.unit == "litestream"
+    monkeypatch.setattr(repo_config, "DEFAULT_CONFIG", str(conf))
+    assert replica_restore.host_replication(None) is not None, "the default configuration, when it exists"

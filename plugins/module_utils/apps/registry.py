@@ -40,6 +40,9 @@ TENEMENT_SPEC = {**TENEMENT_CLIENT_SPEC, **TENEMENT_SERVICE_SPEC}
 TOMO_SPEC: dict[str, dict[str, object]] = {
     "tomo_database": {"type": "path"},
     "tomo_service": {"type": "str", "default": "tomo.service"},
+    "tomo_service_manager": {"type": "str", "default": "systemd", "choices": ["auto", "systemd", "process"]},
+    "tomo_pidfile": {"type": "path", "default": "/run/tomo.pid"},
+    "tomo_start_command": {"type": "list", "elements": "str", "default": []},
     "tomo_environment": {"type": "path", "default": "/etc/tomo/environment"},
     "tomo_known_hosts": {"type": "path", "default": "/var/lib/tomo/.ssh/known_hosts"},
     "tomo_categories": {"type": "list", "elements": "str", "default": list(CATEGORIES)},
@@ -112,6 +115,9 @@ def application(name: str, options: Mapping[str, object]) -> Application:
             TomoSettings(
                 database=str(options.get("tomo_database") or ""),
                 service=str(get(m, "tomo_service")),
+                service_manager=str(get(m, "tomo_service_manager")),
+                pidfile=str(get(m, "tomo_pidfile")),
+                start_command=[str(a) for a in get(m, "tomo_start_command")],  # type: ignore[attr-defined]
                 environment=str(get(m, "tomo_environment") or ""),
                 known_hosts=str(get(m, "tomo_known_hosts") or ""),
                 categories=[str(c) for c in get(m, "tomo_categories")],  # type: ignore[attr-defined]

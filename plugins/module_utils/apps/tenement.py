@@ -309,6 +309,17 @@ class Tenement(Application):
     def data_dir(self) -> str:
         return self.settings.data_dir or DEFAULT_DATA_DIR
 
+    def configured_data_dir(self) -> str:
+        """The data dir as the operator's ``data_dir`` or tenement.toml sets it, without asking ``ten serve``."""
+        s = self.settings
+        if s.data_dir:
+            return os.path.normpath(s.data_dir)
+        try:
+            config, _digest = read_config(s.config_path)
+        except TenementError:
+            return DEFAULT_DATA_DIR
+        return resolve_data_dir(config, s.config_path)
+
     @property
     def client(self) -> TenementClient:
         if self._client is None:

@@ -56,6 +56,9 @@ def settle(given: str, log: Log = no_log) -> None:
 class Settings:
     database: str = ""  # empty: /var/lib/tomo/tomo.db, then ~tomo/.tomo and ~/.tomo
     service: str = "tomo.service"
+    service_manager: str = "systemd"  # or process: a plain process kept by start-stop-daemon (no systemd: Docker)
+    pidfile: str = "/run/tomo.pid"
+    start_command: list[str] = field(default_factory=list)
     environment: str = "/etc/tomo/environment"
     known_hosts: str = "/var/lib/tomo/.ssh/known_hosts"
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
@@ -71,7 +74,9 @@ class Tomo(Application):
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.service = Service(settings.service, "systemd")
+        self.service = Service(
+            settings.service, settings.service_manager, settings.pidfile, list(settings.start_command)
+        )
         self.by_document = False  # a migration by document: restores leave the database out
 
     def inspect(self) -> Facts:
@@ -205,5 +210,6 @@ class Tomo(Application):
         self.service.start()
         time.sleep(s.settle)  # Tomo fails on a bad database within moments of its start, if it is going to
         state = self.service.state()
-        if state != "active":
-            raise AppError(f"{s.service} is not running after its start (it is {state}): see journalctl -u {s.service}")
+        if state not in ("active", "running"):  # systemd's ActiveState, or a plain process's (service.py)
+            see = "" if state == "stopped" else f": see journalctl -u {s.service}"
+            raise AppError(f"{s.service} is not running after its start (it is {state}){see}")

@@ -40,7 +40,14 @@ from .. import safe_fs
 from .._common import AppError, Log, RestoreError, atomic_write, no_log, write_all
 from ..apps.base import Application, Facts
 from ..replicas import ltx, replica
-from ..replicas.litestream import ATTEMPTS, ReplicaRestoreError, Replication, VanishedError, stop_for_restore
+from ..replicas.litestream import (
+    ATTEMPTS,
+    ReplicaRestoreError,
+    Replication,
+    VanishedError,
+    from_config,
+    stop_for_restore,
+)
 from ..replicas.ltx import LtxError
 from ..replicas.s3 import S3Error
 from ..sets.restore import Unit, is_under
@@ -88,7 +95,9 @@ def data_root(app: Application, before: Facts | None) -> str:
     if app.name == "tomo":
         from ..apps.tomo_schema import locate_database
 
-        return os.path.dirname(locate_database(app.settings.database or None))  # type: ignore[attr-defined]
+        given = str(app.settings.database or "")  # type: ignore[attr-defined]
+        # The configured path whether or not tomo.db is there now: a deleted one is what its replica restores.
+        return os.path.dirname(os.path.abspath(given) if given else locate_database(None))
     raise RestoreError(f"{app.name} is not replicated by this collection")
 
 
@@ -146,12 +155,16 @@ def plan(
     root = data_root(app, before)
     store = replication.store()
     prefix = replication.prefix(app.name)
+    ignored: list[str] = []
     try:
-        found = replica.databases(store, prefix)
+        found = replica.databases(store, prefix, ignored)
     except (S3Error, LtxError) as exc:
         raise RestoreError(
             f"the replicas of {app.name} in {replication.shown} cannot be read: {exc}; nothing was changed"
         ) from exc
+    for name in ignored:
+        log(f"restore: the replica of {name} is left alone (a hidden path: a safety copy or staged tree Litestream "
+            "found, never restored)")  # fmt: skip
     if not found:
         raise RestoreError(f"there is no replica of {app.name} in {replication.shown}; nothing was changed")
     names = list(dict.fromkeys(databases)) if databases else sorted(found)
@@ -222,6 +235,17 @@ def run(app: Application, planned: restore.Plan, options: restore.Options, repli
     """Carry out a plan: Litestream stopped for the whole restore and started again afterwards (whether the restore
     stood or was undone), the rest exactly as a set's restore (engine/restore.py)."""
     return paused(replication, options.state_dir, lambda: restore.run(app, planned, options, log), log)
+
+
+def host_replication(config_path: str | None) -> Replication | None:
+    """The replication the host command's configuration sets up (``[replicate]``), whose Litestream a restore stops;
+    None when it has none, or when no configuration is named and there is none at the default path."""
+    from ..repos import config as repo_config
+
+    if not config_path and not os.path.exists(repo_config.DEFAULT_CONFIG):
+        return None
+    table = repo_config.load(config_path or repo_config.DEFAULT_CONFIG).get("replicate")
+    return from_config(table) if table else None
 
 
 def paused(replication: Replication | None, state_dir: str | None, restoring: Callable[[], restore.Result],

@@ -16,7 +16,12 @@ database's grows, and is no fault). A database whose oldest waiting change has w
 has **stalled**, and so has every database while Litestream does not run: a stalled replica is a failure.
 
 Commits SQLite made in the last ``monitor-interval`` (1 s) are not in a level-0 file yet and count in neither
-number."""
+number.
+
+A database Litestream never picked up (below tenement's data dir, found as Litestream's ``dir`` entry finds them,
+with neither local state nor replica) is reported too, ``unreplicated_since`` the first measure that saw it or its
+last change, whichever is older: it stalls once that is longer ago than ``stall_seconds`` (Litestream watches the
+data dir, so a new instance's database is normally picked up within a second or two)."""
 
 from __future__ import annotations
 
@@ -46,6 +51,7 @@ class Lag:
     since_sync_seconds: float = 0.0
     stalled: bool = False
     why: str = ""
+    unreplicated_since: float = 0.0  # Unix time: Litestream has not picked this database up (0: it has)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -109,8 +115,50 @@ def _locals(replication: Replication, app: str) -> Iterable[str]:
     for parent, dirs, _files in os.walk(top):  # (os.walk does not follow links to directories)
         for name in list(dirs):
             if name.endswith("-litestream"):
-                found.append(os.path.relpath(os.path.join(parent, name), top).removesuffix("-litestream"))
+                path = os.path.relpath(os.path.join(parent, name), top).removesuffix("-litestream")
+                if not replica.hidden(path):  # (a kept safety copy: replica.hidden)
+                    found.append(path)
                 dirs.remove(name)
+    return found
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+SCAN_LIMIT = 200_000  # directory entries looked at below the data dir, at most
+
+
+def on_disk(data_dir: str) -> dict[str, float]:
+    """The SQLite databases below ``data_dir`` that Litestream's ``dir`` entry replicates (replicas/config.py: every
+    directory, files not hidden, not SQLite's journals, starting with SQLite's header): path below the data dir ->
+    time of the last change. Links are never followed (the data dir itself being one finds nothing, as Litestream
+    finds nothing); databases in hidden directories are left out (replica.hidden); at most ``SCAN_LIMIT`` entries.
+    The time is the newer of its mtime and ctime (a database renamed into place, or copied keeping its mtime, is
+    new)."""
+    found: dict[str, float] = {}
+    seen = 0
+    try:
+        for parent, dirs, files, dir_fd in os.fwalk(data_dir, follow_symlinks=False):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                seen += 1
+                if seen > SCAN_LIMIT:
+                    return found
+                if name.startswith(".") or name.endswith(("-wal", "-shm", "-journal")):
+                    continue
+                try:
+                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                    if not stat.S_ISREG(st.st_mode) or st.st_size < 512 or st.st_size % 512:
+                        continue  # (a database is whole pages of at least 512 bytes)
+                    fd, _st = safe_fs.open_file(name, dir_fd)
+                except OSError:
+                    continue
+                try:
+                    head = os.read(fd, len(SQLITE_HEADER))
+                finally:
+                    os.close(fd)
+                if head == SQLITE_HEADER:
+                    found[os.path.relpath(os.path.join(parent, name), data_dir)] = max(st.st_mtime, st.st_ctime)
+    except OSError:
+        pass
     return found
 
 
@@ -121,13 +169,23 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def measure(replication: Replication, app: str, now: float | None = None, service: Service | None = None) -> list[Lag]:
+def measure(
+    replication: Replication,
+    app: str,
+    now: float | None = None,
+    service: Service | None = None,
+    data_dir: str | None = None,
+    earlier: dict[str, float] | None = None,
+) -> list[Lag]:
     """The lag of every database of ``app`` replicated on this host (one listing of the store, one header read per
-    database). Raises :class:`s3.S3Error` when the store cannot be read."""
+    database), and, given tenement's ``data_dir``, every database there Litestream never picked up (``earlier``:
+    their ``unreplicated_since`` at the last measure). Raises :class:`s3.S3Error` when the store cannot be read."""
     now = time.time() if now is None else now
     store = replication.store()
     remote = replica.databases(store, replication.prefix(app))
-    names = sorted({*remote, *_locals(replication, app)})
+    known = {*remote, *_locals(replication, app)}
+    names = sorted(known)
+    missed = {n: t for n, t in (on_disk(data_dir) if data_dir else {}).items() if n not in known}
     running = True
     why_down = ""
     if service is not None:
@@ -164,5 +222,16 @@ def measure(replication: Replication, app: str, now: float | None = None, servic
             )
         return lag
 
+    def unpicked(name: str, changed: float) -> Lag:
+        lag = Lag(app, name, unreplicated_since=min(changed, (earlier or {}).get(name) or now, now))
+        waited = now - lag.unreplicated_since
+        lag.why = f"Litestream has not picked up {name} (there for {waited:.0f} s, no replica)"
+        if not running:
+            lag.stalled, lag.why = True, why_down
+        elif waited > replication.stall_seconds:
+            lag.stalled = True
+        return lag
+
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(one, names))
+        measured = list(pool.map(one, names))
+    return sorted([*measured, *(unpicked(n, t) for n, t in missed.items())], key=lambda m: m.database)

@@ -63,8 +63,8 @@ def headers(store: s3.Store, listed: list[tuple[int, s3.Object]], workers: int =
 
 def database_path(relative: str) -> str:
     """A database's path below the replica's prefix (its path below the data dir), checked: segments that are not
-    empty, ``.`` or ``..`` and fit a file name, no control character, and a name Litestream replicates (not hidden,
-    not a journal); refused in one sentence otherwise."""
+    empty, ``.`` or ``..`` and fit a file name, no control character, and a name this collection restores (not
+    hidden, not in a hidden directory, not a journal); refused in one sentence otherwise."""
     parts = relative.split("/")
     if (
         not relative
@@ -82,10 +82,18 @@ def database_path(relative: str) -> str:
     return relative
 
 
-def databases(store: s3.Store, prefix: str) -> dict[str, list[tuple[int, s3.Object]]]:
+def hidden(relative: str) -> bool:
+    """A path with a hidden segment: Litestream replicates a database in a hidden directory (its ``pattern`` sees
+    only the file's name), such as the safety copy of an instance a restore kept (``keep_safety``); this collection
+    never restores one, and measures no lag for it."""
+    return any(p.startswith(".") for p in relative.split("/"))
+
+
+def databases(store: s3.Store, prefix: str, ignored: list[str] | None = None) -> dict[str, list[tuple[int, s3.Object]]]:
     """Every database replicated below ``prefix`` (one listing): its path below the prefix, with its files and their
     levels. Litestream's keys are ``PREFIX/DB/LLLL/MIN-MAX.ltx``; a key of another form is not Litestream's and is
-    left alone (the prefix may hold other things), a database path that could escape the data dir is refused."""
+    left alone (the prefix may hold other things), a database path that could escape the data dir is refused, one
+    with a hidden segment is left out (and named in ``ignored``)."""
     prefix = prefix.strip("/")
     found: dict[str, list[tuple[int, s3.Object]]] = {}
     count = 0
@@ -96,10 +104,14 @@ def databases(store: s3.Store, prefix: str) -> dict[str, list[tuple[int, s3.Obje
         if not path or not _LEVEL.match(level) or not ltx.NAME.match(name):
             continue
         ltx.parse_name(name)
-        found.setdefault(database_path(path), []).append((int(level, 16), obj))
         count += 1
         if count > MAX_FILES * 4:
             raise LtxError(f"the replicas below {prefix} hold more than {MAX_FILES * 4} files")
+        if hidden(path) and not any(p in ("", ".", "..") for p in path.split("/")):
+            if ignored is not None and path not in ignored and len(ignored) < 100:
+                ignored.append(path)
+            continue
+        found.setdefault(database_path(path), []).append((int(level, 16), obj))
     return found
 
 
