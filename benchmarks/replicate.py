@@ -25,7 +25,7 @@ the uploads); the lag part also prints Litestream's CPU, so that a shorter inter
 what it buys (and each LTX file is one PUT to the store while a database is written).
 
 Usage: benchmarks/replicate.py [--work DIR] [--seconds 90] [--moments 20] [--kills 3] [--databases 200]
-                               [--monitor-interval 1s] [--skip-scale]
+                               [--monitor-interval 1s] [--l0-retention 1h] [--skip-scale]
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.replicas import config
 from ansible_collections.selfhost.dr.plugins.module_utils.replicas.litestream import Replication
 
 LITESTREAM = Path(sys.executable).parent / "litestream"
+LEVELS = ["10s", "30s"]  # the compaction levels of the lag, kill and exact parts
 HOST = "bench"
 
 
@@ -164,7 +165,7 @@ def _pct(values: list[float], q: float) -> float:
 
 def lag_and_kills(work: Path, store: s3_store.Store, args: argparse.Namespace) -> dict[str, object]:
     results: dict[str, object] = {"lag": [], "lost_seconds": [], "exact": []}
-    settings = config.Settings(levels=["10s", "30s"], l0_retention="1h", snapshot_interval="1h",
+    settings = config.Settings(levels=LEVELS, l0_retention=args.l0_retention, snapshot_interval="1h",
                                meta_dir=str(work / "meta"), addr="127.0.0.1:0",
                                monitor_interval=args.monitor_interval)  # fmt: skip
     for run in range(args.kills):
@@ -253,7 +254,8 @@ def _moments(here: Path, replication: Replication, bucket: s3.Store, log: list[t
         after = [i for i, began in restored if began > moment]
         owed = [i for i, t in log if t <= moment]
         short = [times[i] for i in owed if i not in got]
-        found.append({"moment": moment - first, "after": len(after), "owed": len(owed), "short_rows": len(short),
+        found.append({"moment": moment - first, "age": time.time() - moment, "after": len(after), "owed": len(owed),
+                      "short_rows": len(short),
                       "short_seconds": (moment - min(short)) if short else 0.0, "files": len(plan.files)})  # fmt: skip
         out.unlink()
     return found
@@ -308,11 +310,11 @@ def scale(work: Path, store: s3_store.Store, args: argparse.Namespace) -> dict[s
 def _interval(value: str) -> str:
     """A Litestream duration (1s, 100ms), as config.Settings takes it."""
     try:
-        config._duration("--monitor-interval", value)
+        config._duration("an interval", value)
     except config.ReplicaConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
     if config._seconds(value) <= 0:
-        raise argparse.ArgumentTypeError(f"--monitor-interval must be above zero, not {value!r}")
+        raise argparse.ArgumentTypeError(f"an interval must be above zero, not {value!r}")
     return value
 
 
@@ -331,6 +333,13 @@ def main() -> None:
         default="1s",
         help="Litestream's monitor-interval in the lag, kill and exact parts (an LTX file each)",
     )
+    parser.add_argument(
+        "--l0-retention",
+        type=_interval,
+        default="1h",
+        help="how long Litestream keeps level-0 files once compacted: moments older than that are restored from "
+        f"level-1 files ({LEVELS[0]} each)",
+    )
     parser.add_argument("--skip-scale", action="store_true")
     args = parser.parse_args()
     if not LITESTREAM.exists():
@@ -339,7 +348,8 @@ def main() -> None:
     sync = config.Settings().sync_interval
     version = subprocess.run([str(LITESTREAM), "version"], capture_output=True, text=True).stdout.strip()
     print(f"Litestream {version}: monitor-interval {args.monitor_interval}, "
-          f"sync-interval {sync}; {args.rate:g} commits/s for {args.seconds:g} s, {args.moments} moments, "
+          f"sync-interval {sync}, levels {LEVELS}, l0-retention {args.l0_retention}; {args.rate:g} commits/s "
+          f"for {args.seconds:g} s, {args.moments} moments, "
           f"{args.kills} kills", flush=True)  # fmt: skip
     work = args.work or Path(tempfile.mkdtemp(prefix="selfhost-dr-replicate-bench-"))
     try:
@@ -363,18 +373,28 @@ def main() -> None:
           f"{max(lost):.2f} s of commits; worst / 2 s target = {max(lost) / 2:.2f}x")  # fmt: skip
     print(f"restores to {len(exact)} random moments (replica levels {found.get('levels')}, a snapshot mid-run):")
     print(f"  rows committed after the moment restored: {sum(e['after'] for e in exact)} (must be 0)")
-    exact_count = sum(1 for e in exact if e["short_rows"] == 0)
-    shorts = [e["short_seconds"] for e in exact]
-    print(
-        f"  exactly the rows committed by the moment: {exact_count} of {len(exact)}; short of it by a median "
-        f"{statistics.median(shorts):.2f} s, worst {max(shorts):.2f} s of commits "
-        f"({max(e['short_rows'] for e in exact)} rows): worst / {args.monitor_interval} monitor interval "
-        f"= {max(shorts) / monitor:.2f}x (one LTX file a monitor cycle: 1.0x is a cycle's worth)"
-    )
+    l0 = config._seconds(args.l0_retention)
+    groups = (
+        (f"within l0-retention {args.l0_retention}", [e for e in exact if e["age"] <= l0], args.monitor_interval,
+         monitor, "monitor interval", "one LTX file a monitor cycle"),
+        (f"older than l0-retention {args.l0_retention}", [e for e in exact if e["age"] > l0], LEVELS[0],
+         config._seconds(LEVELS[0]), "level-1 interval", "one level-1 file an interval"),
+    )  # fmt: skip
+    for label, group, bound, bound_s, unit, what in groups:
+        if not group:
+            continue
+        exact_count = sum(1 for e in group if e["short_rows"] == 0)
+        shorts = [e["short_seconds"] for e in group]
+        print(
+            f"  {label}: exactly the rows committed by the moment: {exact_count} of {len(group)}; short of it by a "
+            f"median {statistics.median(shorts):.2f} s, worst {max(shorts):.2f} s of commits "
+            f"({max(e['short_rows'] for e in group)} rows): worst / {bound} {unit} "
+            f"= {max(shorts) / bound_s:.2f}x ({what}: 1.0x is one's worth)"
+        )
     for e in exact:
         print(
-            f"    t+{e['moment']:6.1f} s: {e['owed']:6d} owed, {e['short_rows']:4d} short "
-            f"({e['short_seconds']:.2f} s), {e['after']} after, {e['files']} file(s)"
+            f"    t+{e['moment']:6.1f} s (restored {e['age']:5.1f} s later): {e['owed']:6d} owed, "
+            f"{e['short_rows']:4d} short ({e['short_seconds']:.2f} s), {e['after']} after, {e['files']} file(s)"
         )
     if figures:
         one, many = figures["1"], figures[str(args.databases)]

@@ -703,17 +703,22 @@ def cmd_replicas(args: argparse.Namespace, config: dict[str, Any], log: Progress
     replicas = replication(config)
     store = state.Store(config.get("state_dir"))
     entry: dict[str, object] = {"at": iso(utc_now()), "ok": False, "reason": "", "databases": []}
+    earlier = _recorded_replicas(store, name).get("unreplicated") or {}
+    earlier = (
+        {str(k): float(v) for k, v in earlier.items() if isinstance(v, (int, float))}
+        if isinstance(earlier, dict)
+        else {}
+    )
+    entry["unreplicated"] = earlier  # (kept when this measure fails: a database with no replica still stalls in time)
     resumed = replica_restore.resume_paused(replicas, config.get("state_dir"), log)
     if resumed:
         time.sleep(2)  # (Litestream opens every database before it is measured as running)
     try:
-        earlier = {str(d.get("database")): float(d.get("unreplicated_since") or 0)
-                   for d in (_recorded_replicas(store, name).get("databases") or [])
-                   if isinstance(d, dict) and d.get("unreplicated_since")}  # fmt: skip
         data_dir = application(name, app_options(config)).configured_data_dir() if name == "tenement" else None  # type: ignore[attr-defined]
         found = lag.measure(replicas, name, service=replicas.service, data_dir=data_dir, earlier=earlier)
         entry["databases"] = [f.to_dict() for f in found]
-        stalled = [f for f in found if f.stalled]
+        entry["unreplicated"] = {f.database: f.unreplicated_since for f in found if f.unreplicated_since}
+        stalled = sorted((f for f in found if f.stalled), key=lambda f: bool(f.unreplicated_since))
         if not found:
             entry["reason"] = f"no database of {name} is replicated to {replicas.shown}"
         elif stalled:
@@ -722,8 +727,12 @@ def cmd_replicas(args: argparse.Namespace, config: dict[str, Any], log: Progress
                 if len(stalled) > 1 else f"the replica of {stalled[0].database} stalled: {stalled[0].why}"
             )  # fmt: skip
         entry["ok"] = not entry["reason"]
+    except lag.ScanError as exc:
+        entry["reason"] = str(exc)
     except (Error, OSError) as exc:
         entry["reason"] = f"the replicas of {name} in {replicas.shown} cannot be read: {exc}"
+    except Exception as exc:  # recorded all the same: state.json and the metrics never keep a stale "ok"
+        entry["reason"] = f"measuring the replicas of {name} failed: {type(exc).__name__}: {exc}"
     store.record_replicas(name, entry)
     exported = ""
     if args.export:

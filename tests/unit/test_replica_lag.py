@@ -5,6 +5,7 @@ With the real Litestream and SeaweedFS: tests/integration/test_replica_restore.p
 from __future__ import annotations
 
 import os
+import sqlite3
 import struct
 import time
 from collections.abc import Iterator
@@ -100,41 +101,83 @@ def test_a_link_in_litestreams_state_is_not_followed(tmp_path: Path, monkeypatch
 
 def _sqlite(path: Path, changed: float) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(lag.SQLITE_HEADER + bytes(4096 - len(lag.SQLITE_HEADER)))
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE t (a)")
+    db.commit()
+    db.close()
     os.utime(path, (changed, changed))
 
 
 def test_a_database_litestream_never_picked_up_is_reported_and_stalls_once_it_waited_too_long(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    now = time.time() + 10_000  # (each file's time set below is newer than its real ctime)
     data = tmp_path / "data"
-    bucket = Bucket({f"r/web1/tenement/tenement.db/0000/{_name(1, 3)}": NOW - 10})
-    _local(tmp_path, "tenement.db", {(1, 3): NOW - 10})
-    _sqlite(data / "tenement.db", NOW - 10)
-    _sqlite(data / "demo" / "new" / "app.db", NOW - 1)  # just made: Litestream picks it up within a second or two
-    _sqlite(data / "demo" / "old" / "app.db", NOW - 1)  # seen unreplicated by the last measure, 90 s ago
+    bucket = Bucket({f"r/web1/tenement/tenement.db/0000/{_name(1, 3)}": now - 10})
+    _local(tmp_path, "tenement.db", {(1, 3): now - 10})
+    _sqlite(data / "tenement.db", now - 10)
+    _sqlite(data / "demo" / "new" / "app.db", now - 1)  # just made: Litestream picks it up within a second or two
+    _sqlite(data / "demo" / "old" / "app.db", now - 1)  # seen with no replica by the last measure, 90 s ago
+    _sqlite(data / "demo" / "x-litestream" / "app.db", now - 1)  # (named like Litestream's state directories)
     for left_alone in ("demo/.app.db.selfhost-dr-safety-1", "demo/.alpha.selfhost-dr-safety-1/app.db",
-                       "demo/a/notes.db", "demo/a/app.db-wal"):  # fmt: skip
-        target = data / left_alone
-        if left_alone.endswith("notes.db"):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(b"not a database" * 512)  # (whole pages, no SQLite header)
-        else:
-            _sqlite(target, NOW - 500)
+                       "demo/a/app.db-wal"):  # fmt: skip
+        _sqlite(data / left_alone, now - 500)
+    (data / "demo" / "a" / "notes.db").write_bytes(b"not a database" * 512)  # (whole pages, no SQLite header)
+    (data / "demo" / "a" / "0.db").write_bytes(lag.SQLITE_HEADER + bytes(4080))  # Litestream fails to open it too
     (data / "demo" / "linked.db").symlink_to(data / "tenement.db")
+    os.mkfifo(data / "demo" / "a" / "fifo.db")
+    (data / "demo" / "linked-dir").symlink_to(data / "demo" / "new")
     replication = _replication(tmp_path, bucket, monkeypatch)
-    found = {f.database: f for f in lag.measure(replication, "tenement", NOW, data_dir=str(data),
-                                                earlier={"demo/old/app.db": NOW - 90})}  # fmt: skip
-    assert sorted(found) == ["demo/new/app.db", "demo/old/app.db", "tenement.db"]
+    found = {f.database: f for f in lag.measure(replication, "tenement", now, data_dir=str(data),
+                                                earlier={"demo/old/app.db": now - 90})}  # fmt: skip
+    assert sorted(found) == ["demo/new/app.db", "demo/old/app.db", "demo/x-litestream/app.db", "tenement.db"]
     new, old = found["demo/new/app.db"], found["demo/old/app.db"]
-    assert new.unreplicated_since == NOW - 1 and not new.stalled
-    assert old.unreplicated_since == NOW - 90 and old.stalled
-    assert old.why == "Litestream has not picked up demo/old/app.db (there for 90 s, no replica)"
+    assert new.unreplicated_since == now - 1 and not new.stalled
+    assert old.unreplicated_since == now - 90 and old.stalled
+    assert old.why == "demo/old/app.db has no replica and no Litestream state (there for 90 s)"
     assert found["tenement.db"].unreplicated_since == 0 and not found["tenement.db"].stalled
     # A database once made and copied in with its old mtime is new all the same (its ctime says so).
     copied = data / "demo" / "copied" / "app.db"
     _sqlite(copied, time.time() - 10_000)
     assert lag.on_disk(str(data))["demo/copied/app.db"] >= time.time() - 60
+
+
+def test_a_data_dir_that_cannot_be_scanned_whole_is_said_and_a_name_cannot_forge_a_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    (data / "demo").mkdir(parents=True)
+    _sqlite(data / "demo" / "a\nselfhost-dr: every replica is current\x1b[2K\udcff.db", time.time())
+    assert list(lag.on_disk(str(data))) == ["demo/a\\nselfhost-dr: every replica is current\\x1b[2K\\xff.db"]
+    (tmp_path / "linked").symlink_to(data)
+    with pytest.raises(lag.ScanError, match=r"cannot be read as a directory .* Litestream replicates nothing below it"):
+        lag.on_disk(str(tmp_path / "linked"))
+    with pytest.raises(lag.ScanError, match="cannot be read as a directory"):
+        lag.on_disk(str(tmp_path / "missing"))
+    deep = data
+    for _n in range(lag.SCAN_DEPTH + 1):
+        deep = deep / "d"
+    deep.mkdir(parents=True)
+    with pytest.raises(lag.ScanError, match=f"is more than {lag.SCAN_DEPTH} directories deep"):
+        lag.on_disk(str(data))
+    monkeypatch.setattr(lag, "SCAN_DEPTH", 1000)
+    monkeypatch.setattr(lag, "SCAN_LIMIT", 50)
+    with pytest.raises(lag.ScanError, match="holds more than 50 entries"):
+        lag.on_disk(str(data))
+
+
+def test_a_data_dir_full_of_databases_with_no_replica_is_reported_in_a_hundred_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    _sqlite(data / "demo" / "a" / "app.db", time.time())
+    for n in range(150):
+        (data / "demo" / "a" / f"copy{n:03d}.db").write_bytes((data / "demo" / "a" / "app.db").read_bytes())
+    replication = _replication(tmp_path, Bucket({}), monkeypatch)
+    found = lag.measure(replication, "tenement", time.time() + 100, data_dir=str(data))
+    assert len(found) == lag.SHOWN and all(f.stalled for f in found)
+    (summary,) = [f for f in found if f.database.startswith("(")]
+    assert summary.database == "(52 more databases with no replica)" and "52 more databases" in summary.why
 
 
 def test_a_safety_copy_litestream_replicated_is_left_out_of_the_lag(

@@ -256,7 +256,10 @@ def test_a_restore_module_stops_litestream_on_a_host_that_replicates_and_only_th
     conf = tmp_path / "config.toml"
     conf.write_text('backup_dir = "/var/backups/selfhost-dr"\n')
     assert replica_restore.host_replication(str(conf)) is None, "a host that does not replicate"
-    conf.write_text('[replicate]\nbucket = "dr-web"\nservice = "litestream"\nservice_manager = "systemd"\n')
+    conf.write_text(
+        '[replicate]\nbucket = "dr-web"\nservice = "litestream"\nservice_manager = "systemd"\n'
+        f'env_file = "{tmp_path / "not-written-yet.env"}"\n'
+    )  # (a new server's, before replicate ran)
     found = replica_restore.host_replication(str(conf))
     assert found is not None and found.service is not None and found.service.unit == "litestream"
     monkeypatch.setattr(repo_config, "DEFAULT_CONFIG", str(conf))

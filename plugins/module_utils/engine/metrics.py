@@ -57,6 +57,7 @@ HELP = {
 
 
 def _escape(value: str) -> str:
+    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # (a name not UTF-8)
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -245,7 +245,11 @@ def host_replication(config_path: str | None) -> Replication | None:
     if not config_path and not os.path.exists(repo_config.DEFAULT_CONFIG):
         return None
     table = repo_config.load(config_path or repo_config.DEFAULT_CONFIG).get("replicate")
-    return from_config(table) if table else None
+    if not table:
+        return None
+    # Stopping Litestream needs no credentials: a new server's [replicate] names an env file the replicate role has
+    # not written yet, and its restore must not fail for it.
+    return from_config({k: v for k, v in dict(table).items() if k != "env_file"})
 
 
 def paused(replication: Replication | None, state_dir: str | None, restoring: Callable[[], restore.Result],

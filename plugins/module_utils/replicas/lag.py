@@ -114,7 +114,7 @@ def _locals(replication: Replication, app: str) -> Iterable[str]:
     found = []
     for parent, dirs, _files in os.walk(top):  # (os.walk does not follow links to directories)
         for name in list(dirs):
-            if name.endswith("-litestream"):
+            if name.endswith("-litestream") and _is_dir(os.path.join(parent, name, "ltx")):
                 path = os.path.relpath(os.path.join(parent, name), top).removesuffix("-litestream")
                 if not replica.hidden(path):  # (a kept safety copy: replica.hidden)
                     found.append(path)
@@ -123,43 +123,111 @@ def _locals(replication: Replication, app: str) -> Iterable[str]:
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
-SCAN_LIMIT = 200_000  # directory entries looked at below the data dir, at most
+SCAN_LIMIT = 200_000  # directory entries (files and directories) looked at below the data dir, at most
+SCAN_DEPTH = 64  # directories deep below the data dir, at most
+SHOWN = 100  # databases Litestream never picked up reported by name, at most (then one entry for the rest)
+
+
+class ScanError(OSError):
+    """The data dir could not be scanned whole: said in one sentence."""
+
+
+def shown(name: str) -> str:
+    """A name from a directory or a bucket as it may be printed: a byte that is not UTF-8 as ``\\xNN``, a control
+    character escaped (no name rewrites a terminal or forges a line)."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _is_database(header: bytes, size: int) -> bool:
+    """SQLite's own test of a database's first 100 bytes: its magic, a page size that is a power of two from 512 to
+    65536, the payload fractions 64/32/32, and a file of whole pages."""
+    if len(header) < 100 or not header.startswith(SQLITE_HEADER) or header[21:24] != b"\x40\x20\x20":
+        return False
+    page = int.from_bytes(header[16:18], "big")
+    page = 65536 if page == 1 else page
+    return 512 <= page <= 65536 and page & (page - 1) == 0 and size % page == 0
 
 
 def on_disk(data_dir: str) -> dict[str, float]:
-    """The SQLite databases below ``data_dir`` that Litestream's ``dir`` entry replicates (replicas/config.py: every
-    directory, files not hidden, not SQLite's journals, starting with SQLite's header): path below the data dir ->
-    time of the last change. Links are never followed (the data dir itself being one finds nothing, as Litestream
-    finds nothing); databases in hidden directories are left out (replica.hidden); at most ``SCAN_LIMIT`` entries.
-    The time is the newer of its mtime and ctime (a database renamed into place, or copied keeping its mtime, is
-    new)."""
+    """The SQLite databases below ``data_dir`` that Litestream's ``dir`` entry replicates (replicas/config.py: files
+    not hidden, not SQLite's journals, that are SQLite databases): path below the data dir (:func:`shown`) -> the
+    newer of its mtime and ctime (a database renamed into place, or copied keeping its mtime, is new). Databases in
+    hidden directories are left out (replica.hidden).
+
+    Every directory is opened without following a link (``O_DIRECTORY | O_NOFOLLOW``: no FIFO or device is ever
+    opened, whatever the application's user swaps in), every file is read only when it is still the regular file
+    listed. Raises :class:`ScanError` when the data dir is missing, a link or no directory (Litestream replicates
+    nothing below it), or deeper than ``SCAN_DEPTH`` or larger than ``SCAN_LIMIT`` entries (the scan would not be
+    whole)."""
+    try:
+        top = safe_fs.open_dir(data_dir)
+    except (OSError, safe_fs.UnsafePathError) as exc:
+        raise ScanError(
+            f"tenement's data dir {data_dir} cannot be read as a directory ({exc.strerror or exc}): Litestream "
+            "replicates nothing below it"
+        ) from None
     found: dict[str, float] = {}
     seen = 0
+    stack: list[tuple[int, str]] = [(top, "")]
     try:
-        for parent, dirs, files, dir_fd in os.fwalk(data_dir, follow_symlinks=False):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            for name in files:
-                seen += 1
-                if seen > SCAN_LIMIT:
-                    return found
-                if name.startswith(".") or name.endswith(("-wal", "-shm", "-journal")):
-                    continue
-                try:
-                    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-                    if not stat.S_ISREG(st.st_mode) or st.st_size < 512 or st.st_size % 512:
-                        continue  # (a database is whole pages of at least 512 bytes)
-                    fd, _st = safe_fs.open_file(name, dir_fd)
-                except OSError:
-                    continue
-                try:
-                    head = os.read(fd, len(SQLITE_HEADER))
-                finally:
-                    os.close(fd)
-                if head == SQLITE_HEADER:
-                    found[os.path.relpath(os.path.join(parent, name), data_dir)] = max(st.st_mtime, st.st_ctime)
-    except OSError:
-        pass
+        while stack:
+            fd, rel = stack.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    listed = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
+            except OSError:
+                os.close(fd)
+                continue  # (removed meanwhile)
+            seen += len(listed)
+            if seen > SCAN_LIMIT:
+                os.close(fd)
+                raise ScanError(f"tenement's data dir {data_dir} holds more than {SCAN_LIMIT} entries: not scanned")
+            try:
+                for name, st in listed:
+                    if name.startswith("."):
+                        continue
+                    path = f"{rel}/{name}" if rel else name
+                    if stat.S_ISDIR(st.st_mode):
+                        if path.count("/") >= SCAN_DEPTH:
+                            raise ScanError(f"tenement's data dir {data_dir} is more than {SCAN_DEPTH} directories "
+                                            "deep: not scanned")  # fmt: skip
+                        try:
+                            stack.append((safe_fs.open_dir(name, fd, expect=st), path))
+                        except (OSError, safe_fs.UnsafePathError):
+                            continue  # (replaced or removed meanwhile)
+                    elif _candidate(name, st) and _database_file(name, fd, st):
+                        found[shown(path)] = max(st.st_mtime, st.st_ctime)
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _rel in stack:
+            os.close(fd)
     return found
+
+
+def _candidate(name: str, st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and st.st_size >= 512 and not name.endswith(("-wal", "-shm", "-journal"))
+
+
+def _database_file(name: str, parent: int, st: os.stat_result) -> bool:
+    try:
+        fd, opened = safe_fs.open_file(name, parent)
+    except OSError:
+        return False
+    try:
+        return safe_fs.same(opened, st) and _is_database(os.read(fd, 100), opened.st_size)
+    except OSError:
+        return False  # (replaced meanwhile by what cannot be read)
+    finally:
+        os.close(fd)
+
+
+def _is_dir(path: str) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _listdir(path: str) -> list[str]:
@@ -185,7 +253,8 @@ def measure(
     remote = replica.databases(store, replication.prefix(app))
     known = {*remote, *_locals(replication, app)}
     names = sorted(known)
-    missed = {n: t for n, t in (on_disk(data_dir) if data_dir else {}).items() if n not in known}
+    listed = {shown(n) for n in known}
+    missed = {n: t for n, t in (on_disk(data_dir) if data_dir else {}).items() if n not in listed}
     running = True
     why_down = ""
     if service is not None:
@@ -196,7 +265,7 @@ def measure(
         files = remote.get(name, [])
         level0 = [ltx.parse_name(obj.key.rsplit("/", 1)[1])[1] for level, obj in files if level == 0]
         everything = [(ltx.parse_name(obj.key.rsplit("/", 1)[1])[1], obj) for _level, obj in files]
-        lag = Lag(app, name)
+        lag = Lag(app, shown(name))
         lag.replica_txid = max(level0, default=0) or max((t for t, _o in everything), default=0)
         local = _local(meta_of(replication, app, name))
         lag.local_txid = max((t for t, _w in local), default=0)
@@ -217,7 +286,7 @@ def measure(
         elif lag.lag_seconds > replication.stall_seconds:
             lag.stalled = True
             lag.why = (
-                f"{lag.behind} txid(s) of {name} have waited {lag.lag_seconds:.0f} s for the replica "
+                f"{lag.behind} txid(s) of {lag.database} have waited {lag.lag_seconds:.0f} s for the replica "
                 f"(more than {replication.stall_seconds:g} s)"
             )
         return lag
@@ -225,7 +294,7 @@ def measure(
     def unpicked(name: str, changed: float) -> Lag:
         lag = Lag(app, name, unreplicated_since=min(changed, (earlier or {}).get(name) or now, now))
         waited = now - lag.unreplicated_since
-        lag.why = f"Litestream has not picked up {name} (there for {waited:.0f} s, no replica)"
+        lag.why = f"{name} has no replica and no Litestream state (there for {waited:.0f} s)"
         if not running:
             lag.stalled, lag.why = True, why_down
         elif waited > replication.stall_seconds:
@@ -234,4 +303,12 @@ def measure(
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         measured = list(pool.map(one, names))
-    return sorted([*measured, *(unpicked(n, t) for n, t in missed.items())], key=lambda m: m.database)
+    strays = sorted((unpicked(n, t) for n, t in missed.items()), key=lambda m: (not m.stalled, m.database))
+    if len(strays) > SHOWN:  # (a data dir full of them: each named would only bloat state.json)
+        rest = strays[SHOWN - 1 :]
+        strays = strays[: SHOWN - 1]
+        summary = Lag(app, f"({len(rest)} more databases with no replica)", stalled=any(r.stalled for r in rest),
+                      unreplicated_since=min(r.unreplicated_since for r in rest))  # fmt: skip
+        summary.why = f"{len(rest)} more databases have no replica and no Litestream state, {rest[0].database} first"
+        strays.append(summary)
+    return sorted([*measured, *strays], key=lambda m: m.database)

@@ -61,10 +61,9 @@ def headers(store: s3.Store, listed: list[tuple[int, s3.Object]], workers: int =
     return Listing(kept, len(read) - len(kept))
 
 
-def database_path(relative: str) -> str:
-    """A database's path below the replica's prefix (its path below the data dir), checked: segments that are not
-    empty, ``.`` or ``..`` and fit a file name, no control character, and a name this collection restores (not
-    hidden, not in a hidden directory, not a journal); refused in one sentence otherwise."""
+def _shape(relative: str) -> list[str]:
+    """The segments of a path below a replica's prefix: not empty, ``.`` or ``..``, each fitting a file name, no
+    control character; refused in one sentence otherwise."""
     parts = relative.split("/")
     if (
         not relative
@@ -74,7 +73,16 @@ def database_path(relative: str) -> str:
         or any(ord(c) < 32 or c == "\x7f" for c in relative)
     ):
         raise LtxError(f"{relative[:120]!r} is not the path of a database below a replica")
-    if any(p.startswith(".") for p in parts) or parts[-1].endswith(("-wal", "-shm", "-journal")):
+    if parts[-1].endswith(("-wal", "-shm", "-journal")):
+        raise LtxError(f"{relative[:120]!r} names a file this collection never replicates (SQLite's journal)")
+    return parts
+
+
+def database_path(relative: str) -> str:
+    """A database's path below the replica's prefix (its path below the data dir), checked (:func:`_shape`), and a
+    name this collection restores (not hidden, not in a hidden directory); refused in one sentence otherwise."""
+    parts = _shape(relative)
+    if any(p.startswith(".") for p in parts):
         raise LtxError(
             f"{relative[:120]!r} names a file this collection never replicates (hidden, in a hidden directory, or "
             "SQLite's journal)"
@@ -107,7 +115,7 @@ def databases(store: s3.Store, prefix: str, ignored: list[str] | None = None) ->
         count += 1
         if count > MAX_FILES * 4:
             raise LtxError(f"the replicas below {prefix} hold more than {MAX_FILES * 4} files")
-        if hidden(path) and not any(p in ("", ".", "..") for p in path.split("/")):
+        if hidden(path) and _shape(path):
             if ignored is not None and path not in ignored and len(ignored) < 100:
                 ignored.append(path)
             continue
