@@ -5,6 +5,7 @@ installed (a zipapp), and waiting for something to hold."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -49,6 +50,17 @@ def host_command(tmp: Path) -> Path:
     command.write_bytes(zipapp(package_files()))
     command.chmod(0o755)
     return command
+
+
+def run(command: Path, config: Path, *args: str, check: bool = True) -> tuple[int, dict[str, object]]:
+    """``selfhost-dr ARGS --json --config CONFIG``: its exit status and its JSON result (a failure asserted unless
+    ``check`` is false)."""
+    done = subprocess.run([str(command), *args, "--json", "--config", str(config)], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    result = json.loads(done.stdout) if done.stdout.strip() else {}
+    if check:
+        assert done.returncode == 0, (done.stderr[-3000:], result)
+    return done.returncode, result
 
 
 def runs(pidfile: Path) -> bool:

@@ -69,11 +69,7 @@ class Host:
         return [str(self.command), *args, "--json", "--config", str(self.config)]
 
     def run(self, *args: str, check: bool = True) -> tuple[int, dict[str, object]]:
-        done = subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=300, check=False)
-        result = json.loads(done.stdout) if done.stdout.strip() else {}
-        if check:
-            assert done.returncode == 0, (done.stderr[-3000:], result)
-        return done.returncode, result
+        return replica_host.run(self.command, self.config, *args, check=check)
 
     def post(self, name: str, route: str) -> dict[str, object]:
         listen = self.client.instances()[name].listen

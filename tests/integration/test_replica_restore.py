@@ -45,12 +45,7 @@ class Host:
     tenement_options: dict[str, object]
 
     def run(self, *args: str, check: bool = True) -> tuple[int, dict[str, object]]:
-        done = subprocess.run([str(self.command), *args, "--json", "--config", str(self.config)],
-                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
-        result = json.loads(done.stdout)
-        if check:
-            assert done.returncode == 0, (done.stderr[-3000:], result)
-        return done.returncode, result
+        return replica_host.run(self.command, self.config, *args, check=check)
 
     def post(self, name: str, route: str) -> dict[str, object]:
         listen = self.client.instances()[name].listen

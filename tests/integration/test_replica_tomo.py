@@ -12,7 +12,6 @@ pidfile and start command), as it does Litestream."""
 
 from __future__ import annotations
 
-import json
 import secrets
 import sqlite3
 import subprocess
@@ -63,12 +62,7 @@ class Host:
     commits: list[Commit] = field(default_factory=list)
 
     def run(self, *args: str, check: bool = True) -> tuple[int, dict[str, object]]:
-        done = subprocess.run([str(self.command), *args, "--json", "--config", str(self.config)],
-                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
-        result = json.loads(done.stdout)
-        if check:
-            assert done.returncode == 0, (done.stderr[-3000:], result)
-        return done.returncode, result
+        return replica_host.run(self.command, self.config, *args, check=check)
 
     def add_servers(self, label: str, count: int, every: float) -> list[Commit]:
         """Add ``count`` servers as Tomo does (server, credentials, an installed app: one transaction each), one
