@@ -480,12 +480,22 @@ def check_tree(snap: Snapshot, top_fd: int, paths: Iterable[str], workers: int =
         ((path, rel, int(want.get("size", 0) or 0)) for (path, rel, want) in jobs if want.get("sqlite")),  # type: ignore[call-overload]
         key=lambda d: -d[2],
     )
+    # The longest work first, whatever it is (SQLite and hashlib release the GIL): a database's integrity check costs
+    # about what hashing as many bytes does, so checks and hashes are given out together, largest first (a check
+    # before the hash of the same size), and the threads finish together instead of one hashing a large file alone.
+    work = [(size, 1, i) for i, (_p, _r, size) in enumerate(databases)]
+    work += [(int(want.get("size", 0) or 0), 0, i) for i, (_p, _r, want) in enumerate(jobs)]  # type: ignore[call-overload]
+    work.sort(key=lambda w: (-w[0], -w[1]))
+    checks: dict[int, Future[tuple[str, dict[str, int] | None]]] = {}
+    hashes: dict[int, Future[tuple[str, int]]] = {}
     with ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1)) as pool:
-        # The largest databases' integrity checks first, the hashes beside them (SQLite and hashlib release the GIL).
-        checks = [pool.submit(check_copy, f"/proc/self/fd/{top_fd}/{rel}") for _p, rel, _s in databases]
-        hashes = [pool.submit(_hash, top_fd, rel) for _p, rel, _w in jobs]
-        hashed = [f.result() for f in hashes]
-        integrity = [f.result() for f in checks]
+        for _size, is_check, i in work:
+            if is_check:
+                checks[i] = pool.submit(check_copy, f"/proc/self/fd/{top_fd}/{databases[i][1]}")
+            else:
+                hashes[i] = pool.submit(_hash, top_fd, jobs[i][1])
+        hashed = [hashes[i].result() for i in range(len(jobs))]
+        integrity = [checks[i].result() for i in range(len(databases))]
     for (path, _rel, want), (digest, size) in zip(jobs, hashed):
         if size < 0:
             problems.append(f"{path} is not a regular file in what restic wrote")
