@@ -643,7 +643,10 @@ def moment(text: str) -> datetime | None:
 
 def _replicated(config: dict[str, Any]) -> litestream.Replication | None:
     """The host's replication when it has one (Litestream is stopped for every restore), else None."""
-    return replication(config) if config.get("replicate") else None
+    try:
+        return replica_restore.stoppable(config.get("replicate"))
+    except ReplicaConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def replication(config: dict[str, Any]) -> litestream.Replication:

@@ -31,17 +31,23 @@ def bucket(store: s3_store.Store, label: str) -> s3.Store:
     return made
 
 
+def service(tmp: Path, name: str, env_file: Path, script: str) -> tuple[list[str], Path]:
+    """The command that starts ``script`` (shell) in the background as a systemd unit with ``EnvironmentFile=``
+    would (the file's variables exported first), kept by start-stop-daemon; and its pidfile."""
+    runner = tmp / f"{name}-run"
+    runner.write_text(f"#!/bin/sh\nset -a\n. {env_file}\nset +a\n{script}\n")
+    runner.chmod(0o700)
+    pidfile = tmp / f"{name}.pid"
+    start = ["start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", str(pidfile),
+             "--output", str(tmp / f"{name}.log"), "--startas", str(runner)]  # fmt: skip
+    return start, pidfile
+
+
 def litestream(tmp: Path, conf: Path, env_file: Path) -> tuple[list[str], Path]:
     """The command that starts ``litestream replicate`` in the background as the role's unit does (the environment
     file read, ``AWS_CA_BUNDLE`` unset), and its pidfile."""
-    runner = tmp / "litestream-run"
-    runner.write_text(f"#!/bin/sh\nset -a\n. {env_file}\nset +a\nunset AWS_CA_BUNDLE\n"
-                      f"exec {LITESTREAM} replicate -config {conf} -no-expand-env\n")  # fmt: skip
-    runner.chmod(0o700)
-    pidfile = tmp / "litestream.pid"
-    start = ["start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", str(pidfile),
-             "--output", str(tmp / "litestream.log"), "--startas", str(runner)]  # fmt: skip
-    return start, pidfile
+    return service(tmp, "litestream", env_file,
+                   f"unset AWS_CA_BUNDLE\nexec {LITESTREAM} replicate -config {conf} -no-expand-env")  # fmt: skip
 
 
 def host_command(tmp: Path) -> Path:

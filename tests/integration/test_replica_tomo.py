@@ -168,13 +168,10 @@ def host(tmp_path: Path, store: s3_store.Store) -> Iterator[Host]:
     environment = tmp_path / "environment"
     environment.write_text("TOMO_MASTER_PASSWORD='stand-in master password'\n")
     environment.chmod(0o600)
-    tomo_run = tmp_path / "tomo-run"
-    tomo_run.write_text(f"#!/bin/sh\nset -a\n. {environment}\nset +a\nexport DATA_DIRECTORY={data}\n"
-                        f"exec {sys.executable} {FIXTURES / 'standin_tomo.py'}\n")  # fmt: skip
-    tomo_run.chmod(0o700)
-    tomo_pidfile = tmp_path / "tomo.pid"
-    tomo_start = ["start-stop-daemon", "--start", "--background", "--make-pidfile", "--pidfile", str(tomo_pidfile),
-                  "--output", str(tmp_path / "tomo.log"), "--startas", str(tomo_run)]  # fmt: skip
+    tomo_start, tomo_pidfile = replica_host.service(
+        tmp_path, "tomo", environment,
+        f"export DATA_DIRECTORY={data}\nexec {sys.executable} {FIXTURES / 'standin_tomo.py'}",
+    )  # fmt: skip
     # Litestream configured by the replicate role's module, with the operator's consent to WAL mode.
     conf, env_file = tmp_path / "litestream.yml", tmp_path / "litestream.env"
     replicate_args: dict[str, object] = {

@@ -244,12 +244,16 @@ def host_replication(config_path: str | None) -> Replication | None:
 
     if not config_path and not os.path.exists(repo_config.DEFAULT_CONFIG):
         return None
-    table = repo_config.load(config_path or repo_config.DEFAULT_CONFIG).get("replicate")
-    if not table:
+    return stoppable(repo_config.load(config_path or repo_config.DEFAULT_CONFIG).get("replicate"))
+
+
+def stoppable(table: object) -> Replication | None:
+    """The ``[replicate]`` table as far as a restore needs it, to stop and start Litestream; None without one.
+    Stopping needs no credentials: a new server's table names an env file the replicate role has not written yet,
+    and its restore must not fail for it."""
+    if not isinstance(table, dict) or not table:
         return None
-    # Stopping Litestream needs no credentials: a new server's [replicate] names an env file the replicate role has
-    # not written yet, and its restore must not fail for it.
-    return from_config({k: v for k, v in dict(table).items() if k != "env_file"})
+    return from_config({k: v for k, v in table.items() if k != "env_file"})
 
 
 def paused(replication: Replication | None, state_dir: str | None, restoring: Callable[[], restore.Result],

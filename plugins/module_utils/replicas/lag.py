@@ -168,41 +168,50 @@ def on_disk(data_dir: str) -> dict[str, float]:
             "replicates nothing below it"
         ) from None
     found: dict[str, float] = {}
-    seen = 0
-    stack: list[tuple[int, str]] = [(top, "")]
+    seen = [0]
+
+    def walk(fd: int, rel: str) -> None:  # (open directories: only those along the path, at most SCAN_DEPTH)
+        listed = []
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    try:
+                        listed.append((entry.name, entry.stat(follow_symlinks=False)))
+                    except FileNotFoundError:
+                        continue  # (this entry removed meanwhile, not the rest)
+        except OSError as exc:
+            raise ScanError(
+                f"{os.path.join(data_dir, shown(rel))} cannot be listed ({exc.strerror or exc}): not scanned"
+            ) from None
+        seen[0] += len(listed)
+        if seen[0] > SCAN_LIMIT:
+            raise ScanError(f"tenement's data dir {data_dir} holds more than {SCAN_LIMIT} entries: not scanned")
+        for name, st in listed:
+            if name.startswith("."):
+                continue
+            path = f"{rel}/{name}" if rel else name
+            if stat.S_ISDIR(st.st_mode):
+                if path.count("/") >= SCAN_DEPTH:
+                    raise ScanError(f"tenement's data dir {data_dir} is more than {SCAN_DEPTH} directories deep: "
+                                    "not scanned")  # fmt: skip
+                try:
+                    below = safe_fs.open_dir(name, fd, expect=st)
+                except (FileNotFoundError, safe_fs.UnsafePathError):
+                    continue  # (replaced or removed meanwhile)
+                except OSError as exc:  # (out of descriptors, say: never a silent gap in the scan)
+                    raise ScanError(f"{os.path.join(data_dir, shown(path))} cannot be opened ({exc.strerror or exc}): "
+                                    "not scanned") from None  # fmt: skip
+                try:
+                    walk(below, path)
+                finally:
+                    os.close(below)
+            elif _candidate(name, st) and _database_file(name, fd, st):
+                found[shown(path)] = max(st.st_mtime, st.st_ctime)
+
     try:
-        while stack:
-            fd, rel = stack.pop()
-            try:
-                with os.scandir(fd) as entries:
-                    listed = [(e.name, e.stat(follow_symlinks=False)) for e in entries]
-            except OSError:
-                os.close(fd)
-                continue  # (removed meanwhile)
-            seen += len(listed)
-            if seen > SCAN_LIMIT:
-                os.close(fd)
-                raise ScanError(f"tenement's data dir {data_dir} holds more than {SCAN_LIMIT} entries: not scanned")
-            try:
-                for name, st in listed:
-                    if name.startswith("."):
-                        continue
-                    path = f"{rel}/{name}" if rel else name
-                    if stat.S_ISDIR(st.st_mode):
-                        if path.count("/") >= SCAN_DEPTH:
-                            raise ScanError(f"tenement's data dir {data_dir} is more than {SCAN_DEPTH} directories "
-                                            "deep: not scanned")  # fmt: skip
-                        try:
-                            stack.append((safe_fs.open_dir(name, fd, expect=st), path))
-                        except (OSError, safe_fs.UnsafePathError):
-                            continue  # (replaced or removed meanwhile)
-                    elif _candidate(name, st) and _database_file(name, fd, st):
-                        found[shown(path)] = max(st.st_mtime, st.st_ctime)
-            finally:
-                os.close(fd)
+        walk(top, "")
     finally:
-        for fd, _rel in stack:
-            os.close(fd)
+        os.close(top)
     return found
 
 
