@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,3 +192,16 @@ def test_a_safety_copy_litestream_replicated_is_left_out_of_the_lag(
     _local(tmp_path, kept, {(1, 9): NOW - 500})
     found = lag.measure(_replication(tmp_path, bucket, monkeypatch), "tenement", NOW)
     assert [f.database for f in found] == ["tenement.db"]
+
+
+def test_a_wide_data_dir_is_scanned_whole_with_few_descriptors(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for n in range(300):
+        (data / f"d{n:03d}").mkdir(parents=True)
+    _sqlite(data / "d299" / "app.db", time.time())
+    script = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))\n"
+              "from ansible_collections.selfhost.dr.plugins.module_utils.replicas import lag\n"
+              "print(sorted(lag.on_disk(sys.argv[1])))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script, str(data)], capture_output=True, text=True, check=False,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip() == "['d299/app.db']", done.stderr[-2000:]
