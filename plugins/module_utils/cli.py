@@ -65,6 +65,7 @@ from .replicas import lag, litestream
 from .replicas.config import ReplicaConfigError
 from .repos import config as repo_config
 from .repos.restic import SUBSET_RE, RepoError, Restic, open_private, public
+from .repos.stage import DEFAULT_BACKUP_DIR
 from .sets.catalog import catalog, leftovers
 from .sets.names import default_host
 from .sets.tags import add_tag
@@ -195,7 +196,7 @@ def _app(args: argparse.Namespace, config: dict[str, Any]) -> str:
 
 
 def _dir(config: dict[str, Any]) -> str:
-    return str(config.get("backup_dir") or "/var/backups/selfhost-dr")
+    return str(config.get("backup_dir") or DEFAULT_BACKUP_DIR)
 
 
 def _section(config: dict[str, Any], name: str) -> dict[str, Any]:
@@ -606,7 +607,7 @@ def _restore_from_repo(
         raise UsageError("restore --repo restores the whole application from a snapshot: no set and no --instance")
     (restic,) = _chosen_repos(args, config)
     planned = repo_restore.plan(
-        app, restic, options, args.snapshot or "latest", args.from_host or "", log, check=args.check
+        app, restic, options, args.snapshot or "latest", args.from_host or "", log, args.check, _dir(config)
     )
     result: dict[str, object] = {
         "repository": restic.repo.name,

@@ -28,6 +28,7 @@ from .._common import AppError, Log, RestoreError, no_log, write_all
 from ..apps.base import Application
 from ..repos import fetch
 from ..repos.restic import VERIFIED_TAG, RepoError, Restic
+from ..repos.stage import DEFAULT_BACKUP_DIR, stage_dir
 from ..sets.restore import Unit, _set_metadata, is_under
 from . import restore, swap
 from .journal import Journal, Record, Scratch, SwapRecord
@@ -43,8 +44,11 @@ def plan(
     host: str = "",
     log: Log = no_log,
     check: bool = False,
+    backup_dir: str = DEFAULT_BACKUP_DIR,
 ) -> restore.Plan:
-    """Everything checked before anything is fetched or stopped; check mode runs exactly this."""
+    """Everything checked before anything is fetched or stopped; check mode runs exactly this. ``backup_dir``: where
+    this host's backups put their stage, a guess that lets the newest snapshot's manifest be read from the start
+    (any other place only costs that head start)."""
     if not check:
         swap.recover_interrupted(options.state_dir, log)
     try:
@@ -55,7 +59,7 @@ def plan(
         found = None if snapshot == "latest" else fetch.choose(restic, app.name, snapshot, host)
     except RepoError as exc:
         raise RestoreError(str(exc)) from exc
-    snap = fetch.read(restic, found, app.name, host)
+    snap = fetch.read(restic, found, app.name, host, stage_dir(backup_dir, app.name))
     log(f"restore: snapshot {snap.short} of {snap.host} ({snap.time[:19]}) in {restic.repo.shown}")
     paths = app.restore_paths(snap.manifest)
     units = swap.check_manifest(snap.manifest, options.dest_root, paths, options.state_dir)
@@ -139,7 +143,7 @@ class Filler:
         for index, fd in enumerate(fds):
             groups.setdefault(os.fstat(fd).st_dev, _Group([])).indexes.append(index)
         copies = self.snap.database_copies
-        for group in groups.values():
+        for number, group in enumerate(groups.values()):
             first = units[group.indexes[0]]
             paths = [units[i].path for i in group.indexes]
             size, used = self._needs(paths)
@@ -164,6 +168,8 @@ class Filler:
             includes = paths + [
                 copies[m] for m in copies if copies[m] != "/" + m and any(is_under("/" + m, p) for p in paths)
             ]
+            if number == 0:
+                includes.append(self.snap.manifest_member)
             self.log(
                 f"restore: fetching {', '.join(paths)} ({size / 2**20:.1f} MiB) from {self.restic.repo.shown}, "
                 f"snapshot {self.snap.short}"
@@ -172,6 +178,8 @@ class Filler:
                 self.restic.restore_into(self.snap.id, group.scratch_fd, includes)
             except RepoError as exc:
                 raise RestoreError(str(exc)) from exc
+            if number == 0:
+                fetch.check_manifest_copy(self.snap, group.scratch_fd)
             # Write back what restic wrote while it is checked: the sync before the swap stays short.
             threading.Thread(target=os.sync, daemon=True).start()
             self.log("restore: checking every file restic wrote against the snapshot's manifest")

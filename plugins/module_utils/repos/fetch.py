@@ -62,10 +62,16 @@ class Snapshot:
     stage: str
     manifest: dict[str, object] = field(default_factory=dict)
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> ls node
+    manifest_sha256: str = ""  # of the manifest as it was read
 
     @property
     def short(self) -> str:
         return self.id[:8]
+
+    @property
+    def manifest_member(self) -> str:
+        """The manifest's path in the snapshot."""
+        return f"{self.stage}/{MANIFEST_MEMBER}"
 
     @property
     def database_copies(self) -> dict[str, str]:
@@ -149,45 +155,67 @@ def _go_mode(node: dict[str, Any]) -> int:
     return bits
 
 
-def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "") -> Snapshot:
+def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "", stage_hint: str = "") -> Snapshot:
     """The snapshot's listing and its manifest, the listing checked for shape first (:func:`_node_problem`).
 
     ``found`` None: the newest snapshot of ``app`` made by ``host`` (this host by default), chosen by the listing
     itself (one restic command fewer than :func:`choose`, each costing half a second of key derivation); where
-    there is none, :func:`choose` says why."""
+    there is none, :func:`choose` says why.
+
+    The manifest is read (bounded, into memory only) while the listing is: where ``found`` says the stage is, or,
+    for the newest snapshot, at ``stage_hint`` (where this host's backups put their stage) from the start. It is
+    used only if the listing then says that is the manifest, and its sha256 is kept: the restore checks that the
+    manifest restic writes is this one (:func:`check_manifest_copy`), so a snapshot made between the two commands
+    cannot slip in. (Those paths are the snapshot's word, or a guess: only an absolute, normal one is read early.)"""
+    who = host or default_host()
+    tags = [SNAPSHOT_TAG, f"app={app}"]
     header: list[dict[str, Any]] = []
-    if found is None:
-        listing = restic.ls(
-            "latest", MAX_MEMBERS + 4096, host or default_host(), [SNAPSHOT_TAG, f"app={app}"], header=header
-        )
-    else:
-        listing = restic.ls(str(found["id"]), MAX_MEMBERS + 4096)
     nodes: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
     early: Future[bytes] | None = None
-    stage = guess = ""
-    # The manifest is where the snapshot's paths say the stage is, nearly always: it is read (bounded, into memory
-    # only) while the listing is. It is used only if the listing then says it is the manifest. (Those paths are the
-    # snapshot's word: only an absolute, normal one is read early.)
-    with ThreadPoolExecutor(max_workers=1) as pool, contextlib.closing(listing):
-        try:
-            for node in listing:
-                if not stage:
-                    if found is None:
-                        found = _latest(header, app, host or default_host(), restic.repo.shown)
-                    stage = stage_of(found, app)
-                    guess = f"{stage}/{MANIFEST_MEMBER}"
-                    if guess.startswith("/") and posixpath.normpath(guess) == guess:
-                        early = pool.submit(restic.dump, str(found["id"]), guess, MAX_MANIFEST)
-                problem = _node_problem(node, nodes)
-                if problem:
-                    problems.append(problem)
-                    break
-                nodes[str(node["path"])] = node
-        except RepoError as exc:
-            if found is not None:
-                raise RestoreError(str(exc)) from exc
-            # (nothing listed: restic 0.16 and later fail where no snapshot matched; choose says why below)
+    guess = stage = ""
+    by_id = False  # the early read names the snapshot by its id (not "the newest", which may change meanwhile)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        if found is not None:
+            guess, by_id = f"{stage_of(found, app)}/{MANIFEST_MEMBER}", True
+            if _plain(guess):
+                early = pool.submit(restic.dump, str(found["id"]), guess, MAX_MANIFEST)
+        elif stage_hint and _plain(f"{stage_hint}/{MANIFEST_MEMBER}"):
+            guess = f"{stage_hint}/{MANIFEST_MEMBER}"
+            early = pool.submit(restic.dump, "latest", guess, MAX_MANIFEST, who, tags)
+        listing = (
+            restic.ls("latest", MAX_MEMBERS + 4096, who, tags, header=header)
+            if found is None
+            else restic.ls(str(found["id"]), MAX_MEMBERS + 4096)
+        )
+        with contextlib.closing(listing):
+            try:
+                for node in listing:
+                    if not stage:
+                        if found is None:
+                            found = _latest(header, app, who, restic.repo.shown)
+                        stage = stage_of(found, app)
+                        if f"{stage}/{MANIFEST_MEMBER}" != guess:  # the guess was wrong: read it where it is
+                            guess, by_id, early = f"{stage}/{MANIFEST_MEMBER}", True, None
+                            if _plain(guess):
+                                early = pool.submit(restic.dump, str(found["id"]), guess, MAX_MANIFEST)
+                    problem = _node_problem(node, nodes)
+                    if problem:
+                        problems.append(problem)
+                        break
+                    nodes[str(node["path"])] = node
+            except RepoError as exc:
+                if found is not None:
+                    raise RestoreError(str(exc)) from exc
+                # (nothing listed: restic 0.16 and later fail where no snapshot matched; choose says why below)
+        blob = b""
+        if early is not None and found is not None and not problems:
+            try:
+                blob = early.result()
+            except RepoError as exc:
+                if by_id:
+                    raise RestoreError(str(exc)) from exc
+                early = None  # the newest snapshot's manifest is elsewhere, or it changed: read by its id below
     if found is None:  # nothing listed: no snapshot of that host (or a race with one being made)
         try:
             chosen = choose(restic, app, "latest", host)
@@ -211,13 +239,11 @@ def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "")
         raise VerificationError(f"refusing to restore snapshot {short}: it holds no manifest at {manifest_path}")
     if not isinstance(node.get("size"), int) or node["size"] > MAX_MANIFEST:
         raise VerificationError(f"refusing to restore snapshot {short}: its manifest is larger than a manifest can be")
-    try:
-        if early is not None and manifest_path == guess:
-            blob = early.result()
-        else:
+    if early is None or manifest_path != guess or (not by_id and len(blob) != node["size"]):
+        try:
             blob = restic.dump(snap_id, manifest_path, MAX_MANIFEST)
-    except RepoError as exc:
-        raise RestoreError(str(exc)) from exc
+        except RepoError as exc:
+            raise RestoreError(str(exc)) from exc
     if len(blob) > MAX_MANIFEST:  # its content is longer than its node says
         raise VerificationError(f"refusing to restore snapshot {short}: its manifest is larger than a manifest can be")
     manifest = parse_manifest(blob, f"the manifest of snapshot {short}")
@@ -231,7 +257,24 @@ def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "")
         stage,
         manifest,
         nodes,
+        hashlib.sha256(blob).hexdigest(),
     )
+
+
+def _plain(path: str) -> bool:
+    """An absolute, normal path (nothing a snapshot's word can turn into another place)."""
+    return path.startswith("/") and posixpath.normpath(path) == path
+
+
+def check_manifest_copy(snap: Snapshot, top_fd: int) -> None:
+    """The manifest ``restic restore`` wrote below ``top_fd`` is, byte for byte, the one the restore was planned
+    from: the plan did not read the newest snapshot's manifest from one snapshot and the listing from another."""
+    digest, _size = _hash(top_fd, snap.manifest_member.lstrip("/"))
+    if digest != snap.manifest_sha256:
+        raise VerificationError(
+            f"refusing to restore snapshot {snap.short}: its manifest is not the one this restore was planned from "
+            "(a newer snapshot was saved meanwhile?); run the restore again"
+        )
 
 
 def _node_problem(node: dict[str, Any], seen: dict[str, dict[str, Any]]) -> str:

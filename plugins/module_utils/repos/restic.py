@@ -468,11 +468,7 @@ class Restic:
         ``latest`` with ``host`` and ``tags`` lists the newest snapshot of that host holding all the tags (nothing
         when there is none); the snapshot itself (id, time, paths, hostname, tags) is put in ``header`` before the
         first node is given."""
-        argv = [self.binary, "ls", "--json", "--no-lock"]
-        if snapshot_id == "latest" and host and tags:
-            argv += ["--host", host, "--tag", ",".join(_tag(t) for t in tags), "--", "latest"]
-        else:
-            argv += ["--", _snapshot_id(snapshot_id)]
+        argv = [self.binary, "ls", "--json", "--no-lock", *_chosen(snapshot_id, host, tags)]
         try:
             proc = subprocess.Popen(
                 argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -510,14 +506,15 @@ class Restic:
         if proc.returncode != 0:
             raise self.failure("ls", Result(proc.returncode, "", b"".join(err).decode(errors="replace")))
 
-    def dump(self, snapshot_id: str, path: str, limit: int) -> bytes:
+    def dump(self, snapshot_id: str, path: str, limit: int, host: str = "", tags: Sequence[str] = ()) -> bytes:
         """The content of one file of a snapshot (``restic dump``), read up to ``limit`` bytes and one more: a node's
         size in :meth:`ls` is what the snapshot says, not what its content holds, so longer content (crafted, the
-        same blob a million times) stops restic there instead of filling memory."""
-        _snapshot_id(snapshot_id)
+        same blob a million times) stops restic there instead of filling memory. ``latest`` with ``host`` and
+        ``tags`` as in :meth:`ls`."""
+        chosen = _chosen(snapshot_id, host, tags)
         if not path.startswith("/"):  # (after "--" all the same: never an option)
             raise RepoError(f"{path!r} is not a path in a snapshot")
-        argv = [self.binary, "dump", "--no-lock", "--", snapshot_id, path]
+        argv = [self.binary, "dump", "--no-lock", *chosen, path]
         try:
             proc = subprocess.Popen(
                 argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -802,6 +799,13 @@ def _dies_with(parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return child
+
+
+def _chosen(snapshot_id: str, host: str, tags: Sequence[str]) -> list[str]:
+    """The arguments that name a snapshot: its id, or ``latest`` of ``host`` among those holding all ``tags``."""
+    if snapshot_id == "latest" and host and tags:
+        return ["--host", host, "--tag", ",".join(_tag(t) for t in tags), "--", "latest"]
+    return ["--", _snapshot_id(snapshot_id)]
 
 
 def _snapshot_id(snapshot_id: str) -> str:

@@ -43,6 +43,7 @@ from ..sets.scan import SQLITE_SIDE_FILES, Dirs, Entry, Scan, scan
 from ..sqlite_snapshot import OPEN_LOCK, Held, SnapshotError, hold, row_counts, row_counts_of_file, snapshot
 
 STAGE_DIR = ".selfhost-dr-repo"  # in the backup directory
+DEFAULT_BACKUP_DIR = "/var/backups/selfhost-dr"  # the backup directory where none is configured
 HASHES = "hashes.json"  # the hash cache, in the stage
 TRASH = ".trash"  # beside the stages: previous copies of databases, deleted while restic reads
 EXCLUDES = "excludes.txt"
