@@ -148,6 +148,12 @@ options:
     type: str
     default: tenement.service
   tomo_service: {description: "Tomo's unit; a Tomo schedule's run starts after it.", type: str, default: tomo.service}
+  tomo_service_manager:
+    description: How Tomo is kept running; with V(process) a Tomo schedule's units are not sandboxed (a cold backup
+      starts Tomo again from the run, which it would inherit) and use C(KillMode=process).
+    type: str
+    choices: [auto, systemd, process]
+    default: systemd
 seealso:
   - module: selfhost.dr.host_command
   - module: selfhost.dr.dr_status
@@ -272,6 +278,7 @@ def main() -> None:
             tomo_database=dict(type="str", default=""),
             tenement_unit=dict(type="str", default="tenement.service"),
             tomo_service=dict(type="str", default="tomo.service"),
+            tomo_service_manager=dict(type="str", default="systemd", choices=["auto", "systemd", "process"]),
         ),
         supports_check_mode=True,
     )
@@ -289,6 +296,7 @@ def main() -> None:
         tomo_database=p["tomo_database"],
         tenement_unit=p["tenement_unit"],
         tomo_service=p["tomo_service"],
+        tomo_service_manager=p["tomo_service_manager"],
         on_failure=p["on_failure"],
         hardening=p["hardening"],
         read_write_paths=tuple(p["read_write_paths"]),

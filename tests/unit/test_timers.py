@@ -175,6 +175,16 @@ def test_tenement_as_a_plain_process_is_not_sandboxed() -> None:
     assert "ProtectSystem=strict" in timers.render_service(tomo, process)
 
 
+def test_tomo_as_a_plain_process_is_not_sandboxed_and_starts_after_no_unit() -> None:
+    (cold,) = schedules({"name": "t", "app": "tomo", "mode": "cold", "operations": ["backup"]})
+    lines = timers.render_service(cold, timers.UnitSettings(tomo_service_manager="process")).splitlines()
+    assert "KillMode=process" in lines and "After=network-online.target" in lines
+    assert not any(line.startswith(("ProtectSystem=", "PrivateTmp=", "Nice=")) for line in lines)
+    (tenement,) = schedules({"name": "n", "mode": "cold", "operations": ["backup"]})
+    tomo_process = timers.UnitSettings(tomo_service_manager="process")
+    assert "ProtectSystem=strict" in timers.render_service(tenement, tomo_process)
+
+
 def test_hardening_off() -> None:
     (nightly,) = schedules(dict(NIGHTLY))
     lines = timers.render_service(nightly, timers.UnitSettings(hardening=False)).splitlines()

@@ -63,6 +63,7 @@ class UnitSettings:
     tomo_database: str = ""  # "": found at run time, /var/lib/tomo/tomo.db first
     tenement_unit: str = "tenement.service"  # a run starts after it (at boot: a missed run made up)
     tomo_service: str = "tomo.service"
+    tomo_service_manager: str = "systemd"
     on_failure: str = ""  # a unit (or several, space-separated) started when a run fails
     hardening: bool = True  # False where namespacing fails (some containers)
     read_write_paths: tuple[str, ...] = ()  # more paths a run writes (instance data outside tenement's data dir)
@@ -230,7 +231,9 @@ def _writable(schedule: Schedule, settings: UnitSettings) -> list[str]:
 
 
 def _plain_process(schedule: Schedule, settings: UnitSettings) -> bool:
-    return schedule.app == "tenement" and settings.tenement_service_manager == "process"
+    """The application runs as a plain process (start-stop-daemon), which a run may start again."""
+    manager = settings.tomo_service_manager if schedule.app == "tomo" else settings.tenement_service_manager
+    return manager == "process"
 
 
 def _app_unit(schedule: Schedule, settings: UnitSettings) -> str:
@@ -277,8 +280,8 @@ def render_service(schedule: Schedule, settings: UnitSettings) -> str:
     ]
     if plain:
         lines += [
-            "# tenement runs as a plain process (start-stop-daemon): a cold backup starts ten serve again from this",
-            "# service, so ten serve would stay in this unit's cgroup and inherit its sandbox, priority and umask.",
+            f"# {schedule.app} runs as a plain process (start-stop-daemon): a cold backup starts it again from this",
+            "# service, so it would stay in this unit's cgroup and inherit its sandbox, priority and umask.",
             "# KillMode=process leaves it running when the run ends; what it would inherit is left out.",
             "KillMode=process",
         ]
