@@ -5,8 +5,8 @@
 Standard library only. Three checks, in this order:
 
 1. :func:`choose` finds the snapshot (``latest`` or an id) among the ones selfhost-dr made of the application, by
-   default this host's; :func:`read_manifest` reads the manifest the snapshot holds (``restic dump``, its size
-   known first from the listing).
+   default this host's; :func:`read` reads the manifest the snapshot holds (``restic dump``, beside the listing,
+   bounded) and keeps its sha256, which :func:`check_manifest_copy` compares with the manifest restic restores.
 2. :func:`check_listing` reads the snapshot's whole tree (``restic ls --json``: metadata only, nothing written yet)
    and refuses, in one sentence, what restic must never be asked to write: a name that is not one name (``..``,
    ``/``), a path twice (a link and a directory of one name, which would make restic write through the link), a
