@@ -142,6 +142,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.engine import replica_
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.journal import STATE_DIR_SPEC, state_dir
 from ansible_collections.selfhost.dr.plugins.module_utils.engine.recorded import LOCK_SPEC, recorded
 from ansible_collections.selfhost.dr.plugins.module_utils.repos import config as repo_config
+from ansible_collections.selfhost.dr.plugins.module_utils.repos.stage import DEFAULT_BACKUP_DIR
 
 
 def main() -> None:
@@ -167,6 +168,8 @@ def main() -> None:
         )
         app = application(p["app"], p)
         replicas = replica_restore.host_replication(p["config_path"])
+        # Where this host's backups put their stage: the newest snapshot's manifest is read there from the start.
+        backup_dir = str(repo_config.load(p["config_path"]).get("backup_dir") or DEFAULT_BACKUP_DIR)
 
         def described(planned: restore.Plan) -> dict[str, object]:
             return dict(
@@ -179,10 +182,14 @@ def main() -> None:
             )
 
         if module.check_mode:  # reads only: no lock, nothing fetched
-            planned = repo_restore.plan(app, restic, options, p["snapshot"], p["from_host"], module.log, check=True)
+            planned = repo_restore.plan(
+                app, restic, options, p["snapshot"], p["from_host"], module.log, True, backup_dir
+            )
             module.exit_json(**described(planned))
         with recorded(p["state_dir"], "restore", p["app"], p["lock_wait"], module.log) as run:
-            planned = repo_restore.plan(app, restic, options, p["snapshot"], p["from_host"], module.log)
+            planned = repo_restore.plan(
+                app, restic, options, p["snapshot"], p["from_host"], module.log, False, backup_dir
+            )
             run.set_path, run.sets = planned.archive, 1
             done = replica_restore.paused(replicas, p["state_dir"], lambda: restore.run(app, planned, options, module.log),
                                           module.log)  # fmt: skip
