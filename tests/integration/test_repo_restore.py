@@ -26,6 +26,7 @@ from ansible_collections.selfhost.dr.plugins.module_utils.apps.base import Facts
 from ansible_collections.selfhost.dr.plugins.module_utils.engine import (
     backup,
     repo_backup,
+    repo_import,
     repo_restore,
     restore,
 )
@@ -177,6 +178,9 @@ def test_a_snapshot_saved_between_reading_the_manifest_and_the_listing_is_refuse
             return super().ls(older if snapshot_id == "latest" else snapshot_id, limit, host, tags, header)
 
     options = _options(tmp_path)
+    # Check mode cannot compare the manifest with what restic restores: it reads it by the listed snapshot's id.
+    checked = repo_restore.plan(app, Raced(local.repo), options, check=True, backup_dir=str(tmp_path / "backups"))
+    assert checked.snapshot["id"].startswith(older) and checked.start == ["web:1"]
     planned = repo_restore.plan(app, Raced(local.repo), options, backup_dir=str(tmp_path / "backups"))
     assert planned.snapshot["id"].startswith(older) and planned.start == ["web:2"]  # the race: one's manifest
     before = _state(tree)
@@ -187,6 +191,28 @@ def test_a_snapshot_saved_between_reading_the_manifest_and_the_listing_is_refuse
     # Run again (no race): the newest snapshot, its own instances.
     done = _restore(app, local, tmp_path, backup_dir=str(tmp_path / "backups"))
     assert done.committed and app.calls == ["stop", "start web:2"]
+
+
+def test_an_imported_set_is_restored_from_the_repository(tmp_path: Path, tree: Path, local: Restic) -> None:
+    """``selfhost-dr backup --import``: a set put into a repository, its stage read from a directory of its own and
+    held in the snapshot's tree where the backups put theirs. Restored as the newest snapshot (with this host's
+    backup dir as the manifest's guess, and without) and by its id."""
+    app = Tree(tree)
+    options = backup.Options(dest=str(tmp_path / "sets"))
+    made = backup.run(app, backup.plan(app, "hot", options), options)
+    expected = _state(tree)
+    imported = repo_import.run(str(made.sets[0]["path"]), [local], str(tmp_path / "backups"), str(tmp_path / "state"))
+    assert imported.outcomes[0].ok, imported.outcomes[0].error
+    snapshot = imported.outcomes[0].snapshot_id
+    for how in ({"backup_dir": str(tmp_path / "backups")}, {}, {"snapshot": snapshot}):
+        (tree / "web" / "1" / "upload-4.bin").unlink()
+        with contextlib.closing(sqlite3.connect(tree / "tenement.db")) as db:
+            db.execute("DELETE FROM rows WHERE id > 10")
+            db.commit()
+        assert repo_restore.plan(app, local, _options(tmp_path), check=True, **how).snapshot["id"].startswith(snapshot)
+        done = _restore(app, local, tmp_path, **how)
+        assert done.committed, how
+        assert _state(tree) == expected, how
 
 
 def test_restore_is_checked_before_the_application_stops_and_marks_the_snapshot(
@@ -301,6 +327,35 @@ def test_a_full_disk_during_the_fetch_changes_nothing(tmp_path: Path, local: Res
             _restore(app, local, tmp_path)
         assert app.calls == [] and _state(top) == before
         assert _journal_leftovers(small) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
+def test_the_manifest_restic_writes_beside_the_data_is_counted_before_it_is_fetched(
+    tmp_path: Path, local: Restic
+) -> None:
+    """The manifest is restored beside the data (to be compared with the one planned from): a large one (here 6 MiB
+    of a valid manifest's white space) on a 4 MiB filesystem is refused before restic writes, not by a full disk."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        top = small / "tenement"
+        top.mkdir()
+        (top / "data.bin").write_bytes(os.urandom(200_000))
+        app = Tree(top)
+        _backup(app, local, tmp_path / "backups")
+        stage = tmp_path / "backups" / ".selfhost-dr-repo" / "tenement"
+        with open(stage / MANIFEST_MEMBER, "a") as manifest:
+            manifest.write(" " * (6 << 20))
+        _backup_by_hand(local, stage, top)
+        before = _state(top)
+        app.calls.clear()
+        with pytest.raises(RestoreError, match=r"needs [\d.]+ MiB beside .*, which has [\d.]+ MiB free"):
+            _restore(app, local, tmp_path)
+        assert app.calls == [] and _state(top) == before and _journal_leftovers(small) == []
     finally:
         subprocess.run(["umount", str(small)], check=False)
 

@@ -48,7 +48,7 @@ def plan(
 ) -> restore.Plan:
     """Everything checked before anything is fetched or stopped; check mode runs exactly this. ``backup_dir``: where
     this host's backups put their stage, a guess that lets the newest snapshot's manifest be read from the start
-    (any other place only costs that head start)."""
+    (any other place, or an imported set's stage, only costs that head start)."""
     if not check:
         swap.recover_interrupted(options.state_dir, log)
     try:
@@ -59,7 +59,8 @@ def plan(
         found = None if snapshot == "latest" else fetch.choose(restic, app.name, snapshot, host)
     except RepoError as exc:
         raise RestoreError(str(exc)) from exc
-    snap = fetch.read(restic, found, app.name, host, stage_dir(backup_dir, app.name))
+    # (check mode reads the manifest by the listed snapshot's id: it cannot compare it with what restic restores)
+    snap = fetch.read(restic, found, app.name, host, "" if check else stage_dir(backup_dir, app.name))
     log(f"restore: snapshot {snap.short} of {snap.host} ({snap.time[:19]}) in {restic.repo.shown}")
     paths = app.restore_paths(snap.manifest)
     units = swap.check_manifest(snap.manifest, options.dest_root, paths, options.state_dir)
@@ -147,6 +148,9 @@ class Filler:
             first = units[group.indexes[0]]
             paths = [units[i].path for i in group.indexes]
             size, used = self._needs(paths)
+            if number == 0:  # the manifest, written beside them to be compared with the one planned from
+                member = self.snap.nodes.get(self.snap.manifest_member, {})
+                used += -(-int(member.get("size", 0) or 0) // 4096) * 4096 + 4096 * self.snap.stage.count("/")
             free = os.fstatvfs(fds[group.indexes[0]])
             if used > free.f_bavail * free.f_frsize:  # restic would fill the disk the running application writes to
                 raise RestoreError(

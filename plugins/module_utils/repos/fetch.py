@@ -41,7 +41,7 @@ from .._common import RestoreError, VerificationError
 from ..sets.manifest import MANIFEST_MEMBER, MAX_MANIFEST, MAX_MEMBERS, name_problem, parse_manifest
 from ..sets.names import default_host, token
 from ..sqlite_snapshot import check_copy
-from .restic import RepoError, Restic
+from .restic import Dump, RepoError, Restic
 from .stage import STAGE_DIR
 
 SNAPSHOT_TAG = "selfhost-dr"
@@ -172,17 +172,17 @@ def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "",
     header: list[dict[str, Any]] = []
     nodes: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
-    early: Future[bytes] | None = None
+    early: Dump | None = None
     guess = stage = ""
     by_id = False  # the early read names the snapshot by its id (not "the newest", which may change meanwhile)
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    try:
         if found is not None:
             guess, by_id = f"{stage_of(found, app)}/{MANIFEST_MEMBER}", True
             if _plain(guess):
-                early = pool.submit(restic.dump, str(found["id"]), guess, MAX_MANIFEST)
+                early = restic.dumping(str(found["id"]), guess, MAX_MANIFEST)
         elif stage_hint and _plain(f"{stage_hint}/{MANIFEST_MEMBER}"):
             guess = f"{stage_hint}/{MANIFEST_MEMBER}"
-            early = pool.submit(restic.dump, "latest", guess, MAX_MANIFEST, who, tags)
+            early = restic.dumping("latest", guess, MAX_MANIFEST, who, tags)
         listing = (
             restic.ls("latest", MAX_MEMBERS + 4096, who, tags, header=header)
             if found is None
@@ -196,9 +196,11 @@ def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "",
                             found = _latest(header, app, who, restic.repo.shown)
                         stage = stage_of(found, app)
                         if f"{stage}/{MANIFEST_MEMBER}" != guess:  # the guess was wrong: read it where it is
+                            if early is not None:
+                                early.stop()
                             guess, by_id, early = f"{stage}/{MANIFEST_MEMBER}", True, None
                             if _plain(guess):
-                                early = pool.submit(restic.dump, str(found["id"]), guess, MAX_MANIFEST)
+                                early = restic.dumping(str(found["id"]), guess, MAX_MANIFEST)
                     problem = _node_problem(node, nodes)
                     if problem:
                         problems.append(problem)
@@ -208,42 +210,49 @@ def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "",
                 if found is not None:
                     raise RestoreError(str(exc)) from exc
                 # (nothing listed: restic 0.16 and later fail where no snapshot matched; choose says why below)
-        blob = b""
-        if early is not None and found is not None and not problems:
+        if found is None:  # nothing listed: no snapshot of that host (or a race with one being made)
+            try:
+                chosen = choose(restic, app, "latest", host)
+            except RepoError as exc:
+                raise RestoreError(str(exc)) from exc
+            return read(restic, chosen, app)
+        snap_id = str(found["id"])
+        short = snap_id[:8]
+        if problems:
+            raise VerificationError(f"refusing to restore snapshot {short}: {problems[0]}")
+        if stage not in nodes:
+            # A snapshot restic made from relative paths (an imported set): its tree holds them from its root, while
+            # its paths say where they were read. The stage is the node those paths end with.
+            within = [p for p in nodes if stage.endswith(p) and p.endswith(f"/{STAGE_DIR}/{token(app)}")]
+            if len(within) != 1:
+                raise VerificationError(f"refusing to restore snapshot {short}: it holds no stage at {stage}")
+            stage = within[0]
+        manifest_path = f"{stage}/{MANIFEST_MEMBER}"
+        node = nodes.get(manifest_path)
+        if node is None or node.get("type") != "file":
+            raise VerificationError(f"refusing to restore snapshot {short}: it holds no manifest at {manifest_path}")
+        if not isinstance(node.get("size"), int) or node["size"] > MAX_MANIFEST:
+            raise VerificationError(
+                f"refusing to restore snapshot {short}: its manifest is larger than a manifest can be"
+            )
+        blob: bytes | None = None
+        if early is not None and manifest_path == guess:
             try:
                 blob = early.result()
             except RepoError as exc:
                 if by_id:
                     raise RestoreError(str(exc)) from exc
-                early = None  # the newest snapshot's manifest is elsewhere, or it changed: read by its id below
-    if found is None:  # nothing listed: no snapshot of that host (or a race with one being made)
-        try:
-            chosen = choose(restic, app, "latest", host)
-        except RepoError as exc:
-            raise RestoreError(str(exc)) from exc
-        return read(restic, chosen, app)
-    snap_id = str(found["id"])
-    short = snap_id[:8]
-    if problems:
-        raise VerificationError(f"refusing to restore snapshot {short}: {problems[0]}")
-    if stage not in nodes:
-        # A snapshot restic made from relative paths (an imported set): its tree holds them from its root, while
-        # its paths say where they were read. The stage is the node those paths end with.
-        within = [p for p in nodes if stage.endswith(p) and p.endswith(f"/{STAGE_DIR}/{token(app)}")]
-        if len(within) != 1:
-            raise VerificationError(f"refusing to restore snapshot {short}: it holds no stage at {stage}")
-        stage = within[0]
-    manifest_path = f"{stage}/{MANIFEST_MEMBER}"
-    node = nodes.get(manifest_path)
-    if node is None or node.get("type") != "file":
-        raise VerificationError(f"refusing to restore snapshot {short}: it holds no manifest at {manifest_path}")
-    if not isinstance(node.get("size"), int) or node["size"] > MAX_MANIFEST:
-        raise VerificationError(f"refusing to restore snapshot {short}: its manifest is larger than a manifest can be")
-    if early is None or manifest_path != guess or (not by_id and len(blob) != node["size"]):
-        try:
-            blob = restic.dump(snap_id, manifest_path, MAX_MANIFEST)
-        except RepoError as exc:
-            raise RestoreError(str(exc)) from exc
+            early = None
+            if blob is not None and not by_id and len(blob) != node["size"]:
+                blob = None  # the newest snapshot's manifest is not this one: read by its id below
+        if blob is None:
+            try:
+                blob = restic.dump(snap_id, manifest_path, MAX_MANIFEST)
+            except RepoError as exc:
+                raise RestoreError(str(exc)) from exc
+    finally:
+        if early is not None:
+            early.stop()  # not needed (the guess was wrong) or not waited for (a refusal): ended, not left running
     if len(blob) > MAX_MANIFEST:  # its content is longer than its node says
         raise VerificationError(f"refusing to restore snapshot {short}: its manifest is larger than a manifest can be")
     manifest = parse_manifest(blob, f"the manifest of snapshot {short}")

@@ -511,35 +511,14 @@ class Restic:
         size in :meth:`ls` is what the snapshot says, not what its content holds, so longer content (crafted, the
         same blob a million times) stops restic there instead of filling memory. ``latest`` with ``host`` and
         ``tags`` as in :meth:`ls`."""
+        return self.dumping(snapshot_id, path, limit, host, tags).result()
+
+    def dumping(self, snapshot_id: str, path: str, limit: int, host: str = "", tags: Sequence[str] = ()) -> Dump:
+        """:meth:`dump` started, read in the background: its :meth:`Dump.result`, or :meth:`Dump.stop` unread."""
         chosen = _chosen(snapshot_id, host, tags)
         if not path.startswith("/"):  # (after "--" all the same: never an option)
             raise RepoError(f"{path!r} is not a path in a snapshot")
-        argv = [self.binary, "dump", "--no-lock", *chosen, path]
-        try:
-            proc = subprocess.Popen(
-                argv, env=self.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-            )
-        except FileNotFoundError:
-            raise RepoError(f"restic is not installed ({self.binary}): apt-get install restic") from None
-        assert proc.stdout is not None and proc.stderr is not None  # noqa: S101
-        err: list[bytes] = []
-        reader = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        out = bytearray()
-        try:
-            while len(out) <= limit and (chunk := proc.stdout.read(min(1 << 20, limit + 1 - len(out)))):
-                out += chunk
-        finally:
-            if len(out) > limit and proc.poll() is None:
-                proc.kill()
-            proc.stdout.close()
-            proc.wait()
-            reader.join()
-            proc.stderr.close()
-        if len(out) <= limit and proc.returncode != 0:
-            said = b"".join(err)[-(1 << 20) :].decode(errors="replace")
-            raise self.failure("dump", Result(proc.returncode, "", said))
-        return bytes(out)
+        return Dump(self, [self.binary, "dump", "--no-lock", *chosen, path], limit)
 
     def restore(self, snapshot_id: str, target: str) -> None:
         """``restic restore`` of one snapshot into ``target`` (a new, empty directory): a hand restore, as the docs
@@ -716,6 +695,66 @@ _TAG_RE = re.compile(r"^[A-Za-z0-9_.:=@+-]{1,200}\Z")
 
 _PR_SET_PDEATHSIG = 1
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: a child only calls into it
+
+
+class Dump:
+    """One ``restic dump`` running, its output read by a thread up to a limit and one byte more (then killed)."""
+
+    def __init__(self, restic: Restic, argv: list[str], limit: int) -> None:
+        self.restic, self.limit = restic, limit
+        try:
+            self.proc = subprocess.Popen(
+                argv, env=restic.environment(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        except FileNotFoundError:
+            raise RepoError(f"restic is not installed ({restic.binary}): apt-get install restic") from None
+        self.out = bytearray()
+        self.err: list[bytes] = []
+        self._stopped = False
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None and self.proc.stderr is not None  # noqa: S101
+        errors = threading.Thread(target=lambda: self.err.append(self.proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+        errors.start()
+        try:
+            while len(self.out) <= self.limit and (
+                chunk := self.proc.stdout.read(min(1 << 20, self.limit + 1 - len(self.out)))
+            ):
+                self.out += chunk
+        except (OSError, ValueError):  # stopped meanwhile
+            pass
+        finally:
+            if len(self.out) > self.limit and self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            errors.join()
+
+    def _close(self) -> None:
+        self._reader.join()
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def result(self) -> bytes:
+        """The content read (``limit`` bytes and one more at most); raises as :meth:`Restic.failure` says."""
+        self._close()
+        if self._stopped:
+            raise RepoError("the dump was stopped")
+        if len(self.out) <= self.limit and self.proc.returncode != 0:
+            said = b"".join(self.err)[-(1 << 20) :].decode(errors="replace")
+            raise self.restic.failure("dump", Result(self.proc.returncode, "", said))
+        content, self.out = bytes(self.out), bytearray()
+        return content
+
+    def stop(self) -> None:
+        """End it unread (its memory freed), at once."""
+        self._stopped = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self._close()
+        self.out = bytearray()
 
 
 class Started:
