@@ -211,6 +211,9 @@ def read(restic: Restic, found: dict[str, Any] | None, app: str, host: str = "",
                     raise RestoreError(str(exc)) from exc
                 # (nothing listed: restic 0.16 and later fail where no snapshot matched; choose says why below)
         if found is None:  # nothing listed: no snapshot of that host (or a race with one being made)
+            if early is not None:
+                early.stop()
+                early = None
             try:
                 chosen = choose(restic, app, "latest", host)
             except RepoError as exc:

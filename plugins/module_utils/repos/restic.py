@@ -709,27 +709,40 @@ class Dump:
         except FileNotFoundError:
             raise RepoError(f"restic is not installed ({restic.binary}): apt-get install restic") from None
         self.out = bytearray()
-        self.err: list[bytes] = []
-        self._stopped = False
+        self.err = b""
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._ended = False  # the reading ended: from then on only the reader signals and reaps restic
+        self._stopped = self._taken = False
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None and self.proc.stderr is not None  # noqa: S101
-        errors = threading.Thread(target=lambda: self.err.append(self.proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
-        errors.start()
-        try:
-            while len(self.out) <= self.limit and (
-                chunk := self.proc.stdout.read(min(1 << 20, self.limit + 1 - len(self.out)))
-            ):
-                self.out += chunk
-        except (OSError, ValueError):  # stopped meanwhile
+    def _drain_errors(self) -> None:
+        assert self.proc.stderr is not None  # noqa: S101
+        self.err = self.proc.stderr.read(1 << 20)  # what restic says, bounded; the rest read and dropped
+        while self.proc.stderr.read(1 << 16):
             pass
-        finally:
-            if len(self.out) > self.limit and self.proc.poll() is None:
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None  # noqa: S101
+        errors = threading.Thread(target=self._drain_errors, daemon=True)
+        errors.start()
+        at_end = False
+        try:
+            while len(self.out) <= self.limit:
+                chunk = self.proc.stdout.read(min(1 << 20, self.limit + 1 - len(self.out)))
+                if not chunk:
+                    at_end = True
+                    break
+                self.out += chunk
+        except Exception as exc:  # (said by result)
+            self._error = exc
+        with self._lock:
+            self._ended = True
+            if not at_end:  # too long, or unreadable: restic would wait on a pipe no one reads
                 self.proc.kill()
-            self.proc.wait()
-            errors.join()
+        self.proc.wait()
+        errors.join()
 
     def _close(self) -> None:
         self._reader.join()
@@ -740,10 +753,13 @@ class Dump:
     def result(self) -> bytes:
         """The content read (``limit`` bytes and one more at most); raises as :meth:`Restic.failure` says."""
         self._close()
-        if self._stopped:
-            raise RepoError("the dump was stopped")
+        if self._stopped or self._taken:
+            raise RepoError("the dump was stopped" if self._stopped else "the dump was read already")
+        self._taken = True
+        if self._error is not None:
+            raise RepoError(f"reading what restic dump wrote on {self.restic.repo.shown} failed: {self._error}")
         if len(self.out) <= self.limit and self.proc.returncode != 0:
-            said = b"".join(self.err)[-(1 << 20) :].decode(errors="replace")
+            said = self.err.decode(errors="replace")
             raise self.restic.failure("dump", Result(self.proc.returncode, "", said))
         content, self.out = bytes(self.out), bytearray()
         return content
@@ -751,8 +767,9 @@ class Dump:
     def stop(self) -> None:
         """End it unread (its memory freed), at once."""
         self._stopped = True
-        if self.proc.poll() is None:
-            self.proc.kill()
+        with self._lock:
+            if not self._ended:  # (restic not reaped yet: the signal cannot reach another process)
+                self.proc.kill()
         self._close()
         self.out = bytearray()
 
