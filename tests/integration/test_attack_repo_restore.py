@@ -531,11 +531,7 @@ def test_a_snapshot_that_cannot_fit_beside_the_live_data_is_refused_before_resti
 ) -> None:
     """The application keeps running while its snapshot is fetched beside its data: a fetch that cannot fit would
     first fill the filesystem the application writes to, then fail."""
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with base.small_filesystem(tmp_path, "1m") as small:
         top = small / "tenement"
         top.mkdir()
         (top / "data.bin").write_bytes(os.urandom(600_000))
@@ -552,8 +548,6 @@ def test_a_snapshot_that_cannot_fit_beside_the_live_data_is_refused_before_resti
             _restore(app, restic, tmp_path)
         assert fetched == [] and app.calls == [] and base._state(top) == before
         assert _journal_leftovers(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def _as_user(directory: Path, act: Callable[[int], None]) -> None:

@@ -14,7 +14,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,19 @@ def _backup_by_hand(restic: Restic, stage: Path, tree: Path) -> None:
          "--exclude-file", str(stage / "excludes.txt"), str(stage), str(tree)],
         env=restic.environment(), check=True, capture_output=True,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def small_filesystem(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``1m``) at ``tmp_path/small``, unmounted after (skips where it cannot be mounted)."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)], check=False).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
 
 
 def _journal_leftovers(parent: Path) -> list[str]:
@@ -310,11 +323,7 @@ def test_a_store_failing_during_the_fetch_changes_nothing_and_the_application_ke
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
 def test_a_full_disk_during_the_fetch_changes_nothing(tmp_path: Path, local: Restic) -> None:
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_filesystem(tmp_path, "1m") as small:
         top = small / "tenement"
         top.mkdir()
         (top / "data.bin").write_bytes(os.urandom(600_000))  # fits once, not twice
@@ -327,8 +336,6 @@ def test_a_full_disk_during_the_fetch_changes_nothing(tmp_path: Path, local: Res
             _restore(app, local, tmp_path)
         assert app.calls == [] and _state(top) == before
         assert _journal_leftovers(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs")
@@ -337,11 +344,7 @@ def test_the_manifest_restic_writes_beside_the_data_is_counted_before_it_is_fetc
 ) -> None:
     """The manifest is restored beside the data (to be compared with the one planned from): a large one (here 6 MiB
     of a valid manifest's white space) on a 4 MiB filesystem is refused before restic writes, not by a full disk."""
-    small = tmp_path / "small"
-    small.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(small)], check=False).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with small_filesystem(tmp_path, "4m") as small:
         top = small / "tenement"
         top.mkdir()
         (top / "data.bin").write_bytes(os.urandom(200_000))
@@ -356,8 +359,6 @@ def test_the_manifest_restic_writes_beside_the_data_is_counted_before_it_is_fetc
         with pytest.raises(RestoreError, match=r"needs [\d.]+ MiB beside .*, which has [\d.]+ MiB free"):
             _restore(app, local, tmp_path)
         assert app.calls == [] and _state(top) == before and _journal_leftovers(small) == []
-    finally:
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_the_manifest_inside_the_snapshot_is_the_one_checked(tmp_path: Path, tree: Path, local: Restic) -> None:
