@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -32,10 +33,22 @@ class Store:
         return f"s3:{self.endpoint}/{bucket}"
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _ports(count: int) -> list[int]:
+    """Free loopback ports from 20000 to 29999: below the kernel's ephemeral range (32768 and up here), whose ports
+    any outgoing connection may take between this choice and weed's bind, and below 30000, where tenement hands out
+    its instances' ports."""
+    chosen: list[int] = []
+    pick = random.SystemRandom()
+    while len(chosen) < count:
+        port = pick.randrange(20000, 30000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in chosen:
+            chosen.append(port)
+    return chosen
 
 
 def weed_binary() -> str | None:
@@ -56,47 +69,61 @@ def running(directory: Path) -> Iterator[Store]:
     identity["actions"] = ["Admin", "Read", "Write", "List", "Tagging"]
     identities.write_text(json.dumps({"identities": [identity]}))
     names = ("master", "volume", "filer", "s3")
-    ports = {name: _port() for name in (*names, *(f"{n}.grpc" for n in names))}
-    argv = [
-        weed,
-        "server",
-        f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-master.port={ports['master']}",
-        f"-volume.port={ports['volume']}",
-        f"-filer.port={ports['filer']}",
-        "-s3",
-        f"-s3.port={ports['s3']}",
-        f"-s3.config={identities}",
-        "-s3.port.iceberg=0",  # (fixed ports by default: two stores at once would collide)
-        "-s3.port.lance=0",
-        # gRPC on ports of their own (its default, the HTTP port + 10000, may be taken or past 65535).
-        *(f"-{name}.port.grpc={ports[name + '.grpc']}" for name in names),
-        "-master.volumeSizeLimitMB=64",
-        "-volume.max=500",  # each bucket takes 7 volumes (sparse files, 64 MiB at most each)
-    ]
     log = open(directory / "weed.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    endpoint = f"http://127.0.0.1:{ports['s3']}"
+    process: subprocess.Popen[bytes] | None = None
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(endpoint, timeout=2)
+        for attempt in range(3):  # (a port taken meanwhile all the same: weed exits at once; new ports)
+            ports = dict(zip((*names, *(f"{n}.grpc" for n in names)), _ports(2 * len(names)), strict=True))
+            argv = [
+                weed,
+                "server",
+                f"-dir={data}",
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                f"-master.port={ports['master']}",
+                f"-volume.port={ports['volume']}",
+                f"-filer.port={ports['filer']}",
+                "-s3",
+                f"-s3.port={ports['s3']}",
+                f"-s3.config={identities}",
+                "-s3.port.iceberg=0",  # (fixed ports by default: two stores at once would collide)
+                "-s3.port.lance=0",
+                # gRPC on ports of their own (its default, the HTTP port + 10000, may be taken or past 65535).
+                *(f"-{name}.port.grpc={ports[name + '.grpc']}" for name in names),
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=500",  # each bucket takes 7 volumes (sparse files, 64 MiB at most each)
+            ]
+            process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            endpoint = f"http://127.0.0.1:{ports['s3']}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    urllib.request.urlopen(endpoint, timeout=2)
+                    break
+                except urllib.error.HTTPError:
+                    break  # it answers (403 without credentials)
+                except OSError:
+                    if process.poll() is not None and attempt < 2:
+                        break
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"SeaweedFS did not start: see {directory / 'weed.log'}") from None
+                    time.sleep(0.3)
+            if process.poll() is None:
                 break
-            except urllib.error.HTTPError:
-                break  # it answers (403 without credentials)
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS did not start: see {directory / 'weed.log'}") from None
-                time.sleep(0.3)
+            _stop(process)
+            shutil.rmtree(data)
+            data.mkdir()
         yield Store(endpoint)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=5)  # (weed often lingers after SIGTERM: its data is a test's, done with)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
+        if process is not None:
+            _stop(process)
         log.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)  # (weed often lingers after SIGTERM: its data is a test's, done with)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, 9)
+        process.wait()
