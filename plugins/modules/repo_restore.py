@@ -167,9 +167,10 @@ def main() -> None:
             {"repositories": [p["repository"]], "config_path": p["config_path"]}, state_dir(p["state_dir"])
         )
         app = application(p["app"], p)
-        replicas = replica_restore.host_replication(p["config_path"])
+        config = repo_config.load(p["config_path"])  # (read by from_params already: it exists)
+        replicas = replica_restore.stoppable(config.get("replicate"))
         # Where this host's backups put their stage: the newest snapshot's manifest is read there from the start.
-        backup_dir = str(repo_config.load(p["config_path"]).get("backup_dir") or DEFAULT_BACKUP_DIR)
+        backup_dir = str(config.get("backup_dir") or DEFAULT_BACKUP_DIR)
 
         def described(planned: restore.Plan) -> dict[str, object]:
             return dict(
