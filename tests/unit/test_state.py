@@ -80,6 +80,20 @@ def test_a_damaged_state_file_is_kept_aside_and_reported_never_deleted(state_dir
     assert state.last(state.Store().read(), "verify", "last_success") is not None
 
 
+def test_a_state_too_large_to_read_back_is_not_written_and_the_previous_one_stays(state_dir: Path) -> None:
+    store = state.Store()
+    store.record(_finished("backup", 0))
+    before = (state_dir / "state.json").read_bytes()
+    lags = [{"database": f"/srv/db{i:06d}.db", "lag_seconds": i, "reason": "x" * 40} for i in range(60_000)]
+    with pytest.raises(state.StateError, match=r"it would be [0-9.]+ MiB, more than the 4 MiB it is read back with"):
+        store.record_replicas("tenement", {"at": "2026-11-30T00:00:00Z", "ok": True, "lags": lags})
+    assert (state_dir / "state.json").read_bytes() == before
+    reader = state.Store()
+    assert state.last(reader.read(), "backup", "last_success") is not None and reader.problem == ""
+    store.record(_finished("verify", 0))  # the next run records as before
+    assert state.last(state.Store().read(), "verify", "last_success") is not None
+
+
 def test_due_counts_from_the_last_success_never_from_the_last_attempt(state_dir: Path) -> None:
     store = state.Store()
     assert state.due(store.read(), "backup", 3600) is True  # never succeeded

@@ -156,9 +156,15 @@ class Store:
         return empty
 
     def _write(self, data: dict[str, object]) -> None:
+        blob = (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+        if len(blob) > _MAX:  # every reader would find it unreadable, and the next write would start afresh
+            raise StateError(
+                f"cannot write {self.path}: it would be {len(blob) / 2**20:.1f} MiB, more than the "
+                f"{_MAX // 2**20} MiB it is read back with; the previous one was kept"
+            )
         try:
             safe_fs.makedirs_private(self.dir)
-            atomic_write(self.path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o644)
+            atomic_write(self.path, blob, 0o644)
             fsync_dir(self.dir)
         except OSError as exc:
             raise StateError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
