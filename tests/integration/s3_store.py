@@ -113,6 +113,8 @@ def running(directory: Path) -> Iterator[Store]:
             _stop(process)
             shutil.rmtree(data)
             data.mkdir()
+        else:  # (it answered, then exited, three times)
+            raise RuntimeError(f"SeaweedFS did not stay up: see {directory / 'weed.log'}")
         yield Store(endpoint)
     finally:
         if process is not None:
